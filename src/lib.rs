@@ -4,9 +4,12 @@
 //! obtained by the Laplace approximation (de Vries et al., "Bayesian Meta-Reinforcement Learning
 //! with Laplace Variational Recurrent Networks"). See `README.md` and `DESIGN.md`.
 
+pub mod agent;
 pub mod envs;
 pub mod linalg;
+pub mod nn;
 pub mod plot;
+pub mod posterior;
 pub mod stats;
 pub mod util;
 

@@ -1,0 +1,150 @@
+//! The recurrent core shared by every model (paper App. B.1): one embedding per input kind,
+//! concatenated into an LSTM, an affine projection φ_t = P h_t + p_b, and a posterior family
+//! that turns φ_t (and, for the Laplace VRNN, the LSTM's Jacobians) into q_t.
+
+use crate::nn::Params;
+use crate::nn::lstm::{Carry, Lstm};
+use crate::nn::mlp::{Embedding, Linear};
+use crate::posterior::{self, Gaussian, PosteriorConfig, PosteriorFamily, StepInput};
+use anyhow::{Result, bail};
+use candle_core::{Device, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// Architecture and posterior of a model (`[model]` in the TOML configs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Width of each input embedding MLP (two layers) — paper: 256.
+    #[serde(default = "d_embed")]
+    pub embed_width: usize,
+    /// LSTM hidden size — paper: 128.
+    #[serde(default = "d_hidden")]
+    pub hidden: usize,
+    /// Posterior dimensionality n (the projection P: h → φ ∈ R^n) — paper: 32 or 64.
+    #[serde(default = "d_features")]
+    pub features: usize,
+    /// Hidden sizes of the prediction / policy / value heads — paper: [256, 256, 64].
+    #[serde(default = "d_head")]
+    pub head_hidden: Vec<usize>,
+    /// Number of posterior samples n_Z per step (outputs averaged over samples, App. B.3).
+    #[serde(default = "d_nz")]
+    pub n_z: usize,
+    #[serde(default)]
+    pub posterior: PosteriorConfig,
+}
+
+fn d_embed() -> usize {
+    256
+}
+fn d_hidden() -> usize {
+    128
+}
+fn d_features() -> usize {
+    64
+}
+fn d_head() -> Vec<usize> {
+    vec![256, 256, 64]
+}
+fn d_nz() -> usize {
+    1
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { embed_width: 256, hidden: 128, features: 64, head_hidden: d_head(), n_z: 1, posterior: PosteriorConfig::Rnn }
+    }
+}
+
+impl ModelConfig {
+    pub fn validate(&self) -> Result<()> {
+        for (k, v) in [("model.embed_width", self.embed_width), ("model.hidden", self.hidden), ("model.features", self.features), ("model.n_z", self.n_z)] {
+            if v == 0 {
+                bail!("{k} must be a positive integer (got 0)");
+            }
+        }
+        if self.head_hidden.iter().any(|w| *w == 0) {
+            bail!("model.head_hidden entries must be positive integers (got {:?})", self.head_hidden);
+        }
+        self.posterior.validate()
+    }
+}
+
+/// Embeddings + LSTM + projection + posterior.
+pub struct Core {
+    pub embeds: Vec<Embedding>,
+    pub lstm: Lstm,
+    pub proj: Linear,
+    pub posterior: Box<dyn PosteriorFamily>,
+    pub features: usize,
+    pub hidden: usize,
+}
+
+/// Per-sequence recurrent state: the carry, the last core inputs (for the Laplace window), and
+/// the current posterior q_t.
+#[derive(Clone)]
+pub struct CoreState {
+    pub carry: Carry,
+    pub window: VecDeque<Tensor>,
+    pub q: Gaussian,
+}
+
+/// What one core step produces.
+pub struct CoreStep {
+    pub state: CoreState,
+    /// KL(q_t ‖ stop_grad q_{t−1}) per task (None for the point estimate).
+    pub kl: Option<Tensor>,
+}
+
+impl Core {
+    /// `input_dims`: the raw size of each input kind (e.g. [1, 1] for regression (x, y)).
+    pub fn new(p: &mut Params, cfg: &ModelConfig, input_dims: &[usize], rng: &mut ChaCha8Rng) -> Result<Self> {
+        let embeds = input_dims.iter().enumerate().map(|(k, d)| Embedding::new(p, &format!("embed{k}"), *d, cfg.embed_width, rng)).collect::<Result<Vec<_>>>()?;
+        let lstm = Lstm::new(p, cfg.embed_width * input_dims.len(), cfg.hidden, rng)?;
+        let proj = Linear::new(p, "proj", cfg.hidden, cfg.features, rng)?;
+        let posterior = posterior::build(&cfg.posterior, p, cfg.features, rng)?;
+        Ok(Self { embeds, lstm, proj, posterior, features: cfg.features, hidden: cfg.hidden })
+    }
+
+    pub fn embed(&self, kind: usize, x: &Tensor) -> Result<Tensor> {
+        self.embeds[kind].forward(x)
+    }
+
+    /// The state before any observation: zero carry and the prior q_0 (from φ_0 = P·0 + p_b).
+    pub fn initial(&self, batch: usize) -> Result<CoreState> {
+        let carry = Carry::zeros(batch, self.hidden)?;
+        let phi0 = self.proj.forward(&carry.h)?;
+        Ok(CoreState { carry, window: VecDeque::new(), q: self.posterior.init(&phi0)? })
+    }
+
+    /// Feeds the embedded inputs of step t (one tensor per input kind, each (B, embed_width))
+    /// through the LSTM and forms q_t (and KL(q_t ‖ stop_grad q_{t−1})).
+    pub fn step(&self, state: &CoreState, embedded: &[Tensor]) -> Result<CoreStep> {
+        let x = Tensor::cat(embedded, 1)?;
+        let carry = self.lstm.step(&x, &state.carry)?;
+        let phi = self.proj.forward(&carry.h)?;
+        let mut window = state.window.clone();
+        let keep = self.posterior.history_window();
+        if keep > 0 {
+            window.push_back(x.detach());
+            while window.len() > keep {
+                window.pop_front();
+            }
+        }
+        let slice: Vec<Tensor> = window.iter().cloned().collect();
+        let input = StepInput { phi: &phi, carry: &carry, lstm: &self.lstm, proj: &self.proj, window: &slice };
+        let q = self.posterior.step(&input, &state.q)?;
+        let kl = q.kl_to(&state.q)?;
+        Ok(CoreStep { state: CoreState { carry, window, q }, kl })
+    }
+}
+
+/// Standard-normal noise of the given shape from a seeded stream.
+pub fn randn(rng: &mut ChaCha8Rng, shape: &[usize]) -> Result<Tensor> {
+    let count: usize = shape.iter().product();
+    let v: Vec<f32> = (0..count).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}

@@ -1,0 +1,123 @@
+//! Neural-network building blocks: a deterministic parameter store, affine layers, MLPs,
+//! layer norm, and the LSTM core with its analytic Jacobian.
+
+pub mod lstm;
+pub mod mlp;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Named trainable parameters, kept in name order so that saving, loading and iteration are
+/// deterministic. Initialisation draws from a caller-seeded ChaCha stream (candle's own random
+/// initialisers use a thread-local generator, which would break reproducibility).
+#[derive(Default)]
+pub struct Params {
+    vars: BTreeMap<String, Var>,
+}
+
+impl Params {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Creates (or returns the existing) parameter `name` with uniform(−bound, bound) entries.
+    pub fn uniform(&mut self, name: &str, shape: &[usize], bound: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        if let Some(v) = self.vars.get(name) {
+            return Ok(v.as_tensor().clone());
+        }
+        let count: usize = shape.iter().product();
+        let data: Vec<f32> = (0..count).map(|_| rng.gen_range(-bound..=bound) as f32).collect();
+        self.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?)
+    }
+
+    /// Creates (or returns the existing) parameter `name` filled with `value`.
+    pub fn constant(&mut self, name: &str, shape: &[usize], value: f32) -> Result<Tensor> {
+        if let Some(v) = self.vars.get(name) {
+            return Ok(v.as_tensor().clone());
+        }
+        self.insert(name, (Tensor::ones(shape, DType::F32, &Device::Cpu)? * value as f64)?)
+    }
+
+    fn insert(&mut self, name: &str, t: Tensor) -> Result<Tensor> {
+        let var = Var::from_tensor(&t)?;
+        let out = var.as_tensor().clone();
+        self.vars.insert(name.to_string(), var);
+        Ok(out)
+    }
+
+    pub fn vars(&self) -> impl Iterator<Item = (&String, &Var)> {
+        self.vars.iter()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Var> {
+        self.vars.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+
+    pub fn num_scalars(&self) -> usize {
+        self.vars.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// All tensors by name (for checkpoints).
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+    }
+
+    /// Overwrites parameters with the tensors stored under the same names. With `strict`, every
+    /// parameter must be present; otherwise missing ones keep their initial values and are
+    /// returned (used when finetuning a checkpoint under another posterior family).
+    pub fn load_from(&self, tensors: &BTreeMap<String, Tensor>, strict: bool) -> Result<Vec<String>> {
+        let mut missing = vec![];
+        for (name, var) in &self.vars {
+            match tensors.get(name) {
+                Some(t) => {
+                    if t.dims() != var.dims() {
+                        bail!("checkpoint tensor `{name}` has shape {:?}, the model expects {:?}", t.dims(), var.dims());
+                    }
+                    var.set(&t.to_dtype(DType::F32)?)?;
+                }
+                None if strict => bail!("checkpoint lacks tensor `{name}`"),
+                None => missing.push(name.clone()),
+            }
+        }
+        Ok(missing)
+    }
+}
+
+/// Reads every tensor of a safetensors file.
+pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    let map = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading checkpoint {}", path.display()))?;
+    Ok(map.into_iter().collect())
+}
+
+/// Serialises tensors to safetensors bytes (names sorted, so the bytes are deterministic).
+pub fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
+    let mut data = vec![];
+    for (k, t) in tensors {
+        let t = t.to_dtype(DType::F32)?.contiguous()?;
+        let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        data.push((k.clone(), t.dims().to_vec(), bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(k, shape, bytes)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .expect("consistent tensor view");
+            (k.clone(), view)
+        })
+        .collect();
+    Ok(safetensors::serialize(views, &None)?)
+}

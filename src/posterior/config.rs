@@ -1,0 +1,231 @@
+//! Posterior configuration: which family, and for the Laplace VRNN which Table-2 variant.
+//!
+//! In TOML (`[model.posterior]`):
+//! ```toml
+//! family = "laplace"        # "rnn" | "vrnn" | "laplace"
+//! window = 1                # k_H: history inputs whose Jacobians enter Λ_t (0 = all: stationary)
+//! accumulate = "sigma"      # k_Z / accumulation: "none" | "sigma" | "mu_sigma"
+//! diagonal = false          # full or diagonal covariance (also for "vrnn")
+//! damping = 1.0             # prior precision when not accumulating
+//! jitter = 1e-6             # added to Λ before the Cholesky factorisation
+//! prior_precision = 1.0     # Λ_0
+//! ```
+//! On the command line the same as `laplace:window=1,accumulate=sigma,diagonal=false`,
+//! `vrnn`, `vrnn:diagonal=true` or `rnn`.
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Which previous-posterior terms are summed into q_t (Table 2: k_Z and "Accumulation").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accumulate {
+    /// k_Z = 0: the prior is damping·I (stationary / windowed posterior).
+    None,
+    /// k_Z = 1, Σ only: Λ_t = Λ_{t−1} + Σ JJᵀ ("sum Σ", Markov chain posterior).
+    Sigma,
+    /// k_Z = 1, (μ, Σ): also μ_t = φ_t + μ_{t−1} ("sum μ, Σ").
+    MuSigma,
+}
+
+impl FromStr for Accumulate {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "none" => Self::None,
+            "sigma" => Self::Sigma,
+            "mu_sigma" => Self::MuSigma,
+            _ => bail!("accumulate = `{s}` is not valid; allowed values: none, sigma, mu_sigma"),
+        })
+    }
+}
+
+impl fmt::Display for Accumulate {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Sigma => "sigma",
+            Self::MuSigma => "mu_sigma",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaplaceConfig {
+    #[serde(default = "one")]
+    pub window: usize,
+    #[serde(default = "sigma")]
+    pub accumulate: Accumulate,
+    #[serde(default)]
+    pub diagonal: bool,
+    #[serde(default = "one_f")]
+    pub damping: f64,
+    #[serde(default = "jitter")]
+    pub jitter: f64,
+    #[serde(default = "one_f")]
+    pub prior_precision: f64,
+}
+
+fn one() -> usize {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn jitter() -> f64 {
+    1e-6
+}
+fn sigma() -> Accumulate {
+    Accumulate::Sigma
+}
+
+impl Default for LaplaceConfig {
+    fn default() -> Self {
+        Self { window: 1, accumulate: Accumulate::Sigma, diagonal: false, damping: 1.0, jitter: 1e-6, prior_precision: 1.0 }
+    }
+}
+
+impl LaplaceConfig {
+    /// A short label for plots and file names, e.g. `laplace-sigma-k1-full`.
+    pub fn label(&self) -> String {
+        let k = if self.window == 0 { "all".to_string() } else { self.window.to_string() };
+        format!("laplace-{}-k{}-{}", self.accumulate, k, if self.diagonal { "diag" } else { "full" })
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.jitter >= 0.0 && self.jitter.is_finite()) {
+            bail!("posterior.jitter must be a finite number >= 0 (got {})", self.jitter);
+        }
+        if !(self.damping > 0.0 && self.damping.is_finite()) {
+            bail!("posterior.damping must be a finite number > 0 (got {})", self.damping);
+        }
+        if !(self.prior_precision > 0.0 && self.prior_precision.is_finite()) {
+            bail!("posterior.prior_precision must be a finite number > 0 (got {})", self.prior_precision);
+        }
+        Ok(())
+    }
+}
+
+/// The three posterior families.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PosteriorConfig {
+    /// Point estimate (the RNN baseline).
+    #[serde(alias = "point")]
+    Rnn,
+    /// Learned Gaussian, Cayley-map spectral covariance (or diagonal).
+    Vrnn {
+        #[serde(default)]
+        diagonal: bool,
+    },
+    /// Laplace VRNN.
+    Laplace(LaplaceConfig),
+}
+
+impl Default for PosteriorConfig {
+    fn default() -> Self {
+        Self::Rnn
+    }
+}
+
+impl PosteriorConfig {
+    pub fn label(&self) -> String {
+        match self {
+            Self::Rnn => "rnn".into(),
+            Self::Vrnn { diagonal } => if *diagonal { "vrnn-diag" } else { "vrnn-full" }.into(),
+            Self::Laplace(c) => c.label(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Self::Laplace(c) => c.validate(),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn is_bayesian(&self) -> bool {
+        !matches!(self, Self::Rnn)
+    }
+}
+
+impl fmt::Display for PosteriorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Self::Rnn => write!(f, "rnn"),
+            Self::Vrnn { diagonal } => write!(f, "vrnn:diagonal={diagonal}"),
+            Self::Laplace(c) => write!(
+                f,
+                "laplace:window={},accumulate={},diagonal={},damping={},jitter={},prior_precision={}",
+                c.window, c.accumulate, c.diagonal, c.damping, c.jitter, c.prior_precision
+            ),
+        }
+    }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool> {
+    match v {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => bail!("posterior key `{key}` = `{v}` is not valid; allowed values: true, false"),
+    }
+}
+
+fn parse_num<T: FromStr>(key: &str, v: &str, what: &str) -> Result<T> {
+    v.parse().map_err(|_| anyhow::anyhow!("posterior key `{key}` = `{v}` is not valid; expected {what}"))
+}
+
+impl FromStr for PosteriorConfig {
+    type Err = anyhow::Error;
+
+    /// Parses `family[:key=value,...]`.
+    fn from_str(s: &str) -> Result<Self> {
+        let (family, rest) = s.split_once(':').unwrap_or((s, ""));
+        let pairs: Vec<(&str, &str)> = rest
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| p.split_once('=').map(|(k, v)| (k.trim(), v.trim())).ok_or_else(|| anyhow::anyhow!("posterior option `{p}` must be key=value")))
+            .collect::<Result<_>>()?;
+        let cfg = match family.trim() {
+            "rnn" | "point" => {
+                if let Some((k, _)) = pairs.first() {
+                    bail!("posterior family `rnn` takes no options (got `{k}`)");
+                }
+                Self::Rnn
+            }
+            "vrnn" => {
+                let mut diagonal = false;
+                for (k, v) in pairs {
+                    match k {
+                        "diagonal" => diagonal = parse_bool(k, v)?,
+                        _ => bail!("unknown posterior key `{k}` for family vrnn; allowed keys: diagonal"),
+                    }
+                }
+                Self::Vrnn { diagonal }
+            }
+            "laplace" => {
+                let mut c = LaplaceConfig::default();
+                for (k, v) in pairs {
+                    match k {
+                        "window" | "k_h" => c.window = parse_num(k, v, "an integer >= 0 (0 = whole history)")?,
+                        "accumulate" | "acc" => c.accumulate = v.parse()?,
+                        "diagonal" => c.diagonal = parse_bool(k, v)?,
+                        "damping" => c.damping = parse_num(k, v, "a number > 0")?,
+                        "jitter" => c.jitter = parse_num(k, v, "a number >= 0")?,
+                        "prior_precision" => c.prior_precision = parse_num(k, v, "a number > 0")?,
+                        _ => bail!(
+                            "unknown posterior key `{k}` for family laplace; allowed keys: window, accumulate, diagonal, damping, jitter, prior_precision"
+                        ),
+                    }
+                }
+                Self::Laplace(c)
+            }
+            other => bail!("posterior family `{other}` is not valid; allowed values: rnn, vrnn, laplace"),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}

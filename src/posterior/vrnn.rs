@@ -1,0 +1,74 @@
+//! The VRNN baseline (paper App. B.2): a linear head maps φ_t to (μ_t, s_t, L_t) with L_t
+//! strictly lower triangular; A = L − Lᵀ is skew-symmetric, U = (I − A)(I + A)⁻¹ (Cayley map) is
+//! orthogonal, and Σ_t = U diag(exp s_t) Uᵀ. The diagonal variant uses Σ_t = diag(exp s_t).
+//! Fully differentiable; means and covariances are not accumulated.
+//!
+//! Parameters: `vrnn.mean` (n→n), `vrnn.log_s` (n→n) and, for the full variant, `vrnn.tri`
+//! (n→n·n, of which only the strictly-lower entries of the reshaped (n, n) output are used).
+
+use super::{Covariance, Gaussian, PosteriorFamily, StepInput};
+use crate::linalg;
+use crate::nn::Params;
+use crate::nn::mlp::Linear;
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use rand_chacha::ChaCha8Rng;
+
+pub struct Vrnn {
+    mean: Linear,
+    log_s: Linear,
+    tri: Option<Linear>,
+    /// Strictly-lower-triangular 0/1 mask (n, n).
+    mask: Tensor,
+    eye: Tensor,
+    pub diagonal: bool,
+}
+
+impl Vrnn {
+    pub fn new(p: &mut Params, n: usize, diagonal: bool, rng: &mut ChaCha8Rng) -> Result<Self> {
+        let mean = Linear::new(p, "vrnn.mean", n, n, rng)?;
+        // Small initial scales: Σ ≈ I and U ≈ I at the start of training.
+        let log_s = Linear::with_bound(p, "vrnn.log_s", n, n, 0.1 / (n as f64).sqrt(), rng)?;
+        let tri = if diagonal { None } else { Some(Linear::with_bound(p, "vrnn.tri", n, n * n, 0.1 / (n as f64).sqrt(), rng)?) };
+        let mask: Vec<f32> = (0..n * n).map(|k| if k / n > k % n { 1.0 } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (n, n), &Device::Cpu)?;
+        let eye = Tensor::eye(n, candle_core::DType::F32, &Device::Cpu)?;
+        Ok(Self { mean, log_s, tri, mask, eye, diagonal })
+    }
+
+    /// (μ, s, L) ↦ N(μ, U diag(exp s) Uᵀ).
+    fn head(&self, phi: &Tensor) -> Result<Gaussian> {
+        let mean = self.mean.forward(phi)?;
+        let log_s = self.log_s.forward(phi)?;
+        let u = match &self.tri {
+            None => None,
+            Some(tri) => {
+                let (b, n) = phi.dims2()?;
+                let l = tri.forward(phi)?.reshape((b, n, n))?.broadcast_mul(&self.mask)?;
+                let a = l.sub(&l.transpose(1, 2)?)?;
+                Some(cayley(&a, &self.eye)?)
+            }
+        };
+        Ok(Gaussian { mean, cov: Covariance::Spectral { u, log_s } })
+    }
+}
+
+/// The Cayley map U = (I − A)(I + A)⁻¹ of a batch of skew-symmetric A (B, n, n): orthogonal.
+pub fn cayley(a: &Tensor, eye: &Tensor) -> Result<Tensor> {
+    let inv = linalg::inverse(&a.broadcast_add(eye)?)?;
+    Ok(a.neg()?.broadcast_add(eye)?.matmul(&inv)?)
+}
+
+impl PosteriorFamily for Vrnn {
+    fn name(&self) -> String {
+        if self.diagonal { "vrnn-diag".into() } else { "vrnn-full".into() }
+    }
+
+    fn init(&self, phi0: &Tensor) -> Result<Gaussian> {
+        self.head(phi0)
+    }
+
+    fn step(&self, input: &StepInput, _prev: &Gaussian) -> Result<Gaussian> {
+        self.head(input.phi)
+    }
+}
