@@ -92,6 +92,13 @@ pub struct CoreState {
     pub q: Gaussian,
 }
 
+impl CoreState {
+    /// Cuts the autograd history (evaluation and rollouts: no gradient needed).
+    pub fn detach(&self) -> CoreState {
+        CoreState { carry: self.carry.detach(), window: self.window.clone(), q: self.q.detach() }
+    }
+}
+
 /// What one core step produces.
 pub struct CoreStep {
     pub state: CoreState,

@@ -5,12 +5,16 @@
 //! with Laplace Variational Recurrent Networks"). See `README.md` and `DESIGN.md`.
 
 pub mod agent;
+pub mod config;
 pub mod envs;
+pub mod eval;
 pub mod linalg;
 pub mod nn;
 pub mod plot;
 pub mod posterior;
+pub mod run;
 pub mod stats;
+pub mod train;
 pub mod util;
 
 /// Sets the number of CPU threads used by the tensor kernels (candle's gemm reads

@@ -104,6 +104,14 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
 
 /// Serialises tensors to safetensors bytes (names sorted, so the bytes are deterministic).
 pub fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
+    safetensors_bytes_with_metadata(tensors, None)
+}
+
+/// As [`safetensors_bytes`], with string metadata in the header.
+pub fn safetensors_bytes_with_metadata(
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
     let mut data = vec![];
     for (k, t) in tensors {
         let t = t.to_dtype(DType::F32)?.contiguous()?;
@@ -119,5 +127,5 @@ pub fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> 
             (k.clone(), view)
         })
         .collect();
-    Ok(safetensors::serialize(views, &None)?)
+    Ok(safetensors::serialize(views, &metadata)?)
 }

@@ -1,0 +1,252 @@
+//! Typed experiment configuration (one TOML file per experiment, see `configs/`), with
+//! validation that names the offending key and the allowed values.
+
+use crate::agent::ModelConfig;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The problem a run trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Fourier-series regression, supervised ELBO (Eq. 2).
+    Regression,
+    /// Dirichlet–Bernoulli bandit, PPO with the posterior KL (Eq. 3).
+    Bandit,
+    /// 5×5 gridworld, PPO with the posterior KL (Eq. 3).
+    Gridworld,
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Task::Regression => "regression",
+            Task::Bandit => "bandit",
+            Task::Gridworld => "gridworld",
+        })
+    }
+}
+
+/// A whole experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Run name (the run folder is `<runs_dir>/<name>`).
+    pub name: String,
+    pub task: Task,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+    #[serde(default)]
+    pub ppo: PpoConfig,
+    #[serde(default)]
+    pub env: EnvConfig,
+}
+
+/// Optimisation (paper App. B.1): AdamW, lr 1e-3, weight decay 1e-6, clipping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Number of gradient updates (the paper runs 20,000).
+    pub updates: usize,
+    /// Tasks per batch (paper: 256).
+    pub batch: usize,
+    /// Points per regression task during training (paper: 50). RL uses the env horizon.
+    pub seq_len: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Element-wise gradient clip c: each element to [−c, c] (regression 5, RL 1).
+    pub clip_element: f64,
+    pub clip_global_norm: f64,
+    /// Weight β of the posterior KL term (Eqs. 2, 3).
+    pub beta: f64,
+    /// Write a resumable checkpoint every this many updates (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Keep model snapshots at these fractions of training (paper: ½ and ¾).
+    pub snapshots: Vec<f64>,
+    /// Threads for the tensor kernels (0: all cores).
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            updates: 20_000,
+            batch: 256,
+            seq_len: 50,
+            lr: 1e-3,
+            weight_decay: 1e-6,
+            clip_element: 5.0,
+            clip_global_norm: 1.0,
+            beta: 1e-2,
+            checkpoint_every: 500,
+            snapshots: vec![0.5, 0.75],
+            threads: 0,
+        }
+    }
+}
+
+/// Evaluation on held-out tasks (seeded separately from training).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Number of held-out test tasks (paper: B = 128).
+    pub tasks: usize,
+    /// Seed of the test tasks (independent of the training seed).
+    pub seed: u64,
+    /// Regression: evaluate after this many observed points.
+    pub points: Vec<usize>,
+    /// Regression: size of the dense test grid on [−1, 1] for the predictive cross-entropy.
+    pub grid: usize,
+    /// Regression: posterior samples m for the posterior predictive (paper: 30).
+    pub samples: usize,
+    /// Regression: number of observed points in the example-prediction figure.
+    pub example_points: usize,
+    /// Posterior variants to evaluate the trained network under, post hoc, besides its own
+    /// (e.g. "laplace:window=1,accumulate=sigma").
+    pub posthoc: Vec<String>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            tasks: 128,
+            seed: 1_000_003,
+            points: vec![0, 1, 3, 5, 7, 10, 15, 20, 25, 30, 40, 50, 100, 200],
+            grid: 64,
+            samples: 30,
+            example_points: 10,
+            posthoc: vec![],
+        }
+    }
+}
+
+/// Recurrent PPO (paper Table 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PpoConfig {
+    pub gamma: f64,
+    pub gae_lambda: f64,
+    pub clip_ratio: f64,
+    pub value_scale: f64,
+    pub policy_scale: f64,
+    pub entropy_scale: f64,
+    pub standardize_advantages: bool,
+    /// Weight of the auxiliary reward-prediction loss (authors' bandit agent; 0 = off).
+    pub reward_loss_scale: f64,
+    /// What the policy and value heads see: "z" (bandit, Thompson-style) or "state_z" (grid).
+    /// Empty: the environment's default.
+    pub policy_input: String,
+    /// Evaluate on the test tasks every this many updates (0: only at the end).
+    pub eval_every: usize,
+}
+
+impl Default for PpoConfig {
+    fn default() -> Self {
+        Self {
+            gamma: 0.9,
+            gae_lambda: 0.9,
+            clip_ratio: 0.2,
+            value_scale: 1.0,
+            policy_scale: 1.0,
+            entropy_scale: 0.1,
+            standardize_advantages: false,
+            reward_loss_scale: -1.0,
+            policy_input: String::new(),
+            eval_every: 0,
+        }
+    }
+}
+
+/// Environment parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvConfig {
+    /// Bandit Dirichlet concentration for training tasks (paper: 0.2).
+    pub alpha_train: f64,
+    /// Bandit Dirichlet concentration for test tasks (paper: 0.3).
+    pub alpha_test: f64,
+}
+
+impl Default for EnvConfig {
+    fn default() -> Self {
+        Self { alpha_train: 0.2, alpha_test: 0.3 }
+    }
+}
+
+impl ExperimentConfig {
+    pub fn from_toml_str(s: &str, origin: &str) -> Result<Self> {
+        let cfg: Self = toml::from_str(s).map_err(|e| anyhow::anyhow!("invalid config {origin}: {e}"))?;
+        cfg.validate().with_context(|| format!("invalid config {origin}"))?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let s = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        Self::from_toml_str(&s, &path.display().to_string())
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.name.trim().is_empty() || self.name.contains(['/', '\\']) {
+            bail!("name must be a non-empty folder name without slashes (got `{}`)", self.name);
+        }
+        self.model.validate()?;
+        let t = &self.train;
+        for (k, v) in [("train.updates", t.updates), ("train.batch", t.batch), ("train.seq_len", t.seq_len)] {
+            if v == 0 {
+                bail!("{k} must be a positive integer (got 0)");
+            }
+        }
+        for (k, v) in [("train.lr", t.lr), ("train.clip_element", t.clip_element), ("train.clip_global_norm", t.clip_global_norm)] {
+            if !(v > 0.0 && v.is_finite()) {
+                bail!("{k} must be a finite number > 0 (got {v})");
+            }
+        }
+        for (k, v) in [("train.weight_decay", t.weight_decay), ("train.beta", t.beta)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("{k} must be a finite number >= 0 (got {v})");
+            }
+        }
+        if let Some(f) = t.snapshots.iter().find(|f| !(**f > 0.0 && **f < 1.0)) {
+            bail!("train.snapshots entries must be fractions strictly between 0 and 1 (got {f})");
+        }
+        let e = &self.eval;
+        if e.tasks == 0 || e.grid == 0 || e.samples == 0 {
+            bail!("eval.tasks, eval.grid and eval.samples must be positive integers");
+        }
+        if e.points.is_empty() {
+            bail!("eval.points must list at least one number of observed points");
+        }
+        for p in &e.posthoc {
+            p.parse::<crate::posterior::PosteriorConfig>().with_context(|| format!("eval.posthoc entry `{p}`"))?;
+        }
+        let p = &self.ppo;
+        for (k, v) in [("ppo.gamma", p.gamma), ("ppo.gae_lambda", p.gae_lambda)] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("{k} must be in [0, 1] (got {v})");
+            }
+        }
+        if !(p.clip_ratio > 0.0) {
+            bail!("ppo.clip_ratio must be > 0 (got {})", p.clip_ratio);
+        }
+        if !["", "z", "state_z"].contains(&p.policy_input.as_str()) {
+            bail!("ppo.policy_input = `{}` is not valid; allowed values: z, state_z (or leave empty for the environment's default)", p.policy_input);
+        }
+        for (k, v) in [("env.alpha_train", self.env.alpha_train), ("env.alpha_test", self.env.alpha_test)] {
+            if !(v > 0.0 && v.is_finite()) {
+                bail!("{k} must be a finite number > 0 (got {v})");
+            }
+        }
+        Ok(())
+    }
+}

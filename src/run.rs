@@ -1,0 +1,109 @@
+//! Run folders: resolved config, checkpoints (safetensors, written atomically, with the
+//! experiment config in the metadata so any checkpoint is self-describing), metrics, figures.
+//!
+//! ```text
+//! <runs>/<name>/config.toml                  resolved configuration
+//!               metrics/train.jsonl          one JSON object per update
+//!               metrics/eval*.csv|jsonl      evaluation tables
+//!               checkpoints/latest.safetensors   model + optimizer state (for --resume)
+//!               checkpoints/model-final.safetensors, model-step<N>.safetensors (snapshots)
+//!               figures/*.png, *.svg
+//! ```
+
+use crate::config::ExperimentConfig;
+use crate::nn::{Params, read_safetensors};
+use crate::util::write_atomic;
+use anyhow::{Context, Result, bail};
+use candle_core::Tensor;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    /// Opens `<runs_dir>/<name>`. A folder that already holds a checkpoint is only reused
+    /// with `resume` (or after `overwrite` deletes it), so no finished run is lost by accident.
+    pub fn open(runs_dir: &Path, name: &str, resume: bool, overwrite: bool) -> Result<Self> {
+        let root = runs_dir.join(name);
+        let run = Self { root };
+        if run.latest_checkpoint().exists() && !resume {
+            if overwrite {
+                std::fs::remove_dir_all(&run.root).with_context(|| format!("removing {}", run.root.display()))?;
+            } else {
+                bail!(
+                    "run folder {} already holds a checkpoint: pass --resume to continue it, --overwrite to start again, or choose another --name",
+                    run.root.display()
+                );
+            }
+        }
+        for d in [run.root.clone(), run.checkpoints(), run.metrics(), run.figures()] {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(run)
+    }
+
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics")
+    }
+    pub fn figures(&self) -> PathBuf {
+        self.root.join("figures")
+    }
+    pub fn latest_checkpoint(&self) -> PathBuf {
+        self.checkpoints().join("latest.safetensors")
+    }
+    pub fn final_model(&self) -> PathBuf {
+        self.checkpoints().join("model-final.safetensors")
+    }
+    pub fn snapshot(&self, update: usize) -> PathBuf {
+        self.checkpoints().join(format!("model-step{update:06}.safetensors"))
+    }
+    pub fn train_metrics(&self) -> PathBuf {
+        self.metrics().join("train.jsonl")
+    }
+
+    pub fn write_config(&self, cfg: &ExperimentConfig) -> Result<()> {
+        write_atomic(&self.root.join("config.toml"), cfg.to_toml()?.as_bytes())
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    update: usize,
+    config: ExperimentConfig,
+}
+
+/// A loaded checkpoint: tensors, the update it was written at, and the experiment config.
+pub struct Checkpoint {
+    pub tensors: BTreeMap<String, Tensor>,
+    pub update: usize,
+    pub config: ExperimentConfig,
+}
+
+/// Writes parameters (and optional extra tensors such as optimizer moments) with the config and
+/// update count in the safetensors metadata. Atomic: a crash leaves the previous file intact.
+pub fn save_checkpoint(path: &Path, params: &Params, extra: &BTreeMap<String, Tensor>, update: usize, cfg: &ExperimentConfig) -> Result<()> {
+    let mut tensors = params.tensors();
+    tensors.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // One metadata entry only: safetensors keeps metadata in a HashMap, whose order would make
+    // the bytes non-deterministic with several keys.
+    let mut meta = HashMap::new();
+    meta.insert("lvrnn".to_string(), serde_json::to_string(&Meta { update, config: cfg.clone() })?);
+    let bytes = crate::nn::safetensors_bytes_with_metadata(&tensors, Some(meta))?;
+    write_atomic(path, &bytes)
+}
+
+pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let Meta { update, config } = serde_json::from_str(
+        meta.get("lvrnn").ok_or_else(|| anyhow::anyhow!("{} has no lvrnn metadata (not written by lvrnn?)", path.display()))?,
+    )
+    .with_context(|| format!("metadata stored in {}", path.display()))?;
+    Ok(Checkpoint { tensors: read_safetensors(path)?, update, config })
+}

@@ -1,0 +1,174 @@
+//! Training: the generic update loop shared by the supervised ELBO and recurrent PPO —
+//! seeded per-update randomness, AdamW with clipping, metrics, checkpoints, snapshots, resume,
+//! and a clean stop when the loss diverges.
+
+pub mod optim;
+pub mod supervised;
+
+use crate::config::ExperimentConfig;
+use crate::nn::Params;
+use crate::run::{RunDir, load_checkpoint, save_checkpoint};
+use crate::util::{JsonlAppender, truncate_jsonl};
+use anyhow::{Context, Result, bail};
+use candle_core::Tensor;
+use optim::{AdamW, AdamWConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// Something trainable by gradient descent on a scalar loss.
+pub trait Learner {
+    fn params(&self) -> &Params;
+    /// Builds the loss of update `update` (0-based) from fresh data drawn from `rng`; returns the
+    /// loss and scalar metrics to log (e.g. "nll", "kl", "return").
+    fn loss(&mut self, update: usize, rng: &mut ChaCha8Rng) -> Result<(Tensor, BTreeMap<String, f64>)>;
+    /// The metric shown in the progress bar.
+    fn headline(&self) -> &'static str {
+        "loss"
+    }
+}
+
+/// The random stream of update `update`: a pure function of (seed, update), so that a resumed
+/// run draws exactly the data an uninterrupted run would.
+pub fn update_rng(seed: u64, update: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(update as u64 + 1);
+    rng
+}
+
+/// The AdamW settings a config names.
+pub fn adamw_config(cfg: &ExperimentConfig) -> AdamWConfig {
+    AdamWConfig {
+        lr: cfg.train.lr,
+        weight_decay: cfg.train.weight_decay,
+        clip_element: cfg.train.clip_element,
+        clip_global_norm: cfg.train.clip_global_norm,
+        ..AdamWConfig::default()
+    }
+}
+
+/// Options of one `fit` call.
+#[derive(Default, Clone)]
+pub struct FitOptions {
+    pub resume: bool,
+    /// Stop (as if interrupted) after this many updates of this call; used by tests and for
+    /// budgeted runs. The run can be resumed later.
+    pub stop_after: Option<usize>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+pub struct FitSummary {
+    pub updates_done: usize,
+    pub finished: bool,
+    pub wall_seconds: f64,
+    pub last_metrics: BTreeMap<String, f64>,
+}
+
+/// Loads a model checkpoint's weights into `params` for finetuning under (possibly) another
+/// posterior family; parameters absent from the checkpoint keep their fresh initialisation.
+pub fn init_from(params: &Params, path: &Path) -> Result<Vec<String>> {
+    let ck = load_checkpoint(path)?;
+    let model_tensors: BTreeMap<String, Tensor> = ck.tensors.into_iter().filter(|(k, _)| !k.starts_with("adam.")).collect();
+    params.load_from(&model_tensors, false).with_context(|| format!("initialising from {}", path.display()))
+}
+
+/// Runs (or resumes) training until `cfg.train.updates` updates are done.
+pub fn fit(learner: &mut dyn Learner, cfg: &ExperimentConfig, run: &RunDir, opts: &FitOptions) -> Result<FitSummary> {
+    let mut opt = AdamW::new(adamw_config(cfg), learner.params())?;
+    let mut start = 0;
+    let latest = run.latest_checkpoint();
+    if opts.resume && latest.exists() {
+        let ck = load_checkpoint(&latest)?;
+        if ck.config.model != cfg.model || ck.config.task != cfg.task {
+            bail!("cannot resume {}: its model or task differs from the given config", latest.display());
+        }
+        let model: BTreeMap<String, Tensor> = ck.tensors.iter().filter(|(k, _)| !k.starts_with("adam.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        learner.params().load_from(&model, true)?;
+        opt.load_state(&ck.tensors, ck.update)?;
+        start = ck.update;
+        truncate_jsonl(&run.train_metrics(), |v| v.get("update").and_then(|u| u.as_u64()).is_some_and(|u| (u as usize) <= start))?;
+    } else if run.train_metrics().exists() {
+        std::fs::remove_file(run.train_metrics())?;
+    }
+    run.write_config(cfg)?;
+    let total = cfg.train.updates;
+    let snapshots: Vec<usize> = cfg.train.snapshots.iter().map(|f| ((f * total as f64).round() as usize).clamp(1, total)).collect();
+    let mut log = JsonlAppender::open(&run.train_metrics())?;
+    let bar = progress_bar(opts.progress, total, start, &cfg.name);
+    let t0 = Instant::now();
+    let mut last = BTreeMap::new();
+    let end = match opts.stop_after {
+        Some(n) => (start + n).min(total),
+        None => total,
+    };
+    for update in start..end {
+        let mut rng = update_rng(cfg.seed, update);
+        let (loss, mut metrics) = learner.loss(update, &mut rng)?;
+        let value = loss.to_scalar::<f32>()? as f64;
+        if !value.is_finite() {
+            return diverged(learner, &opt, update, cfg, &latest, format!("loss = {value}"));
+        }
+        let grads = loss.backward()?;
+        let stats = match opt.step(learner.params(), &grads) {
+            Ok(s) => s,
+            Err(e) => return diverged(learner, &opt, update, cfg, &latest, e.to_string()),
+        };
+        metrics.insert("loss".into(), value);
+        metrics.insert("grad_norm".into(), stats.grad_norm);
+        let mut row = serde_json::Map::new();
+        row.insert("update".into(), (update + 1).into());
+        for (k, v) in &metrics {
+            row.insert(k.clone(), serde_json::json!(v));
+        }
+        log.write(&serde_json::Value::Object(row))?;
+        let done = update + 1;
+        if snapshots.contains(&done) && done < total {
+            save_checkpoint(&run.snapshot(done), learner.params(), &BTreeMap::new(), done, cfg)?;
+        }
+        if (cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0) || done == end {
+            save_checkpoint(&latest, learner.params(), &opt.state_tensors(), done, cfg)?;
+        }
+        if let Some(bar) = &bar {
+            let head = learner.headline();
+            bar.set_message(format!("{head} {:.4}", metrics.get(head).copied().unwrap_or(value)));
+            bar.inc(1);
+        }
+        last = metrics;
+    }
+    let finished = end == total;
+    if finished {
+        save_checkpoint(&run.final_model(), learner.params(), &BTreeMap::new(), total, cfg)?;
+    }
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    Ok(FitSummary { updates_done: end, finished, wall_seconds: t0.elapsed().as_secs_f64(), last_metrics: last })
+}
+
+/// Stops a diverged run: the parameters have not been touched by the failing update, so they
+/// are the last good state; they are saved as the resumable checkpoint.
+fn diverged(learner: &dyn Learner, opt: &AdamW, update: usize, cfg: &ExperimentConfig, latest: &Path, why: String) -> Result<FitSummary> {
+    save_checkpoint(latest, learner.params(), &opt.state_tensors(), update, cfg)?;
+    bail!(
+        "training diverged at update {} ({why}); stopped. The last good state (after update {update}) is kept in {}",
+        update + 1,
+        latest.display()
+    )
+}
+
+fn progress_bar(show: bool, total: usize, start: usize, name: &str) -> Option<indicatif::ProgressBar> {
+    if !show {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{elapsed_precise}<{eta_precise}] {bar:30} {pos}/{len} updates  {msg}")
+            .expect("valid template"),
+    );
+    bar.set_prefix(name.to_string());
+    bar.set_position(start as u64);
+    Some(bar)
+}
