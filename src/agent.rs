@@ -55,19 +55,34 @@ fn d_nz() -> usize {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { embed_width: 256, hidden: 128, features: 64, head_hidden: d_head(), n_z: 1, posterior: PosteriorConfig::Rnn }
+        Self {
+            embed_width: 256,
+            hidden: 128,
+            features: 64,
+            head_hidden: d_head(),
+            n_z: 1,
+            posterior: PosteriorConfig::Rnn,
+        }
     }
 }
 
 impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
-        for (k, v) in [("model.embed_width", self.embed_width), ("model.hidden", self.hidden), ("model.features", self.features), ("model.n_z", self.n_z)] {
+        for (k, v) in [
+            ("model.embed_width", self.embed_width),
+            ("model.hidden", self.hidden),
+            ("model.features", self.features),
+            ("model.n_z", self.n_z),
+        ] {
             if v == 0 {
                 bail!("{k} must be a positive integer (got 0)");
             }
         }
-        if self.head_hidden.iter().any(|w| *w == 0) {
-            bail!("model.head_hidden entries must be positive integers (got {:?})", self.head_hidden);
+        if self.head_hidden.contains(&0) {
+            bail!(
+                "model.head_hidden entries must be positive integers (got {:?})",
+                self.head_hidden
+            );
         }
         self.posterior.validate()
     }
@@ -95,7 +110,11 @@ pub struct CoreState {
 impl CoreState {
     /// Cuts the autograd history (evaluation and rollouts: no gradient needed).
     pub fn detach(&self) -> CoreState {
-        CoreState { carry: self.carry.detach(), window: self.window.clone(), q: self.q.detach() }
+        CoreState {
+            carry: self.carry.detach(),
+            window: self.window.clone(),
+            q: self.q.detach(),
+        }
     }
 }
 
@@ -108,12 +127,28 @@ pub struct CoreStep {
 
 impl Core {
     /// `input_dims`: the raw size of each input kind (e.g. [1, 1] for regression (x, y)).
-    pub fn new(p: &mut Params, cfg: &ModelConfig, input_dims: &[usize], rng: &mut ChaCha8Rng) -> Result<Self> {
-        let embeds = input_dims.iter().enumerate().map(|(k, d)| Embedding::new(p, &format!("embed{k}"), *d, cfg.embed_width, rng)).collect::<Result<Vec<_>>>()?;
+    pub fn new(
+        p: &mut Params,
+        cfg: &ModelConfig,
+        input_dims: &[usize],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self> {
+        let embeds = input_dims
+            .iter()
+            .enumerate()
+            .map(|(k, d)| Embedding::new(p, &format!("embed{k}"), *d, cfg.embed_width, rng))
+            .collect::<Result<Vec<_>>>()?;
         let lstm = Lstm::new(p, cfg.embed_width * input_dims.len(), cfg.hidden, rng)?;
         let proj = Linear::new(p, "proj", cfg.hidden, cfg.features, rng)?;
         let posterior = posterior::build(&cfg.posterior, p, cfg.features, rng)?;
-        Ok(Self { embeds, lstm, proj, posterior, features: cfg.features, hidden: cfg.hidden })
+        Ok(Self {
+            embeds,
+            lstm,
+            proj,
+            posterior,
+            features: cfg.features,
+            hidden: cfg.hidden,
+        })
     }
 
     pub fn embed(&self, kind: usize, x: &Tensor) -> Result<Tensor> {
@@ -124,7 +159,11 @@ impl Core {
     pub fn initial(&self, batch: usize) -> Result<CoreState> {
         let carry = Carry::zeros(batch, self.hidden)?;
         let phi0 = self.proj.forward(&carry.h)?;
-        Ok(CoreState { carry, window: VecDeque::new(), q: self.posterior.init(&phi0)? })
+        Ok(CoreState {
+            carry,
+            window: VecDeque::new(),
+            q: self.posterior.init(&phi0)?,
+        })
     }
 
     /// Feeds the embedded inputs of step t (one tensor per input kind, each (B, embed_width))
@@ -142,16 +181,27 @@ impl Core {
             }
         }
         let slice: Vec<Tensor> = window.iter().cloned().collect();
-        let input = StepInput { phi: &phi, carry: &carry, lstm: &self.lstm, proj: &self.proj, window: &slice };
+        let input = StepInput {
+            phi: &phi,
+            carry: &carry,
+            lstm: &self.lstm,
+            proj: &self.proj,
+            window: &slice,
+        };
         let q = self.posterior.step(&input, &state.q)?;
         let kl = q.kl_to(&state.q)?;
-        Ok(CoreStep { state: CoreState { carry, window, q }, kl })
+        Ok(CoreStep {
+            state: CoreState { carry, window, q },
+            kl,
+        })
     }
 }
 
 /// Standard-normal noise of the given shape from a seeded stream.
 pub fn randn(rng: &mut ChaCha8Rng, shape: &[usize]) -> Result<Tensor> {
     let count: usize = shape.iter().product();
-    let v: Vec<f32> = (0..count).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
+    let v: Vec<f32> = (0..count)
+        .map(|_| rng.sample::<f32, _>(StandardNormal))
+        .collect();
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }

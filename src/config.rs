@@ -176,19 +176,25 @@ pub struct EnvConfig {
 
 impl Default for EnvConfig {
     fn default() -> Self {
-        Self { alpha_train: 0.2, alpha_test: 0.3 }
+        Self {
+            alpha_train: 0.2,
+            alpha_test: 0.3,
+        }
     }
 }
 
 impl ExperimentConfig {
     pub fn from_toml_str(s: &str, origin: &str) -> Result<Self> {
-        let cfg: Self = toml::from_str(s).map_err(|e| anyhow::anyhow!("invalid config {origin}: {e}"))?;
-        cfg.validate().with_context(|| format!("invalid config {origin}"))?;
+        let cfg: Self =
+            toml::from_str(s).map_err(|e| anyhow::anyhow!("invalid config {origin}: {e}"))?;
+        cfg.validate()
+            .with_context(|| format!("invalid config {origin}"))?;
         Ok(cfg)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let s = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let s = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
         Self::from_toml_str(&s, &path.display().to_string())
     }
 
@@ -198,21 +204,35 @@ impl ExperimentConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.name.trim().is_empty() || self.name.contains(['/', '\\']) {
-            bail!("name must be a non-empty folder name without slashes (got `{}`)", self.name);
+            bail!(
+                "name must be a non-empty folder name without slashes (got `{}`)",
+                self.name
+            );
         }
         self.model.validate()?;
         let t = &self.train;
-        for (k, v) in [("train.updates", t.updates), ("train.batch", t.batch), ("train.seq_len", t.seq_len)] {
+        for (k, v) in [
+            ("train.updates", t.updates),
+            ("train.batch", t.batch),
+            ("train.seq_len", t.seq_len),
+        ] {
             if v == 0 {
                 bail!("{k} must be a positive integer (got 0)");
             }
         }
-        for (k, v) in [("train.lr", t.lr), ("train.clip_element", t.clip_element), ("train.clip_global_norm", t.clip_global_norm)] {
+        for (k, v) in [
+            ("train.lr", t.lr),
+            ("train.clip_element", t.clip_element),
+            ("train.clip_global_norm", t.clip_global_norm),
+        ] {
             if !(v > 0.0 && v.is_finite()) {
                 bail!("{k} must be a finite number > 0 (got {v})");
             }
         }
-        for (k, v) in [("train.weight_decay", t.weight_decay), ("train.beta", t.beta)] {
+        for (k, v) in [
+            ("train.weight_decay", t.weight_decay),
+            ("train.beta", t.beta),
+        ] {
             if !(v >= 0.0 && v.is_finite()) {
                 bail!("{k} must be a finite number >= 0 (got {v})");
             }
@@ -228,7 +248,8 @@ impl ExperimentConfig {
             bail!("eval.points must list at least one number of observed points");
         }
         for p in &e.posthoc {
-            p.parse::<crate::posterior::PosteriorConfig>().with_context(|| format!("eval.posthoc entry `{p}`"))?;
+            p.parse::<crate::posterior::PosteriorConfig>()
+                .with_context(|| format!("eval.posthoc entry `{p}`"))?;
         }
         let p = &self.ppo;
         for (k, v) in [("ppo.gamma", p.gamma), ("ppo.gae_lambda", p.gae_lambda)] {
@@ -236,13 +257,19 @@ impl ExperimentConfig {
                 bail!("{k} must be in [0, 1] (got {v})");
             }
         }
-        if !(p.clip_ratio > 0.0) {
+        if p.clip_ratio.is_nan() || p.clip_ratio <= 0.0 {
             bail!("ppo.clip_ratio must be > 0 (got {})", p.clip_ratio);
         }
         if !["", "z", "state_z"].contains(&p.policy_input.as_str()) {
-            bail!("ppo.policy_input = `{}` is not valid; allowed values: z, state_z (or leave empty for the environment's default)", p.policy_input);
+            bail!(
+                "ppo.policy_input = `{}` is not valid; allowed values: z, state_z (or leave empty for the environment's default)",
+                p.policy_input
+            );
         }
-        for (k, v) in [("env.alpha_train", self.env.alpha_train), ("env.alpha_test", self.env.alpha_test)] {
+        for (k, v) in [
+            ("env.alpha_train", self.env.alpha_train),
+            ("env.alpha_test", self.env.alpha_test),
+        ] {
             if !(v > 0.0 && v.is_finite()) {
                 bail!("{k} must be a finite number > 0 (got {v})");
             }

@@ -48,16 +48,33 @@ pub struct EvalResult {
 pub fn test_tasks(cfg: &EvalConfig) -> (Vec<FourierTask>, Vec<Vec<f32>>) {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let horizon = *cfg.points.iter().max().unwrap_or(&0);
-    let tasks: Vec<FourierTask> = (0..cfg.tasks).map(|_| FourierTask::sample(&mut rng)).collect();
-    let xs = tasks.iter().map(|_| (0..horizon).map(|_| sample_x(&mut rng)).collect()).collect();
+    let tasks: Vec<FourierTask> = (0..cfg.tasks)
+        .map(|_| FourierTask::sample(&mut rng))
+        .collect();
+    let xs = tasks
+        .iter()
+        .map(|_| (0..horizon).map(|_| sample_x(&mut rng)).collect())
+        .collect();
     (tasks, xs)
 }
 
 /// Evaluates `model` (under its own posterior family) on the test tasks of `cfg`.
-pub fn evaluate_regression(model: &RegressionModel, label: &str, cfg: &EvalConfig) -> Result<EvalResult> {
+pub fn evaluate_regression(
+    model: &RegressionModel,
+    label: &str,
+    cfg: &EvalConfig,
+) -> Result<EvalResult> {
     let (tasks, xs) = test_tasks(cfg);
     let horizon = *cfg.points.iter().max().unwrap_or(&0);
-    let grid: Vec<f32> = (0..cfg.grid).map(|i| if cfg.grid == 1 { 0.0 } else { -1.0 + 2.0 * i as f32 / (cfg.grid - 1) as f32 }).collect();
+    let grid: Vec<f32> = (0..cfg.grid)
+        .map(|i| {
+            if cfg.grid == 1 {
+                0.0
+            } else {
+                -1.0 + 2.0 * i as f32 / (cfg.grid - 1) as f32
+            }
+        })
+        .collect();
     let emb_grid = model.embed_scalar(0, &grid)?.detach(); // (G, E)
     let sigma = model.log_sigma.to_vec1::<f32>()?[0].exp() as f64;
     let bayes = model.core.posterior.is_bayesian();
@@ -65,7 +82,11 @@ pub fn evaluate_regression(model: &RegressionModel, label: &str, cfg: &EvalConfi
     let m = if bayes { cfg.samples } else { 1 };
     let n = model.cfg.features;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_e7a1);
-    let (mut ce, mut ent, mut kl) = (vec![vec![]; cfg.points.len()], vec![vec![]; cfg.points.len()], vec![vec![]; cfg.points.len()]);
+    let (mut ce, mut ent, mut kl) = (
+        vec![vec![]; cfg.points.len()],
+        vec![vec![]; cfg.points.len()],
+        vec![vec![]; cfg.points.len()],
+    );
     let mut examples = vec![];
     let chunk = 32usize;
     for start in (0..tasks.len()).step_by(chunk) {
@@ -79,7 +100,8 @@ pub fn evaluate_regression(model: &RegressionModel, label: &str, cfg: &EvalConfi
                 let entropy = state.q.entropy()?.unwrap_or_else(|| vec![f64::NAN; b]);
                 let z = state.q.sample(&randn(&mut rng, &[m, b, n])?)?; // (m, B, n)
                 // (m, B, G) predictive means.
-                let means = model.predict_mean(&emb_grid.unsqueeze(0)?.unsqueeze(0)?, &z.unsqueeze(2)?)?;
+                let means =
+                    model.predict_mean(&emb_grid.unsqueeze(0)?.unsqueeze(0)?, &z.unsqueeze(2)?)?;
                 let means: Vec<Vec<Vec<f32>>> = means.to_vec3()?;
                 for j in 0..b {
                     let (task_ce, mu, sd) = mixture_stats(&means, j, &truth[j], sigma);
@@ -93,7 +115,10 @@ pub fn evaluate_regression(model: &RegressionModel, label: &str, cfg: &EvalConfi
                             mean: mu,
                             std: sd,
                             obs_x: xs[idx[j]][..k].iter().map(|v| *v as f64).collect(),
-                            obs_y: xs[idx[j]][..k].iter().map(|x| tasks[idx[j]].eval(*x) as f64).collect(),
+                            obs_y: xs[idx[j]][..k]
+                                .iter()
+                                .map(|x| tasks[idx[j]].eval(*x) as f64)
+                                .collect(),
                         });
                     }
                 }
@@ -120,32 +145,59 @@ pub fn evaluate_regression(model: &RegressionModel, label: &str, cfg: &EvalConfi
             let (ce_mean, ce_ci99) = mean_ci99(&ce[s]);
             let (entropy_mean, entropy_ci99) = finite_mean_ci(&ent[s]);
             let (kl_mean, kl_ci99) = finite_mean_ci(&kl[s]);
-            EvalRow { model: label.to_string(), points: *p, ce_mean, ce_ci99, entropy_mean, entropy_ci99, kl_mean, kl_ci99 }
+            EvalRow {
+                model: label.to_string(),
+                points: *p,
+                ce_mean,
+                ce_ci99,
+                entropy_mean,
+                entropy_ci99,
+                kl_mean,
+                kl_ci99,
+            }
         })
         .collect();
-    Ok(EvalResult { model: label.to_string(), rows, examples })
+    Ok(EvalResult {
+        model: label.to_string(),
+        rows,
+        examples,
+    })
 }
 
 /// NaN where undefined (point estimates, KL at k = 0), else mean and 99% half-width.
 fn finite_mean_ci(xs: &[f64]) -> (f64, f64) {
-    if xs.iter().any(|x| x.is_nan()) { (f64::NAN, f64::NAN) } else { mean_ci99(xs) }
+    if xs.iter().any(|x| x.is_nan()) {
+        (f64::NAN, f64::NAN)
+    } else {
+        mean_ci99(xs)
+    }
 }
 
 /// For task j: the cross-entropy −(1/G) Σ_g ln (1/m Σ_s N(f(x_g); μ_s(x_g), σ²)) of the
 /// Monte-Carlo posterior predictive, and that mixture's mean and standard deviation per x_g.
-fn mixture_stats(means: &[Vec<Vec<f32>>], j: usize, truth: &[f32], sigma: f64) -> (f64, Vec<f64>, Vec<f64>) {
+fn mixture_stats(
+    means: &[Vec<Vec<f32>>],
+    j: usize,
+    truth: &[f32],
+    sigma: f64,
+) -> (f64, Vec<f64>, Vec<f64>) {
     let m = means.len();
     let g = truth.len();
     let mut ce = 0.0;
     let (mut mu, mut sd) = (vec![0.0; g], vec![0.0; g]);
     let log_norm = -(2.0 * std::f64::consts::PI).sqrt().ln() - sigma.ln();
     for k in 0..g {
-        let lps: Vec<f64> = (0..m).map(|s| log_norm - 0.5 * ((truth[k] as f64 - means[s][j][k] as f64) / sigma).powi(2)).collect();
+        let lps: Vec<f64> = (0..m)
+            .map(|s| log_norm - 0.5 * ((truth[k] as f64 - means[s][j][k] as f64) / sigma).powi(2))
+            .collect();
         let top = lps.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let lse = top + lps.iter().map(|l| (l - top).exp()).sum::<f64>().ln() - (m as f64).ln();
         ce -= lse;
         let avg = (0..m).map(|s| means[s][j][k] as f64).sum::<f64>() / m as f64;
-        let var = (0..m).map(|s| (means[s][j][k] as f64 - avg).powi(2)).sum::<f64>() / m as f64;
+        let var = (0..m)
+            .map(|s| (means[s][j][k] as f64 - avg).powi(2))
+            .sum::<f64>()
+            / m as f64;
         mu[k] = avg;
         sd[k] = (var + sigma * sigma).sqrt();
     }
@@ -154,11 +206,13 @@ fn mixture_stats(means: &[Vec<Vec<f32>>], j: usize, truth: &[f32], sigma: f64) -
 
 /// Builds a copy of a trained model under another posterior family (post-hoc: same weights,
 /// no retraining). Parameters the new family adds (the VRNN head) are freshly initialised.
-pub fn with_posterior(model: &RegressionModel, posterior: &crate::posterior::PosteriorConfig) -> Result<RegressionModel> {
+pub fn with_posterior(
+    model: &RegressionModel,
+    posterior: &crate::posterior::PosteriorConfig,
+) -> Result<RegressionModel> {
     let mut cfg = model.cfg.clone();
     cfg.posterior = posterior.clone();
     let other = RegressionModel::new(&cfg, 0)?;
     other.params.load_from(&model.params.tensors(), false)?;
     Ok(other)
 }
-

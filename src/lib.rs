@@ -5,13 +5,16 @@
 //! with Laplace Variational Recurrent Networks"). See `README.md` and `DESIGN.md`.
 
 pub mod agent;
+pub mod bench;
 pub mod config;
 pub mod envs;
 pub mod eval;
+pub mod inspect;
 pub mod linalg;
 pub mod nn;
 pub mod plot;
 pub mod posterior;
+pub mod report;
 pub mod run;
 pub mod stats;
 pub mod train;

@@ -1,1 +1,392 @@
-fn main(){}
+//! The `lvrnn` command-line tool. See `lvrnn --help` and README.md.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use lvrnn::config::{ExperimentConfig, Task};
+use lvrnn::eval::{EvalResult, evaluate_regression, with_posterior};
+use lvrnn::posterior::PosteriorConfig;
+use lvrnn::report::{format_table, write_regression_report};
+use lvrnn::run::{RunDir, load_checkpoint};
+use lvrnn::train::supervised::{RegressionModel, Supervised};
+use lvrnn::train::{FitOptions, fit, init_from};
+use std::path::{Path, PathBuf};
+
+/// The embedded default configuration of `lvrnn quickstart`.
+const QUICKSTART: &str = include_str!("../configs/quickstart.toml");
+
+#[derive(Parser)]
+#[command(
+    name = "lvrnn",
+    version,
+    about = "Laplace variational recurrent networks for Bayesian meta-RL"
+)]
+struct Cli {
+    /// Threads for the tensor kernels (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a small RNN on Fourier regression, evaluate it as RNN and as post-hoc Laplace VRNN,
+    /// and write metrics and figures (the embedded default config; a few minutes on 2 cores).
+    Quickstart {
+        /// Folder holding run folders.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// Override the number of updates.
+        #[arg(long)]
+        updates: Option<usize>,
+        /// Start again even if the run folder exists.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Train from a TOML config (see configs/), then evaluate on held-out tasks.
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// Run name (default: the config's `name`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Override the posterior, e.g. `laplace:window=1,accumulate=sigma` or `vrnn:diagonal=true`.
+        #[arg(long)]
+        posterior: Option<String>,
+        #[arg(long)]
+        updates: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Continue an interrupted run from its latest checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Delete an existing run folder of the same name first.
+        #[arg(long)]
+        overwrite: bool,
+        /// Finetune: start from this checkpoint's weights (any posterior family).
+        #[arg(long)]
+        init_from: Option<PathBuf>,
+        /// Skip the evaluation after training.
+        #[arg(long)]
+        no_eval: bool,
+    },
+    /// Evaluate a checkpoint on held-out tasks, under its own posterior and any others given
+    /// (post hoc: the same weights, no retraining).
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Posterior variants to evaluate under (repeatable).
+        #[arg(long = "posterior")]
+        posteriors: Vec<String>,
+        /// Output folder (default: <run>/eval-<checkpoint name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        tasks: Option<usize>,
+        /// Do not also evaluate under the checkpoint's own posterior.
+        #[arg(long)]
+        only_given: bool,
+    },
+    /// Print, per step of a history, the posterior a checkpoint gives (JSON lines).
+    Inspect {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Posterior variant (default: the checkpoint's own).
+        #[arg(long)]
+        posterior: Option<String>,
+        /// CSV with one row per step: regression `x,y` (a header row is optional).
+        #[arg(long)]
+        history: PathBuf,
+    },
+    /// Time training steps and the Jacobian/precision path (prints a table).
+    Bench {
+        /// Batch size (paper: 256).
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Sequence length (paper: 50).
+        #[arg(long, default_value_t = 50)]
+        seq_len: usize,
+        /// Timed repetitions per row.
+        #[arg(long, default_value_t = 2)]
+        reps: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let threads = cli.threads.unwrap_or(0);
+    if threads > 0 {
+        lvrnn::init_threads(threads);
+    }
+    if let Err(e) = run(cli.cmd) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Quickstart {
+            runs,
+            updates,
+            overwrite,
+        } => {
+            let mut cfg = ExperimentConfig::from_toml_str(QUICKSTART, "(embedded quickstart)")?;
+            if let Some(u) = updates {
+                cfg.train.updates = u;
+            }
+            cfg.validate()?;
+            train_and_eval(
+                cfg,
+                &runs,
+                FitOptions {
+                    resume: !overwrite,
+                    progress: true,
+                    ..Default::default()
+                },
+                overwrite,
+                None,
+                false,
+            )
+        }
+        Cmd::Train {
+            config,
+            runs,
+            name,
+            posterior,
+            updates,
+            seed,
+            resume,
+            overwrite,
+            init_from,
+            no_eval,
+        } => {
+            let mut cfg = ExperimentConfig::load(&config)?;
+            if let Some(n) = name {
+                cfg.name = n;
+            }
+            if let Some(p) = posterior {
+                cfg.model.posterior = p.parse().context("--posterior")?;
+            }
+            if let Some(u) = updates {
+                cfg.train.updates = u;
+            }
+            if let Some(s) = seed {
+                cfg.seed = s;
+            }
+            cfg.validate()?;
+            train_and_eval(
+                cfg,
+                &runs,
+                FitOptions {
+                    resume,
+                    progress: true,
+                    ..Default::default()
+                },
+                overwrite,
+                init_from.as_deref(),
+                no_eval,
+            )
+        }
+        Cmd::Eval {
+            checkpoint,
+            posteriors,
+            out,
+            tasks,
+            only_given,
+        } => eval_checkpoint(&checkpoint, &posteriors, out, tasks, only_given),
+        Cmd::Inspect {
+            checkpoint,
+            posterior,
+            history,
+        } => inspect(&checkpoint, posterior.as_deref(), &history),
+        Cmd::Bench {
+            batch,
+            seq_len,
+            reps,
+        } => lvrnn::bench::run(batch, seq_len, reps),
+    }
+}
+
+fn train_and_eval(
+    cfg: ExperimentConfig,
+    runs: &Path,
+    opts: FitOptions,
+    overwrite: bool,
+    init: Option<&Path>,
+    no_eval: bool,
+) -> Result<()> {
+    if cfg.task != Task::Regression {
+        bail!(
+            "training on `{}` is not implemented yet in this build (only `regression` is)",
+            cfg.task
+        );
+    }
+    let run = RunDir::open(runs, &cfg.name, opts.resume, overwrite)?;
+    let model = RegressionModel::new(&cfg.model, cfg.seed)?;
+    if let Some(path) = init {
+        let missing = init_from(&model.params, path)?;
+        eprintln!(
+            "initialised from {} ({} parameters kept fresh: {:?})",
+            path.display(),
+            missing.len(),
+            missing
+        );
+    }
+    eprintln!(
+        "run {} — {} ({} parameters), {} updates of {} tasks × {} points",
+        run.root.display(),
+        cfg.model.posterior.label(),
+        model.params.num_scalars(),
+        cfg.train.updates,
+        cfg.train.batch,
+        cfg.train.seq_len
+    );
+    let mut learner = Supervised {
+        model,
+        batch: cfg.train.batch,
+        points: cfg.train.seq_len,
+        beta: cfg.train.beta,
+    };
+    let summary = fit(&mut learner, &cfg, &run, &opts)?;
+    eprintln!(
+        "trained {} updates in {:.1} s; final {:?}",
+        summary.updates_done, summary.wall_seconds, summary.last_metrics
+    );
+    if no_eval {
+        return Ok(());
+    }
+    let model = learner.model;
+    let results = evaluate_all(&model, &cfg, &cfg.eval.posthoc)?;
+    let files = write_regression_report(
+        &results,
+        &run.metrics(),
+        &run.figures(),
+        Some(cfg.train.seq_len),
+    )?;
+    println!("{}", format_table(&results, &[0, 10, 50, 100]));
+    println!("run folder: {}", run.root.display());
+    for f in files {
+        println!("  {}", f.display());
+    }
+    Ok(())
+}
+
+/// Evaluates the model under its own posterior and each post-hoc variant.
+fn evaluate_all(
+    model: &RegressionModel,
+    cfg: &ExperimentConfig,
+    posthoc: &[String],
+) -> Result<Vec<EvalResult>> {
+    let mut results = vec![];
+    let own = cfg.model.posterior.label();
+    eprintln!("evaluating {own} on {} held-out tasks …", cfg.eval.tasks);
+    results.push(evaluate_regression(model, &own, &cfg.eval)?);
+    for spec in posthoc {
+        let p: PosteriorConfig = spec
+            .parse()
+            .with_context(|| format!("posterior `{spec}`"))?;
+        let label = format!("{} (post-hoc on {own})", p.label());
+        eprintln!("evaluating {label} …");
+        results.push(evaluate_regression(
+            &with_posterior(model, &p)?,
+            &label,
+            &cfg.eval,
+        )?);
+    }
+    Ok(results)
+}
+
+fn load_regression(checkpoint: &Path) -> Result<(RegressionModel, ExperimentConfig)> {
+    let ck = load_checkpoint(checkpoint)?;
+    if ck.config.task != Task::Regression {
+        bail!(
+            "checkpoint {} is a `{}` model; this command supports regression checkpoints in this build",
+            checkpoint.display(),
+            ck.config.task
+        );
+    }
+    let model = RegressionModel::new(&ck.config.model, ck.config.seed)?;
+    let tensors = ck
+        .tensors
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("adam."))
+        .collect();
+    model.params.load_from(&tensors, true)?;
+    Ok((model, ck.config))
+}
+
+fn eval_checkpoint(
+    checkpoint: &Path,
+    posteriors: &[String],
+    out: Option<PathBuf>,
+    tasks: Option<usize>,
+    only_given: bool,
+) -> Result<()> {
+    let (model, mut cfg) = load_regression(checkpoint)?;
+    if let Some(t) = tasks {
+        cfg.eval.tasks = t;
+    }
+    let out = out.unwrap_or_else(|| {
+        let stem = checkpoint
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        checkpoint
+            .parent()
+            .and_then(|p| p.parent())
+            .unwrap_or(Path::new("."))
+            .join(format!("eval-{stem}"))
+    });
+    let mut results = if only_given {
+        vec![]
+    } else {
+        evaluate_all(&model, &cfg, &[])?
+    };
+    for spec in posteriors {
+        let p: PosteriorConfig = spec
+            .parse()
+            .with_context(|| format!("--posterior `{spec}`"))?;
+        let label = if p == cfg.model.posterior {
+            p.label()
+        } else {
+            format!(
+                "{} (post-hoc on {})",
+                p.label(),
+                cfg.model.posterior.label()
+            )
+        };
+        eprintln!("evaluating {label} …");
+        results.push(evaluate_regression(
+            &with_posterior(&model, &p)?,
+            &label,
+            &cfg.eval,
+        )?);
+    }
+    if results.is_empty() {
+        bail!("nothing to evaluate: give --posterior or drop --only-given");
+    }
+    let figures = out.join("figures");
+    let files = write_regression_report(&results, &out, &figures, Some(cfg.train.seq_len))?;
+    println!("{}", format_table(&results, &[0, 10, 50, 100]));
+    for f in files {
+        println!("  {}", f.display());
+    }
+    Ok(())
+}
+
+fn inspect(checkpoint: &Path, posterior: Option<&str>, history: &Path) -> Result<()> {
+    let (model, cfg) = load_regression(checkpoint)?;
+    let model = match posterior {
+        Some(spec) => with_posterior(&model, &spec.parse().context("--posterior")?)?,
+        None => model,
+    };
+    let rows = lvrnn::inspect::read_history(history, 2)?;
+    for line in lvrnn::inspect::regression_trace(&model, &rows)? {
+        println!("{line}");
+    }
+    let _ = cfg;
+    Ok(())
+}

@@ -30,7 +30,8 @@ impl RunDir {
         let run = Self { root };
         if run.latest_checkpoint().exists() && !resume {
             if overwrite {
-                std::fs::remove_dir_all(&run.root).with_context(|| format!("removing {}", run.root.display()))?;
+                std::fs::remove_dir_all(&run.root)
+                    .with_context(|| format!("removing {}", run.root.display()))?;
             } else {
                 bail!(
                     "run folder {} already holds a checkpoint: pass --resume to continue it, --overwrite to start again, or choose another --name",
@@ -38,7 +39,12 @@ impl RunDir {
                 );
             }
         }
-        for d in [run.root.clone(), run.checkpoints(), run.metrics(), run.figures()] {
+        for d in [
+            run.root.clone(),
+            run.checkpoints(),
+            run.metrics(),
+            run.figures(),
+        ] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
         Ok(run)
@@ -60,7 +66,8 @@ impl RunDir {
         self.checkpoints().join("model-final.safetensors")
     }
     pub fn snapshot(&self, update: usize) -> PathBuf {
-        self.checkpoints().join(format!("model-step{update:06}.safetensors"))
+        self.checkpoints()
+            .join(format!("model-step{update:06}.safetensors"))
     }
     pub fn train_metrics(&self) -> PathBuf {
         self.metrics().join("train.jsonl")
@@ -86,24 +93,45 @@ pub struct Checkpoint {
 
 /// Writes parameters (and optional extra tensors such as optimizer moments) with the config and
 /// update count in the safetensors metadata. Atomic: a crash leaves the previous file intact.
-pub fn save_checkpoint(path: &Path, params: &Params, extra: &BTreeMap<String, Tensor>, update: usize, cfg: &ExperimentConfig) -> Result<()> {
+pub fn save_checkpoint(
+    path: &Path,
+    params: &Params,
+    extra: &BTreeMap<String, Tensor>,
+    update: usize,
+    cfg: &ExperimentConfig,
+) -> Result<()> {
     let mut tensors = params.tensors();
     tensors.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     // One metadata entry only: safetensors keeps metadata in a HashMap, whose order would make
     // the bytes non-deterministic with several keys.
     let mut meta = HashMap::new();
-    meta.insert("lvrnn".to_string(), serde_json::to_string(&Meta { update, config: cfg.clone() })?);
+    meta.insert(
+        "lvrnn".to_string(),
+        serde_json::to_string(&Meta {
+            update,
+            config: cfg.clone(),
+        })?,
+    );
     let bytes = crate::nn::safetensors_bytes_with_metadata(&tensors, Some(meta))?;
     write_atomic(path, &bytes)
 }
 
 pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
-    let Meta { update, config } = serde_json::from_str(
-        meta.get("lvrnn").ok_or_else(|| anyhow::anyhow!("{} has no lvrnn metadata (not written by lvrnn?)", path.display()))?,
-    )
+    let Meta { update, config } = serde_json::from_str(meta.get("lvrnn").ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} has no lvrnn metadata (not written by lvrnn?)",
+            path.display()
+        )
+    })?)
     .with_context(|| format!("metadata stored in {}", path.display()))?;
-    Ok(Checkpoint { tensors: read_safetensors(path)?, update, config })
+    Ok(Checkpoint {
+        tensors: read_safetensors(path)?,
+        update,
+        config,
+    })
 }

@@ -48,9 +48,9 @@ fn fourier_sampling_ranges_and_determinism() {
     for _ in 0..2000 {
         let t = FourierTask::sample(&mut r1);
         assert_eq!(t, FourierTask::sample(&mut r2));
-        for k in 0..4 {
-            assert!(t.a[k].abs() <= (k as f32 + 1.0) / 3.0 + 1e-6);
-            max_abs[k] = max_abs[k].max(t.a[k].abs());
+        for (k, (ak, m)) in t.a.iter().zip(max_abs.iter_mut()).enumerate() {
+            assert!(ak.abs() <= (k as f32 + 1.0) / 3.0 + 1e-6);
+            *m = m.max(ak.abs());
         }
         assert!((0.0..PI).contains(&t.shift));
         assert!(t.phases.iter().all(|p| (0.0..PI).contains(p)));
@@ -117,7 +117,7 @@ fn dirichlet_samples_sum_to_one_even_for_tiny_alpha() {
                 "{p:?}"
             );
             assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{p:?}");
-            if p.iter().any(|&x| x == 1.0) {
+            if p.contains(&1.0) {
                 one_hot += 1;
             }
         }
@@ -283,7 +283,7 @@ fn grid_timeout_after_fifteen_steps() {
         5..=14 => (0, if t % 2 == 1 { 3 } else { 4 }),
         15 | 30 => (0, 0),
         16..=19 => (t - 15, 0),
-        _ => (if t % 2 == 0 { 3 } else { 4 }, 0),
+        _ => (if t.is_multiple_of(2) { 3 } else { 4 }, 0),
     };
     let mut regret = 0.0;
     for (i, &a) in actions.iter().enumerate() {

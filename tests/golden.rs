@@ -22,7 +22,11 @@ fn golden_dir() -> PathBuf {
 }
 
 fn vec1(v: &Value) -> Vec<f64> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
 }
 
 fn mat(v: &Value) -> Vec<Vec<f64>> {
@@ -36,7 +40,10 @@ fn tensor2(m: &[Vec<f64>]) -> Tensor {
 }
 
 fn close(what: &str, got: f64, want: f64) {
-    assert!((got - want).abs() <= TOL * want.abs().max(1.0), "{what}: got {got}, golden {want}");
+    assert!(
+        (got - want).abs() <= TOL * want.abs().max(1.0),
+        "{what}: got {got}, golden {want}"
+    );
 }
 
 fn check_file(path: &std::path::Path) -> usize {
@@ -50,10 +57,22 @@ fn check_file(path: &std::path::Path) -> usize {
     };
     let hidden = doc["hidden"].as_u64().unwrap() as usize;
     let n = doc["n"].as_u64().unwrap() as usize;
-    let b: Vec<f32> = gates.iter().flat_map(|g| vec1(&w["b"][g])).map(|x| x as f32).collect();
-    let lstm = Lstm { wx: stack("W_x"), wh: stack("W_h"), b: Tensor::new(b, &Device::Cpu).unwrap(), hidden };
+    let b: Vec<f32> = gates
+        .iter()
+        .flat_map(|g| vec1(&w["b"][g]))
+        .map(|x| x as f32)
+        .collect();
+    let lstm = Lstm {
+        wx: stack("W_x"),
+        wh: stack("W_h"),
+        b: Tensor::new(b, &Device::Cpu).unwrap(),
+        hidden,
+    };
     let pb: Vec<f32> = vec1(&w["p_b"]).iter().map(|x| *x as f32).collect();
-    let proj = Linear { weight: tensor2(&mat(&w["P"])), bias: Tensor::new(pb, &Device::Cpu).unwrap() };
+    let proj = Linear {
+        weight: tensor2(&mat(&w["P"])),
+        bias: Tensor::new(pb, &Device::Cpu).unwrap(),
+    };
     let inputs = mat(&doc["inputs"]);
     let jitter = doc["jitter"].as_f64().unwrap();
     let prior = doc["prior_precision_t0"].as_f64().unwrap();
@@ -62,11 +81,16 @@ fn check_file(path: &std::path::Path) -> usize {
     let mut checked = 0;
     for (name, v) in variants {
         let c = &v["config"];
-        let accumulate = match (c["acc_prec"].as_bool().unwrap(), c["acc_mean"].as_bool().unwrap()) {
+        let accumulate = match (
+            c["acc_prec"].as_bool().unwrap(),
+            c["acc_mean"].as_bool().unwrap(),
+        ) {
             (false, false) => Accumulate::None,
             (true, false) => Accumulate::Sigma,
             (true, true) => Accumulate::MuSigma,
-            (false, true) => panic!("{name}: mean accumulation without precision accumulation is not a Table-2 variant"),
+            (false, true) => panic!(
+                "{name}: mean accumulation without precision accumulation is not a Table-2 variant"
+            ),
         };
         let cfg = LaplaceConfig {
             window: c["window"].as_u64().unwrap() as usize,
@@ -81,17 +105,34 @@ fn check_file(path: &std::path::Path) -> usize {
         let mut q = family.init(&proj.forward(&carry.h).unwrap()).unwrap();
         let mut window: Vec<Tensor> = vec![];
         for (t, step) in v["steps"].as_array().unwrap().iter().enumerate() {
-            let x = Tensor::from_vec(inputs[t].iter().map(|v| *v as f32).collect::<Vec<_>>(), (1, inputs[t].len()), &Device::Cpu).unwrap();
+            let x = Tensor::from_vec(
+                inputs[t].iter().map(|v| *v as f32).collect::<Vec<_>>(),
+                (1, inputs[t].len()),
+                &Device::Cpu,
+            )
+            .unwrap();
             carry = lstm.step(&x, &carry).unwrap();
             window.push(x.clone());
             let phi = proj.forward(&carry.h).unwrap();
-            let input = StepInput { phi: &phi, carry: &carry, lstm: &lstm, proj: &proj, window: &window };
+            let input = StepInput {
+                phi: &phi,
+                carry: &carry,
+                lstm: &lstm,
+                proj: &proj,
+                window: &window,
+            };
             let next = family.step(&input, &q).unwrap();
             let kl = next.kl_to(&q).unwrap().unwrap().to_vec1::<f32>().unwrap()[0] as f64;
             let entropy = next.entropy().unwrap().unwrap()[0];
             let tag = format!("{}:{name}:t={}", path.display(), t + 1);
             // Jacobian of the current input at the current carry.
-            let j: Vec<Vec<f32>> = lstm.output_jacobian(&x, &carry, &proj).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+            let j: Vec<Vec<f32>> = lstm
+                .output_jacobian(&x, &carry, &proj)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec2()
+                .unwrap();
             for (r, row) in mat(&step["jacobian_current_input"]).iter().enumerate() {
                 for (k, want) in row.iter().enumerate() {
                     close(&format!("{tag} jacobian[{r}][{k}]"), j[r][k] as f64, *want);
@@ -101,15 +142,29 @@ fn check_file(path: &std::path::Path) -> usize {
             for (k, want) in vec1(&step["mean"]).iter().enumerate() {
                 close(&format!("{tag} mean[{k}]"), mean[k] as f64, *want);
             }
-            let Covariance::Precision(p) = &next.cov else { panic!("Laplace gives a precision") };
+            let Covariance::Precision(p) = &next.cov else {
+                panic!("Laplace gives a precision")
+            };
             let dense = p.dense(0);
             for (r, row) in mat(&step["precision"]).iter().enumerate() {
                 for (k, want) in row.iter().enumerate() {
-                    close(&format!("{tag} precision[{r}][{k}]"), dense[r * n + k], *want);
+                    close(
+                        &format!("{tag} precision[{r}][{k}]"),
+                        dense[r * n + k],
+                        *want,
+                    );
                 }
             }
-            close(&format!("{tag} entropy"), entropy, step["entropy"].as_f64().unwrap());
-            close(&format!("{tag} kl"), kl, step["kl_to_previous"].as_f64().unwrap());
+            close(
+                &format!("{tag} entropy"),
+                entropy,
+                step["entropy"].as_f64().unwrap(),
+            );
+            close(
+                &format!("{tag} kl"),
+                kl,
+                step["kl_to_previous"].as_f64().unwrap(),
+            );
             q = next;
             checked += 1;
         }
@@ -122,11 +177,20 @@ fn golden_vectors_match_every_variant_of_every_file() {
     lvrnn::init_threads(1);
     let dir = golden_dir();
     let files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("golden folder {} cannot be read ({e}); set LVRNN_GOLDEN_DIR", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "golden folder {} cannot be read ({e}); set LVRNN_GOLDEN_DIR",
+                dir.display()
+            )
+        })
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
-    assert!(!files.is_empty(), "no *.json golden files in {}", dir.display());
+    assert!(
+        !files.is_empty(),
+        "no *.json golden files in {}",
+        dir.display()
+    );
     for f in &files {
         let steps = check_file(f);
         assert!(steps > 0, "{} holds no steps", f.display());

@@ -32,11 +32,15 @@ const IFGO: GateOrder = [0, 1, 2, 3];
 
 /// f32-representable values (so the f32 tensors and the f64 reference see identical numbers).
 fn uniform(rng: &mut ChaCha8Rng, len: usize, bound: f64) -> Vec<f64> {
-    (0..len).map(|_| rng.gen_range(-bound..bound) as f32 as f64).collect()
+    (0..len)
+        .map(|_| rng.gen_range(-bound..bound) as f32 as f64)
+        .collect()
 }
 
 fn normal(rng: &mut ChaCha8Rng, len: usize, scale: f64) -> Vec<f64> {
-    (0..len).map(|_| (scale * rng.sample::<f64, _>(StandardNormal)) as f32 as f64).collect()
+    (0..len)
+        .map(|_| (scale * rng.sample::<f64, _>(StandardNormal)) as f32 as f64)
+        .collect()
 }
 
 fn tensor(v: &[f64], shape: &[usize]) -> Tensor {
@@ -45,7 +49,13 @@ fn tensor(v: &[f64], shape: &[usize]) -> Tensor {
 }
 
 fn values(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(|x| x as f64).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as f64)
+        .collect()
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -66,7 +76,9 @@ impl Reference {
         let g4 = 4 * H;
         (0..g4)
             .map(|j| {
-                self.b[j] + (0..DIN).map(|k| x[k] * self.wx[k * g4 + j]).sum::<f64>() + (0..H).map(|m| h[m] * self.wh[m * g4 + j]).sum::<f64>()
+                self.b[j]
+                    + (0..DIN).map(|k| x[k] * self.wx[k * g4 + j]).sum::<f64>()
+                    + (0..H).map(|m| h[m] * self.wh[m * g4 + j]).sum::<f64>()
             })
             .collect()
     }
@@ -89,7 +101,9 @@ impl Reference {
     }
 
     fn project(&self, h: &[f64]) -> Vec<f64> {
-        (0..N).map(|k| self.pb[k] + (0..H).map(|j| h[j] * self.p[j * N + k]).sum::<f64>()).collect()
+        (0..N)
+            .map(|k| self.pb[k] + (0..H).map(|j| h[j] * self.p[j * N + k]).sum::<f64>())
+            .collect()
     }
 
     fn phi(&self, x: &[f64], c: &[f64], h: &[f64]) -> Vec<f64> {
@@ -139,13 +153,31 @@ impl Setup {
         let x = normal(&mut rng, B * DIN, 1.0);
         let c = normal(&mut rng, B * H, 1.0);
         let h = uniform(&mut rng, B * H, 0.9);
-        let lstm = Lstm { wx: tensor(&wx, &[DIN, 4 * H]), wh: tensor(&wh, &[H, 4 * H]), b: tensor(&b, &[4 * H]), hidden: H };
-        let proj = Linear { weight: tensor(&p, &[H, N]), bias: tensor(&pb, &[N]) };
-        Self { lstm, proj, reference: Reference { wx, wh, b, p, pb }, x, c, h }
+        let lstm = Lstm {
+            wx: tensor(&wx, &[DIN, 4 * H]),
+            wh: tensor(&wh, &[H, 4 * H]),
+            b: tensor(&b, &[4 * H]),
+            hidden: H,
+        };
+        let proj = Linear {
+            weight: tensor(&p, &[H, N]),
+            bias: tensor(&pb, &[N]),
+        };
+        Self {
+            lstm,
+            proj,
+            reference: Reference { wx, wh, b, p, pb },
+            x,
+            c,
+            h,
+        }
     }
 
     fn carry(&self) -> Carry {
-        Carry { c: tensor(&self.c, &[B, H]), h: tensor(&self.h, &[B, H]) }
+        Carry {
+            c: tensor(&self.c, &[B, H]),
+            h: tensor(&self.h, &[B, H]),
+        }
     }
 
     fn xt(&self) -> Tensor {
@@ -153,13 +185,20 @@ impl Setup {
     }
 
     fn task(&self, b: usize) -> (&[f64], &[f64], &[f64]) {
-        (&self.x[b * DIN..(b + 1) * DIN], &self.c[b * H..(b + 1) * H], &self.h[b * H..(b + 1) * H])
+        (
+            &self.x[b * DIN..(b + 1) * DIN],
+            &self.c[b * H..(b + 1) * H],
+            &self.h[b * H..(b + 1) * H],
+        )
     }
 }
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 fn max_abs(a: &[f64]) -> f64 {
@@ -176,9 +215,19 @@ fn gates_are_in_the_working_range() {
         z.extend(s.reference.preact(x, h));
     }
     let mean_abs = z.iter().map(|v| v.abs()).sum::<f64>() / z.len() as f64;
-    eprintln!("pre-activations: max |z| = {:.3}, mean |z| = {mean_abs:.3}", max_abs(&z));
-    assert!(max_abs(&z) < 5.0, "gates saturate (max |z| = {})", max_abs(&z));
-    assert!(mean_abs > 0.4, "gates are nearly linear (mean |z| = {mean_abs})");
+    eprintln!(
+        "pre-activations: max |z| = {:.3}, mean |z| = {mean_abs:.3}",
+        max_abs(&z)
+    );
+    assert!(
+        max_abs(&z) < 5.0,
+        "gates saturate (max |z| = {})",
+        max_abs(&z)
+    );
+    assert!(
+        mean_abs > 0.4,
+        "gates are nearly linear (mean |z| = {mean_abs})"
+    );
 }
 
 #[test]
@@ -200,7 +249,10 @@ fn step_matches_f64_reference_with_gate_order_ifgo() -> Result<()> {
     let (c_ref, h_ref) = run(IFGO);
     let (ec, eh) = (max_abs_diff(&c_got, &c_ref), max_abs_diff(&h_got, &h_ref));
     eprintln!("step vs f64 reference: max |Δc| = {ec:.2e}, max |Δh| = {eh:.2e} (tolerance 1e-5)");
-    assert!(ec < 1e-5 && eh < 1e-5, "Lstm::step disagrees with the (i, f, g, o) reference: {ec:e}, {eh:e}");
+    assert!(
+        ec < 1e-5 && eh < 1e-5,
+        "Lstm::step disagrees with the (i, f, g, o) reference: {ec:e}, {eh:e}"
+    );
 
     // Every other assignment of the four blocks to the gates gives a clearly different step.
     let mut min_other = f64::INFINITY;
@@ -217,7 +269,10 @@ fn step_matches_f64_reference_with_gate_order_ifgo() -> Result<()> {
                     let (c2, h2) = run(order);
                     let diff = max_abs_diff(&c_got, &c2).max(max_abs_diff(&h_got, &h2));
                     min_other = min_other.min(diff);
-                    assert!(diff > 1e-2, "gate order {order:?} is indistinguishable from (i, f, g, o): {diff:e}");
+                    assert!(
+                        diff > 1e-2,
+                        "gate order {order:?} is indistinguishable from (i, f, g, o): {diff:e}"
+                    );
                 }
             }
         }
@@ -240,9 +295,15 @@ fn output_jacobian_matches_f64_finite_differences() -> Result<()> {
             want.extend(s.reference.fd_jacobian(x, c, h, false, 1e-6));
         }
         let err = max_abs_diff(&got, &want);
-        eprintln!("seed {seed}: J vs f64 FD (δ=1e-6): max abs error {err:.2e}, max |J| {:.3} (tolerance 1e-4)", max_abs(&want));
+        eprintln!(
+            "seed {seed}: J vs f64 FD (δ=1e-6): max abs error {err:.2e}, max |J| {:.3} (tolerance 1e-4)",
+            max_abs(&want)
+        );
         assert!(max_abs(&want) > 0.1, "degenerate Jacobian");
-        assert!(err < 1e-4, "output_jacobian differs from f64 finite differences by {err:e}");
+        assert!(
+            err < 1e-4,
+            "output_jacobian differs from f64 finite differences by {err:e}"
+        );
     }
     Ok(())
 }
@@ -260,7 +321,10 @@ fn output_jacobian_matches_f32_finite_differences_of_the_crate_step() -> Result<
         let phi = |sign: f64| -> Result<Vec<f64>> {
             let mut h = s.h.clone();
             (0..B).for_each(|b| h[b * H + m] += sign * delta);
-            let carry = Carry { c: c.clone(), h: tensor(&h, &[B, H]) };
+            let carry = Carry {
+                c: c.clone(),
+                h: tensor(&h, &[B, H]),
+            };
             Ok(values(&s.proj.forward(&s.lstm.step(&x, &carry)?.h)?))
         };
         let (plus, minus) = (phi(1.0)?, phi(-1.0)?);
@@ -271,8 +335,13 @@ fn output_jacobian_matches_f32_finite_differences_of_the_crate_step() -> Result<
         }
     }
     let err = max_abs_diff(&got, &want);
-    eprintln!("J vs f32 FD of proj.forward(lstm.step(..).h) (δ=1e-2): max abs error {err:.2e} (tolerance 2e-3)");
-    assert!(err < 2e-3, "output_jacobian differs from f32 finite differences by {err:e}");
+    eprintln!(
+        "J vs f32 FD of proj.forward(lstm.step(..).h) (δ=1e-2): max abs error {err:.2e} (tolerance 2e-3)"
+    );
+    assert!(
+        err < 2e-3,
+        "output_jacobian differs from f32 finite differences by {err:e}"
+    );
     Ok(())
 }
 
@@ -289,7 +358,10 @@ fn output_jacobian_holds_c_fixed() -> Result<()> {
     }
     // ∂φ/∂c matters (so holding c fixed is a real choice) …
     eprintln!("max |∂φ/∂c| = {:.3}", max_abs(&jc));
-    assert!(max_abs(&jc) > 0.05, "∂φ/∂c is negligible; the test would not discriminate");
+    assert!(
+        max_abs(&jc) > 0.05,
+        "∂φ/∂c is negligible; the test would not discriminate"
+    );
     // … and J is ∂φ/∂h alone, not the derivative along (h, c) moved together.
     let joint: Vec<f64> = jh.iter().zip(&jc).map(|(a, b)| a + b).collect();
     let (err_h, err_joint) = (max_abs_diff(&got, &jh), max_abs_diff(&got, &joint));
@@ -300,12 +372,18 @@ fn output_jacobian_holds_c_fixed() -> Result<()> {
     // The Jacobian still depends on the value of c (through c' = f∘c + i∘g): another c gives
     // another J, again matching ∂φ/∂h at that c.
     let c2: Vec<f64> = s.c.iter().map(|v| (0.5 - v) as f32 as f64).collect();
-    let carry2 = Carry { c: tensor(&c2, &[B, H]), h: tensor(&s.h, &[B, H]) };
+    let carry2 = Carry {
+        c: tensor(&c2, &[B, H]),
+        h: tensor(&s.h, &[B, H]),
+    };
     let got2 = values(&s.lstm.output_jacobian(&s.xt(), &carry2, &s.proj)?);
     let mut want2 = vec![];
     for b in 0..B {
         let (x, _, h) = s.task(b);
-        want2.extend(s.reference.fd_jacobian(x, &c2[b * H..(b + 1) * H], h, false, 1e-6));
+        want2.extend(
+            s.reference
+                .fd_jacobian(x, &c2[b * H..(b + 1) * H], h, false, 1e-6),
+        );
     }
     assert!(max_abs_diff(&got2, &want2) < 1e-4);
     assert!(max_abs_diff(&got2, &got) > 1e-2, "J does not depend on c");
@@ -317,15 +395,24 @@ fn output_jacobian_carries_no_gradient_and_ignores_bias_of_projection() -> Resul
     lvrnn::init_threads(1);
     let s = Setup::new(8);
     // Shifting the projection bias does not change J (J = ∂(P h' + p_b)/∂h).
-    let shifted = Linear { weight: s.proj.weight.clone(), bias: (s.proj.bias.clone() + 3.0)? };
+    let shifted = Linear {
+        weight: s.proj.weight.clone(),
+        bias: (s.proj.bias.clone() + 3.0)?,
+    };
     let a = values(&s.lstm.output_jacobian(&s.xt(), &s.carry(), &s.proj)?);
     let b = values(&s.lstm.output_jacobian(&s.xt(), &s.carry(), &shifted)?);
     assert_eq!(a, b);
     // Computed outside the autograd graph: with trainable weights, J has no path back to them.
     let wh = candle_core::Var::from_tensor(&s.lstm.wh)?;
-    let lstm = Lstm { wh: wh.as_tensor().clone(), ..s.lstm.clone() };
+    let lstm = Lstm {
+        wh: wh.as_tensor().clone(),
+        ..s.lstm.clone()
+    };
     let j = lstm.output_jacobian(&s.xt(), &s.carry(), &s.proj)?;
     let grads = j.sqr()?.sum_all()?.backward()?;
-    assert!(grads.get(wh.as_tensor()).is_none(), "output_jacobian is part of the autograd graph");
+    assert!(
+        grads.get(wh.as_tensor()).is_none(),
+        "output_jacobian is part of the autograd graph"
+    );
     Ok(())
 }

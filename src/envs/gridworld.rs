@@ -81,7 +81,11 @@ pub fn oracle_reward(d: usize, t: usize) -> f32 {
         (1..=EPISODE_LEN).contains(&d),
         "oracle formula needs 1 ≤ d ≤ {EPISODE_LEN}, got {d}"
     );
-    if t > 0 && t % d == 0 { 1.0 } else { 0.0 }
+    if t > 0 && t.is_multiple_of(d) {
+        1.0
+    } else {
+        0.0
+    }
 }
 
 /// A batch of B gridworld tasks.

@@ -37,10 +37,14 @@ use std::path::Path;
 
 /// Importance-sampling particles per task for the exact Dirichlet posterior.
 ///
-/// Accuracy check (bandit α = 0.3, 2000 tasks, seed 0, identical tasks): the cumulative regret
-/// at T = 50 with 4096 particles and with 65536 particles differ by less than their 99%
-/// confidence half-widths for both `thompson_exact` and `greedy_exact`; see the ignored test
-/// `particle_count_is_accurate` in `tests/reference.rs` and the numbers in the report.
+/// Accuracy, measured once (bandit α = 0.3, seed 0, the ignored tests in `tests/reference.rs`):
+/// - along 300 exact-Thompson histories, against an independent set of 64× as many particles:
+///   total-variation distance of the Thompson action distribution P(argmax p = k | data)
+///   ≈ 0.011 on average (90th percentile 0.02–0.04) at t = 1, 10, 25, 50; largest error of the
+///   posterior mean ≈ 0.007; effective sample size ≈ 3300 / 980 / 390 / 210 at t = 1/10/25/50;
+/// - cumulative regret at T = 50 over 2000 tasks, 4096 vs 65536 particles (paired: same tasks,
+///   same reward random numbers): thompson_exact 5.31 vs 5.38 (paired difference −0.07 ± 0.24),
+///   greedy_exact 3.83 vs 3.79 (+0.04 ± 0.33), i.e. indistinguishable at that task count.
 pub const PARTICLES: usize = 4096;
 
 /// The bandit reference policies, in table order.
@@ -194,6 +198,16 @@ impl DirichletParticles {
         m
     }
 
+    /// Posterior probability that each arm is the best one, P(argmax p = k | data): the
+    /// action distribution of exact Thompson sampling.
+    pub fn argmax_probs(&self) -> [f64; NUM_ARMS] {
+        let mut q = [0.0; NUM_ARMS];
+        for (w, p) in self.w.iter().zip(&self.p) {
+            q[argmax(p)] += w;
+        }
+        q
+    }
+
     /// Effective sample size 1 / Σ w².
     pub fn ess(&self) -> f64 {
         1.0 / self.w.iter().map(|w| w * w).sum::<f64>()
@@ -235,7 +249,11 @@ pub fn run_bandit(
     let alpha = env.alpha() as f64;
     let mut post = match policy {
         BanditPolicy::ThompsonExact | BanditPolicy::GreedyExact => {
-            Some(DirichletParticles::new(alpha, particles, rng))
+            // The particles come from a child rng seeded by one draw, so the rewards and the
+            // Thompson draws that follow use the same random numbers whatever the particle
+            // count (a paired comparison of particle counts).
+            let mut child = ChaCha8Rng::from_seed(rng.r#gen());
+            Some(DirichletParticles::new(alpha, particles, &mut child))
         }
         _ => None,
     };

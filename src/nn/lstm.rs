@@ -29,12 +29,19 @@ pub struct Carry {
 
 impl Carry {
     pub fn zeros(batch: usize, hidden: usize) -> Result<Self> {
-        let z = Tensor::zeros((batch, hidden), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+        let z = Tensor::zeros(
+            (batch, hidden),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )?;
         Ok(Self { c: z.clone(), h: z })
     }
 
     pub fn detach(&self) -> Self {
-        Self { c: self.c.detach(), h: self.h.detach() }
+        Self {
+            c: self.c.detach(),
+            h: self.h.detach(),
+        }
     }
 }
 
@@ -48,17 +55,35 @@ struct Gates {
 
 impl Lstm {
     pub fn new(p: &mut Params, d_in: usize, hidden: usize, rng: &mut ChaCha8Rng) -> Result<Self> {
-        let wx = p.uniform("core.wx", &[d_in, 4 * hidden], (3.0 / d_in as f64).sqrt(), rng)?;
-        let wh = p.uniform("core.wh", &[hidden, 4 * hidden], (3.0 / hidden as f64).sqrt(), rng)?;
+        let wx = p.uniform(
+            "core.wx",
+            &[d_in, 4 * hidden],
+            (3.0 / d_in as f64).sqrt(),
+            rng,
+        )?;
+        let wh = p.uniform(
+            "core.wh",
+            &[hidden, 4 * hidden],
+            (3.0 / hidden as f64).sqrt(),
+            rng,
+        )?;
         let b = p.constant("core.b", &[4 * hidden], 0.0)?;
         Ok(Self { wx, wh, b, hidden })
     }
 
     fn gates(&self, x: &Tensor, h: &Tensor) -> Result<Gates> {
-        let z = x.matmul(&self.wx)?.add(&h.matmul(&self.wh)?)?.broadcast_add(&self.b)?;
+        let z = x
+            .matmul(&self.wx)?
+            .add(&h.matmul(&self.wh)?)?
+            .broadcast_add(&self.b)?;
         let hd = self.hidden;
         let sig = |k: usize| candle_nn::ops::sigmoid(&z.narrow(D::Minus1, k * hd, hd)?);
-        Ok(Gates { i: sig(0)?, f: sig(1)?, g: z.narrow(D::Minus1, 2 * hd, hd)?.tanh()?, o: sig(3)? })
+        Ok(Gates {
+            i: sig(0)?,
+            f: sig(1)?,
+            g: z.narrow(D::Minus1, 2 * hd, hd)?.tanh()?,
+            o: sig(3)?,
+        })
     }
 
     /// One step: (x_t, (c, h)) ↦ (c', h').
@@ -82,10 +107,18 @@ impl Lstm {
         let (x, c, h) = (x.detach(), carry.c.detach(), carry.h.detach());
         let wh = self.wh.detach();
         let gates = {
-            let z = x.matmul(&self.wx.detach())?.add(&h.matmul(&wh)?)?.broadcast_add(&self.b.detach())?;
+            let z = x
+                .matmul(&self.wx.detach())?
+                .add(&h.matmul(&wh)?)?
+                .broadcast_add(&self.b.detach())?;
             let hd = self.hidden;
             let sig = |k: usize| candle_nn::ops::sigmoid(&z.narrow(D::Minus1, k * hd, hd)?);
-            Gates { i: sig(0)?, f: sig(1)?, g: z.narrow(D::Minus1, 2 * hd, hd)?.tanh()?, o: sig(3)? }
+            Gates {
+                i: sig(0)?,
+                f: sig(1)?,
+                g: z.narrow(D::Minus1, 2 * hd, hd)?.tanh()?,
+                o: sig(3)?,
+            }
         };
         let Gates { i, f, g, o } = gates;
         let one_minus = |t: &Tensor| -> Result<Tensor> { Ok(t.affine(-1.0, 1.0)?) };

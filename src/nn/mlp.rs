@@ -18,12 +18,25 @@ pub struct Linear {
 
 impl Linear {
     /// LeCun-uniform initialisation (bound √(3/in)) for the weight, zero bias.
-    pub fn new(p: &mut Params, name: &str, d_in: usize, d_out: usize, rng: &mut ChaCha8Rng) -> Result<Self> {
+    pub fn new(
+        p: &mut Params,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self> {
         let bound = (3.0 / d_in as f64).sqrt();
         Self::with_bound(p, name, d_in, d_out, bound, rng)
     }
 
-    pub fn with_bound(p: &mut Params, name: &str, d_in: usize, d_out: usize, bound: f64, rng: &mut ChaCha8Rng) -> Result<Self> {
+    pub fn with_bound(
+        p: &mut Params,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bound: f64,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self> {
         let weight = p.uniform(&format!("{name}.weight"), &[d_in, d_out], bound, rng)?;
         let bias = p.constant(&format!("{name}.bias"), &[d_out], 0.0)?;
         Ok(Self { weight, bias })
@@ -34,7 +47,10 @@ impl Linear {
         let dims = x.dims().to_vec();
         let d_in = *dims.last().unwrap();
         let lead: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((lead, d_in))?.matmul(&self.weight)?.broadcast_add(&self.bias)?;
+        let y = x
+            .reshape((lead, d_in))?
+            .matmul(&self.weight)?
+            .broadcast_add(&self.bias)?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.weight.dim(1)?;
         Ok(y.reshape(out)?)
@@ -50,7 +66,10 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(p: &mut Params, name: &str, dim: usize) -> Result<Self> {
-        Ok(Self { scale: p.constant(&format!("{name}.scale"), &[dim], 1.0)?, offset: p.constant(&format!("{name}.offset"), &[dim], 0.0)? })
+        Ok(Self {
+            scale: p.constant(&format!("{name}.scale"), &[dim], 1.0)?,
+            offset: p.constant(&format!("{name}.offset"), &[dim], 0.0)?,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -58,7 +77,9 @@ impl LayerNorm {
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centred.broadcast_div(&(var + 1e-6)?.sqrt()?)?;
-        Ok(normed.broadcast_mul(&self.scale)?.broadcast_add(&self.offset)?)
+        Ok(normed
+            .broadcast_mul(&self.scale)?
+            .broadcast_add(&self.offset)?)
     }
 }
 
@@ -71,7 +92,11 @@ pub struct Mlp {
 impl Mlp {
     /// `sizes` = [in, hidden…, out].
     pub fn new(p: &mut Params, name: &str, sizes: &[usize], rng: &mut ChaCha8Rng) -> Result<Self> {
-        let layers = sizes.windows(2).enumerate().map(|(i, w)| Linear::new(p, &format!("{name}.{i}"), w[0], w[1], rng)).collect::<Result<_>>()?;
+        let layers = sizes
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| Linear::new(p, &format!("{name}.{i}"), w[0], w[1], rng))
+            .collect::<Result<_>>()?;
         Ok(Self { layers })
     }
 
@@ -96,7 +121,13 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn new(p: &mut Params, name: &str, d_in: usize, width: usize, rng: &mut ChaCha8Rng) -> Result<Self> {
+    pub fn new(
+        p: &mut Params,
+        name: &str,
+        d_in: usize,
+        width: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self> {
         let mlp = Mlp::new(p, &format!("{name}.mlp"), &[d_in, width, width], rng)?;
         let norm = LayerNorm::new(p, &format!("{name}.norm"), width)?;
         Ok(Self { mlp, norm })
@@ -117,12 +148,22 @@ pub struct Head {
 }
 
 impl Head {
-    pub fn new(p: &mut Params, name: &str, d_in: usize, hidden: &[usize], d_out: usize, rng: &mut ChaCha8Rng) -> Result<Self> {
+    pub fn new(
+        p: &mut Params,
+        name: &str,
+        d_in: usize,
+        hidden: &[usize],
+        d_out: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self> {
         let norm = LayerNorm::new(p, &format!("{name}.norm"), d_in)?;
         let mut sizes = vec![d_in];
         sizes.extend_from_slice(hidden);
         sizes.push(d_out);
-        Ok(Self { norm, mlp: Mlp::new(p, &format!("{name}.mlp"), &sizes, rng)? })
+        Ok(Self {
+            norm,
+            mlp: Mlp::new(p, &format!("{name}.mlp"), &sizes, rng)?,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -25,12 +25,20 @@ impl Params {
     }
 
     /// Creates (or returns the existing) parameter `name` with uniform(−bound, bound) entries.
-    pub fn uniform(&mut self, name: &str, shape: &[usize], bound: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    pub fn uniform(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        bound: f64,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Tensor> {
         if let Some(v) = self.vars.get(name) {
             return Ok(v.as_tensor().clone());
         }
         let count: usize = shape.iter().product();
-        let data: Vec<f32> = (0..count).map(|_| rng.gen_range(-bound..=bound) as f32).collect();
+        let data: Vec<f32> = (0..count)
+            .map(|_| rng.gen_range(-bound..=bound) as f32)
+            .collect();
         self.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?)
     }
 
@@ -39,7 +47,10 @@ impl Params {
         if let Some(v) = self.vars.get(name) {
             return Ok(v.as_tensor().clone());
         }
-        self.insert(name, (Tensor::ones(shape, DType::F32, &Device::Cpu)? * value as f64)?)
+        self.insert(
+            name,
+            (Tensor::ones(shape, DType::F32, &Device::Cpu)? * value as f64)?,
+        )
     }
 
     fn insert(&mut self, name: &str, t: Tensor) -> Result<Tensor> {
@@ -71,19 +82,30 @@ impl Params {
 
     /// All tensors by name (for checkpoints).
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
     }
 
     /// Overwrites parameters with the tensors stored under the same names. With `strict`, every
     /// parameter must be present; otherwise missing ones keep their initial values and are
     /// returned (used when finetuning a checkpoint under another posterior family).
-    pub fn load_from(&self, tensors: &BTreeMap<String, Tensor>, strict: bool) -> Result<Vec<String>> {
+    pub fn load_from(
+        &self,
+        tensors: &BTreeMap<String, Tensor>,
+        strict: bool,
+    ) -> Result<Vec<String>> {
         let mut missing = vec![];
         for (name, var) in &self.vars {
             match tensors.get(name) {
                 Some(t) => {
                     if t.dims() != var.dims() {
-                        bail!("checkpoint tensor `{name}` has shape {:?}, the model expects {:?}", t.dims(), var.dims());
+                        bail!(
+                            "checkpoint tensor `{name}` has shape {:?}, the model expects {:?}",
+                            t.dims(),
+                            var.dims()
+                        );
                     }
                     var.set(&t.to_dtype(DType::F32)?)?;
                 }
@@ -122,8 +144,9 @@ pub fn safetensors_bytes_with_metadata(
     let views: Vec<(String, safetensors::tensor::TensorView)> = data
         .iter()
         .map(|(k, shape, bytes)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .expect("consistent tensor view");
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .expect("consistent tensor view");
             (k.clone(), view)
         })
         .collect();

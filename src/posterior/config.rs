@@ -84,37 +84,63 @@ fn sigma() -> Accumulate {
 
 impl Default for LaplaceConfig {
     fn default() -> Self {
-        Self { window: 1, accumulate: Accumulate::Sigma, diagonal: false, damping: 1.0, jitter: 1e-6, prior_precision: 1.0 }
+        Self {
+            window: 1,
+            accumulate: Accumulate::Sigma,
+            diagonal: false,
+            damping: 1.0,
+            jitter: 1e-6,
+            prior_precision: 1.0,
+        }
     }
 }
 
 impl LaplaceConfig {
     /// A short label for plots and file names, e.g. `laplace-sigma-k1-full`.
     pub fn label(&self) -> String {
-        let k = if self.window == 0 { "all".to_string() } else { self.window.to_string() };
-        format!("laplace-{}-k{}-{}", self.accumulate, k, if self.diagonal { "diag" } else { "full" })
+        let k = if self.window == 0 {
+            "all".to_string()
+        } else {
+            self.window.to_string()
+        };
+        format!(
+            "laplace-{}-k{}-{}",
+            self.accumulate,
+            k,
+            if self.diagonal { "diag" } else { "full" }
+        )
     }
 
     pub fn validate(&self) -> Result<()> {
         if !(self.jitter >= 0.0 && self.jitter.is_finite()) {
-            bail!("posterior.jitter must be a finite number >= 0 (got {})", self.jitter);
+            bail!(
+                "posterior.jitter must be a finite number >= 0 (got {})",
+                self.jitter
+            );
         }
         if !(self.damping > 0.0 && self.damping.is_finite()) {
-            bail!("posterior.damping must be a finite number > 0 (got {})", self.damping);
+            bail!(
+                "posterior.damping must be a finite number > 0 (got {})",
+                self.damping
+            );
         }
         if !(self.prior_precision > 0.0 && self.prior_precision.is_finite()) {
-            bail!("posterior.prior_precision must be a finite number > 0 (got {})", self.prior_precision);
+            bail!(
+                "posterior.prior_precision must be a finite number > 0 (got {})",
+                self.prior_precision
+            );
         }
         Ok(())
     }
 }
 
 /// The three posterior families.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "family", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PosteriorConfig {
     /// Point estimate (the RNN baseline).
     #[serde(alias = "point")]
+    #[default]
     Rnn,
     /// Learned Gaussian, Cayley-map spectral covariance (or diagonal).
     Vrnn {
@@ -123,12 +149,6 @@ pub enum PosteriorConfig {
     },
     /// Laplace VRNN.
     Laplace(LaplaceConfig),
-}
-
-impl Default for PosteriorConfig {
-    fn default() -> Self {
-        Self::Rnn
-    }
 }
 
 impl PosteriorConfig {
@@ -175,7 +195,8 @@ fn parse_bool(key: &str, v: &str) -> Result<bool> {
 }
 
 fn parse_num<T: FromStr>(key: &str, v: &str, what: &str) -> Result<T> {
-    v.parse().map_err(|_| anyhow::anyhow!("posterior key `{key}` = `{v}` is not valid; expected {what}"))
+    v.parse()
+        .map_err(|_| anyhow::anyhow!("posterior key `{key}` = `{v}` is not valid; expected {what}"))
 }
 
 impl FromStr for PosteriorConfig {
@@ -187,7 +208,11 @@ impl FromStr for PosteriorConfig {
         let pairs: Vec<(&str, &str)> = rest
             .split(',')
             .filter(|p| !p.trim().is_empty())
-            .map(|p| p.split_once('=').map(|(k, v)| (k.trim(), v.trim())).ok_or_else(|| anyhow::anyhow!("posterior option `{p}` must be key=value")))
+            .map(|p| {
+                p.split_once('=')
+                    .map(|(k, v)| (k.trim(), v.trim()))
+                    .ok_or_else(|| anyhow::anyhow!("posterior option `{p}` must be key=value"))
+            })
             .collect::<Result<_>>()?;
         let cfg = match family.trim() {
             "rnn" | "point" => {
@@ -201,7 +226,9 @@ impl FromStr for PosteriorConfig {
                 for (k, v) in pairs {
                     match k {
                         "diagonal" => diagonal = parse_bool(k, v)?,
-                        _ => bail!("unknown posterior key `{k}` for family vrnn; allowed keys: diagonal"),
+                        _ => bail!(
+                            "unknown posterior key `{k}` for family vrnn; allowed keys: diagonal"
+                        ),
                     }
                 }
                 Self::Vrnn { diagonal }
@@ -210,7 +237,9 @@ impl FromStr for PosteriorConfig {
                 let mut c = LaplaceConfig::default();
                 for (k, v) in pairs {
                     match k {
-                        "window" | "k_h" => c.window = parse_num(k, v, "an integer >= 0 (0 = whole history)")?,
+                        "window" | "k_h" => {
+                            c.window = parse_num(k, v, "an integer >= 0 (0 = whole history)")?
+                        }
                         "accumulate" | "acc" => c.accumulate = v.parse()?,
                         "diagonal" => c.diagonal = parse_bool(k, v)?,
                         "damping" => c.damping = parse_num(k, v, "a number > 0")?,
@@ -223,7 +252,9 @@ impl FromStr for PosteriorConfig {
                 }
                 Self::Laplace(c)
             }
-            other => bail!("posterior family `{other}` is not valid; allowed values: rnn, vrnn, laplace"),
+            other => {
+                bail!("posterior family `{other}` is not valid; allowed values: rnn, vrnn, laplace")
+            }
         };
         cfg.validate()?;
         Ok(cfg)

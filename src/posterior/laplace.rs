@@ -36,14 +36,25 @@ impl Laplace {
         let mut acc: Option<Tensor> = None;
         for x in window {
             let j = input.lstm.output_jacobian(x, input.carry, input.proj)?; // (B, n, H)
-            let term = if self.cfg.diagonal { j.sqr()?.sum(D::Minus1)? } else { j.matmul(&j.t()?)? };
+            let term = if self.cfg.diagonal {
+                j.sqr()?.sum(D::Minus1)?
+            } else {
+                j.matmul(&j.t()?)?
+            };
             acc = Some(match acc {
                 None => term,
                 Some(a) => (a + term)?,
             });
         }
-        let acc = acc.ok_or_else(|| anyhow::anyhow!("the Laplace posterior needs at least the current input"))?;
-        Ok(acc.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|v| v as f64).collect())
+        let acc = acc.ok_or_else(|| {
+            anyhow::anyhow!("the Laplace posterior needs at least the current input")
+        })?;
+        Ok(acc
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|v| v as f64)
+            .collect())
     }
 }
 
@@ -53,7 +64,11 @@ impl PosteriorFamily for Laplace {
     }
 
     fn history_window(&self) -> usize {
-        if self.cfg.window == 0 { usize::MAX } else { self.cfg.window }
+        if self.cfg.window == 0 {
+            usize::MAX
+        } else {
+            self.cfg.window
+        }
     }
 
     /// q_0 = N(φ_0, prior_precision·I): φ_0 is the output at the initial carry.
@@ -61,7 +76,10 @@ impl PosteriorFamily for Laplace {
         let (b, n) = phi0.dims2()?;
         let values = identity_values(b, n, self.cfg.diagonal, self.cfg.prior_precision);
         let p = Precision::new(values, b, n, self.cfg.diagonal, self.cfg.jitter)?;
-        Ok(Gaussian { mean: phi0.clone(), cov: Covariance::Precision(p) })
+        Ok(Gaussian {
+            mean: phi0.clone(),
+            cov: Covariance::Precision(p),
+        })
     }
 
     fn step(&self, input: &StepInput, prev: &Gaussian) -> Result<Gaussian> {
@@ -76,7 +94,10 @@ impl PosteriorFamily for Laplace {
                 if p.diagonal != self.cfg.diagonal || p.values.len() != values.len() {
                     bail!("previous Laplace precision has another shape");
                 }
-                values.iter_mut().zip(p.values.iter()).for_each(|(v, p)| *v += p);
+                values
+                    .iter_mut()
+                    .zip(p.values.iter())
+                    .for_each(|(v, p)| *v += p);
             }
             _ => bail!("the Laplace posterior can only accumulate a Laplace precision"),
         }
@@ -85,7 +106,10 @@ impl PosteriorFamily for Laplace {
             _ => input.phi.clone(),
         };
         let p = Precision::new(values, b, n, self.cfg.diagonal, self.cfg.jitter)?;
-        Ok(Gaussian { mean, cov: Covariance::Precision(p) })
+        Ok(Gaussian {
+            mean,
+            cov: Covariance::Precision(p),
+        })
     }
 }
 
@@ -117,7 +141,13 @@ pub struct Precision {
 }
 
 impl Precision {
-    pub fn new(values: Vec<f64>, batch: usize, n: usize, diagonal: bool, jitter: f64) -> Result<Self> {
+    pub fn new(
+        values: Vec<f64>,
+        batch: usize,
+        n: usize,
+        diagonal: bool,
+        jitter: f64,
+    ) -> Result<Self> {
         let (chol, logdet): (Vec<f64>, Vec<f64>) = if diagonal {
             let mut bad = None;
             let chol: Vec<f64> = values
@@ -125,7 +155,7 @@ impl Precision {
                 .enumerate()
                 .map(|(k, v)| {
                     let x = v + jitter;
-                    if !(x > 0.0) && bad.is_none() {
+                    if (x.is_nan() || x <= 0.0) && bad.is_none() {
                         bad = Some(k / n);
                     }
                     x.sqrt()
@@ -134,7 +164,10 @@ impl Precision {
             if let Some(b) = bad {
                 bail!("Laplace precision of task {b} is not positive (non-finite Jacobian?)");
             }
-            let logdet = chol.chunks(n).map(|c| c.iter().map(|x| 2.0 * x.ln()).sum()).collect();
+            let logdet = chol
+                .chunks(n)
+                .map(|c| c.iter().map(|x| 2.0 * x.ln()).sum())
+                .collect();
             (chol, logdet)
         } else {
             let nn = n * n;
@@ -147,8 +180,11 @@ impl Precision {
                     for i in 0..n {
                         a[i * n + i] += jitter;
                     }
-                    linalg::cholesky_in_place(&mut a, n)
-                        .map_err(|e| anyhow::anyhow!("Laplace precision of task {k} is not positive definite: {e}"))?;
+                    linalg::cholesky_in_place(&mut a, n).map_err(|e| {
+                        anyhow::anyhow!(
+                            "Laplace precision of task {k} is not positive definite: {e}"
+                        )
+                    })?;
                     let ld = (0..n).map(|i| 2.0 * a[i * n + i].ln()).sum();
                     Ok((a, ld))
                 })
@@ -162,7 +198,15 @@ impl Precision {
             }
             (chol, logdet)
         };
-        Ok(Self { batch, n, diagonal, jitter, values: Arc::new(values), chol: Arc::new(chol), logdet: Arc::new(logdet) })
+        Ok(Self {
+            batch,
+            n,
+            diagonal,
+            jitter,
+            values: Arc::new(values),
+            chol: Arc::new(chol),
+            logdet: Arc::new(logdet),
+        })
     }
 
     /// ln det(Λ + jitter·I) per task.
@@ -190,20 +234,31 @@ impl Precision {
     pub fn noise_offsets(&self, eps: &Tensor) -> Result<Tensor> {
         let (nz, b, n) = eps.dims3()?;
         if b != self.batch || n != self.n {
-            bail!("noise of shape {:?} for a posterior batch of ({}, {})", eps.dims(), self.batch, self.n);
+            bail!(
+                "noise of shape {:?} for a posterior batch of ({}, {})",
+                eps.dims(),
+                self.batch,
+                self.n
+            );
         }
         let e: Vec<f32> = eps.flatten_all()?.to_vec1()?;
         let mut out = vec![0f32; e.len()];
-        out.par_chunks_mut(n).with_min_len(16).zip(e.par_chunks(n)).enumerate().for_each(|(row, (o, e))| {
-            let k = row % b;
-            let mut x: Vec<f64> = e.iter().map(|v| *v as f64).collect();
-            if self.diagonal {
-                x.iter_mut().zip(&self.chol[k * n..(k + 1) * n]).for_each(|(v, s)| *v /= s);
-            } else {
-                linalg::solve_upper_t(&self.chol[k * n * n..(k + 1) * n * n], n, &mut x);
-            }
-            o.iter_mut().zip(x).for_each(|(o, v)| *o = v as f32);
-        });
+        out.par_chunks_mut(n)
+            .with_min_len(16)
+            .zip(e.par_chunks(n))
+            .enumerate()
+            .for_each(|(row, (o, e))| {
+                let k = row % b;
+                let mut x: Vec<f64> = e.iter().map(|v| *v as f64).collect();
+                if self.diagonal {
+                    x.iter_mut()
+                        .zip(&self.chol[k * n..(k + 1) * n])
+                        .for_each(|(v, s)| *v /= s);
+                } else {
+                    linalg::solve_upper_t(&self.chol[k * n * n..(k + 1) * n * n], n, &mut x);
+                }
+                o.iter_mut().zip(x).for_each(|(o, v)| *o = v as f32);
+            });
         Ok(Tensor::from_vec(out, (nz, b, n), &Device::Cpu)?)
     }
 
@@ -225,7 +280,9 @@ impl Precision {
             .with_min_len(8)
             .map(|k| {
                 let trace = if self.diagonal && prev.diagonal {
-                    (0..n).map(|i| (prev.chol[k * n + i] / self.chol[k * n + i]).powi(2)).sum::<f64>()
+                    (0..n)
+                        .map(|i| (prev.chol[k * n + i] / self.chol[k * n + i]).powi(2))
+                        .sum::<f64>()
                 } else {
                     // tr(Λp Λ⁻¹) = ‖L⁻¹ Lp‖²_F with Λ = L Lᵀ, Λp = Lp Lpᵀ.
                     let lp = prev.dense_chol(k);
@@ -268,7 +325,9 @@ impl Precision {
                 let mut sigma = vec![0.0; n * n];
                 let mut col = vec![0.0; n];
                 for j in 0..n {
-                    col.iter_mut().enumerate().for_each(|(i, v)| *v = if i == j { 1.0 } else { 0.0 });
+                    col.iter_mut()
+                        .enumerate()
+                        .for_each(|(i, v)| *v = if i == j { 1.0 } else { 0.0 });
                     linalg::solve_lower(&l, n, &mut col);
                     linalg::solve_upper_t(&l, n, &mut col);
                     for i in 0..n {

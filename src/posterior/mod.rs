@@ -113,10 +113,19 @@ impl Gaussian {
         let n = self.dim()? as f64;
         match &self.cov {
             Covariance::Point => Ok(None),
-            Covariance::Precision(p) => Ok(Some(p.logdet().iter().map(|ld| n * HALF_LN_2PI_E - 0.5 * ld).collect())),
+            Covariance::Precision(p) => Ok(Some(
+                p.logdet()
+                    .iter()
+                    .map(|ld| n * HALF_LN_2PI_E - 0.5 * ld)
+                    .collect(),
+            )),
             Covariance::Spectral { log_s, .. } => {
                 let sums: Vec<f32> = log_s.sum(D::Minus1)?.to_vec1()?;
-                Ok(Some(sums.iter().map(|s| n * HALF_LN_2PI_E + 0.5 * *s as f64).collect()))
+                Ok(Some(
+                    sums.iter()
+                        .map(|s| n * HALF_LN_2PI_E + 0.5 * *s as f64)
+                        .collect(),
+                ))
             }
         }
     }
@@ -132,7 +141,11 @@ impl Gaussian {
             (Covariance::Precision(cur), Covariance::Precision(pre)) => {
                 // Only the quadratic term depends on θ (the precisions carry no gradient).
                 let quad = pre.quadratic_form(&d)?;
-                let constant: Vec<f32> = cur.kl_constant_part(pre).iter().map(|v| *v as f32).collect();
+                let constant: Vec<f32> = cur
+                    .kl_constant_part(pre)
+                    .iter()
+                    .map(|v| *v as f32)
+                    .collect();
                 let constant = Tensor::from_vec(constant, quad.dims(), &Device::Cpu)?;
                 Ok(Some(((quad * 0.5)? + constant)?))
             }
@@ -143,14 +156,20 @@ impl Gaussian {
                 let trace = match (u, up) {
                     (Some(u), Some(up)) => {
                         let r = up.detach().transpose(1, 2)?.matmul(u)?; // (B, n, n)
-                        let w = inv_sp.unsqueeze(2)?.broadcast_mul(&log_s.exp()?.unsqueeze(1)?)?;
+                        let w = inv_sp
+                            .unsqueeze(2)?
+                            .broadcast_mul(&log_s.exp()?.unsqueeze(1)?)?;
                         r.sqr()?.mul(&w)?.sum(D::Minus1)?.sum(D::Minus1)?
                     }
                     (None, None) => log_s.exp()?.mul(&inv_sp)?.sum(D::Minus1)?,
                     _ => anyhow::bail!("KL between a full and a diagonal VRNN posterior"),
                 };
                 let dp = match up {
-                    Some(up) => up.detach().transpose(1, 2)?.matmul(&d.unsqueeze(2)?)?.squeeze(2)?,
+                    Some(up) => up
+                        .detach()
+                        .transpose(1, 2)?
+                        .matmul(&d.unsqueeze(2)?)?
+                        .squeeze(2)?,
                     None => d.clone(),
                 };
                 let quad = dp.sqr()?.mul(&inv_sp)?.sum(D::Minus1)?;
@@ -164,10 +183,16 @@ impl Gaussian {
     /// A copy with every tensor detached (used as the stop-gradient prior).
     pub fn detach(&self) -> Gaussian {
         let cov = match &self.cov {
-            Covariance::Spectral { u, log_s } => Covariance::Spectral { u: u.as_ref().map(|u| u.detach()), log_s: log_s.detach() },
+            Covariance::Spectral { u, log_s } => Covariance::Spectral {
+                u: u.as_ref().map(|u| u.detach()),
+                log_s: log_s.detach(),
+            },
             c => c.clone(),
         };
-        Gaussian { mean: self.mean.detach(), cov }
+        Gaussian {
+            mean: self.mean.detach(),
+            cov,
+        }
     }
 
     /// The covariance Σ (B, n, n) as plain numbers, for inspection (None for a point estimate).
@@ -189,7 +214,9 @@ impl Gaussian {
                         for j in 0..n {
                             m[i * n + j] = match &us {
                                 None => (if i == j { sb[i] } else { 0.0 }) as f64,
-                                Some(us) => (0..n).map(|k| us[b][i][k] as f64 * sb[k] as f64 * us[b][j][k] as f64).sum(),
+                                Some(us) => (0..n)
+                                    .map(|k| us[b][i][k] as f64 * sb[k] as f64 * us[b][j][k] as f64)
+                                    .sum(),
                             };
                         }
                     }
@@ -210,7 +237,9 @@ pub fn build(
 ) -> Result<Box<dyn PosteriorFamily>> {
     Ok(match cfg {
         PosteriorConfig::Rnn => Box::new(point::Point),
-        PosteriorConfig::Vrnn { diagonal } => Box::new(vrnn::Vrnn::new(params, feature_dim, *diagonal, rng)?),
+        PosteriorConfig::Vrnn { diagonal } => {
+            Box::new(vrnn::Vrnn::new(params, feature_dim, *diagonal, rng)?)
+        }
         PosteriorConfig::Laplace(c) => Box::new(laplace::Laplace::new(c.clone())),
     })
 }

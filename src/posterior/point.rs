@@ -12,11 +12,17 @@ impl PosteriorFamily for Point {
     }
 
     fn init(&self, phi0: &Tensor) -> Result<Gaussian> {
-        Ok(Gaussian { mean: phi0.clone(), cov: Covariance::Point })
+        Ok(Gaussian {
+            mean: phi0.clone(),
+            cov: Covariance::Point,
+        })
     }
 
     fn step(&self, input: &StepInput, _prev: &Gaussian) -> Result<Gaussian> {
-        Ok(Gaussian { mean: input.phi.clone(), cov: Covariance::Point })
+        Ok(Gaussian {
+            mean: input.phi.clone(),
+            cov: Covariance::Point,
+        })
     }
 
     fn is_bayesian(&self) -> bool {

@@ -29,11 +29,31 @@ impl Vrnn {
         let mean = Linear::new(p, "vrnn.mean", n, n, rng)?;
         // Small initial scales: Σ ≈ I and U ≈ I at the start of training.
         let log_s = Linear::with_bound(p, "vrnn.log_s", n, n, 0.1 / (n as f64).sqrt(), rng)?;
-        let tri = if diagonal { None } else { Some(Linear::with_bound(p, "vrnn.tri", n, n * n, 0.1 / (n as f64).sqrt(), rng)?) };
-        let mask: Vec<f32> = (0..n * n).map(|k| if k / n > k % n { 1.0 } else { 0.0 }).collect();
+        let tri = if diagonal {
+            None
+        } else {
+            Some(Linear::with_bound(
+                p,
+                "vrnn.tri",
+                n,
+                n * n,
+                0.1 / (n as f64).sqrt(),
+                rng,
+            )?)
+        };
+        let mask: Vec<f32> = (0..n * n)
+            .map(|k| if k / n > k % n { 1.0 } else { 0.0 })
+            .collect();
         let mask = Tensor::from_vec(mask, (n, n), &Device::Cpu)?;
         let eye = Tensor::eye(n, candle_core::DType::F32, &Device::Cpu)?;
-        Ok(Self { mean, log_s, tri, mask, eye, diagonal })
+        Ok(Self {
+            mean,
+            log_s,
+            tri,
+            mask,
+            eye,
+            diagonal,
+        })
     }
 
     /// (μ, s, L) ↦ N(μ, U diag(exp s) Uᵀ).
@@ -44,12 +64,18 @@ impl Vrnn {
             None => None,
             Some(tri) => {
                 let (b, n) = phi.dims2()?;
-                let l = tri.forward(phi)?.reshape((b, n, n))?.broadcast_mul(&self.mask)?;
+                let l = tri
+                    .forward(phi)?
+                    .reshape((b, n, n))?
+                    .broadcast_mul(&self.mask)?;
                 let a = l.sub(&l.transpose(1, 2)?)?;
                 Some(cayley(&a, &self.eye)?)
             }
         };
-        Ok(Gaussian { mean, cov: Covariance::Spectral { u, log_s } })
+        Ok(Gaussian {
+            mean,
+            cov: Covariance::Spectral { u, log_s },
+        })
     }
 }
 
@@ -61,7 +87,11 @@ pub fn cayley(a: &Tensor, eye: &Tensor) -> Result<Tensor> {
 
 impl PosteriorFamily for Vrnn {
     fn name(&self) -> String {
-        if self.diagonal { "vrnn-diag".into() } else { "vrnn-full".into() }
+        if self.diagonal {
+            "vrnn-diag".into()
+        } else {
+            "vrnn-full".into()
+        }
     }
 
     fn init(&self, phi0: &Tensor) -> Result<Gaussian> {

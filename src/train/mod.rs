@@ -3,6 +3,7 @@
 //! and a clean stop when the loss diverges.
 
 pub mod optim;
+pub mod ppo;
 pub mod supervised;
 
 use crate::config::ExperimentConfig;
@@ -23,7 +24,11 @@ pub trait Learner {
     fn params(&self) -> &Params;
     /// Builds the loss of update `update` (0-based) from fresh data drawn from `rng`; returns the
     /// loss and scalar metrics to log (e.g. "nll", "kl", "return").
-    fn loss(&mut self, update: usize, rng: &mut ChaCha8Rng) -> Result<(Tensor, BTreeMap<String, f64>)>;
+    fn loss(
+        &mut self,
+        update: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(Tensor, BTreeMap<String, f64>)>;
     /// The metric shown in the progress bar.
     fn headline(&self) -> &'static str {
         "loss"
@@ -71,31 +76,59 @@ pub struct FitSummary {
 /// posterior family; parameters absent from the checkpoint keep their fresh initialisation.
 pub fn init_from(params: &Params, path: &Path) -> Result<Vec<String>> {
     let ck = load_checkpoint(path)?;
-    let model_tensors: BTreeMap<String, Tensor> = ck.tensors.into_iter().filter(|(k, _)| !k.starts_with("adam.")).collect();
-    params.load_from(&model_tensors, false).with_context(|| format!("initialising from {}", path.display()))
+    let model_tensors: BTreeMap<String, Tensor> = ck
+        .tensors
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("adam."))
+        .collect();
+    params
+        .load_from(&model_tensors, false)
+        .with_context(|| format!("initialising from {}", path.display()))
 }
 
 /// Runs (or resumes) training until `cfg.train.updates` updates are done.
-pub fn fit(learner: &mut dyn Learner, cfg: &ExperimentConfig, run: &RunDir, opts: &FitOptions) -> Result<FitSummary> {
+pub fn fit(
+    learner: &mut dyn Learner,
+    cfg: &ExperimentConfig,
+    run: &RunDir,
+    opts: &FitOptions,
+) -> Result<FitSummary> {
     let mut opt = AdamW::new(adamw_config(cfg), learner.params())?;
     let mut start = 0;
     let latest = run.latest_checkpoint();
     if opts.resume && latest.exists() {
         let ck = load_checkpoint(&latest)?;
         if ck.config.model != cfg.model || ck.config.task != cfg.task {
-            bail!("cannot resume {}: its model or task differs from the given config", latest.display());
+            bail!(
+                "cannot resume {}: its model or task differs from the given config",
+                latest.display()
+            );
         }
-        let model: BTreeMap<String, Tensor> = ck.tensors.iter().filter(|(k, _)| !k.starts_with("adam.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let model: BTreeMap<String, Tensor> = ck
+            .tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with("adam."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         learner.params().load_from(&model, true)?;
         opt.load_state(&ck.tensors, ck.update)?;
         start = ck.update;
-        truncate_jsonl(&run.train_metrics(), |v| v.get("update").and_then(|u| u.as_u64()).is_some_and(|u| (u as usize) <= start))?;
+        truncate_jsonl(&run.train_metrics(), |v| {
+            v.get("update")
+                .and_then(|u| u.as_u64())
+                .is_some_and(|u| (u as usize) <= start)
+        })?;
     } else if run.train_metrics().exists() {
         std::fs::remove_file(run.train_metrics())?;
     }
     run.write_config(cfg)?;
     let total = cfg.train.updates;
-    let snapshots: Vec<usize> = cfg.train.snapshots.iter().map(|f| ((f * total as f64).round() as usize).clamp(1, total)).collect();
+    let snapshots: Vec<usize> = cfg
+        .train
+        .snapshots
+        .iter()
+        .map(|f| ((f * total as f64).round() as usize).clamp(1, total))
+        .collect();
     let mut log = JsonlAppender::open(&run.train_metrics())?;
     let bar = progress_bar(opts.progress, total, start, &cfg.name);
     let t0 = Instant::now();
@@ -109,7 +142,14 @@ pub fn fit(learner: &mut dyn Learner, cfg: &ExperimentConfig, run: &RunDir, opts
         let (loss, mut metrics) = learner.loss(update, &mut rng)?;
         let value = loss.to_scalar::<f32>()? as f64;
         if !value.is_finite() {
-            return diverged(learner, &opt, update, cfg, &latest, format!("loss = {value}"));
+            return diverged(
+                learner,
+                &opt,
+                update,
+                cfg,
+                &latest,
+                format!("loss = {value}"),
+            );
         }
         let grads = loss.backward()?;
         let stats = match opt.step(learner.params(), &grads) {
@@ -126,31 +166,59 @@ pub fn fit(learner: &mut dyn Learner, cfg: &ExperimentConfig, run: &RunDir, opts
         log.write(&serde_json::Value::Object(row))?;
         let done = update + 1;
         if snapshots.contains(&done) && done < total {
-            save_checkpoint(&run.snapshot(done), learner.params(), &BTreeMap::new(), done, cfg)?;
+            save_checkpoint(
+                &run.snapshot(done),
+                learner.params(),
+                &BTreeMap::new(),
+                done,
+                cfg,
+            )?;
         }
-        if (cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0) || done == end {
+        if (cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0) || done == end
+        {
             save_checkpoint(&latest, learner.params(), &opt.state_tensors(), done, cfg)?;
         }
         if let Some(bar) = &bar {
             let head = learner.headline();
-            bar.set_message(format!("{head} {:.4}", metrics.get(head).copied().unwrap_or(value)));
+            bar.set_message(format!(
+                "{head} {:.4}",
+                metrics.get(head).copied().unwrap_or(value)
+            ));
             bar.inc(1);
         }
         last = metrics;
     }
     let finished = end == total;
     if finished {
-        save_checkpoint(&run.final_model(), learner.params(), &BTreeMap::new(), total, cfg)?;
+        save_checkpoint(
+            &run.final_model(),
+            learner.params(),
+            &BTreeMap::new(),
+            total,
+            cfg,
+        )?;
     }
     if let Some(bar) = bar {
         bar.finish();
     }
-    Ok(FitSummary { updates_done: end, finished, wall_seconds: t0.elapsed().as_secs_f64(), last_metrics: last })
+    Ok(FitSummary {
+        updates_done: end,
+        finished,
+        wall_seconds: t0.elapsed().as_secs_f64(),
+        last_metrics: last,
+    })
 }
 
 /// Stops a diverged run: the parameters have not been touched by the failing update, so they
 /// are the last good state; they are saved as the resumable checkpoint.
-fn diverged(learner: &dyn Learner, opt: &AdamW, update: usize, cfg: &ExperimentConfig, latest: &Path, why: String) -> Result<FitSummary> {
+fn diverged(
+    learner: &dyn Learner,
+    opt: &AdamW,
+    update: usize,
+    cfg: &ExperimentConfig,
+    latest: &Path,
+    why: String,
+) -> Result<FitSummary> {
     save_checkpoint(latest, learner.params(), &opt.state_tensors(), update, cfg)?;
     bail!(
         "training diverged at update {} ({why}); stopped. The last good state (after update {update}) is kept in {}",
@@ -159,14 +227,21 @@ fn diverged(learner: &dyn Learner, opt: &AdamW, update: usize, cfg: &ExperimentC
     )
 }
 
-fn progress_bar(show: bool, total: usize, start: usize, name: &str) -> Option<indicatif::ProgressBar> {
+fn progress_bar(
+    show: bool,
+    total: usize,
+    start: usize,
+    name: &str,
+) -> Option<indicatif::ProgressBar> {
     if !show {
         return None;
     }
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{elapsed_precise}<{eta_precise}] {bar:30} {pos}/{len} updates  {msg}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}<{eta_precise}] {bar:30} {pos}/{len} updates  {msg}",
+        )
+        .expect("valid template"),
     );
     bar.set_prefix(name.to_string());
     bar.set_position(start as u64);

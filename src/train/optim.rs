@@ -21,7 +21,15 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, weight_decay: 1e-6, beta1: 0.9, beta2: 0.999, eps: 1e-8, clip_element: 5.0, clip_global_norm: 1.0 }
+        Self {
+            lr: 1e-3,
+            weight_decay: 1e-6,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            clip_element: 5.0,
+            clip_global_norm: 1.0,
+        }
     }
 }
 
@@ -68,7 +76,11 @@ impl AdamW {
         if !norm.is_finite() {
             bail!("gradient is not finite (global norm {norm})");
         }
-        let scale = if norm > self.cfg.clip_global_norm { self.cfg.clip_global_norm / norm } else { 1.0 };
+        let scale = if norm > self.cfg.clip_global_norm {
+            self.cfg.clip_global_norm / norm
+        } else {
+            1.0
+        };
         self.step += 1;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(self.step as i32);
@@ -77,7 +89,8 @@ impl AdamW {
             let g = (g * scale)?;
             let m = ((&self.m[&name] * b1)? + (&g * (1.0 - b1))?)?;
             let v = ((&self.v[&name] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let update = (m.affine(1.0 / bc1, 0.0)? / (v.affine(1.0 / bc2, 0.0)?.sqrt()? + self.cfg.eps)?)?;
+            let update =
+                (m.affine(1.0 / bc1, 0.0)? / (v.affine(1.0 / bc2, 0.0)?.sqrt()? + self.cfg.eps)?)?;
             let p = var.as_tensor();
             let new = (p - ((update + (p * self.cfg.weight_decay)?)? * self.cfg.lr)?)?;
             var.set(&new)?;
@@ -101,10 +114,16 @@ impl AdamW {
 
     pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, step: usize) -> Result<()> {
         for (k, t) in self.m.iter_mut() {
-            *t = tensors.get(&format!("adam.m.{k}")).ok_or_else(|| anyhow::anyhow!("optimizer state lacks adam.m.{k}"))?.clone();
+            *t = tensors
+                .get(&format!("adam.m.{k}"))
+                .ok_or_else(|| anyhow::anyhow!("optimizer state lacks adam.m.{k}"))?
+                .clone();
         }
         for (k, t) in self.v.iter_mut() {
-            *t = tensors.get(&format!("adam.v.{k}")).ok_or_else(|| anyhow::anyhow!("optimizer state lacks adam.v.{k}"))?.clone();
+            *t = tensors
+                .get(&format!("adam.v.{k}"))
+                .ok_or_else(|| anyhow::anyhow!("optimizer state lacks adam.v.{k}"))?
+                .clone();
         }
         self.step = step;
         Ok(())

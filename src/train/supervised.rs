@@ -36,9 +36,22 @@ impl RegressionModel {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut params = Params::new();
         let core = Core::new(&mut params, cfg, &[1, 1], &mut rng)?;
-        let head = Head::new(&mut params, "pred", cfg.embed_width + cfg.features, &cfg.head_hidden, 1, &mut rng)?;
+        let head = Head::new(
+            &mut params,
+            "pred",
+            cfg.embed_width + cfg.features,
+            &cfg.head_hidden,
+            1,
+            &mut rng,
+        )?;
         let log_sigma = params.constant("pred.log_sigma", &[1], 0.0)?;
-        Ok(Self { params, core, head, log_sigma, cfg: cfg.clone() })
+        Ok(Self {
+            params,
+            core,
+            head,
+            log_sigma,
+            cfg: cfg.clone(),
+        })
     }
 
     /// Predictive means for embedded inputs `emb_x` (…, B, E) and samples `z` (…, B, n) whose
@@ -63,11 +76,19 @@ impl RegressionModel {
     }
 
     pub fn embed_scalar(&self, kind: usize, v: &[f32]) -> Result<Tensor> {
-        self.core.embed(kind, &Tensor::from_vec(v.to_vec(), (v.len(), 1), &Device::Cpu)?)
+        self.core.embed(
+            kind,
+            &Tensor::from_vec(v.to_vec(), (v.len(), 1), &Device::Cpu)?,
+        )
     }
 
     /// Feeds one observed pair (x_t, y_t) per task into the core.
-    pub fn observe(&self, state: &CoreState, emb_x: &Tensor, y: &[f32]) -> Result<crate::agent::CoreStep> {
+    pub fn observe(
+        &self,
+        state: &CoreState,
+        emb_x: &Tensor,
+        y: &[f32],
+    ) -> Result<crate::agent::CoreStep> {
         let emb_y = self.embed_scalar(1, y)?;
         self.core.step(state, &[emb_x.clone(), emb_y])
     }
@@ -81,7 +102,13 @@ pub struct ElboParts {
 }
 
 /// The negative ELBO (Eq. 2) of a batch of tasks: `xs[t][b]`, `ys[t][b]`.
-pub fn negative_elbo(model: &RegressionModel, xs: &[Vec<f32>], ys: &[Vec<f32>], beta: f64, rng: &mut ChaCha8Rng) -> Result<ElboParts> {
+pub fn negative_elbo(
+    model: &RegressionModel,
+    xs: &[Vec<f32>],
+    ys: &[Vec<f32>],
+    beta: f64,
+    rng: &mut ChaCha8Rng,
+) -> Result<ElboParts> {
     let b = xs[0].len();
     let n = model.cfg.features;
     let nz = model.cfg.n_z;
@@ -96,7 +123,10 @@ pub fn negative_elbo(model: &RegressionModel, xs: &[Vec<f32>], ys: &[Vec<f32>], 
         let mean = model.predict_mean(&emb_x.unsqueeze(0)?, &z)?.mean(0)?; // (B,)
         let target = Tensor::from_vec(y.clone(), b, &Device::Cpu)?;
         let sq = mean.sub(&target)?.sqr()?;
-        let nll = (sq.broadcast_div(&(&sigma2 * 2.0)?)?.broadcast_add(&model.log_sigma)? + HALF_LN_2PI)?;
+        let nll = (sq
+            .broadcast_div(&(&sigma2 * 2.0)?)?
+            .broadcast_add(&model.log_sigma)?
+            + HALF_LN_2PI)?;
         nll_terms.push(nll.mean_all()?);
         let step = model.observe(&state, &emb_x, y)?;
         if let Some(kl) = &step.kl {
@@ -115,11 +145,19 @@ pub fn negative_elbo(model: &RegressionModel, xs: &[Vec<f32>], ys: &[Vec<f32>], 
             loss = (loss + (kl * beta)?)?;
         }
     }
-    Ok(ElboParts { nll: nll.to_scalar::<f32>()? as f64, kl: kl_value, loss })
+    Ok(ElboParts {
+        nll: nll.to_scalar::<f32>()? as f64,
+        kl: kl_value,
+        loss,
+    })
 }
 
 /// Draws `batch` tasks with `points` observations each: (xs[t][b], ys[t][b]).
-pub fn sample_batch(rng: &mut ChaCha8Rng, batch: usize, points: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+pub fn sample_batch(
+    rng: &mut ChaCha8Rng,
+    batch: usize,
+    points: usize,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let tasks: Vec<FourierTask> = (0..batch).map(|_| FourierTask::sample(rng)).collect();
     let mut xs = vec![vec![0f32; batch]; points];
     let mut ys = vec![vec![0f32; batch]; points];
@@ -146,7 +184,11 @@ impl Learner for Supervised {
         &self.model.params
     }
 
-    fn loss(&mut self, _update: usize, rng: &mut ChaCha8Rng) -> Result<(Tensor, BTreeMap<String, f64>)> {
+    fn loss(
+        &mut self,
+        _update: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(Tensor, BTreeMap<String, f64>)> {
         let (xs, ys) = sample_batch(rng, self.batch, self.points);
         let parts = negative_elbo(&self.model, &xs, &ys, self.beta, rng)?;
         let mut m = BTreeMap::new();

@@ -1,0 +1,87 @@
+//! `lvrnn inspect`: the posterior a checkpoint gives along a given history, step by step, as
+//! JSON lines (mean, precision for the Laplace VRNN or covariance for the VRNN, entropy, KL).
+
+use crate::posterior::{Covariance, Gaussian};
+use crate::train::supervised::RegressionModel;
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use std::path::Path;
+
+/// Reads a CSV of numbers with `columns` columns per row; a first row that does not parse as
+/// numbers is taken as a header. Blank lines are skipped.
+pub fn read_history(path: &Path, columns: usize) -> Result<Vec<Vec<f32>>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading history {}", path.display()))?;
+    let mut rows = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: Result<Vec<f32>, _> =
+            line.split(',').map(|f| f.trim().parse::<f32>()).collect();
+        match parsed {
+            Ok(v) if v.len() == columns => rows.push(v),
+            Ok(v) => bail!(
+                "{}:{}: expected {columns} columns, found {}",
+                path.display(),
+                i + 1,
+                v.len()
+            ),
+            Err(_) if i == 0 => continue,
+            Err(e) => bail!("{}:{}: not a number ({e})", path.display(), i + 1),
+        }
+    }
+    Ok(rows)
+}
+
+fn gaussian_json(q: &Gaussian) -> Result<serde_json::Value> {
+    let mean: Vec<f32> = q.mean.squeeze(0)?.to_vec1()?;
+    let mut v = json!({ "mean": mean });
+    match &q.cov {
+        Covariance::Point => {}
+        Covariance::Precision(p) => {
+            let n = p.n;
+            let d = p.dense(0);
+            v["precision"] = json!(
+                (0..n)
+                    .map(|i| d[i * n..(i + 1) * n].to_vec())
+                    .collect::<Vec<_>>()
+            );
+        }
+        Covariance::Spectral { .. } => {
+            let c = q.covariance_matrix()?.expect("VRNN has a covariance");
+            let n = mean.len();
+            v["covariance"] = json!(
+                (0..n)
+                    .map(|i| c[0][i * n..(i + 1) * n].to_vec())
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    v["entropy"] = json!(q.entropy()?.map(|e| e[0]));
+    Ok(v)
+}
+
+/// One JSON object per step t = 0 (the prior) … T for a regression history of (x, y) rows.
+pub fn regression_trace(model: &RegressionModel, rows: &[Vec<f32>]) -> Result<Vec<String>> {
+    let mut state = model.core.initial(1)?.detach();
+    let mut out = vec![];
+    let mut first = gaussian_json(&state.q)?;
+    first["t"] = json!(0);
+    first["kl"] = serde_json::Value::Null;
+    out.push(first.to_string());
+    for (t, row) in rows.iter().enumerate() {
+        let emb_x = model.embed_scalar(0, &row[..1])?;
+        let step = model.observe(&state, &emb_x, &row[1..2])?;
+        let mut v = gaussian_json(&step.state.q)?;
+        v["t"] = json!(t + 1);
+        v["input"] = json!(row);
+        v["kl"] = json!(match &step.kl {
+            Some(k) => Some(k.to_vec1::<f32>()?[0]),
+            None => None,
+        });
+        out.push(v.to_string());
+        state = step.state.detach();
+    }
+    Ok(out)
+}
