@@ -15,6 +15,7 @@ pub mod nn;
 pub mod plot;
 pub mod posterior;
 pub mod report;
+pub mod rl_eval;
 pub mod run;
 pub mod stats;
 pub mod train;

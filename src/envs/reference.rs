@@ -725,7 +725,7 @@ pub fn write_reference_csv(path: impl AsRef<Path>, rows: &[RefRow]) -> anyhow::R
 }
 
 /// An aligned text table, one line per row, e.g.
-/// `thompson_exact          50   return  27.31 ± 0.52   regret   3.21 ± 0.12`.
+/// `thompson_exact          50  return   26.41 ± 0.60   regret    5.31 ± 0.20`.
 pub fn format_reference_table(rows: &[RefRow]) -> String {
     let width = rows
         .iter()
@@ -736,17 +736,17 @@ pub fn format_reference_table(rows: &[RefRow]) -> String {
     let mut out = String::new();
     writeln!(
         out,
-        "{:<width$}  {:>4}  {:>22}  {:>22}",
-        "policy", "t", "return (99% CI)", "regret (99% CI)"
+        "{:<width$}  {:>4}  {:<23}  regret (mean ± 99% CI)",
+        "policy", "t", "return (mean ± 99% CI)"
     )
     .unwrap();
     for r in rows {
-        writeln!(
-            out,
-            "{:<width$}  {:>4}  return {:>7.2} ± {:<5.2}  regret {:>7.2} ± {:<5.2}",
+        let line = format!(
+            "{:<width$}  {:>4}  return {:>7.2} ± {:<6.2}  regret {:>7.2} ± {:.2}",
             r.policy, r.t, r.return_mean, r.return_ci99, r.regret_mean, r.regret_ci99
-        )
-        .unwrap();
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out
 }

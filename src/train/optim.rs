@@ -65,8 +65,9 @@ impl AdamW {
         let mut clipped = Vec::with_capacity(params.len());
         let mut sq = 0.0f64;
         for (name, var) in params.vars() {
+            // Detached: the gradient's own op graph must not be kept alive by the moments.
             let g = match grads.get(var.as_tensor()) {
-                Some(g) => g.clamp(-c, c)?,
+                Some(g) => g.detach().clamp(-c, c)?,
                 None => var.as_tensor().zeros_like()?,
             };
             sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
@@ -87,11 +88,12 @@ impl AdamW {
         let bc2 = 1.0 - b2.powi(self.step as i32);
         for (name, var, g) in clipped {
             let g = (g * scale)?;
-            let m = ((&self.m[&name] * b1)? + (&g * (1.0 - b1))?)?;
-            let v = ((&self.v[&name] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let m = ((&self.m[&name] * b1)? + (&g * (1.0 - b1))?)?.detach();
+            let v = ((&self.v[&name] * b2)? + (g.sqr()? * (1.0 - b2))?)?.detach();
             let update =
                 (m.affine(1.0 / bc1, 0.0)? / (v.affine(1.0 / bc2, 0.0)?.sqrt()? + self.cfg.eps)?)?;
-            let p = var.as_tensor();
+            let p = var.as_tensor().detach();
+            let p = &p;
             let new = (p - ((update + (p * self.cfg.weight_decay)?)? * self.cfg.lr)?)?;
             var.set(&new)?;
             self.m.insert(name.clone(), m);
