@@ -60,10 +60,10 @@ fn ce_at(rows: &[lvrnn::eval::EvalRow], points: usize) -> f64 {
 
 /// Trains `posterior` for a small budget and checks that the predictive CE after 50 points is
 /// clearly below the CE of the prior predictive (0 points).
-fn learns_to_use_the_context(posterior: &str) {
+fn learns_to_use_the_context(posterior: &str, updates: usize) {
     lvrnn::init_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = small_config("learn", posterior, 450);
+    let mut cfg = small_config("learn", posterior, updates);
     // A larger step than the paper's 1e-3 so that in-context learning shows within the budget.
     cfg.train.lr = 3e-3;
     cfg.eval.tasks = 96;
@@ -81,22 +81,22 @@ fn learns_to_use_the_context(posterior: &str) {
 
 #[test]
 fn rnn_learns_to_use_the_context() {
-    learns_to_use_the_context("rnn");
+    learns_to_use_the_context("rnn", 450);
 }
 
 #[test]
 fn vrnn_learns_to_use_the_context() {
-    learns_to_use_the_context("vrnn");
+    learns_to_use_the_context("vrnn", 600);
 }
 
 #[test]
 fn laplace_sum_sigma_learns_to_use_the_context() {
-    learns_to_use_the_context("laplace:window=1,accumulate=sigma");
+    learns_to_use_the_context("laplace:window=1,accumulate=sigma", 600);
 }
 
 #[test]
 fn laplace_windowed_diagonal_learns_to_use_the_context() {
-    learns_to_use_the_context("laplace:window=3,accumulate=none,diagonal=true");
+    learns_to_use_the_context("laplace:window=3,accumulate=none,diagonal=true", 600);
 }
 
 #[test]

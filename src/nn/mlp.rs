@@ -37,8 +37,21 @@ impl Linear {
         bound: f64,
         rng: &mut ChaCha8Rng,
     ) -> Result<Self> {
+        Self::with_init(p, name, d_in, d_out, bound, 0.0, rng)
+    }
+
+    /// Uniform(−bound, bound) weight and a constant bias.
+    pub fn with_init(
+        p: &mut Params,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bound: f64,
+        bias: f32,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self> {
         let weight = p.uniform(&format!("{name}.weight"), &[d_in, d_out], bound, rng)?;
-        let bias = p.constant(&format!("{name}.bias"), &[d_out], 0.0)?;
+        let bias = p.constant(&format!("{name}.bias"), &[d_out], bias)?;
         Ok(Self { weight, bias })
     }
 

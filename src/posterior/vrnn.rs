@@ -14,6 +14,9 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 
+/// Initial log-variance of the VRNN posterior (bias of `vrnn.log_s`).
+pub const INIT_LOG_VAR: f64 = -2.0;
+
 pub struct Vrnn {
     mean: Linear,
     log_s: Linear,
@@ -27,8 +30,17 @@ pub struct Vrnn {
 impl Vrnn {
     pub fn new(p: &mut Params, n: usize, diagonal: bool, rng: &mut ChaCha8Rng) -> Result<Self> {
         let mean = Linear::new(p, "vrnn.mean", n, n, rng)?;
-        // Small initial scales: Σ ≈ I and U ≈ I at the start of training.
-        let log_s = Linear::with_bound(p, "vrnn.log_s", n, n, 0.1 / (n as f64).sqrt(), rng)?;
+        // Small initial weights (U ≈ I) and an initial variance of e^{INIT_LOG_VAR}: the model
+        // starts close to its point estimate rather than drowning φ in unit noise.
+        let log_s = Linear::with_init(
+            p,
+            "vrnn.log_s",
+            n,
+            n,
+            0.1 / (n as f64).sqrt(),
+            INIT_LOG_VAR as f32,
+            rng,
+        )?;
         let tri = if diagonal {
             None
         } else {

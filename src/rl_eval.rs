@@ -1,0 +1,693 @@
+//! Evaluation of RL agents on held-out tasks (paper Sec. 5.2, Figs. 4, 5, 11, 13, 14): per step
+//! t = 1..T, mean and 99% CI over tasks of the reward, the cumulative regret, the posterior's
+//! differential entropy and KL(q_t ‖ q_{t−1}), and the return of the whole trajectory; actions
+//! are sampled from the policy. The test tasks are exactly those the reference policies of
+//! [`crate::envs::reference`] run on (task i drawn from `task_rng(eval.seed, i)`), so the
+//! agent's regret curve and the references' are paired.
+//!
+//! Also the RL halves of `lvrnn train` ([`train_and_eval_rl`]), `lvrnn eval`
+//! ([`eval_rl_checkpoint`], post-hoc posteriors included) and a PPO timing ([`bench_ppo`]).
+
+use crate::config::{EvalConfig, ExperimentConfig};
+use crate::envs::bandit::{Bandit, NUM_ARMS};
+use crate::envs::gridworld::Gridworld;
+use crate::envs::reference::{PARTICLES, default_checkpoints, simulate_policies, task_rng};
+use crate::envs::{EnvKind, MetaEnv};
+use crate::plot::{LinePlot, Series, line_plot};
+use crate::posterior::PosteriorConfig;
+use crate::run::{RunDir, load_checkpoint};
+use crate::stats::mean_ci99;
+use crate::train::optim::AdamW;
+use crate::train::ppo::{Ppo, RlModel, env_kind, gae, ppo_loss, rollout};
+use crate::train::{FitOptions, adamw_config, fit, init_from, update_rng};
+use crate::util::{read_jsonl, write_csv_atomic};
+use anyhow::{Context, Result, bail};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Header of `eval_rl.csv`.
+pub const EVAL_RL_HEADER: [&str; 10] = [
+    "model",
+    "t",
+    "reward_mean",
+    "reward_ci99",
+    "cum_regret_mean",
+    "cum_regret_ci99",
+    "entropy_mean",
+    "entropy_ci99",
+    "kl_mean",
+    "kl_ci99",
+];
+
+/// Header of `eval_rl_returns.csv` (agents and reference policies).
+pub const RETURNS_HEADER: [&str; 5] = [
+    "model",
+    "return_mean",
+    "return_ci99",
+    "final_regret_mean",
+    "final_regret_ci99",
+];
+
+/// Tasks rolled out together during evaluation.
+const EVAL_CHUNK: usize = 256;
+
+/// One row of the evaluation table: statistics of interaction t (1-based) over the test tasks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RlEvalRow {
+    pub model: String,
+    pub t: usize,
+    pub reward_mean: f64,
+    pub reward_ci99: f64,
+    /// Cumulative regret through interaction t.
+    pub cum_regret_mean: f64,
+    pub cum_regret_ci99: f64,
+    /// Entropy of q_t, the posterior the action at t is drawn under (NaN for the RNN).
+    pub entropy_mean: f64,
+    pub entropy_ci99: f64,
+    /// KL(q_t ‖ q_{t−1}) (q_0 the prior at the zero carry; NaN for the RNN).
+    pub kl_mean: f64,
+    pub kl_ci99: f64,
+}
+
+/// An agent's evaluation.
+#[derive(Clone, Debug)]
+pub struct RlEvalResult {
+    pub model: String,
+    pub rows: Vec<RlEvalRow>,
+    /// Σ_{t ≤ T} r_t: mean and 99% CI half-width over the tasks.
+    pub return_mean: f64,
+    pub return_ci99: f64,
+}
+
+/// A reference policy on the same test tasks.
+#[derive(Clone, Debug)]
+pub struct ReferenceCurve {
+    pub policy: String,
+    /// Mean cumulative regret through t = 1..T, and its 99% CI half-width.
+    pub cum_regret_mean: Vec<f64>,
+    pub cum_regret_ci99: Vec<f64>,
+    pub return_mean: f64,
+    pub return_ci99: f64,
+}
+
+/// `count` test tasks starting at task `first`: task i is the one [`simulate_policies`] draws
+/// for i (first thing from `task_rng(seed, i)`). Returns the env and its first observation.
+pub fn test_env(
+    kind: EnvKind,
+    alpha: f32,
+    first: usize,
+    count: usize,
+    seed: u64,
+) -> (Box<dyn MetaEnv>, Vec<f32>) {
+    match kind {
+        EnvKind::Bandit => {
+            let probs: Vec<[f64; NUM_ARMS]> = (first..first + count)
+                .map(|i| {
+                    let mut one = Bandit::new(1, alpha);
+                    one.reset(&mut task_rng(seed, i));
+                    one.probs()[0]
+                })
+                .collect();
+            let mut env = Bandit::new(count, alpha);
+            let obs = env.set_probs(&probs);
+            (Box::new(env), obs)
+        }
+        EnvKind::Gridworld => {
+            let tasks: Vec<_> = (first..first + count)
+                .map(|i| {
+                    let mut one = Gridworld::new(1);
+                    one.reset(&mut task_rng(seed, i));
+                    (one.start(0), one.goal(0))
+                })
+                .collect();
+            let mut env = Gridworld::new(count);
+            let obs = env.set_tasks(&tasks);
+            (Box::new(env), obs)
+        }
+    }
+}
+
+/// Evaluates `model` on `eval.tasks` test tasks of `kind` (bandit at `alpha_test`), actions
+/// sampled from its policy (the agent's randomness is seeded by `eval.seed` too).
+pub fn evaluate_rl(
+    model: &RlModel,
+    label: &str,
+    kind: EnvKind,
+    eval: &EvalConfig,
+    alpha_test: f32,
+) -> Result<RlEvalResult> {
+    let mut rng = ChaCha8Rng::seed_from_u64(eval.seed ^ 0xa6e7_5eed);
+    let horizon = kind.horizon();
+    // Per step t: one value per task.
+    let (mut reward, mut cum_regret, mut entropy, mut kl) = (
+        vec![vec![]; horizon],
+        vec![vec![]; horizon],
+        vec![vec![]; horizon],
+        vec![vec![]; horizon],
+    );
+    let mut returns = vec![];
+    for first in (0..eval.tasks).step_by(EVAL_CHUNK) {
+        let count = EVAL_CHUNK.min(eval.tasks - first);
+        let (mut env, obs) = test_env(kind, alpha_test, first, count, eval.seed);
+        let ro = rollout(model, env.as_mut(), obs, &mut rng, true)?;
+        let mut cum = vec![0f64; count];
+        for t in 0..horizon {
+            for b in 0..count {
+                cum[b] += ro.regrets[t][b] as f64;
+            }
+            reward[t].extend(ro.rewards[t].iter().map(|r| *r as f64));
+            cum_regret[t].extend_from_slice(&cum);
+            entropy[t].extend_from_slice(&ro.posterior_entropy[t]);
+            kl[t].extend_from_slice(&ro.posterior_kl[t]);
+        }
+        returns.extend(ro.returns());
+    }
+    let rows = (0..horizon)
+        .map(|t| {
+            let (reward_mean, reward_ci99) = mean_ci99(&reward[t]);
+            let (cum_regret_mean, cum_regret_ci99) = mean_ci99(&cum_regret[t]);
+            let (entropy_mean, entropy_ci99) = finite_mean_ci(&entropy[t]);
+            let (kl_mean, kl_ci99) = finite_mean_ci(&kl[t]);
+            RlEvalRow {
+                model: label.to_string(),
+                t: t + 1,
+                reward_mean,
+                reward_ci99,
+                cum_regret_mean,
+                cum_regret_ci99,
+                entropy_mean,
+                entropy_ci99,
+                kl_mean,
+                kl_ci99,
+            }
+        })
+        .collect();
+    let (return_mean, return_ci99) = mean_ci99(&returns);
+    Ok(RlEvalResult {
+        model: label.to_string(),
+        rows,
+        return_mean,
+        return_ci99,
+    })
+}
+
+/// NaN where undefined (point estimates), else mean and 99% half-width.
+fn finite_mean_ci(xs: &[f64]) -> (f64, f64) {
+    if xs.iter().any(|x| x.is_nan()) {
+        (f64::NAN, f64::NAN)
+    } else {
+        mean_ci99(xs)
+    }
+}
+
+/// Every reference policy of `kind` on the same `tasks` test tasks (`alpha` is the bandit's
+/// test concentration and the reference policies' prior).
+pub fn reference_curves(kind: EnvKind, alpha: f32, tasks: usize, seed: u64) -> Vec<ReferenceCurve> {
+    simulate_policies(kind, alpha, tasks, seed, PARTICLES)
+        .into_iter()
+        .map(|sim| {
+            let horizon = sim.traces.first().map_or(0, |tr| tr.regret.len());
+            let mut cum = vec![0f64; sim.traces.len()];
+            let (mut cum_regret_mean, mut cum_regret_ci99) = (vec![], vec![]);
+            for t in 0..horizon {
+                for (c, tr) in cum.iter_mut().zip(&sim.traces) {
+                    *c += tr.regret[t];
+                }
+                let (m, h) = mean_ci99(&cum);
+                cum_regret_mean.push(m);
+                cum_regret_ci99.push(h);
+            }
+            let (return_mean, return_ci99) = mean_ci99(
+                &sim.traces
+                    .iter()
+                    .map(|tr| tr.return_at(horizon))
+                    .collect::<Vec<_>>(),
+            );
+            ReferenceCurve {
+                policy: sim.policy,
+                cum_regret_mean,
+                cum_regret_ci99,
+                return_mean,
+                return_ci99,
+            }
+        })
+        .collect()
+}
+
+/// Evaluates the model under its own posterior (`own`) and each post-hoc variant.
+fn evaluate_variants(
+    model: &RlModel,
+    cfg: &ExperimentConfig,
+    posthoc: &[String],
+    with_own: bool,
+) -> Result<Vec<RlEvalResult>> {
+    let kind = env_kind(cfg.task)?;
+    let alpha = cfg.env.alpha_test as f32;
+    let own = cfg.model.posterior.label();
+    let mut results = vec![];
+    if with_own {
+        eprintln!(
+            "evaluating {own} on {} held-out {kind} tasks …",
+            cfg.eval.tasks
+        );
+        results.push(evaluate_rl(model, &own, kind, &cfg.eval, alpha)?);
+    }
+    for spec in posthoc {
+        let p: PosteriorConfig = spec
+            .parse()
+            .with_context(|| format!("posterior `{spec}`"))?;
+        let label = if p == cfg.model.posterior {
+            own.clone()
+        } else {
+            format!("{} (post-hoc on {own})", p.label())
+        };
+        eprintln!("evaluating {label} …");
+        results.push(evaluate_rl(
+            &model.with_posterior(&p)?,
+            &label,
+            kind,
+            &cfg.eval,
+            alpha,
+        )?);
+    }
+    Ok(results)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tables and figures
+// ---------------------------------------------------------------------------------------------
+
+fn fmt(v: f64) -> String {
+    if v.is_nan() {
+        "nan".into()
+    } else {
+        format!("{v:.6}")
+    }
+}
+
+/// Writes `<metrics>/eval_rl.csv`, `<metrics>/eval_rl_returns.csv` and the figures
+/// `cumulative_regret`, `entropy` and `kl` (the last two only when some model is Bayesian) into
+/// `figures`; returns the files written.
+pub fn write_rl_report(
+    results: &[RlEvalResult],
+    refs: &[ReferenceCurve],
+    metrics: &Path,
+    figures: &Path,
+) -> Result<Vec<PathBuf>> {
+    let mut written = vec![];
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .flat_map(|r| &r.rows)
+        .map(|r| {
+            vec![
+                r.model.clone(),
+                r.t.to_string(),
+                fmt(r.reward_mean),
+                fmt(r.reward_ci99),
+                fmt(r.cum_regret_mean),
+                fmt(r.cum_regret_ci99),
+                fmt(r.entropy_mean),
+                fmt(r.entropy_ci99),
+                fmt(r.kl_mean),
+                fmt(r.kl_ci99),
+            ]
+        })
+        .collect();
+    let csv = metrics.join("eval_rl.csv");
+    write_csv_atomic(&csv, &EVAL_RL_HEADER, &rows)?;
+    written.push(csv);
+    let mut returns: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            let last = r.rows.last();
+            let (m, h) = last.map_or((f64::NAN, f64::NAN), |l| {
+                (l.cum_regret_mean, l.cum_regret_ci99)
+            });
+            vec![
+                r.model.clone(),
+                fmt(r.return_mean),
+                fmt(r.return_ci99),
+                fmt(m),
+                fmt(h),
+            ]
+        })
+        .collect();
+    for c in refs {
+        let m = c.cum_regret_mean.last().copied().unwrap_or(f64::NAN);
+        let h = c.cum_regret_ci99.last().copied().unwrap_or(f64::NAN);
+        returns.push(vec![
+            format!("reference: {}", c.policy),
+            fmt(c.return_mean),
+            fmt(c.return_ci99),
+            fmt(m),
+            fmt(h),
+        ]);
+    }
+    let csv = metrics.join("eval_rl_returns.csv");
+    write_csv_atomic(&csv, &RETURNS_HEADER, &returns)?;
+    written.push(csv);
+
+    // Cumulative regret: agents with 99% bands, reference policies dashed (Figs. 11, 13).
+    let mut plot = LinePlot::new(
+        "Cumulative regret on held-out tasks (99% CI)",
+        "interactions t",
+        "cumulative regret",
+    );
+    for r in results {
+        let x: Vec<f64> = r.rows.iter().map(|row| row.t as f64).collect();
+        let y: Vec<f64> = r.rows.iter().map(|row| row.cum_regret_mean).collect();
+        let h: Vec<f64> = r.rows.iter().map(|row| row.cum_regret_ci99).collect();
+        plot.series
+            .push(Series::new(r.model.clone(), x, y).with_halfwidth(&h));
+    }
+    for c in refs {
+        let x: Vec<f64> = (1..=c.cum_regret_mean.len()).map(|t| t as f64).collect();
+        plot.series
+            .push(Series::new(c.policy.clone(), x, c.cum_regret_mean.clone()).dashed());
+    }
+    let stem = figures.join("cumulative_regret");
+    line_plot(&stem, &plot)?;
+    written.push(stem.with_extension("png"));
+
+    // Posterior statistics over time (Figs. 4, 14), Bayesian models only.
+    type Pick = fn(&RlEvalRow) -> (f64, f64);
+    let stats: [(&str, &str, &str, Pick); 2] = [
+        (
+            "entropy",
+            "Posterior differential entropy (99% CI)",
+            "entropy [nats]",
+            |r| (r.entropy_mean, r.entropy_ci99),
+        ),
+        (
+            "kl",
+            "KL(q_t ‖ q_t−1) between consecutive posteriors (99% CI)",
+            "KL [nats]",
+            |r| (r.kl_mean, r.kl_ci99),
+        ),
+    ];
+    for (name, title, ylabel, pick) in stats {
+        let mut plot = LinePlot::new(title, "interactions t", ylabel);
+        for r in results {
+            let (y, h): (Vec<f64>, Vec<f64>) = r.rows.iter().map(pick).unzip();
+            if y.iter().all(|v| v.is_nan()) {
+                continue;
+            }
+            let x: Vec<f64> = r.rows.iter().map(|row| row.t as f64).collect();
+            plot.series
+                .push(Series::new(r.model.clone(), x, y).with_halfwidth(&h));
+        }
+        if plot.series.is_empty() {
+            continue;
+        }
+        let stem = figures.join(name);
+        line_plot(&stem, &plot)?;
+        written.push(stem.with_extension("png"));
+    }
+    Ok(written)
+}
+
+/// The `training_return` figure from `train.jsonl`: the mean return per update, raw and as a
+/// trailing moving average over ~2% of the updates. None when the log holds no return.
+pub fn plot_training_return(train_jsonl: &Path, figures: &Path) -> Result<Option<PathBuf>> {
+    if !train_jsonl.exists() {
+        return Ok(None);
+    }
+    let records: Vec<serde_json::Value> = read_jsonl(train_jsonl)?;
+    let (x, y): (Vec<f64>, Vec<f64>) = records
+        .iter()
+        .filter_map(|v| Some((v.get("update")?.as_f64()?, v.get("return")?.as_f64()?)))
+        .unzip();
+    if x.is_empty() {
+        return Ok(None);
+    }
+    let window = (x.len() / 50).max(1);
+    let smooth: Vec<f64> = (0..y.len())
+        .map(|i| {
+            let lo = (i + 1).saturating_sub(window);
+            y[lo..=i].iter().sum::<f64>() / (i + 1 - lo) as f64
+        })
+        .collect();
+    let mut plot = LinePlot::new("Mean return per task during training", "update", "return");
+    plot.series.push(Series::new(
+        format!("moving average ({window} updates)"),
+        x.clone(),
+        smooth,
+    ));
+    plot.series.push(Series::new("per update", x, y));
+    let stem = figures.join("training_return");
+    line_plot(&stem, &plot)?;
+    Ok(Some(stem.with_extension("png")))
+}
+
+/// A short text table: return over the whole trajectory and cumulative regret at the default
+/// checkpoints, for agents and reference policies.
+pub fn format_rl_table(kind: EnvKind, results: &[RlEvalResult], refs: &[ReferenceCurve]) -> String {
+    let checkpoints = default_checkpoints(kind);
+    let cell = |m: f64, h: f64| format!("{m:.2} ± {h:.2}");
+    let mut s = format!("{:<48} {:>16}", "model", "return");
+    for t in &checkpoints {
+        s += &format!(" {:>16}", format!("regret@{t}"));
+    }
+    s.push('\n');
+    for r in results {
+        s += &format!("{:<48} {:>16}", r.model, cell(r.return_mean, r.return_ci99));
+        for t in &checkpoints {
+            let row = r.rows.iter().find(|row| row.t == *t);
+            s += &format!(
+                " {:>16}",
+                row.map_or("-".into(), |row| cell(
+                    row.cum_regret_mean,
+                    row.cum_regret_ci99
+                ))
+            );
+        }
+        s.push('\n');
+    }
+    for c in refs {
+        s += &format!(
+            "{:<48} {:>16}",
+            format!("reference: {}", c.policy),
+            cell(c.return_mean, c.return_ci99)
+        );
+        for t in &checkpoints {
+            let m = c.cum_regret_mean.get(t - 1).copied().unwrap_or(f64::NAN);
+            let h = c.cum_regret_ci99.get(t - 1).copied().unwrap_or(f64::NAN);
+            s += &format!(" {:>16}", cell(m, h));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------------------------
+
+/// `lvrnn train` for bandit and gridworld configs: recurrent PPO, then evaluation of the trained
+/// agent (own posterior and `eval.posthoc` variants) against the reference policies. Writes
+/// metrics/train.jsonl, metrics/eval_rl.csv, metrics/eval_rl_returns.csv and the figures
+/// training_return, cumulative_regret, entropy, kl (PNG + SVG).
+pub fn train_and_eval_rl(
+    cfg: &ExperimentConfig,
+    runs: &Path,
+    opts: FitOptions,
+    overwrite: bool,
+    init: Option<&Path>,
+    no_eval: bool,
+) -> Result<()> {
+    let kind = env_kind(cfg.task)?;
+    let run = RunDir::open(runs, &cfg.name, opts.resume, overwrite)?;
+    let model = RlModel::for_experiment(cfg)?;
+    if let Some(path) = init {
+        let missing = init_from(&model.params, path)?;
+        eprintln!(
+            "initialised from {} ({} parameters kept fresh: {:?})",
+            path.display(),
+            missing.len(),
+            missing
+        );
+    }
+    eprintln!(
+        "run {} — {} on {kind} ({} parameters), {} PPO updates of {} tasks × {} interactions",
+        run.root.display(),
+        cfg.model.posterior.label(),
+        model.params.num_scalars(),
+        cfg.train.updates,
+        cfg.train.batch,
+        kind.horizon()
+    );
+    let mut learner = Ppo::new(cfg, model)?;
+    let summary = fit(&mut learner, cfg, &run, &opts)?;
+    eprintln!(
+        "trained {} updates in {:.1} s; final {:?}",
+        summary.updates_done, summary.wall_seconds, summary.last_metrics
+    );
+    let mut files: Vec<PathBuf> = plot_training_return(&run.train_metrics(), &run.figures())?
+        .into_iter()
+        .collect();
+    if !no_eval {
+        let results = evaluate_variants(&learner.model, cfg, &cfg.eval.posthoc, true)?;
+        eprintln!("running the reference policies on the same tasks …");
+        let refs = reference_curves(
+            kind,
+            cfg.env.alpha_test as f32,
+            cfg.eval.tasks,
+            cfg.eval.seed,
+        );
+        files.extend(write_rl_report(
+            &results,
+            &refs,
+            &run.metrics(),
+            &run.figures(),
+        )?);
+        println!("{}", format_rl_table(kind, &results, &refs));
+    }
+    println!("run folder: {}", run.root.display());
+    for f in files {
+        println!("  {}", f.display());
+    }
+    Ok(())
+}
+
+/// Loads an RL checkpoint (any of latest / final / snapshot) as a model and its config.
+pub fn load_rl(checkpoint: &Path) -> Result<(RlModel, ExperimentConfig)> {
+    let ck = load_checkpoint(checkpoint)?;
+    env_kind(ck.config.task).with_context(|| format!("checkpoint {}", checkpoint.display()))?;
+    let model = RlModel::for_experiment(&ck.config)?;
+    let tensors = ck
+        .tensors
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("adam."))
+        .collect();
+    model.params.load_from(&tensors, true)?;
+    Ok((model, ck.config))
+}
+
+/// `lvrnn eval` for RL checkpoints: evaluates under the checkpoint's own posterior (unless
+/// `only_given`) and every posterior in `posteriors` (post hoc: same weights, another family),
+/// on `tasks` test tasks (default: the config's `eval.tasks`). Writes into `out` (default
+/// `<run>/eval-<checkpoint name>`): eval_rl.csv, eval_rl_returns.csv, figures/.
+pub fn eval_rl_checkpoint(
+    checkpoint: &Path,
+    posteriors: &[String],
+    out: Option<PathBuf>,
+    tasks: Option<usize>,
+    only_given: bool,
+) -> Result<()> {
+    let (model, mut cfg) = load_rl(checkpoint)?;
+    if let Some(t) = tasks {
+        cfg.eval.tasks = t;
+    }
+    cfg.validate()?;
+    let kind = env_kind(cfg.task)?;
+    let out = out.unwrap_or_else(|| {
+        let stem = checkpoint
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        checkpoint
+            .parent()
+            .and_then(|p| p.parent())
+            .unwrap_or(Path::new("."))
+            .join(format!("eval-{stem}"))
+    });
+    let results = evaluate_variants(&model, &cfg, posteriors, !only_given)?;
+    if results.is_empty() {
+        bail!("nothing to evaluate: give --posterior or drop --only-given");
+    }
+    let refs = reference_curves(
+        kind,
+        cfg.env.alpha_test as f32,
+        cfg.eval.tasks,
+        cfg.eval.seed,
+    );
+    let figures = out.join("figures");
+    let files = write_rl_report(&results, &refs, &out, &figures)?;
+    println!("{}", format_rl_table(kind, &results, &refs));
+    for f in files {
+        println!("  {}", f.display());
+    }
+    Ok(())
+}
+
+/// `lvrnn bench` for PPO: seconds per update (rollout + GAE + loss + backward + AdamW) at the
+/// paper's sizes (`ModelConfig::default()`, bandit T = 50, gridworld T = 100) for the RNN, the
+/// VRNN, the Laplace VRNN with Σ accumulated (k_H = 1) and the windowed one (k_H = 10); the
+/// median of `reps` updates (after one warm-up update) and the rollout's share.
+pub fn bench_ppo(batch: usize, reps: usize) -> Result<()> {
+    let reps = reps.max(1);
+    let threads = candle_core::utils::get_num_threads();
+    println!(
+        "PPO update (rollout + loss + backward + AdamW): batch {batch}, LSTM 128, n = 64, embed 256, heads [256, 256, 64]; {threads} thread(s); median of {reps}"
+    );
+    println!(
+        "{:<24} {:>10} {:>6} {:>12} {:>12}",
+        "posterior", "env", "T", "s / update", "s / rollout"
+    );
+    let families = [
+        ("rnn", "rnn"),
+        ("vrnn", "vrnn"),
+        ("laplace Σ k_H=1", "laplace:window=1,accumulate=sigma"),
+        ("laplace window k_H=10", "laplace:window=10,accumulate=none"),
+    ];
+    for (label, spec) in families {
+        for task in ["bandit", "gridworld"] {
+            let mut cfg = ExperimentConfig::from_toml_str(
+                &format!("name = \"bench\"\ntask = \"{task}\""),
+                "bench",
+            )?;
+            cfg.model.posterior = spec.parse()?;
+            cfg.train.batch = batch;
+            cfg.train.clip_element = 1.0;
+            let mut learner = Ppo::new(&cfg, RlModel::for_experiment(&cfg)?)?;
+            let mut opt = AdamW::new(adamw_config(&cfg), &learner.model.params)?;
+            let (mut total, mut roll) = (vec![], vec![]);
+            for rep in 0..=reps {
+                let mut rng = update_rng(cfg.seed, rep);
+                let t0 = Instant::now();
+                let first = learner.env.reset(&mut rng);
+                let ro = rollout(&learner.model, learner.env.as_mut(), first, &mut rng, false)?;
+                let t_roll = t0.elapsed().as_secs_f64();
+                let (adv, targets) = gae(
+                    &ro.rewards,
+                    &ro.values,
+                    &ro.discounts,
+                    &ro.bootstrap,
+                    learner.ppo.gamma,
+                    learner.ppo.gae_lambda,
+                );
+                let parts = ppo_loss(
+                    &learner.model,
+                    &ro,
+                    &adv,
+                    &targets,
+                    &learner.ppo,
+                    learner.beta,
+                )?;
+                let grads = parts.loss.backward()?;
+                opt.step(&learner.model.params, &grads)?;
+                if rep > 0 {
+                    total.push(t0.elapsed().as_secs_f64());
+                    roll.push(t_roll);
+                }
+            }
+            println!(
+                "{:<24} {:>10} {:>6} {:>12.3} {:>12.3}",
+                label,
+                task,
+                learner.env.horizon(),
+                median(&mut total),
+                median(&mut roll)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}

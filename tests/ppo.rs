@@ -1,0 +1,438 @@
+//! Recurrent PPO: GAE, the averaged policy and its exact entropy, ratio = 1 and the policy
+//! gradient's sign at the rollout's parameters, one update of every family on both envs,
+//! determinism and resume, the RL evaluation outputs, and the shipped RL configs.
+
+use candle_core::{Device, Tensor};
+use lvrnn::config::{ExperimentConfig, PpoConfig, Task};
+use lvrnn::envs::make_env;
+use lvrnn::rl_eval::{EVAL_RL_HEADER, eval_rl_checkpoint, train_and_eval_rl};
+use lvrnn::run::RunDir;
+use lvrnn::train::ppo::{
+    Ppo, RlModel, average_log_probs, env_kind, exact_entropy, gae, ppo_loss, rollout,
+};
+use lvrnn::train::{FitOptions, fit};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// A tiny model: one PPO update takes well under a second.
+fn tiny_config(name: &str, task: &str, posterior: &str, updates: usize) -> ExperimentConfig {
+    let text = format!(
+        r#"
+name = "{name}"
+task = "{task}"
+seed = 3
+[model]
+embed_width = 8
+hidden = 8
+features = 4
+head_hidden = [8]
+n_z = 2
+[train]
+updates = {updates}
+batch = 4
+clip_element = 1.0
+checkpoint_every = 1
+snapshots = [0.5]
+[eval]
+tasks = 128
+"#
+    );
+    let mut cfg = ExperimentConfig::from_toml_str(&text, "test").unwrap();
+    cfg.model.posterior = posterior.parse().unwrap();
+    cfg
+}
+
+fn close(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol
+}
+
+#[test]
+fn gae_matches_a_hand_computed_example() {
+    // One task, 3 steps; the second transition ends an episode (discount 0).
+    let rewards = vec![vec![1.0], vec![0.0], vec![2.0]];
+    let values = vec![vec![0.5], vec![1.0], vec![0.2]];
+    let discounts = vec![vec![1.0], vec![0.0], vec![1.0]];
+    let (adv, targets) = gae(&rewards, &values, &discounts, &[0.4], 0.9, 0.8);
+    // δ_2 = 2 + 0.9·0.4 − 0.2 = 2.16, A_2 = 2.16
+    // δ_1 = 0 + 0.9·0·0.2 − 1.0 = −1.0, A_1 = −1.0 (the episode ended: nothing flows back)
+    // δ_0 = 1 + 0.9·1.0 − 0.5 = 1.4, A_0 = 1.4 + 0.9·0.8·(−1.0) = 0.68
+    let want_adv = [0.68, -1.0, 2.16];
+    let want_targets = [1.18, 0.0, 2.36];
+    for t in 0..3 {
+        assert!(
+            close(adv[t][0] as f64, want_adv[t], 1e-6),
+            "A_{t} = {} (want {})",
+            adv[t][0],
+            want_adv[t]
+        );
+        assert!(
+            close(targets[t][0] as f64, want_targets[t], 1e-6),
+            "target_{t} = {} (want {})",
+            targets[t][0],
+            want_targets[t]
+        );
+    }
+    // The bandit (every discount 0): A_t = r_t − V_t whatever γ, λ and the bootstrap.
+    let (adv, _) = gae(
+        &[vec![1.0, 0.0]],
+        &[vec![0.3, 0.6]],
+        &[vec![0.0, 0.0]],
+        &[5.0, 5.0],
+        0.9,
+        0.9,
+    );
+    assert!(close(adv[0][0] as f64, 0.7, 1e-6) && close(adv[0][1] as f64, -0.6, 1e-6));
+}
+
+#[test]
+fn averaged_policy_and_exact_entropy_match_closed_forms() {
+    let l3 = 3f32.ln();
+    // Two samples, one task: logits [0, ln 3] and [ln 3, 0] → p = [¼, ¾] and [¾, ¼]; the mean
+    // log-probability is equal for both actions, so the renormalised policy is uniform.
+    let logits = Tensor::from_vec(vec![0.0, l3, l3, 0.0], (2, 1, 2), &Device::Cpu).unwrap();
+    let lp: Vec<Vec<f32>> = average_log_probs(&logits).unwrap().to_vec2().unwrap();
+    for v in &lp[0] {
+        assert!(close(*v as f64, 0.5f64.ln(), 1e-6), "{lp:?}");
+    }
+    let h: Vec<f32> = exact_entropy(&average_log_probs(&logits).unwrap())
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(close(h[0] as f64, 2f64.ln(), 1e-6));
+
+    // One sample: p = [¼, ¾], H = −(¼ ln ¼ + ¾ ln ¾).
+    let one = Tensor::from_vec(vec![0.0, l3], (1, 1, 2), &Device::Cpu).unwrap();
+    let h: Vec<f32> = exact_entropy(&average_log_probs(&one).unwrap())
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let want = -(0.25 * 0.25f64.ln() + 0.75 * 0.75f64.ln());
+    assert!(close(h[0] as f64, want, 1e-6), "{} vs {want}", h[0]);
+
+    // Two samples, three actions: p1 = [¼, ¼, ½], p2 = [⅙, ⅔, ⅙]; the geometric mean
+    // renormalised is [1, 2, √2] / (3 + √2).
+    let l2 = 2f32.ln();
+    let l4 = 4f32.ln();
+    let logits =
+        Tensor::from_vec(vec![0.0, 0.0, l2, 0.0, l4, 0.0], (2, 1, 3), &Device::Cpu).unwrap();
+    let lp = average_log_probs(&logits).unwrap();
+    let p: Vec<Vec<f32>> = lp.exp().unwrap().to_vec2().unwrap();
+    let z = 3.0 + 2f64.sqrt();
+    let want = [1.0 / z, 2.0 / z, 2f64.sqrt() / z];
+    for k in 0..3 {
+        assert!(close(p[0][k] as f64, want[k], 1e-6), "{p:?} vs {want:?}");
+    }
+    let h: Vec<f32> = exact_entropy(&lp).unwrap().to_vec1().unwrap();
+    let want_h: f64 = -want.iter().map(|q| q * q.ln()).sum::<f64>();
+    assert!(close(h[0] as f64, want_h, 1e-6));
+
+    // Leading (T) axis: the sample axis is the third from the end.
+    let stacked = Tensor::stack(&[&logits, &logits], 0).unwrap(); // (T=2, n_Z=2, B=1, A=3)
+    let p2: Vec<Vec<Vec<f32>>> = average_log_probs(&stacked)
+        .unwrap()
+        .exp()
+        .unwrap()
+        .to_vec3()
+        .unwrap();
+    assert!(close(p2[1][0][1] as f64, want[1], 1e-6));
+}
+
+/// Loss at the rollout's parameters with given advantages: rollout, then the PPO loss.
+fn setup(task: &str, posterior: &str) -> (ExperimentConfig, RlModel, lvrnn::train::ppo::Rollout) {
+    let cfg = tiny_config("ratio", task, posterior, 1);
+    let model = RlModel::for_experiment(&cfg).unwrap();
+    let mut env = make_env(env_kind(cfg.task).unwrap(), 6, cfg.env.alpha_train as f32);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let first = env.reset(&mut rng);
+    let ro = rollout(&model, env.as_mut(), first, &mut rng, false).unwrap();
+    (cfg, model, ro)
+}
+
+/// One plain gradient-descent step on `loss`.
+fn sgd(model: &RlModel, loss: &Tensor, lr: f64) {
+    let grads = loss.backward().unwrap();
+    for (_, var) in model.params.vars() {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            var.set(&(var.as_tensor() - (g * lr).unwrap()).unwrap())
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn ratio_is_one_at_the_rollout_and_the_policy_gradient_has_the_right_sign() {
+    lvrnn::init_threads(1);
+    for (task, posterior) in [
+        ("gridworld", "laplace:window=1,accumulate=sigma"),
+        ("bandit", "vrnn"),
+    ] {
+        let (cfg, model, ro) = setup(task, posterior);
+        let (adv, targets) = gae(
+            &ro.rewards,
+            &ro.values,
+            &ro.discounts,
+            &ro.bootstrap,
+            0.9,
+            0.9,
+        );
+        let parts = ppo_loss(&model, &ro, &adv, &targets, &cfg.ppo, cfg.train.beta).unwrap();
+        assert!(
+            parts.max_ratio_deviation < 1e-4,
+            "{task}: max |ρ − 1| = {}",
+            parts.max_ratio_deviation
+        );
+        let mean_old: f64 = ro
+            .log_probs
+            .iter()
+            .flatten()
+            .map(|v| *v as f64)
+            .sum::<f64>()
+            / (ro.horizon() * ro.batch()) as f64;
+        assert!(
+            close(parts.taken_log_prob, mean_old, 1e-4),
+            "{task}: {} vs {mean_old}",
+            parts.taken_log_prob
+        );
+
+        // Policy loss only: a step with A = +1 everywhere makes the taken actions more likely,
+        // with A = −1 less likely.
+        let only_policy = PpoConfig {
+            value_scale: 0.0,
+            entropy_scale: 0.0,
+            reward_loss_scale: 0.0,
+            ..cfg.ppo.clone()
+        };
+        for sign in [1.0f32, -1.0] {
+            let (_, model, ro) = setup(task, posterior);
+            let adv = vec![vec![sign; ro.batch()]; ro.horizon()];
+            let before = ppo_loss(&model, &ro, &adv, &targets, &only_policy, 0.0).unwrap();
+            assert!(
+                close(before.policy_loss, -sign as f64, 1e-4),
+                "at ρ = 1 the policy loss is −mean A"
+            );
+            sgd(&model, &before.loss, 0.005);
+            let after = ppo_loss(&model, &ro, &adv, &targets, &only_policy, 0.0).unwrap();
+            let change = after.taken_log_prob - before.taken_log_prob;
+            assert!(
+                change * sign as f64 > 0.0,
+                "{task}, A = {sign}: log π(a) changed by {change}"
+            );
+        }
+    }
+}
+
+#[test]
+fn one_update_of_every_family_on_both_envs() {
+    lvrnn::init_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    for task in ["bandit", "gridworld"] {
+        for posterior in [
+            "rnn",
+            "vrnn",
+            "laplace:window=1,accumulate=sigma",
+            "laplace:window=3,accumulate=none,diagonal=true",
+        ] {
+            let name = format!("{task}-{}", posterior.replace([':', ',', '='], "-"));
+            let cfg = tiny_config(&name, task, posterior, 1);
+            let run = RunDir::open(dir.path(), &cfg.name, false, false).unwrap();
+            let mut learner = Ppo::new(&cfg, RlModel::for_experiment(&cfg).unwrap()).unwrap();
+            let summary = fit(&mut learner, &cfg, &run, &FitOptions::default()).unwrap();
+            let m = &summary.last_metrics;
+            for key in [
+                "loss",
+                "return",
+                "regret",
+                "policy_loss",
+                "value_loss",
+                "entropy",
+                "grad_norm",
+            ] {
+                let v = m
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{name}: no {key} in {m:?}"));
+                assert!(v.is_finite(), "{name}: {key} = {v}");
+            }
+            assert_eq!(m.contains_key("kl"), posterior != "rnn", "{name}: {m:?}");
+            assert_eq!(
+                m.contains_key("reward_loss"),
+                task == "bandit",
+                "{name}: the bandit's reward head is on by default"
+            );
+            let entropy = m["entropy"];
+            let max_entropy =
+                (make_env(env_kind(cfg.task).unwrap(), 1, 0.2).num_actions() as f64).ln();
+            assert!(
+                entropy > 0.0 && entropy <= max_entropy + 1e-5,
+                "{name}: entropy {entropy}"
+            );
+            assert!(run.final_model().exists());
+        }
+    }
+}
+
+#[test]
+fn training_is_deterministic_and_resumes_exactly() {
+    lvrnn::init_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let params_of = |name: &str, stops: &[usize]| {
+        let cfg = tiny_config(name, "gridworld", "laplace:window=1,accumulate=sigma", 2);
+        let mut learner = Ppo::new(&cfg, RlModel::for_experiment(&cfg).unwrap()).unwrap();
+        for (i, stop) in stops.iter().enumerate() {
+            let run = RunDir::open(dir.path(), &cfg.name, i > 0, false).unwrap();
+            if i > 0 {
+                // A fresh process: a new model, the state comes from the checkpoint.
+                learner = Ppo::new(&cfg, RlModel::for_experiment(&cfg).unwrap()).unwrap();
+            }
+            fit(
+                &mut learner,
+                &cfg,
+                &run,
+                &FitOptions {
+                    resume: i > 0,
+                    stop_after: Some(*stop),
+                    progress: false,
+                },
+            )
+            .unwrap();
+        }
+        let log =
+            std::fs::read_to_string(dir.path().join(name).join("metrics/train.jsonl")).unwrap();
+        let tensors: Vec<Vec<f32>> = learner
+            .model
+            .params
+            .tensors()
+            .values()
+            .map(|t| t.flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        (log, tensors)
+    };
+    let (log_a, pa) = params_of("a", &[2]);
+    let (log_b, pb) = params_of("b", &[2]);
+    let (log_c, pc) = params_of("c", &[1, 1]);
+    assert_eq!(
+        log_a, log_b,
+        "two runs with the same seed log the same metrics"
+    );
+    assert_eq!(
+        pa, pb,
+        "two runs with the same seed end with the same weights"
+    );
+    assert_eq!(
+        log_a, log_c,
+        "an interrupted and resumed run logs what an uninterrupted one does"
+    );
+    assert_eq!(
+        pa, pc,
+        "an interrupted and resumed run ends with the same weights"
+    );
+    assert_eq!(log_a.lines().count(), 2);
+}
+
+#[test]
+fn train_and_eval_writes_tables_and_figures_and_posthoc_eval_works() {
+    lvrnn::init_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config("grid-eval", "gridworld", "rnn", 2);
+    cfg.eval.posthoc = vec!["laplace:window=1,accumulate=sigma".into()];
+    train_and_eval_rl(&cfg, dir.path(), FitOptions::default(), false, None, false).unwrap();
+    let root = dir.path().join("grid-eval");
+    let csv = std::fs::read_to_string(root.join("metrics/eval_rl.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next().unwrap(), EVAL_RL_HEADER.join(","));
+    // Two models × T = 100 steps.
+    assert_eq!(lines.count(), 200);
+    assert!(csv.contains("\nrnn,100,"));
+    // The RNN has no posterior statistics; the post-hoc Laplace has finite ones.
+    let laplace_row = csv
+        .lines()
+        .find(|l| l.starts_with("laplace") && l.contains(",50,"))
+        .unwrap();
+    assert!(!laplace_row.contains("nan"), "{laplace_row}");
+    for fig in ["training_return", "cumulative_regret", "entropy", "kl"] {
+        for ext in ["png", "svg"] {
+            let f = root.join("figures").join(format!("{fig}.{ext}"));
+            assert!(
+                f.exists() && std::fs::metadata(&f).unwrap().len() > 0,
+                "{} missing",
+                f.display()
+            );
+        }
+    }
+    let returns = std::fs::read_to_string(root.join("metrics/eval_rl_returns.csv")).unwrap();
+    for policy in ["random", "bayes_optimal", "oracle"] {
+        assert!(
+            returns.contains(&format!("reference: {policy},")),
+            "{returns}"
+        );
+    }
+
+    // `lvrnn eval` on the final checkpoint: own posterior + a post-hoc VRNN, fewer tasks.
+    let out = dir.path().join("eval-out");
+    eval_rl_checkpoint(
+        &root.join("checkpoints/model-final.safetensors"),
+        &["vrnn:diagonal=true".into()],
+        Some(out.clone()),
+        Some(130),
+        false,
+    )
+    .unwrap();
+    let csv = std::fs::read_to_string(out.join("eval_rl.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 200);
+    assert!(csv.contains("vrnn-diag (post-hoc on rnn),1,"));
+    assert!(out.join("figures/cumulative_regret.png").exists());
+}
+
+#[test]
+fn shipped_rl_configs_parse_with_the_paper_values() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut seen = 0;
+    for env in ["bandit", "gridworld"] {
+        for variant in [
+            "rnn",
+            "vrnn",
+            "laplace-sigma",
+            "laplace-mu-sigma",
+            "laplace-window10",
+        ] {
+            let path = dir.join(format!("{env}-{variant}.toml"));
+            let cfg = ExperimentConfig::load(&path)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            assert_eq!(
+                cfg.task,
+                if env == "bandit" {
+                    Task::Bandit
+                } else {
+                    Task::Gridworld
+                }
+            );
+            assert_eq!(cfg.name, format!("{env}-{variant}"));
+            assert_eq!((cfg.train.updates, cfg.train.batch), (20_000, 256));
+            assert_eq!((cfg.train.clip_element, cfg.train.beta), (1.0, 1e-2));
+            assert_eq!(cfg.train.snapshots, vec![0.5, 0.75]);
+            assert_eq!(cfg.model.features, 64);
+            assert_eq!(cfg.eval.tasks, 128);
+            let p = &cfg.ppo;
+            assert_eq!(
+                (
+                    p.gamma,
+                    p.gae_lambda,
+                    p.clip_ratio,
+                    p.entropy_scale,
+                    p.standardize_advantages
+                ),
+                (0.9, 0.9, 0.2, 0.1, false)
+            );
+            let label = cfg.model.posterior.label();
+            let want = match variant {
+                "rnn" => "rnn",
+                "vrnn" => "vrnn-full",
+                "laplace-sigma" => "laplace-sigma-k1-full",
+                "laplace-mu-sigma" => "laplace-mu_sigma-k1-full",
+                _ => "laplace-none-k10-full",
+            };
+            assert_eq!(label, want, "{}", path.display());
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 10);
+}
