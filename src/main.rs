@@ -100,6 +100,23 @@ enum Cmd {
         #[arg(long)]
         history: PathBuf,
     },
+    /// Exact reference policies (random, Thompson, greedy, oracle, Bayes-optimal search): expected
+    /// return and cumulative regret with 99% intervals.
+    Reference {
+        /// `bandit` or `gridworld`.
+        #[arg(long)]
+        env: String,
+        /// Bandit Dirichlet concentration (default 0.3, the paper's test tasks).
+        #[arg(long, default_value_t = 0.3)]
+        alpha: f32,
+        #[arg(long, default_value_t = 2000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Also write the table as CSV.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
     /// Time training steps and the Jacobian/precision path (prints a table).
     Bench {
         /// Batch size (paper: 256).
@@ -202,6 +219,40 @@ fn run(cmd: Cmd) -> Result<()> {
             posterior,
             history,
         } => inspect(&checkpoint, posterior.as_deref(), &history),
+        Cmd::Reference {
+            env,
+            alpha,
+            tasks,
+            seed,
+            csv,
+        } => {
+            use lvrnn::envs::reference::{
+                default_checkpoints, format_reference_table, reference_table, write_reference_csv,
+            };
+            let kind: lvrnn::envs::EnvKind = env.parse().context("--env")?;
+            if !(alpha > 0.0 && alpha.is_finite()) {
+                bail!("--alpha must be a finite number > 0 (got {alpha})");
+            }
+            if tasks == 0 {
+                bail!("--tasks must be a positive integer");
+            }
+            let rows = reference_table(kind, alpha, tasks, seed, &default_checkpoints(kind));
+            let alpha_note = if kind == lvrnn::envs::EnvKind::Bandit {
+                format!(", alpha {alpha}")
+            } else {
+                String::new()
+            };
+            println!(
+                "{} reference policies, {tasks} tasks, seed {seed}{alpha_note}",
+                kind.as_str()
+            );
+            print!("{}", format_reference_table(&rows));
+            if let Some(path) = csv {
+                write_reference_csv(&path, &rows)?;
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         Cmd::Bench {
             batch,
             seq_len,

@@ -4,9 +4,9 @@
 //! previous action and reward); the goal is never fed to it.
 
 use lvrnn::config::ExperimentConfig;
-use lvrnn::envs::EnvKind;
 use lvrnn::envs::gridworld::Gridworld;
 use lvrnn::envs::reference::{GridPolicy, run_grid, task_rng};
+use lvrnn::envs::{EnvKind, MetaEnv};
 use lvrnn::rl_eval::evaluate_rl;
 use lvrnn::run::RunDir;
 use lvrnn::stats::mean_ci99;
@@ -32,7 +32,7 @@ n_z = 1
 [model.posterior]
 family = "rnn"
 [train]
-updates = 450
+updates = 600
 batch = 32
 lr = 3e-3
 clip_element = 1.0
@@ -58,15 +58,15 @@ tasks = 128
     )
     .unwrap();
     // The uniformly random policy on the same held-out tasks (envs::reference).
+    let horizon = EnvKind::Gridworld.horizon();
     let traces: Vec<_> = (0..cfg.eval.tasks)
         .map(|i| {
             let mut rng = task_rng(cfg.eval.seed, i);
             let mut env = Gridworld::new(1);
             let obs = env.reset(&mut rng);
-            run_grid(GridPolicy::Random, &mut env, &obs, env.horizon(), &mut rng)
+            run_grid(GridPolicy::Random, &mut env, &obs, horizon, &mut rng)
         })
         .collect();
-    let horizon = EnvKind::Gridworld.horizon();
     let (random_mean, random_ci) = mean_ci99(
         &traces
             .iter()
