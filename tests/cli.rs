@@ -1,0 +1,252 @@
+//! The `lvrnn` binary end to end on a tiny configuration: train, eval (post hoc), inspect,
+//! reference, and clear errors for bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn lvrnn(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lvrnn"))
+        .arg("--threads")
+        .arg("1")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const TINY: &str = r#"
+name = "tiny"
+task = "regression"
+seed = 3
+[model]
+embed_width = 16
+hidden = 16
+features = 4
+head_hidden = [16]
+[train]
+updates = 6
+batch = 8
+seq_len = 10
+checkpoint_every = 3
+[eval]
+tasks = 8
+points = [0, 1, 5, 10]
+grid = 8
+samples = 4
+example_points = 5
+posthoc = ["laplace:window=1,accumulate=sigma"]
+"#;
+
+#[test]
+fn train_eval_inspect_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("tiny.toml"), TINY).unwrap();
+    let o = lvrnn(&["train", "--config", "tiny.toml", "--runs", "runs"], d);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = d.join("runs/tiny");
+    for f in [
+        "config.toml",
+        "metrics/train.jsonl",
+        "metrics/eval.csv",
+        "figures/ce.png",
+        "figures/entropy.svg",
+        "figures/kl.png",
+        "checkpoints/model-final.safetensors",
+        "checkpoints/model-step000003.safetensors",
+    ] {
+        assert!(run.join(f).exists(), "missing {f}: {}", text(&o));
+    }
+    let csv = std::fs::read_to_string(run.join("metrics/eval.csv")).unwrap();
+    assert!(
+        csv.starts_with("model,points,ce_mean,ce_ci99,entropy_mean,entropy_ci99,kl_mean,kl_ci99")
+    );
+    assert!(
+        csv.contains("laplace-sigma-k1-full (post-hoc on rnn)"),
+        "{csv}"
+    );
+
+    // Training again without --resume/--overwrite must refuse instead of clobbering the run.
+    let o = lvrnn(&["train", "--config", "tiny.toml", "--runs", "runs"], d);
+    assert!(
+        !o.status.success() && text(&o).contains("--resume"),
+        "{}",
+        text(&o)
+    );
+
+    // Post-hoc evaluation of the RNN checkpoint under two Laplace variants.
+    let ck = "runs/tiny/checkpoints/model-final.safetensors";
+    let o = lvrnn(
+        &[
+            "eval",
+            "--checkpoint",
+            ck,
+            "--posterior",
+            "laplace:window=2,accumulate=none,diagonal=true",
+            "--out",
+            "ev",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let csv = std::fs::read_to_string(d.join("ev/eval.csv")).unwrap();
+    assert!(csv.contains("laplace-none-k2-diag"), "{csv}");
+
+    // Inspect: one JSON line per step plus the prior, with precision, entropy and KL.
+    std::fs::write(d.join("hist.csv"), "x,y\n0.1,0.5\n-0.3,0.2\n0.7,-0.4\n").unwrap();
+    let o = lvrnn(
+        &[
+            "inspect",
+            "--checkpoint",
+            ck,
+            "--posterior",
+            "laplace:window=1,accumulate=sigma",
+            "--history",
+            "hist.csv",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[3]["t"], 3);
+    assert_eq!(lines[3]["precision"].as_array().unwrap().len(), 4);
+    let (e1, e3) = (
+        lines[1]["entropy"].as_f64().unwrap(),
+        lines[3]["entropy"].as_f64().unwrap(),
+    );
+    assert!(e3 < e1, "Σ-accumulating entropy decreases: {e1} → {e3}");
+    assert!(lines[2]["kl"].as_f64().unwrap() >= 0.0);
+    // VRNN posteriors report a covariance.
+    let o = lvrnn(
+        &[
+            "inspect",
+            "--checkpoint",
+            ck,
+            "--posterior",
+            "vrnn",
+            "--history",
+            "hist.csv",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("covariance"));
+
+    // Finetuning under another family from the snapshot.
+    let o = lvrnn(
+        &[
+            "train",
+            "--config",
+            "tiny.toml",
+            "--runs",
+            "runs",
+            "--name",
+            "ft",
+            "--posterior",
+            "vrnn:diagonal=true",
+            "--init-from",
+            "runs/tiny/checkpoints/model-step000003.safetensors",
+            "--no-eval",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("vrnn.mean.weight"),
+        "reports the freshly initialised parameters: {}",
+        text(&o)
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("bad.toml"),
+        TINY.replace("features = 4", "featurs = 4"),
+    )
+    .unwrap();
+    let o = lvrnn(&["train", "--config", "bad.toml"], d);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("featurs") && text(&o).contains("features"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(d.join("tiny.toml"), TINY).unwrap();
+    let o = lvrnn(
+        &[
+            "train",
+            "--config",
+            "tiny.toml",
+            "--posterior",
+            "laplace:accumulate=all",
+        ],
+        d,
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("none, sigma, mu_sigma"),
+        "{}",
+        text(&o)
+    );
+    let o = lvrnn(&["reference", "--env", "maze"], d);
+    assert!(
+        !o.status.success() && text(&o).contains("bandit, gridworld"),
+        "{}",
+        text(&o)
+    );
+    let o = lvrnn(&["eval", "--checkpoint", "missing.safetensors"], d);
+    assert!(
+        !o.status.success() && text(&o).contains("missing.safetensors"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn reference_writes_the_documented_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = lvrnn(
+        &[
+            "reference",
+            "--env",
+            "bandit",
+            "--tasks",
+            "200",
+            "--csv",
+            "ref.csv",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let csv = std::fs::read_to_string(dir.path().join("ref.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "policy,t,return_mean,return_ci99,regret_mean,regret_ci99"
+    );
+    let policies: std::collections::BTreeSet<&str> =
+        lines.map(|l| l.split(',').next().unwrap()).collect();
+    for p in [
+        "random",
+        "thompson_exact",
+        "thompson_independent",
+        "greedy_exact",
+        "oracle",
+    ] {
+        assert!(policies.contains(p), "{policies:?}");
+    }
+}
