@@ -275,6 +275,10 @@ fn train_and_eval(
             cfg.task
         );
     }
+    if cfg.train.threads > 0 {
+        // No effect when --threads was given (the first setting wins).
+        lvrnn::init_threads(cfg.train.threads);
+    }
     let run = RunDir::open(runs, &cfg.name, opts.resume, overwrite)?;
     let model = RegressionModel::new(&cfg.model, cfg.seed)?;
     if let Some(path) = init {

@@ -102,3 +102,34 @@ tasks = 128
         eprintln!("{} {:.3} ± {:.3}", c.policy, c.return_mean, c.return_ci99);
     }
 }
+
+#[test]
+fn full() {
+    lvrnn::init_threads(1);
+    let text = format!(r#"
+name = "{task}-small"
+task = "{task}"
+seed = 0
+[model]
+embed_width = 32
+hidden = 32
+features = 8
+head_hidden = [64, 64]
+n_z = 2
+[model.posterior]
+family = "laplace"
+window = 1
+accumulate = "sigma"
+[train]
+updates = {u}
+batch = 32
+lr = 3e-3
+clip_element = 1.0
+checkpoint_every = 100
+[eval]
+tasks = 256
+posthoc = ["rnn", "laplace:window=10,accumulate=none"]
+"#, task=var("TASK","bandit"), u=var("U","300"));
+    let cfg = ExperimentConfig::from_toml_str(&text, "scratch").unwrap();
+    lvrnn::rl_eval::train_and_eval_rl(&cfg, std::path::Path::new("/tmp/scratch/runs"), FitOptions::default(), true, None, false).unwrap();
+}

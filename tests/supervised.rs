@@ -317,3 +317,17 @@ fn invalid_configs_name_the_key_and_allowed_values() {
     );
     assert!(e.contains("window") && e.contains("integer"), "{e}");
 }
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            ExperimentConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 8, "expected the experiment configs in {}", dir.display());
+}
