@@ -5,7 +5,8 @@ use std::time::Instant;
 fn main() -> anyhow::Result<()> {
     lvrnn::init_threads(1);
     let b: usize = std::env::args().nth(1).map(|s| s.parse().unwrap()).unwrap_or(256);
-    let cfg = ModelConfig::default();
+    let spec = std::env::args().nth(2).unwrap_or_else(|| "rnn".into());
+    let cfg = ModelConfig { posterior: spec.parse()?, ..ModelConfig::default() };
     let model = RegressionModel::new(&cfg, 0)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     for _ in 0..2 {

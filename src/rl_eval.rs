@@ -155,8 +155,8 @@ pub fn evaluate_rl(
         let ro = rollout(model, env.as_mut(), obs, &mut rng, true)?;
         let mut cum = vec![0f64; count];
         for t in 0..horizon {
-            for b in 0..count {
-                cum[b] += ro.regrets[t][b] as f64;
+            for (c, r) in cum.iter_mut().zip(&ro.regrets[t]) {
+                *c += *r as f64;
             }
             reward[t].extend(ro.rewards[t].iter().map(|r| *r as f64));
             cum_regret[t].extend_from_slice(&cum);
@@ -447,35 +447,41 @@ pub fn plot_training_return(train_jsonl: &Path, figures: &Path) -> Result<Option
 pub fn format_rl_table(kind: EnvKind, results: &[RlEvalResult], refs: &[ReferenceCurve]) -> String {
     let checkpoints = default_checkpoints(kind);
     let cell = |m: f64, h: f64| format!("{m:.2} ± {h:.2}");
-    let mut s = format!("{:<48} {:>16}", "model", "return");
+    let mut lines: Vec<(String, Vec<String>)> = vec![];
+    for r in results {
+        let mut cells = vec![cell(r.return_mean, r.return_ci99)];
+        for t in &checkpoints {
+            let row = r.rows.iter().find(|row| row.t == *t);
+            cells.push(row.map_or("-".into(), |row| {
+                cell(row.cum_regret_mean, row.cum_regret_ci99)
+            }));
+        }
+        lines.push((r.model.clone(), cells));
+    }
+    for c in refs {
+        let mut cells = vec![cell(c.return_mean, c.return_ci99)];
+        for t in &checkpoints {
+            let m = c.cum_regret_mean.get(t - 1).copied().unwrap_or(f64::NAN);
+            let h = c.cum_regret_ci99.get(t - 1).copied().unwrap_or(f64::NAN);
+            cells.push(cell(m, h));
+        }
+        lines.push((format!("reference: {}", c.policy), cells));
+    }
+    let width = lines
+        .iter()
+        .map(|(m, _)| m.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut s = format!("{:<width$} {:>16}", "model", "return");
     for t in &checkpoints {
         s += &format!(" {:>16}", format!("regret@{t}"));
     }
     s.push('\n');
-    for r in results {
-        s += &format!("{:<48} {:>16}", r.model, cell(r.return_mean, r.return_ci99));
-        for t in &checkpoints {
-            let row = r.rows.iter().find(|row| row.t == *t);
-            s += &format!(
-                " {:>16}",
-                row.map_or("-".into(), |row| cell(
-                    row.cum_regret_mean,
-                    row.cum_regret_ci99
-                ))
-            );
-        }
-        s.push('\n');
-    }
-    for c in refs {
-        s += &format!(
-            "{:<48} {:>16}",
-            format!("reference: {}", c.policy),
-            cell(c.return_mean, c.return_ci99)
-        );
-        for t in &checkpoints {
-            let m = c.cum_regret_mean.get(t - 1).copied().unwrap_or(f64::NAN);
-            let h = c.cum_regret_ci99.get(t - 1).copied().unwrap_or(f64::NAN);
-            s += &format!(" {:>16}", cell(m, h));
+    for (model, cells) in lines {
+        s += &format!("{model:<width$}");
+        for c in cells {
+            s += &format!(" {c:>16}");
         }
         s.push('\n');
     }
