@@ -62,25 +62,59 @@ fn gaussian_json(q: &Gaussian) -> Result<serde_json::Value> {
     Ok(v)
 }
 
+/// Appends the step's posterior to the trace.
+fn push_step(out: &mut Vec<String>, t: usize, row: &[f32], step: &crate::agent::CoreStep) -> Result<()> {
+    let mut v = gaussian_json(&step.state.q)?;
+    v["t"] = json!(t);
+    v["input"] = json!(row);
+    v["kl"] = json!(match &step.kl {
+        Some(k) => Some(k.to_vec1::<f32>()?[0]),
+        None => None,
+    });
+    out.push(v.to_string());
+    Ok(())
+}
+
+fn prior_json(q: &Gaussian) -> Result<String> {
+    let mut first = gaussian_json(q)?;
+    first["t"] = json!(0);
+    first["kl"] = serde_json::Value::Null;
+    Ok(first.to_string())
+}
+
+/// One JSON object per step for an RL history: rows `obs…, prev_action, prev_reward`
+/// (obs_dim + 2 columns; prev_action −1 at the first step means "none").
+pub fn rl_trace(model: &crate::train::ppo::RlModel, rows: &[Vec<f32>]) -> Result<Vec<String>> {
+    let mut state = model.core.initial(1)?.detach();
+    let mut out = vec![prior_json(&state.q)?];
+    let d = model.obs_dim;
+    for (t, row) in rows.iter().enumerate() {
+        let (a, r) = (row[d], row[d + 1]);
+        let prev = if a < 0.0 {
+            None
+        } else {
+            if a.fract() != 0.0 || a as usize >= model.num_actions {
+                bail!("history row {}: prev_action {a} is not an action index in 0..{}", t + 1, model.num_actions);
+            }
+            Some(a as usize)
+        };
+        let (acts, rews): (Vec<usize>, Vec<f32>) = (prev.into_iter().collect(), vec![r]);
+        let x = model.inputs(&row[..d], prev.map(|_| (&acts[..], &rews[..])))?;
+        let (step, _) = model.observe(&state, &x)?;
+        push_step(&mut out, t + 1, row, &step)?;
+        state = step.state.detach();
+    }
+    Ok(out)
+}
+
 /// One JSON object per step t = 0 (the prior) … T for a regression history of (x, y) rows.
 pub fn regression_trace(model: &RegressionModel, rows: &[Vec<f32>]) -> Result<Vec<String>> {
     let mut state = model.core.initial(1)?.detach();
-    let mut out = vec![];
-    let mut first = gaussian_json(&state.q)?;
-    first["t"] = json!(0);
-    first["kl"] = serde_json::Value::Null;
-    out.push(first.to_string());
+    let mut out = vec![prior_json(&state.q)?];
     for (t, row) in rows.iter().enumerate() {
         let emb_x = model.embed_scalar(0, &row[..1])?;
         let step = model.observe(&state, &emb_x, &row[1..2])?;
-        let mut v = gaussian_json(&step.state.q)?;
-        v["t"] = json!(t + 1);
-        v["input"] = json!(row);
-        v["kl"] = json!(match &step.kl {
-            Some(k) => Some(k.to_vec1::<f32>()?[0]),
-            None => None,
-        });
-        out.push(v.to_string());
+        push_step(&mut out, t + 1, row, &step)?;
         state = step.state.detach();
     }
     Ok(out)

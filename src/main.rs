@@ -96,7 +96,8 @@ enum Cmd {
         /// Posterior variant (default: the checkpoint's own).
         #[arg(long)]
         posterior: Option<String>,
-        /// CSV with one row per step: regression `x,y` (a header row is optional).
+        /// CSV with one row per step: regression `x,y`; bandit/gridworld `obs…,prev_action,prev_reward`
+        /// (prev_action −1 at the first step). A header row is optional.
         #[arg(long)]
         history: PathBuf,
     },
@@ -128,6 +129,9 @@ enum Cmd {
         /// Timed repetitions per row.
         #[arg(long, default_value_t = 2)]
         reps: usize,
+        /// Time PPO updates on the bandit and gridworld instead (batch --batch).
+        #[arg(long)]
+        rl: bool,
     },
 }
 
@@ -207,13 +211,13 @@ fn run(cmd: Cmd) -> Result<()> {
                 no_eval,
             )
         }
-        Cmd::Eval {
-            checkpoint,
-            posteriors,
-            out,
-            tasks,
-            only_given,
-        } => eval_checkpoint(&checkpoint, &posteriors, out, tasks, only_given),
+        Cmd::Eval { checkpoint, posteriors, out, tasks, only_given } => {
+            if load_checkpoint(&checkpoint)?.config.task == Task::Regression {
+                eval_checkpoint(&checkpoint, &posteriors, out, tasks, only_given)
+            } else {
+                lvrnn::rl_eval::eval_rl_checkpoint(&checkpoint, &posteriors, out, tasks, only_given)
+            }
+        }
         Cmd::Inspect {
             checkpoint,
             posterior,
@@ -253,11 +257,13 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench {
-            batch,
-            seq_len,
-            reps,
-        } => lvrnn::bench::run(batch, seq_len, reps),
+        Cmd::Bench { batch, seq_len, reps, rl } => {
+            if rl {
+                lvrnn::rl_eval::bench_ppo(batch, reps)
+            } else {
+                lvrnn::bench::run(batch, seq_len, reps)
+            }
+        }
     }
 }
 
@@ -433,15 +439,25 @@ fn eval_checkpoint(
 }
 
 fn inspect(checkpoint: &Path, posterior: Option<&str>, history: &Path) -> Result<()> {
-    let (model, cfg) = load_regression(checkpoint)?;
-    let model = match posterior {
-        Some(spec) => with_posterior(&model, &spec.parse().context("--posterior")?)?,
-        None => model,
+    let task = load_checkpoint(checkpoint)?.config.task;
+    let lines = if task == Task::Regression {
+        let (model, _) = load_regression(checkpoint)?;
+        let model = match posterior {
+            Some(spec) => with_posterior(&model, &spec.parse().context("--posterior")?)?,
+            None => model,
+        };
+        lvrnn::inspect::regression_trace(&model, &lvrnn::inspect::read_history(history, 2)?)?
+    } else {
+        let (model, _) = lvrnn::rl_eval::load_rl(checkpoint)?;
+        let model = match posterior {
+            Some(spec) => model.with_posterior(&spec.parse().context("--posterior")?)?,
+            None => model,
+        };
+        let rows = lvrnn::inspect::read_history(history, model.obs_dim + 2)?;
+        lvrnn::inspect::rl_trace(&model, &rows)?
     };
-    let rows = lvrnn::inspect::read_history(history, 2)?;
-    for line in lvrnn::inspect::regression_trace(&model, &rows)? {
+    for line in lines {
         println!("{line}");
     }
-    let _ = cfg;
     Ok(())
 }

@@ -410,7 +410,8 @@ pub fn write_rl_report(
 }
 
 /// The `training_return` figure from `train.jsonl`: the mean return per update, raw and as a
-/// trailing moving average over ~2% of the updates. None when the log holds no return.
+/// trailing moving average over ~2% of the updates, and the held-out `test_return` where
+/// logged. None when the log holds no return.
 pub fn plot_training_return(train_jsonl: &Path, figures: &Path) -> Result<Option<PathBuf>> {
     if !train_jsonl.exists() {
         return Ok(None);
@@ -431,12 +432,26 @@ pub fn plot_training_return(train_jsonl: &Path, figures: &Path) -> Result<Option
         })
         .collect();
     let mut plot = LinePlot::new("Mean return per task during training", "update", "return");
+    plot.series.push(Series::new("per update", x.clone(), y));
     plot.series.push(Series::new(
         format!("moving average ({window} updates)"),
-        x.clone(),
+        x,
         smooth,
     ));
-    plot.series.push(Series::new("per update", x, y));
+    // Held-out evaluations (`ppo.eval_every`): the row of update u holds the parameters after
+    // u − 1 updates.
+    let (tx, ty): (Vec<f64>, Vec<f64>) = records
+        .iter()
+        .filter_map(|v| {
+            Some((
+                v.get("update")?.as_f64()? - 1.0,
+                v.get("test_return")?.as_f64()?,
+            ))
+        })
+        .unzip();
+    if !tx.is_empty() {
+        plot.series.push(Series::new("held-out tasks", tx, ty));
+    }
     let stem = figures.join("training_return");
     line_plot(&stem, &plot)?;
     Ok(Some(stem.with_extension("png")))
@@ -505,6 +520,10 @@ pub fn train_and_eval_rl(
     no_eval: bool,
 ) -> Result<()> {
     let kind = env_kind(cfg.task)?;
+    if cfg.train.threads > 0 {
+        // No effect when the thread count was already set (the first setting wins).
+        crate::init_threads(cfg.train.threads);
+    }
     let run = RunDir::open(runs, &cfg.name, opts.resume, overwrite)?;
     let model = RlModel::for_experiment(cfg)?;
     if let Some(path) = init {
@@ -622,7 +641,7 @@ pub fn eval_rl_checkpoint(
 /// `lvrnn bench` for PPO: seconds per update (rollout + GAE + loss + backward + AdamW) at the
 /// paper's sizes (`ModelConfig::default()`, bandit T = 50, gridworld T = 100) for the RNN, the
 /// VRNN, the Laplace VRNN with Σ accumulated (k_H = 1) and the windowed one (k_H = 10); the
-/// median of `reps` updates (after one warm-up update) and the rollout's share.
+/// median of `reps` updates (after one untimed warm-up update) and the rollout's share of it.
 pub fn bench_ppo(batch: usize, reps: usize) -> Result<()> {
     let reps = reps.max(1);
     let threads = candle_core::utils::get_num_threads();
@@ -676,6 +695,7 @@ pub fn bench_ppo(batch: usize, reps: usize) -> Result<()> {
                 let grads = parts.loss.backward()?;
                 opt.step(&learner.model.params, &grads)?;
                 if rep > 0 {
+                    // Update 0 is a warm-up (first allocations are slow).
                     total.push(t0.elapsed().as_secs_f64());
                     roll.push(t_roll);
                 }

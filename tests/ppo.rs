@@ -139,8 +139,27 @@ fn averaged_policy_and_exact_entropy_match_closed_forms() {
 
 /// Loss at the rollout's parameters with given advantages: rollout, then the PPO loss.
 fn setup(task: &str, posterior: &str) -> (ExperimentConfig, RlModel, lvrnn::train::ppo::Rollout) {
+    setup_with(task, posterior, 0.0)
+}
+
+/// As [`setup`], with every bias shifted by N(0, jitter²) noise before the rollout.
+fn setup_with(
+    task: &str,
+    posterior: &str,
+    jitter: f64,
+) -> (ExperimentConfig, RlModel, lvrnn::train::ppo::Rollout) {
     let cfg = tiny_config("ratio", task, posterior, 1);
     let model = RlModel::for_experiment(&cfg).unwrap();
+    if jitter > 0.0 {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for (name, var) in model.params.vars() {
+            if name.ends_with("bias") {
+                let noise = lvrnn::agent::randn(&mut rng, var.as_tensor().dims()).unwrap();
+                var.set(&(var.as_tensor() + (noise * jitter).unwrap()).unwrap())
+                    .unwrap();
+            }
+        }
+    }
     let mut env = make_env(env_kind(cfg.task).unwrap(), 6, cfg.env.alpha_train as f32);
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let first = env.reset(&mut rng);
@@ -148,12 +167,35 @@ fn setup(task: &str, posterior: &str) -> (ExperimentConfig, RlModel, lvrnn::trai
     (cfg, model, ro)
 }
 
-/// One plain gradient-descent step on `loss`.
-fn sgd(model: &RlModel, loss: &Tensor, lr: f64) {
+fn scalar(t: &Tensor) -> f64 {
+    t.to_scalar::<f32>().unwrap() as f64
+}
+
+/// One plain gradient-descent step on `loss` of norm `step` in parameter space.
+///
+/// The step is normalised because the gradient's size varies by orders of magnitude between
+/// families at initialisation: the embedding of an all-zero input (a_{t−1}, r_{t−1} at t = 0,
+/// and r = 0) has zero biases, so it sits exactly on the leaky-ReLU kink and at the layer
+/// norm's zero-variance point, whose gradient is amplified by 1/√1e-6.
+fn sgd(model: &RlModel, loss: &Tensor, step: f64) {
     let grads = loss.backward().unwrap();
+    let norm = model
+        .params
+        .vars()
+        .filter_map(|(_, var)| grads.get(var.as_tensor()))
+        .map(|g| {
+            g.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        })
+        .sum::<f64>()
+        .sqrt();
     for (_, var) in model.params.vars() {
         if let Some(g) = grads.get(var.as_tensor()) {
-            var.set(&(var.as_tensor() - (g * lr).unwrap()).unwrap())
+            var.set(&(var.as_tensor() - (g * (step / norm)).unwrap()).unwrap())
                 .unwrap();
         }
     }
@@ -210,12 +252,66 @@ fn ratio_is_one_at_the_rollout_and_the_policy_gradient_has_the_right_sign() {
                 close(before.policy_loss, -sign as f64, 1e-4),
                 "at ρ = 1 the policy loss is −mean A"
             );
-            sgd(&model, &before.loss, 0.005);
+            sgd(&model, &before.loss, 1e-4);
             let after = ppo_loss(&model, &ro, &adv, &targets, &only_policy, 0.0).unwrap();
             let change = after.taken_log_prob - before.taken_log_prob;
             assert!(
                 change * sign as f64 > 0.0,
                 "{task}, A = {sign}: log π(a) changed by {change}"
+            );
+        }
+    }
+}
+
+/// The whole loss (policy clip, value, exact entropy, VRNN KL) has the gradient candle computes:
+/// the derivative along the gradient direction, by finite differences, equals its norm. Biases
+/// are jittered first to move the zero-input embeddings off the leaky-ReLU kink. (The Laplace
+/// family is left out on purpose: its precision carries no gradient by design, while finite
+/// differences see it.)
+#[test]
+fn loss_gradient_matches_finite_differences() {
+    lvrnn::init_threads(1);
+    for task in ["bandit", "gridworld"] {
+        for posterior in ["rnn", "vrnn", "vrnn:diagonal=true"] {
+            let (cfg, model, ro) = setup_with(task, posterior, 0.3);
+            // Every term on, the bandit's reward-prediction loss included.
+            let ppo = PpoConfig {
+                reward_loss_scale: lvrnn::train::ppo::reward_loss_scale(&cfg).unwrap(),
+                ..cfg.ppo.clone()
+            };
+            let (adv, targets) = gae(
+                &ro.rewards,
+                &ro.values,
+                &ro.discounts,
+                &ro.bootstrap,
+                0.9,
+                0.9,
+            );
+            let loss_at = |m: &RlModel| {
+                scalar(
+                    &ppo_loss(m, &ro, &adv, &targets, &ppo, cfg.train.beta)
+                        .unwrap()
+                        .loss,
+                )
+            };
+            let parts = ppo_loss(&model, &ro, &adv, &targets, &ppo, cfg.train.beta).unwrap();
+            assert_eq!(parts.reward_loss.is_some(), task == "bandit");
+            let grads = parts.loss.backward().unwrap();
+            let norm = model
+                .params
+                .vars()
+                .filter_map(|(_, var)| grads.get(var.as_tensor()))
+                .map(|g| scalar(&g.sqr().unwrap().sum_all().unwrap()))
+                .sum::<f64>()
+                .sqrt();
+            let step = 1e-3;
+            let before = scalar(&parts.loss);
+            sgd(&model, &parts.loss, step);
+            let slope = (before - loss_at(&model)) / step;
+            eprintln!("{task} {posterior}: slope / |g| = {:.4}", slope / norm);
+            assert!(
+                (slope / norm - 1.0).abs() < 0.03,
+                "{task} {posterior}: finite-difference slope {slope} vs gradient norm {norm}"
             );
         }
     }
@@ -326,6 +422,37 @@ fn training_is_deterministic_and_resumes_exactly() {
         "an interrupted and resumed run ends with the same weights"
     );
     assert_eq!(log_a.lines().count(), 2);
+}
+
+#[test]
+fn held_out_evaluation_during_training_leaves_training_unchanged() {
+    lvrnn::init_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let log_of = |name: &str, eval_every: usize| {
+        let mut cfg = tiny_config(name, "bandit", "vrnn:diagonal=true", 3);
+        cfg.ppo.eval_every = eval_every;
+        let run = RunDir::open(dir.path(), &cfg.name, false, false).unwrap();
+        let mut learner = Ppo::new(&cfg, RlModel::for_experiment(&cfg).unwrap()).unwrap();
+        fit(&mut learner, &cfg, &run, &FitOptions::default()).unwrap();
+        let rows: Vec<serde_json::Value> = lvrnn::util::read_jsonl(&run.train_metrics()).unwrap();
+        rows
+    };
+    let plain = log_of("plain", 0);
+    let evaluated = log_of("evaluated", 2);
+    for (a, b) in plain.iter().zip(&evaluated) {
+        assert_eq!(a["loss"], b["loss"]);
+        assert_eq!(a["return"], b["return"]);
+    }
+    // Updates 0 and 2 (rows 1 and 3) carry the held-out evaluation.
+    let has = |r: &serde_json::Value| {
+        r.get("test_return")
+            .is_some_and(|v| v.as_f64().unwrap().is_finite())
+    };
+    assert_eq!(
+        evaluated.iter().map(has).collect::<Vec<_>>(),
+        vec![true, false, true]
+    );
+    assert!(!plain.iter().any(has));
 }
 
 #[test]

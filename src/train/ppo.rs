@@ -25,7 +25,7 @@
 
 use super::Learner;
 use crate::agent::{Core, CoreState, CoreStep, ModelConfig, randn};
-use crate::config::{ExperimentConfig, PpoConfig, Task};
+use crate::config::{EvalConfig, ExperimentConfig, PpoConfig, Task};
 use crate::envs::{EnvKind, MetaEnv, make_env};
 use crate::nn::Params;
 use crate::nn::mlp::Head;
@@ -633,21 +633,23 @@ fn standardized(adv: &[Vec<f32>]) -> Vec<Vec<f32>> {
 /// Recurrent PPO on fresh training tasks each update.
 pub struct Ppo {
     pub model: RlModel,
+    pub kind: EnvKind,
     /// B = `train.batch` training tasks (bandit at `env.alpha_train`).
     pub env: Box<dyn MetaEnv>,
     /// Table 1's constants; `reward_loss_scale` resolved to the environment default.
     pub ppo: PpoConfig,
     /// Weight β of the posterior KL.
     pub beta: f64,
+    /// Held-out evaluation every `ppo.eval_every` updates (0: never during training): the
+    /// test tasks of `eval` (bandit at `alpha_test`).
+    pub eval: EvalConfig,
+    pub alpha_test: f32,
 }
 
 impl Ppo {
     pub fn new(cfg: &ExperimentConfig, model: RlModel) -> Result<Self> {
-        let env = make_env(
-            env_kind(cfg.task)?,
-            cfg.train.batch,
-            cfg.env.alpha_train as f32,
-        );
+        let kind = env_kind(cfg.task)?;
+        let env = make_env(kind, cfg.train.batch, cfg.env.alpha_train as f32);
         if env.obs_dim() != model.obs_dim || env.num_actions() != model.num_actions {
             bail!(
                 "the model is built for obs_dim {} / {} actions, the {} has {} / {}",
@@ -662,9 +664,12 @@ impl Ppo {
         ppo.reward_loss_scale = reward_loss_scale(cfg)?;
         Ok(Self {
             model,
+            kind,
             env,
             ppo,
             beta: cfg.train.beta,
+            eval: cfg.eval.clone(),
+            alpha_test: cfg.env.alpha_test as f32,
         })
     }
 }
@@ -674,11 +679,30 @@ impl Learner for Ppo {
         &self.model.params
     }
 
+    /// Metrics: return and regret (means over the batch's tasks of Σ_t r_t and Σ_t regret_t),
+    /// the loss parts, and every `ppo.eval_every` updates `test_return` / `test_regret` on the
+    /// held-out tasks for the parameters after `update` updates (its own random stream, so
+    /// training draws the same data whatever `eval_every` is).
     fn loss(
         &mut self,
-        _update: usize,
+        update: usize,
         rng: &mut ChaCha8Rng,
     ) -> Result<(Tensor, BTreeMap<String, f64>)> {
+        let mut m = BTreeMap::new();
+        if self.ppo.eval_every > 0 && update.is_multiple_of(self.ppo.eval_every) {
+            let test = crate::rl_eval::evaluate_rl(
+                &self.model,
+                "",
+                self.kind,
+                &self.eval,
+                self.alpha_test,
+            )?;
+            m.insert("test_return".into(), test.return_mean);
+            m.insert(
+                "test_regret".into(),
+                test.rows.last().map_or(f64::NAN, |r| r.cum_regret_mean),
+            );
+        }
         let first_obs = self.env.reset(rng);
         let ro = rollout(&self.model, self.env.as_mut(), first_obs, rng, false)?;
         let (advantages, targets) = gae(
@@ -698,7 +722,6 @@ impl Learner for Ppo {
             self.beta,
         )?;
         let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let mut m = BTreeMap::new();
         m.insert("return".into(), mean(ro.returns()));
         m.insert("regret".into(), mean(ro.total_regret()));
         m.insert("policy_loss".into(), parts.policy_loss);
