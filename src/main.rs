@@ -276,10 +276,7 @@ fn train_and_eval(
     no_eval: bool,
 ) -> Result<()> {
     if cfg.task != Task::Regression {
-        bail!(
-            "training on `{}` is not implemented yet in this build (only `regression` is)",
-            cfg.task
-        );
+        return lvrnn::rl_eval::train_and_eval_rl(&cfg, runs, opts, overwrite, init, no_eval);
     }
     if cfg.train.threads > 0 {
         // No effect when --threads was given (the first setting wins).
