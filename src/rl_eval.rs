@@ -204,8 +204,14 @@ fn finite_mean_ci(xs: &[f64]) -> (f64, f64) {
 }
 
 /// Every reference policy of `kind` on the same `tasks` test tasks (`alpha` is the bandit's
-/// test concentration and the reference policies' prior).
-pub fn reference_curves(kind: EnvKind, alpha: f32, tasks: usize, seed: u64) -> Vec<ReferenceCurve> {
+/// test concentration and the reference policies' prior): the cumulative-regret curves of
+/// `envs::reference::reference_curves` plus the return, from one simulation.
+pub fn reference_policies(
+    kind: EnvKind,
+    alpha: f32,
+    tasks: usize,
+    seed: u64,
+) -> Vec<ReferenceCurve> {
     simulate_policies(kind, alpha, tasks, seed, PARTICLES)
         .into_iter()
         .map(|sim| {
@@ -556,7 +562,7 @@ pub fn train_and_eval_rl(
     if !no_eval {
         let results = evaluate_variants(&learner.model, cfg, &cfg.eval.posthoc, true)?;
         eprintln!("running the reference policies on the same tasks …");
-        let refs = reference_curves(
+        let refs = reference_policies(
             kind,
             cfg.env.alpha_test as f32,
             cfg.eval.tasks,
@@ -623,7 +629,7 @@ pub fn eval_rl_checkpoint(
     if results.is_empty() {
         bail!("nothing to evaluate: give --posterior or drop --only-given");
     }
-    let refs = reference_curves(
+    let refs = reference_policies(
         kind,
         cfg.env.alpha_test as f32,
         cfg.eval.tasks,
