@@ -63,7 +63,12 @@ fn gaussian_json(q: &Gaussian) -> Result<serde_json::Value> {
 }
 
 /// Appends the step's posterior to the trace.
-fn push_step(out: &mut Vec<String>, t: usize, row: &[f32], step: &crate::agent::CoreStep) -> Result<()> {
+fn push_step(
+    out: &mut Vec<String>,
+    t: usize,
+    row: &[f32],
+    step: &crate::agent::CoreStep,
+) -> Result<()> {
     let mut v = gaussian_json(&step.state.q)?;
     v["t"] = json!(t);
     v["input"] = json!(row);
@@ -94,7 +99,11 @@ pub fn rl_trace(model: &crate::train::ppo::RlModel, rows: &[Vec<f32>]) -> Result
             None
         } else {
             if a.fract() != 0.0 || a as usize >= model.num_actions {
-                bail!("history row {}: prev_action {a} is not an action index in 0..{}", t + 1, model.num_actions);
+                bail!(
+                    "history row {}: prev_action {a} is not an action index in 0..{}",
+                    t + 1,
+                    model.num_actions
+                );
             }
             Some(a as usize)
         };

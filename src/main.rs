@@ -211,7 +211,13 @@ fn run(cmd: Cmd) -> Result<()> {
                 no_eval,
             )
         }
-        Cmd::Eval { checkpoint, posteriors, out, tasks, only_given } => {
+        Cmd::Eval {
+            checkpoint,
+            posteriors,
+            out,
+            tasks,
+            only_given,
+        } => {
             if load_checkpoint(&checkpoint)?.config.task == Task::Regression {
                 eval_checkpoint(&checkpoint, &posteriors, out, tasks, only_given)
             } else {
@@ -257,7 +263,12 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { batch, seq_len, reps, rl } => {
+        Cmd::Bench {
+            batch,
+            seq_len,
+            reps,
+            rl,
+        } => {
             if rl {
                 lvrnn::rl_eval::bench_ppo(batch, reps)
             } else {

@@ -329,5 +329,9 @@ fn every_shipped_config_is_valid() {
             n += 1;
         }
     }
-    assert!(n >= 8, "expected the experiment configs in {}", dir.display());
+    assert!(
+        n >= 8,
+        "expected the experiment configs in {}",
+        dir.display()
+    );
 }
