@@ -153,7 +153,7 @@ fn interrupted_run_resumes_to_the_same_result() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let cfg = small_config("resume", "vrnn", 30);
     train(&cfg, a.path(), FitOptions::default());
-    // Interrupted after 13 updates (the last periodic checkpoint was at 20? no: at 13, the stop).
+    // Stopped after 13 updates (as an interruption would; the stop writes the resumable checkpoint).
     train(
         &cfg,
         b.path(),
