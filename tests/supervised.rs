@@ -335,3 +335,45 @@ fn every_shipped_config_is_valid() {
         dir.display()
     );
 }
+
+#[test]
+fn resume_refuses_a_changed_config_but_accepts_a_longer_budget() {
+    lvrnn::init_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config("budget", "rnn", 4);
+    train(&cfg, dir.path(), FitOptions::default());
+    let run = RunDir::open(dir.path(), "budget", true, false).unwrap();
+    let mut changed = cfg.clone();
+    changed.train.lr = 0.1;
+    let model = RegressionModel::new(&changed.model, changed.seed).unwrap();
+    let mut learner = Supervised {
+        model,
+        batch: 32,
+        points: 50,
+        beta: 0.01,
+    };
+    let err = fit(
+        &mut learner,
+        &changed,
+        &run,
+        &FitOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("must refuse");
+    assert!(format!("{err:#}").contains("[train] section"), "{err:#}");
+    let mut longer = cfg.clone();
+    longer.train.updates = 6;
+    let learner = train(
+        &longer,
+        dir.path(),
+        FitOptions {
+            resume: true,
+            ..Default::default()
+        },
+    );
+    drop(learner);
+    assert_eq!(load_checkpoint(&run.final_model()).unwrap().update, 6);
+}

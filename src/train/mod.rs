@@ -86,6 +86,35 @@ pub fn init_from(params: &Params, path: &Path) -> Result<Vec<String>> {
         .with_context(|| format!("initialising from {}", path.display()))
 }
 
+/// What, if anything, forbids resuming a run written with `old` under `new`: everything that
+/// shapes the numbers must agree; only the budget (`train.updates`), checkpointing, threads and
+/// the evaluation settings may change.
+fn resume_mismatch(old: &ExperimentConfig, new: &ExperimentConfig) -> Option<&'static str> {
+    let budget_free = |c: &ExperimentConfig| {
+        let mut t = c.train.clone();
+        t.updates = 0;
+        t.checkpoint_every = 0;
+        t.threads = 0;
+        t.snapshots.clear();
+        t
+    };
+    if old.task != new.task {
+        Some("task")
+    } else if old.model != new.model {
+        Some("model")
+    } else if old.seed != new.seed {
+        Some("seed")
+    } else if budget_free(old) != budget_free(new) {
+        Some("[train] section")
+    } else if old.ppo != new.ppo {
+        Some("[ppo] section")
+    } else if old.env != new.env {
+        Some("[env] section")
+    } else {
+        None
+    }
+}
+
 /// Runs (or resumes) training until `cfg.train.updates` updates are done.
 pub fn fit(
     learner: &mut dyn Learner,
@@ -98,9 +127,9 @@ pub fn fit(
     let latest = run.latest_checkpoint();
     if opts.resume && latest.exists() {
         let ck = load_checkpoint(&latest)?;
-        if ck.config.model != cfg.model || ck.config.task != cfg.task {
+        if let Some(what) = resume_mismatch(&ck.config, cfg) {
             bail!(
-                "cannot resume {}: its model or task differs from the given config",
+                "cannot resume {}: its {what} differs from the given config (start a new run or use --overwrite)",
                 latest.display()
             );
         }
