@@ -6,9 +6,9 @@ use lvrnn::config::{ExperimentConfig, Task};
 use lvrnn::eval::{EvalResult, evaluate_regression, with_posterior};
 use lvrnn::posterior::PosteriorConfig;
 use lvrnn::report::{format_table, write_regression_report};
-use lvrnn::run::{RunDir, load_checkpoint};
+use lvrnn::run::load_checkpoint;
 use lvrnn::train::supervised::{RegressionModel, Supervised};
-use lvrnn::train::{FitOptions, fit, init_from};
+use lvrnn::train::{FitOptions, fit, init_from_reporting, open_run};
 use std::path::{Path, PathBuf};
 
 /// The embedded default configuration of `lvrnn quickstart`.
@@ -289,21 +289,9 @@ fn train_and_eval(
     if cfg.task != Task::Regression {
         return lvrnn::rl_eval::train_and_eval_rl(&cfg, runs, opts, overwrite, init, no_eval);
     }
-    if cfg.train.threads > 0 {
-        // No effect when --threads was given (the first setting wins).
-        lvrnn::init_threads(cfg.train.threads);
-    }
-    let run = RunDir::open(runs, &cfg.name, opts.resume, overwrite)?;
+    let run = open_run(&cfg, runs, &opts, overwrite)?;
     let model = RegressionModel::new(&cfg.model, cfg.seed)?;
-    if let Some(path) = init {
-        let missing = init_from(&model.params, path)?;
-        eprintln!(
-            "initialised from {} ({} parameters kept fresh: {:?})",
-            path.display(),
-            missing.len(),
-            missing
-        );
-    }
+    init_from_reporting(&model.params, init)?;
     eprintln!(
         "run {} — {} ({} parameters), {} updates of {} tasks × {} points",
         run.root.display(),

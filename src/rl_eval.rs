@@ -15,11 +15,11 @@ use crate::envs::reference::{PARTICLES, default_checkpoints, simulate_policies, 
 use crate::envs::{EnvKind, MetaEnv};
 use crate::plot::{LinePlot, Series, line_plot};
 use crate::posterior::PosteriorConfig;
-use crate::run::{RunDir, load_checkpoint};
+use crate::run::load_checkpoint;
 use crate::stats::mean_ci99;
 use crate::train::optim::AdamW;
 use crate::train::ppo::{Ppo, RlModel, env_kind, gae, ppo_loss, rollout};
-use crate::train::{FitOptions, adamw_config, fit, init_from, update_rng};
+use crate::train::{FitOptions, adamw_config, fit, init_from_reporting, open_run, update_rng};
 use crate::util::{read_jsonl, write_csv_atomic};
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
@@ -526,21 +526,9 @@ pub fn train_and_eval_rl(
     no_eval: bool,
 ) -> Result<()> {
     let kind = env_kind(cfg.task)?;
-    if cfg.train.threads > 0 {
-        // No effect when the thread count was already set (the first setting wins).
-        crate::init_threads(cfg.train.threads);
-    }
-    let run = RunDir::open(runs, &cfg.name, opts.resume, overwrite)?;
+    let run = open_run(cfg, runs, &opts, overwrite)?;
     let model = RlModel::for_experiment(cfg)?;
-    if let Some(path) = init {
-        let missing = init_from(&model.params, path)?;
-        eprintln!(
-            "initialised from {} ({} parameters kept fresh: {:?})",
-            path.display(),
-            missing.len(),
-            missing
-        );
-    }
+    init_from_reporting(&model.params, init)?;
     eprintln!(
         "run {} — {} on {kind} ({} parameters), {} PPO updates of {} tasks × {} interactions",
         run.root.display(),

@@ -86,6 +86,35 @@ pub fn init_from(params: &Params, path: &Path) -> Result<Vec<String>> {
         .with_context(|| format!("initialising from {}", path.display()))
 }
 
+/// The common start of `lvrnn train` for every task: applies `train.threads` (no effect when
+/// `--threads` was given: the first setting wins) and opens the run folder.
+pub fn open_run(
+    cfg: &ExperimentConfig,
+    runs: &Path,
+    opts: &FitOptions,
+    overwrite: bool,
+) -> Result<RunDir> {
+    if cfg.train.threads > 0 {
+        crate::init_threads(cfg.train.threads);
+    }
+    RunDir::open(runs, &cfg.name, opts.resume, overwrite)
+}
+
+/// Finetuning start: loads `init` (if any) into `params` and reports which parameters the
+/// checkpoint did not have (they keep their fresh initialisation).
+pub fn init_from_reporting(params: &Params, init: Option<&Path>) -> Result<()> {
+    if let Some(path) = init {
+        let missing = init_from(params, path)?;
+        eprintln!(
+            "initialised from {} ({} parameters kept fresh: {:?})",
+            path.display(),
+            missing.len(),
+            missing
+        );
+    }
+    Ok(())
+}
+
 /// What, if anything, forbids resuming a run written with `old` under `new`: everything that
 /// shapes the numbers must agree; only the budget (`train.updates`), checkpointing, threads and
 /// the evaluation settings may change.
