@@ -386,17 +386,7 @@ fn eval_checkpoint(
     if let Some(t) = tasks {
         cfg.eval.tasks = t;
     }
-    let out = out.unwrap_or_else(|| {
-        let stem = checkpoint
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default();
-        checkpoint
-            .parent()
-            .and_then(|p| p.parent())
-            .unwrap_or(Path::new("."))
-            .join(format!("eval-{stem}"))
-    });
+    let out = out.unwrap_or_else(|| lvrnn::run::default_eval_dir(checkpoint));
     let mut results = if only_given {
         vec![]
     } else {

@@ -602,17 +602,7 @@ pub fn eval_rl_checkpoint(
     }
     cfg.validate()?;
     let kind = env_kind(cfg.task)?;
-    let out = out.unwrap_or_else(|| {
-        let stem = checkpoint
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default();
-        checkpoint
-            .parent()
-            .and_then(|p| p.parent())
-            .unwrap_or(Path::new("."))
-            .join(format!("eval-{stem}"))
-    });
+    let out = out.unwrap_or_else(|| crate::run::default_eval_dir(checkpoint));
     let results = evaluate_variants(&model, &cfg, posteriors, !only_given)?;
     if results.is_empty() {
         bail!("nothing to evaluate: give --posterior or drop --only-given");

@@ -84,6 +84,20 @@ struct Meta {
     config: ExperimentConfig,
 }
 
+/// Where `lvrnn eval` writes by default: `<run>/eval-<checkpoint stem>` for a checkpoint at
+/// `<run>/checkpoints/<file>`.
+pub fn default_eval_dir(checkpoint: &Path) -> PathBuf {
+    let stem = checkpoint
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    checkpoint
+        .parent()
+        .and_then(|p| p.parent())
+        .unwrap_or(Path::new("."))
+        .join(format!("eval-{stem}"))
+}
+
 /// A loaded checkpoint: tensors, the update it was written at, and the experiment config.
 pub struct Checkpoint {
     pub tensors: BTreeMap<String, Tensor>,
