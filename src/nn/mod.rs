@@ -1,7 +1,9 @@
 //! Neural-network building blocks: a deterministic parameter store, affine layers, MLPs,
 //! layer norm, and the LSTM core with its analytic Jacobian.
 
+pub mod kernels;
 pub mod lstm;
+pub mod lstm_seq;
 pub mod mlp;
 
 use anyhow::{Context, Result, bail};

@@ -113,30 +113,6 @@ impl PosteriorFamily for Laplace {
     }
 }
 
-/// ‖L⁻¹ M‖²_F for lower-triangular L and M (n×n, row-major). X = L⁻¹M is lower triangular and
-/// is found row by row, X[i, :] = (M[i, :] − Σ_{m<i} L[i, m] X[m, :]) / L[i, i], touching only
-/// the columns ≤ i (n³/6 multiply-adds, contiguous rows).
-fn frobenius_sq_lower_solve(l: &[f64], m: &[f64], n: usize) -> f64 {
-    let mut x = vec![0.0; n * n];
-    let mut total = 0.0;
-    for i in 0..n {
-        let (done, rest) = x.split_at_mut(i * n);
-        let row = &mut rest[..=i];
-        row.copy_from_slice(&m[i * n..i * n + i + 1]);
-        for mm in 0..i {
-            let c = l[i * n + mm];
-            if c != 0.0 {
-                let xm = &done[mm * n..mm * n + mm + 1];
-                row[..=mm].iter_mut().zip(xm).for_each(|(r, v)| *r -= c * v);
-            }
-        }
-        let d = l[i * n + i];
-        row.iter_mut().for_each(|r| *r /= d);
-        total += row.iter().map(|v| v * v).sum::<f64>();
-    }
-    total
-}
-
 fn identity_values(b: usize, n: usize, diagonal: bool, scale: f64) -> Vec<f64> {
     if diagonal {
         return vec![scale; b * n];
@@ -309,7 +285,7 @@ impl Precision {
                         .sum::<f64>()
                 } else {
                     // tr(Λp Λ⁻¹) = ‖L⁻¹ Lp‖²_F with Λ = L Lᵀ, Λp = Lp Lpᵀ.
-                    frobenius_sq_lower_solve(&self.dense_chol(k), &prev.dense_chol(k), n)
+                    linalg::frobenius_sq_lower_solve(&self.dense_chol(k), &prev.dense_chol(k), n)
                 };
                 0.5 * (trace - n as f64 + self.logdet[k] - prev.logdet[k])
             })

@@ -6,6 +6,7 @@
 //! - [`laplace::Laplace`]: the Laplace VRNN (paper Sec. 4, App. A.3), every Table-2 variant.
 
 pub mod config;
+pub mod filter;
 pub mod laplace;
 pub mod point;
 pub mod vrnn;

@@ -4,6 +4,7 @@
 
 pub mod optim;
 pub mod ppo;
+pub mod reference;
 pub mod supervised;
 
 use crate::config::ExperimentConfig;

@@ -24,6 +24,8 @@
 //! the objective is the one Table 1 names.
 
 use super::Learner;
+use crate::agent::acting::Acting;
+use crate::agent::replay::{PosteriorSequence, SequenceInputs};
 use crate::agent::{Core, CoreState, CoreStep, ModelConfig, randn};
 use crate::config::{EvalConfig, ExperimentConfig, PpoConfig, Task};
 use crate::envs::{EnvKind, MetaEnv, make_env};
@@ -211,6 +213,37 @@ impl RlModel {
         Ok([s, a, r])
     }
 
+    /// The raw core inputs of one step as plain rows (s_t; a_{t−1} one-hot; r_{t−1}), zeros
+    /// for the previous action and reward at t = 0.
+    pub fn raw_inputs(&self, obs: &[f32], prev: Option<(&[usize], &[f32])>) -> Vec<Vec<f32>> {
+        let b = obs.len() / self.obs_dim;
+        let mut a = vec![0f32; b * self.num_actions];
+        let mut r = vec![0f32; b];
+        if let Some((actions, rewards)) = prev {
+            for (k, act) in actions.iter().enumerate() {
+                a[k * self.num_actions + act] = 1.0;
+            }
+            r.copy_from_slice(rewards);
+        }
+        vec![obs.to_vec(), a, r]
+    }
+
+    /// The core inputs x_0..x_{T−1} of a rollout, for the time-batched replay.
+    pub fn sequence_inputs(&self, ro: &Rollout) -> Result<SequenceInputs> {
+        let mut kinds = vec![vec![]; 3];
+        for t in 0..ro.horizon() {
+            let prev = (t > 0).then(|| (&ro.actions[t - 1][..], &ro.rewards[t - 1][..]));
+            for (k, rows) in self.raw_inputs(&ro.obs[t], prev).into_iter().enumerate() {
+                kinds[k].extend(rows);
+            }
+        }
+        Ok(SequenceInputs {
+            steps: ro.horizon(),
+            batch: ro.batch(),
+            kinds,
+        })
+    }
+
     /// Embeds x_t and steps the core: q_t (and KL(q_t ‖ stop_grad q_{t−1})), plus the embedding
     /// of s_t for the heads.
     pub fn observe(&self, state: &CoreState, x: &[Tensor; 3]) -> Result<(CoreStep, Tensor)> {
@@ -307,7 +340,7 @@ fn table(rows: &[Vec<f32>]) -> Result<Tensor> {
 }
 
 /// Draws an index from a categorical distribution given as log-probabilities.
-fn sample_categorical(log_probs: &[f32], rng: &mut ChaCha8Rng) -> usize {
+pub fn sample_categorical(log_probs: &[f32], rng: &mut ChaCha8Rng) -> usize {
     let u: f64 = rng.r#gen();
     let mut acc = 0.0;
     for (i, lp) in log_probs.iter().enumerate() {
@@ -347,6 +380,19 @@ pub struct Rollout {
     /// KL(q_t ‖ q_{t−1}) (q_0 the prior at the zero carry; NaN for a point estimate); only
     /// filled when recorded.
     pub posterior_kl: Vec<Vec<f64>>,
+    /// Laplace VRNN: the filter's statistics of every step (empty for the other families).
+    pub laplace: Vec<LaplaceRecord>,
+}
+
+/// The Laplace statistics of one rollout step, reused by the loss (no gradient).
+#[derive(Clone)]
+pub struct LaplaceRecord {
+    /// L_t^{−T} ε, (n_Z, B, n) row-major.
+    pub offsets: Vec<f32>,
+    /// (Λ_{t−1} + jitter·I)(μ_t − μ_{t−1}), (B, n).
+    pub kl_grad: Vec<f32>,
+    /// KL(q_t ‖ q_{t−1}) per task.
+    pub kl: Vec<f64>,
 }
 
 impl Rollout {
@@ -374,9 +420,10 @@ impl Rollout {
 }
 
 /// Runs the policy on the tasks `env` holds (already reset; `first_obs` is s_0) for the env
-/// horizon, without gradients. Per step, in this order: the noise ε, one uniform per task for
-/// the action, then the env's own draws, all from `rng`. With `record_posterior`, also the
-/// entropy of q_t and KL(q_t ‖ q_{t−1}) per step and task.
+/// horizon, without gradients (the core is stepped by `agent::acting`). Per step, in this
+/// order: the noise ε, one uniform per task for the action, then the env's own draws, all from
+/// `rng`. With `record_posterior`, also the entropy of q_t and KL(q_t ‖ q_{t−1}) per step and
+/// task. For the Laplace VRNN the filter's statistics are kept for [`ppo_loss`].
 ///
 /// Bootstrap: the task continues past T in the environment's dynamics (only the meta-episode
 /// is cut), so the value of the state after the last transition, V(x_T), is computed with one
@@ -392,13 +439,13 @@ pub fn rollout(
     let (b, horizon) = (env.batch(), env.horizon());
     let noise_shape = [model.samples(), b, model.cfg.features];
     let mut ro = Rollout::default();
-    let mut state = model.core.initial(b)?.detach();
+    let mut acting = Acting::new(&model.core, b)?;
     let mut obs = first_obs;
     for t in 0..horizon {
         let prev = (t > 0).then(|| (&ro.actions[t - 1][..], &ro.rewards[t - 1][..]));
-        let (step, emb_s) = model.observe(&state, &model.inputs(&obs, prev)?)?;
         let eps = randn(rng, &noise_shape)?;
-        let input = model.head_input(&emb_s, &step.state.q.sample(&eps)?)?;
+        let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
+        let input = model.head_input(&step.embedded[INPUT_OBS], &step.z)?;
         let log_probs: Vec<Vec<f32>> = model.log_probs(&input)?.to_vec2()?;
         let values: Vec<f32> = model.values(&input)?.to_vec1()?;
         let actions: Vec<usize> = log_probs
@@ -407,10 +454,15 @@ pub fn rollout(
             .collect();
         if record_posterior {
             ro.posterior_entropy
-                .push(step.state.q.entropy()?.unwrap_or_else(|| vec![f64::NAN; b]));
-            ro.posterior_kl.push(match &step.kl {
-                Some(kl) => kl.to_vec1::<f32>()?.iter().map(|v| *v as f64).collect(),
-                None => vec![f64::NAN; b],
+                .push(step.entropy.clone().unwrap_or_else(|| vec![f64::NAN; b]));
+            ro.posterior_kl
+                .push(step.kl.clone().unwrap_or_else(|| vec![f64::NAN; b]));
+        }
+        if let (Some((offsets, kl_grad)), Some(kl)) = (step.laplace, step.kl) {
+            ro.laplace.push(LaplaceRecord {
+                offsets,
+                kl_grad,
+                kl,
             });
         }
         let out = env.step(&actions, rng);
@@ -428,7 +480,6 @@ pub fn rollout(
         ro.regrets.push(out.regret);
         ro.noise.push(eps);
         ro.values.push(values);
-        state = step.state.detach();
     }
     let continues = ro
         .discounts
@@ -436,9 +487,10 @@ pub fn rollout(
         .is_some_and(|d| d.iter().any(|v| *v != 0.0));
     ro.bootstrap = if continues {
         let prev = Some((&ro.actions[horizon - 1][..], &ro.rewards[horizon - 1][..]));
-        let (step, emb_s) = model.observe(&state, &model.inputs(&obs, prev)?)?;
-        let z = step.state.q.sample(&randn(rng, &noise_shape)?)?;
-        model.values(&model.head_input(&emb_s, &z)?)?.to_vec1()?
+        let eps = randn(rng, &noise_shape)?;
+        let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
+        let input = model.head_input(&step.embedded[INPUT_OBS], &step.z)?;
+        model.values(&input)?.to_vec1()?
     } else {
         vec![0.0; b]
     };
@@ -509,8 +561,13 @@ pub struct LossParts {
 }
 
 /// The loss of Eq. (3) via PPO (Table 1) for a rollout with advantages and value targets
-/// ([t][b]). The trajectory is re-run from the zero carry with gradients (through time), with
-/// the rollout's noise; the heads then run once on the stacked steps.
+/// ([t][b]), at the rollout's parameters. The trajectory is replayed from the zero carry with
+/// gradients in one time-batched pass (`agent::replay`: deduplicated embeddings, the fused LSTM
+/// sequence, the projection and the posterior over all steps at once) under the rollout's
+/// noise; the heads then run once on the stacked steps. For the Laplace VRNN the precisions
+/// (sample offsets, KL parts) are the rollout's: they carry no gradient, and with one gradient
+/// step per rollout they are exactly the statistics at these parameters.
+/// `train::reference::ppo_loss` is the per-step version that the tests compare against.
 pub fn ppo_loss(
     model: &RlModel,
     ro: &Rollout,
@@ -520,27 +577,55 @@ pub fn ppo_loss(
     beta: f64,
 ) -> Result<LossParts> {
     let (horizon, b) = (ro.horizon(), ro.batch());
-    // Core, per step (slicing a grad-carrying (T, B, ·) tensor per step would make backward
-    // quadratic in T): samples z_t under the stored noise, state embeddings, KL terms.
-    let mut state = model.core.initial(b)?;
-    let (mut zs, mut embs, mut kls) = (
-        Vec::with_capacity(horizon),
-        Vec::with_capacity(horizon),
-        vec![],
-    );
-    for t in 0..horizon {
-        let prev = (t > 0).then(|| (&ro.actions[t - 1][..], &ro.rewards[t - 1][..]));
-        let (step, emb_s) = model.observe(&state, &model.inputs(&ro.obs[t], prev)?)?;
-        zs.push(step.state.q.sample(&ro.noise[t])?);
-        embs.push(emb_s);
-        if let Some(kl) = &step.kl {
-            kls.push(kl.mean_all()?);
+    let (nz, n) = (model.samples(), model.cfg.features);
+    let core = &model.core;
+    let replay = core.replay(&model.sequence_inputs(ro)?)?;
+    let post = core.posterior_sequence(&replay.phi)?;
+    let device = &core.device;
+    let (noise, laplace) = match &post {
+        PosteriorSequence::Laplace { .. } => {
+            if ro.laplace.len() != horizon {
+                bail!("the rollout holds no Laplace statistics: make it with `ppo::rollout`");
+            }
+            let cat = |f: &dyn Fn(&LaplaceRecord) -> Vec<f32>| -> Vec<f32> {
+                ro.laplace.iter().flat_map(f).collect()
+            };
+            let offsets =
+                Tensor::from_vec(cat(&|r| r.offsets.clone()), (horizon, nz, b, n), device)?;
+            let grad = Tensor::from_vec(cat(&|r| r.kl_grad.clone()), (horizon, b, n), device)?;
+            let kl = cat(&|r| r.kl.iter().map(|v| *v as f32).collect());
+            let kl = Tensor::from_vec(kl, (horizon, b), device)?;
+            (offsets, Some((grad, kl)))
         }
-        state = step.state;
-    }
-    // Heads on the whole trajectory at once.
-    let z = Tensor::stack(&zs, 0)?; // (T, n_Z, B, n)
-    let input = model.head_input(&Tensor::stack(&embs, 0)?, &z)?;
+        PosteriorSequence::Graph { .. } => (Tensor::stack(&ro.noise, 0)?, None),
+    };
+    let z = post.samples(1, horizon, &noise)?; // (T, n_Z, B, n)
+    let width = model.cfg.embed_width;
+    let emb_s = replay.embedding(INPUT_OBS)?.reshape((horizon, b, width))?;
+    let kl = post
+        .kl(laplace.as_ref().map(|(g, v)| (g, v)))?
+        .map(|kl| kl.mean_all())
+        .transpose()?;
+    ppo_objective(model, ro, advantages, targets, ppo, beta, &z, &emb_s, kl)
+}
+
+/// The PPO objective from the samples z (T, n_Z, B, n), the state embeddings (T, B, E) and the
+/// mean posterior KL (a scalar tensor; None for the point estimate): policy clip, value,
+/// exact entropy, β·KL and the reward model. Shared by the fast and the reference loss.
+#[allow(clippy::too_many_arguments)]
+pub fn ppo_objective(
+    model: &RlModel,
+    ro: &Rollout,
+    advantages: &[Vec<f32>],
+    targets: &[Vec<f32>],
+    ppo: &PpoConfig,
+    beta: f64,
+    z: &Tensor,
+    emb_s: &Tensor,
+    kl: Option<Tensor>,
+) -> Result<LossParts> {
+    let (horizon, b) = (ro.horizon(), ro.batch());
+    let input = model.head_input(emb_s, z)?;
     let log_probs = model.log_probs(&input)?; // (T, B, A)
     let values = model.values(&input)?; // (T, B)
     let taken = one_hot(&ro.actions.concat(), model.num_actions)?.reshape((
@@ -572,10 +657,9 @@ pub fn ppo_loss(
         + value_loss.affine(ppo.value_scale, 0.0)?)?
         - entropy.affine(ppo.entropy_scale, 0.0)?)?;
     // Posterior KL (Bayesian families).
-    let kl = match kls.is_empty() {
-        true => None,
-        false => {
-            let kl = Tensor::stack(&kls, 0)?.mean_all()?;
+    let kl = match kl {
+        None => None,
+        Some(kl) => {
             if beta > 0.0 {
                 loss = (loss + kl.affine(beta, 0.0)?)?;
             }
@@ -585,7 +669,7 @@ pub fn ppo_loss(
     // Reward model: Bernoulli cross-entropy softplus(l) − r·l of the taken action's reward.
     let mut reward_loss = None;
     if ppo.reward_loss_scale > 0.0
-        && let Some(logits) = model.reward_logits(&z, &taken)?
+        && let Some(logits) = model.reward_logits(z, &taken)?
     {
         let softplus = (logits.relu()? + logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
         let bce = softplus

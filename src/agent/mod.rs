@@ -2,6 +2,9 @@
 //! concatenated into an LSTM, an affine projection φ_t = P h_t + p_b, and a posterior family
 //! that turns φ_t (and, for the Laplace VRNN, the LSTM's Jacobians) into q_t.
 
+pub mod acting;
+pub mod replay;
+
 use crate::nn::Params;
 use crate::nn::lstm::{Carry, Lstm};
 use crate::nn::mlp::{Embedding, Linear};
@@ -96,6 +99,10 @@ pub struct Core {
     pub posterior: Box<dyn PosteriorFamily>,
     pub features: usize,
     pub hidden: usize,
+    /// The configuration the posterior was built from (the fast paths dispatch on it).
+    pub posterior_cfg: PosteriorConfig,
+    /// Where the parameters live.
+    pub device: Device,
 }
 
 /// Per-sequence recurrent state: the carry, the last core inputs (for the Laplace window), and
@@ -148,6 +155,8 @@ impl Core {
             posterior,
             features: cfg.features,
             hidden: cfg.hidden,
+            posterior_cfg: cfg.posterior.clone(),
+            device: Device::Cpu,
         })
     }
 

@@ -1,0 +1,250 @@
+//! Teacher-forced replay of a known sequence, time-batched: the one fast pass behind the PPO
+//! loss and the supervised loss.
+//!
+//! In a replay every input is known, so only the recurrence is sequential:
+//! 1. the raw inputs of all T·B rows are deduplicated (discrete inputs — bandit, gridworld —
+//!    take a handful of distinct values), the embeddings and the input projection
+//!    x W_x + b run once per distinct row and are gathered back (gradients scatter-add);
+//! 2. the fused LSTM op (`nn::lstm_seq`) runs the recurrence and its backward through time;
+//! 3. the projection φ_t = P h_t + p_b runs once over all rows;
+//! 4. the posterior family turns φ_0..φ_T into q_0..q_T ([`PosteriorSequence`]): the point
+//!    estimate and the VRNN head as one batch over all steps; the Laplace VRNN as means with
+//!    gradient plus the statistics of `posterior::filter`, which carry none.
+//!
+//! The per-step path (`Core::step`, `train::reference`) computes the same numbers one step at a
+//! time; `tests/fast_path.rs` checks the two against each other, gradients included.
+
+use super::Core;
+use crate::nn::kernels::dedup_rows;
+use crate::nn::lstm_seq::{hidden_states, lstm_sequence};
+use crate::posterior::{Accumulate, Covariance, Gaussian, PosteriorConfig};
+use anyhow::{Result, bail};
+use candle_core::{D, DType, Tensor};
+
+/// The raw core inputs of a whole sequence: one row-major (T·B, d_k) block per input kind,
+/// step-major (row t·B + b holds step t of task b).
+pub struct SequenceInputs {
+    pub steps: usize,
+    pub batch: usize,
+    pub kinds: Vec<Vec<f32>>,
+}
+
+/// What the core computes over a replayed sequence (all with gradient).
+pub struct CoreReplay {
+    /// Embeddings of the distinct input rows, one (U, E) tensor per kind.
+    unique_embedded: Vec<Tensor>,
+    /// For every row t·B + b, its distinct row (None: every row is distinct).
+    index: Option<Tensor>,
+    /// x_t W_x + b, (T, B, 4H).
+    pub xw: Tensor,
+    /// [h_t, c_t] for t = 1..T, (T, B, 2H).
+    pub states: Tensor,
+    /// φ_0..φ_T, (T+1, B, n); φ_0 = P·0 + p_b is the output at the zero carry.
+    pub phi: Tensor,
+}
+
+impl CoreReplay {
+    /// The embedding of input kind `kind` for every row, (T·B, E).
+    pub fn embedding(&self, kind: usize) -> Result<Tensor> {
+        let e = &self.unique_embedded[kind];
+        Ok(match &self.index {
+            Some(idx) => e.index_select(idx, 0)?,
+            None => e.clone(),
+        })
+    }
+}
+
+impl Core {
+    /// Replays a known input sequence from the zero carry (steps 1–3 of the module docs).
+    pub fn replay(&self, inputs: &SequenceInputs) -> Result<CoreReplay> {
+        let (steps, batch) = (inputs.steps, inputs.batch);
+        let rows = steps * batch;
+        if inputs.kinds.len() != self.embeds.len() {
+            bail!(
+                "replay got {} input kinds, the core has {}",
+                inputs.kinds.len(),
+                self.embeds.len()
+            );
+        }
+        let (unique_embedded, index, xw) = self.project_inputs(&inputs.kinds, rows)?;
+        let xw = xw.reshape((steps, batch, 4 * self.hidden))?;
+        let states = lstm_sequence(&xw, &self.lstm.wh)?;
+        let phi = self.proj.forward(&hidden_states(&states)?)?; // (T, B, n)
+        let zero = Tensor::zeros((1, batch, self.hidden), DType::F32, &self.device)?;
+        let phi0 = self.proj.forward(&zero)?;
+        Ok(CoreReplay {
+            unique_embedded,
+            index,
+            xw,
+            states,
+            phi: Tensor::cat(&[&phi0, &phi], 0)?,
+        })
+    }
+
+    /// The input stage for `rows` rows given one row-major (rows, d_k) block per input kind:
+    /// the embeddings of the distinct joint rows, the index of every row's distinct row (None
+    /// when all rows are distinct), and x W_x + b for every row, (rows, 4H).
+    pub fn project_inputs(
+        &self,
+        kinds: &[Vec<f32>],
+        rows: usize,
+    ) -> Result<(Vec<Tensor>, Option<Tensor>, Tensor)> {
+        if kinds.len() != self.embeds.len() {
+            bail!(
+                "got {} input kinds, the core has {}",
+                kinds.len(),
+                self.embeds.len()
+            );
+        }
+        let dims: Vec<usize> = kinds.iter().map(|k| k.len() / rows.max(1)).collect();
+        let width: usize = dims.iter().sum();
+        let mut joint = Vec::with_capacity(rows * width);
+        for r in 0..rows {
+            for (k, d) in dims.iter().enumerate() {
+                joint.extend_from_slice(&kinds[k][r * d..(r + 1) * d]);
+            }
+        }
+        let (unique, index) = dedup_rows(&joint, width);
+        let distinct = unique.len() / width.max(1);
+        let (source, index) = if distinct < rows {
+            let idx = Tensor::from_vec(index, rows, &self.device)?;
+            (unique, Some(idx))
+        } else {
+            (joint, None)
+        };
+        let mut unique_embedded = Vec::with_capacity(dims.len());
+        let mut offset = 0;
+        for (k, d) in dims.iter().enumerate() {
+            let mut part = Vec::with_capacity(distinct * d);
+            for r in 0..distinct {
+                part.extend_from_slice(&source[r * width + offset..r * width + offset + d]);
+            }
+            offset += d;
+            let x = Tensor::from_vec(part, (distinct, *d), &self.device)?;
+            unique_embedded.push(self.embed(k, &x)?);
+        }
+        let x = Tensor::cat(&unique_embedded, 1)?;
+        let mut xw = x.matmul(&self.lstm.wx)?.broadcast_add(&self.lstm.b)?;
+        if let Some(idx) = &index {
+            xw = xw.index_select(idx, 0)?;
+        }
+        Ok((unique_embedded, index, xw))
+    }
+
+    /// q_0..q_T of a replay (step 4 of the module docs).
+    pub fn posterior_sequence(&self, phi: &Tensor) -> Result<PosteriorSequence> {
+        let (steps1, batch, n) = phi.dims3()?;
+        Ok(match &self.posterior_cfg {
+            PosteriorConfig::Laplace(c) => {
+                let means = match c.accumulate {
+                    Accumulate::MuSigma => {
+                        // μ_t = φ_t + stop_grad μ_{t−1}, μ_0 = φ_0: the added term is the running
+                        // sum of the φ values, summed in the per-step order.
+                        let values: Vec<f32> = phi.flatten_all()?.to_vec1()?;
+                        let mut offsets = vec![0f32; values.len()];
+                        let step = batch * n;
+                        for t in 1..steps1 {
+                            for k in 0..step {
+                                let prev = (t - 1) * step + k;
+                                offsets[t * step + k] = if t == 1 {
+                                    values[prev]
+                                } else {
+                                    values[prev] + offsets[prev]
+                                };
+                            }
+                        }
+                        let offsets = Tensor::from_vec(offsets, phi.shape(), &self.device)?;
+                        phi.add(&offsets)?
+                    }
+                    _ => phi.clone(),
+                };
+                PosteriorSequence::Laplace { means, batch }
+            }
+            _ => {
+                let rows = phi.reshape((steps1 * batch, n))?;
+                PosteriorSequence::Graph {
+                    q: self.posterior.init(&rows)?,
+                    batch,
+                }
+            }
+        })
+    }
+}
+
+/// q_0..q_T of a replayed sequence.
+pub enum PosteriorSequence {
+    /// Point estimate and VRNN: one Gaussian over the (T+1)·B rows, step-major.
+    Graph { q: Gaussian, batch: usize },
+    /// Laplace VRNN: the means μ_0..μ_T (T+1, B, n) with gradient; the precisions are
+    /// statistics of the filter (`posterior::filter`) and enter as constants.
+    Laplace { means: Tensor, batch: usize },
+}
+
+impl PosteriorSequence {
+    /// Samples z of q_first..q_{first+len−1}, (len, n_Z, B, n). `noise` is (len, n_Z, B, n):
+    /// the standard-normal ε for the point estimate and the VRNN, the filter's offsets
+    /// L_t^{−T} ε for the Laplace VRNN (so that z = μ_t + L_t^{−T} ε).
+    pub fn samples(&self, first: usize, len: usize, noise: &Tensor) -> Result<Tensor> {
+        match self {
+            PosteriorSequence::Laplace { means, .. } => Ok(means
+                .narrow(0, first, len)?
+                .unsqueeze(1)?
+                .broadcast_add(noise)?),
+            PosteriorSequence::Graph { q, batch } => {
+                let (_, nz, b, n) = noise.dims4()?;
+                let eps = noise.permute((1, 0, 2, 3))?.reshape((nz, len * b, n))?;
+                let z = rows(q, first * batch, len * batch)?.sample(&eps)?; // (nZ, len·B, n)
+                Ok(z.reshape((nz, len, b, n))?
+                    .permute((1, 0, 2, 3))?
+                    .contiguous()?)
+            }
+        }
+    }
+
+    /// KL(q_t ‖ stop_grad q_{t−1}) for t = 1..T, (T, B); None for the point estimate.
+    /// The Laplace VRNN needs the filter's per-step statistics: `kl_grad` (T, B, n), the
+    /// gradient Λ̃_{t−1}(μ_t − μ_{t−1}) of the KL with respect to μ_t, and `kl` (T, B), its
+    /// value; the result has that value and that gradient.
+    pub fn kl(&self, laplace: Option<(&Tensor, &Tensor)>) -> Result<Option<Tensor>> {
+        match self {
+            PosteriorSequence::Laplace { means, .. } => {
+                let Some((grad, value)) = laplace else {
+                    bail!("the Laplace KL needs the filter's statistics");
+                };
+                let steps = means.dim(0)? - 1;
+                let mu = means.narrow(0, 1, steps)?;
+                // (μ − stop_grad μ) is 0 in value and the identity in gradient.
+                let zero = mu.sub(&mu.detach())?;
+                Ok(Some(zero.mul(grad)?.sum(D::Minus1)?.add(value)?))
+            }
+            PosteriorSequence::Graph { q, batch } => {
+                if matches!(q.cov, Covariance::Point) {
+                    return Ok(None);
+                }
+                let total = q.batch()? / batch;
+                let cur = rows(q, *batch, (total - 1) * batch)?;
+                let prev = rows(q, 0, (total - 1) * batch)?;
+                Ok(cur
+                    .kl_to(&prev)?
+                    .map(|kl| kl.reshape((total - 1, *batch)))
+                    .transpose()?)
+            }
+        }
+    }
+}
+
+/// Rows [start, start + len) of a batch of Gaussians.
+fn rows(q: &Gaussian, start: usize, len: usize) -> Result<Gaussian> {
+    let cov = match &q.cov {
+        Covariance::Point => Covariance::Point,
+        Covariance::Spectral { u, log_s } => Covariance::Spectral {
+            u: u.as_ref().map(|u| u.narrow(0, start, len)).transpose()?,
+            log_s: log_s.narrow(0, start, len)?,
+        },
+        Covariance::Precision(_) => bail!("Laplace posteriors are replayed by the filter"),
+    };
+    Ok(Gaussian {
+        mean: q.mean.narrow(0, start, len)?,
+        cov,
+    })
+}

@@ -1,0 +1,198 @@
+//! Plain-slice f32 kernels for the fast paths: a strided matrix product on the same `gemm`
+//! crate candle's CPU matmul uses (so its throughput is the project's), the LSTM gate
+//! nonlinearities, and row deduplication for discrete inputs.
+//!
+//! Everything here works on row-major buffers outside the autograd graph; the graph-level
+//! wrappers (`nn::lstm_seq`, `posterior::filter`) call them and own the mathematics.
+
+use std::collections::HashMap;
+
+/// A read-only matrix view: `data[r·rs + c·cs]` is entry (r, c).
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: isize,
+    pub cs: isize,
+}
+
+impl<'a> Mat<'a> {
+    /// A contiguous row-major matrix with `cols` columns.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols as isize,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a contiguous row-major matrix with `cols` columns.
+    pub fn rows_t(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: cols as isize,
+        }
+    }
+}
+
+/// The parallelism candle's matmul would use: rayon with the configured thread count.
+pub fn parallelism() -> gemm::Parallelism {
+    let threads = candle_core::utils::get_num_threads();
+    if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// C (m×n, row-major, contiguous) = A (m×k) · B (k×n), or C += A·B with `accumulate`.
+/// `parallel` = false runs on the calling thread (for use inside an outer parallel loop).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    accumulate: bool,
+    parallel: bool,
+) {
+    assert!(c.len() >= m * n, "sgemm: destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].iter_mut().for_each(|v| *v = 0.0);
+        }
+        return;
+    }
+    let last =
+        |mat: &Mat, r: usize, cols: usize| (r as isize - 1) * mat.rs + (cols as isize - 1) * mat.cs;
+    assert!(
+        last(&a, m, k) < a.data.len() as isize && last(&b, k, n) < b.data.len() as isize,
+        "sgemm: operand too small"
+    );
+    let par = if parallel {
+        parallelism()
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every index of A, B and C inside its slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs,
+            a.rs,
+            b.data.as_ptr(),
+            b.cs,
+            b.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// σ(x) = 1 / (1 + e^{−x}), as candle's sigmoid computes it.
+#[inline]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Turns pre-activations z = [z_i, z_f, z_g, z_o] (one row of 4H) into gate activations
+/// in place: i, f, o = σ(·), g = tanh(·).
+#[inline]
+pub fn activate_gates(z: &mut [f32], hidden: usize) {
+    let (ifg, o) = z.split_at_mut(3 * hidden);
+    let (if_, g) = ifg.split_at_mut(2 * hidden);
+    if_.iter_mut().for_each(|v| *v = sigmoid(*v));
+    g.iter_mut().for_each(|v| *v = v.tanh());
+    o.iter_mut().for_each(|v| *v = sigmoid(*v));
+}
+
+/// Distinct rows of a row-major matrix (compared bit for bit): returns the distinct rows in
+/// order of first appearance and, for every input row, the index of its distinct row.
+/// Discrete inputs (bandit, gridworld) collapse to a handful of rows, so layers applied to
+/// them can run once per distinct row and be gathered (DESIGN "speed").
+pub fn dedup_rows(data: &[f32], cols: usize) -> (Vec<f32>, Vec<u32>) {
+    let rows = data.len() / cols.max(1);
+    let mut seen: HashMap<Vec<u32>, u32> = HashMap::new();
+    let mut unique = Vec::new();
+    let mut index = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let row = &data[r * cols..(r + 1) * cols];
+        let key: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();
+        let next = seen.len() as u32;
+        let id = *seen.entry(key).or_insert_with(|| {
+            unique.extend_from_slice(row);
+            next
+        });
+        index.push(id);
+    }
+    (unique, index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sgemm_matches_a_triple_loop_with_transposes_and_accumulation() {
+        let (m, n, k) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|v| (v as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|v| (v as f32 * 0.11).cos()).collect();
+        let mut c = vec![1.0f32; m * n];
+        sgemm(
+            m,
+            n,
+            k,
+            Mat::rows(&a, k),
+            Mat::rows(&b, n),
+            &mut c,
+            true,
+            false,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = 1.0 + (0..k).map(|l| a[i * k + l] * b[l * n + j]).sum::<f32>();
+                assert!((c[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+        // Aᵀ stored as (k, m): (Aᵀ)ᵀ·B = A·B.
+        let at: Vec<f32> = (0..k * m).map(|v| a[(v % m) * k + v / m]).collect();
+        let mut c2 = vec![0.0f32; m * n];
+        sgemm(
+            m,
+            n,
+            k,
+            Mat::rows_t(&at, m),
+            Mat::rows(&b, n),
+            &mut c2,
+            false,
+            false,
+        );
+        for (x, y) in c2.iter().zip(&c) {
+            assert!((x + 1.0 - y).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn dedup_rows_finds_distinct_rows_in_first_appearance_order() {
+        let data = [1.0, 0.0, 2.0, 3.0, 1.0, 0.0, -0.0, 0.0];
+        let (unique, index) = dedup_rows(&data, 2);
+        assert_eq!(unique, vec![1.0, 0.0, 2.0, 3.0, -0.0, 0.0]);
+        assert_eq!(index, vec![0, 1, 0, 2]);
+    }
+}

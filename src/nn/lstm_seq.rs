@@ -1,0 +1,245 @@
+//! The fused LSTM sequence: one candle op whose forward runs the whole recurrence from the zero
+//! carry and whose backward is hand-written backpropagation through time (what cuDNN does for
+//! PyTorch), instead of a graph of ~20 small nodes per step.
+//!
+//! Only the recurrence is sequential: the caller computes the input projections
+//! xw_t = x_t·W_x + b of every step as one large matrix product (in the graph), and this op adds
+//! h_{t−1}·W_h and the gate nonlinearities step by step (gates i, f, g, o as in `nn::lstm`):
+//!
+//!   z_t = xw_t + h_{t−1} W_h,  i, f, o = σ(z_{i,f,o}),  g = tanh(z_g),
+//!   c_t = f∘c_{t−1} + i∘g,     h_t = o∘tanh(c_t),        (c_0, h_0) = 0.
+//!
+//! Backward (BPTT), with δh_t = ∂L/∂h_t + δz_{t+1} W_hᵀ and δc_t = ∂L/∂c_t + δc_{t+1}∘f_{t+1}
+//! + δh_t∘o_t∘(1 − tanh² c_t):
+//!   δz_t = [δc_t∘g∘i(1−i), δc_t∘c_{t−1}∘f(1−f), δc_t∘i∘(1−g²), δh_t∘tanh(c_t)∘o(1−o)],
+//!   ∂L/∂xw_t = δz_t,  ∂L/∂W_h = Σ_t h_{t−1}ᵀ δz_t  (one matrix product over all steps).
+//! The gates are recomputed in the backward pass from the saved outputs with one large matrix
+//! product, so the op keeps no state. Checked against the per-step graph in `tests/fast_path.rs`.
+
+use super::kernels::{Mat, activate_gates, sgemm};
+use anyhow::Result;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+
+struct LstmSequence;
+
+/// The outputs [h_t, c_t] for t = 1..T of the recurrence above: (T, B, 2H) from xw (T, B, 4H)
+/// and W_h (H, 4H). Differentiable in both inputs (and in both halves of the output).
+pub fn lstm_sequence(xw: &Tensor, wh: &Tensor) -> Result<Tensor> {
+    Ok(xw
+        .contiguous()?
+        .apply_op2(&wh.contiguous()?, LstmSequence)?)
+}
+
+/// The h half of [`lstm_sequence`]'s output, (T, B, H).
+pub fn hidden_states(out: &Tensor) -> Result<Tensor> {
+    let h2 = out.dim(2)?;
+    Ok(out.narrow(2, 0, h2 / 2)?)
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("lstm-sequence expects contiguous inputs"),
+    }
+}
+
+/// Forward recurrence on plain slices: returns [h_t, c_t] per step, (T·B·2H).
+pub fn forward_values(
+    xw: &[f32],
+    wh: &[f32],
+    t_len: usize,
+    batch: usize,
+    hidden: usize,
+) -> Vec<f32> {
+    let g4 = 4 * hidden;
+    let mut out = vec![0f32; t_len * batch * 2 * hidden];
+    let mut z = vec![0f32; batch * g4];
+    for t in 0..t_len {
+        z.copy_from_slice(&xw[t * batch * g4..(t + 1) * batch * g4]);
+        if t > 0 {
+            let prev = &out[(t - 1) * batch * 2 * hidden..t * batch * 2 * hidden];
+            // h_{t−1} rows have stride 2H inside the [h, c] layout.
+            let h_prev = Mat {
+                data: prev,
+                rs: 2 * hidden as isize,
+                cs: 1,
+            };
+            sgemm(
+                batch,
+                g4,
+                hidden,
+                h_prev,
+                Mat::rows(wh, g4),
+                &mut z,
+                true,
+                true,
+            );
+        }
+        let (done, rest) = out.split_at_mut(t * batch * 2 * hidden);
+        let cur = &mut rest[..batch * 2 * hidden];
+        for b in 0..batch {
+            let zb = &mut z[b * g4..(b + 1) * g4];
+            activate_gates(zb, hidden);
+            let row = &mut cur[b * 2 * hidden..(b + 1) * 2 * hidden];
+            let (h, c) = row.split_at_mut(hidden);
+            for j in 0..hidden {
+                let c_prev = if t > 0 {
+                    done[((t - 1) * batch + b) * 2 * hidden + hidden + j]
+                } else {
+                    0.0
+                };
+                let cj = zb[hidden + j] * c_prev + zb[j] * zb[2 * hidden + j];
+                c[j] = cj;
+                h[j] = zb[3 * hidden + j] * cj.tanh();
+            }
+        }
+    }
+    out
+}
+
+impl CustomOp2 for LstmSequence {
+    fn name(&self) -> &'static str {
+        "lstm-sequence"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (t_len, batch, g4) = l1.shape().dims3()?;
+        let (hidden, g4w) = l2.shape().dims2()?;
+        if g4 != 4 * hidden || g4w != g4 {
+            candle_core::bail!(
+                "lstm-sequence: xw {:?} and W_h {:?} do not fit (need (T, B, 4H) and (H, 4H))",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let out = forward_values(f32_slice(s1, l1)?, f32_slice(s2, l2)?, t_len, batch, hidden);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((t_len, batch, 2 * hidden)),
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        candle_core::bail!(
+            "lstm-sequence has no GPU kernel yet: run the fused training path on the CPU"
+        )
+    }
+
+    fn bwd(
+        &self,
+        xw: &Tensor,
+        wh: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (t_len, batch, g4) = xw.dims3()?;
+        let hidden = g4 / 4;
+        let h2 = 2 * hidden;
+        let device = xw.device().clone();
+        let xw_v: Vec<f32> = xw.flatten_all()?.to_vec1()?;
+        let wh_v: Vec<f32> = wh.flatten_all()?.to_vec1()?;
+        let out: Vec<f32> = res.flatten_all()?.to_vec1()?;
+        let grad: Vec<f32> = grad_res.contiguous()?.flatten_all()?.to_vec1()?;
+        // h_{t−1} for every step (zeros at t = 0), (T·B, H).
+        let mut h_prev = vec![0f32; t_len * batch * hidden];
+        for t in 1..t_len {
+            for b in 0..batch {
+                let src = ((t - 1) * batch + b) * h2;
+                let dst = (t * batch + b) * hidden;
+                h_prev[dst..dst + hidden].copy_from_slice(&out[src..src + hidden]);
+            }
+        }
+        // Gates of every step at once: z = xw + h_{t−1} W_h.
+        let mut gates = xw_v;
+        sgemm(
+            t_len * batch,
+            g4,
+            hidden,
+            Mat::rows(&h_prev, hidden),
+            Mat::rows(&wh_v, g4),
+            &mut gates,
+            true,
+            true,
+        );
+        gates
+            .chunks_mut(g4)
+            .for_each(|row| activate_gates(row, hidden));
+        // Backward through time; dz overwrites the gates step by step.
+        let mut dh_next = vec![0f32; batch * hidden];
+        let mut dc_next = vec![0f32; batch * hidden];
+        for t in (0..t_len).rev() {
+            for b in 0..batch {
+                let row = t * batch + b;
+                let zb = &mut gates[row * g4..(row + 1) * g4];
+                let gh = &grad[row * h2..row * h2 + hidden];
+                let gc = &grad[row * h2 + hidden..(row + 1) * h2];
+                let cs = &out[row * h2 + hidden..(row + 1) * h2];
+                for j in 0..hidden {
+                    let (i, f, g, o) = (
+                        zb[j],
+                        zb[hidden + j],
+                        zb[2 * hidden + j],
+                        zb[3 * hidden + j],
+                    );
+                    let c = cs[j];
+                    let c_prev = if t > 0 {
+                        out[((t - 1) * batch + b) * h2 + hidden + j]
+                    } else {
+                        0.0
+                    };
+                    let tc = c.tanh();
+                    let dh = gh[j] + dh_next[b * hidden + j];
+                    let dc = gc[j] + dc_next[b * hidden + j] + dh * o * (1.0 - tc * tc);
+                    dc_next[b * hidden + j] = dc * f;
+                    zb[j] = dc * g * i * (1.0 - i);
+                    zb[hidden + j] = dc * c_prev * f * (1.0 - f);
+                    zb[2 * hidden + j] = dc * i * (1.0 - g * g);
+                    zb[3 * hidden + j] = dh * tc * o * (1.0 - o);
+                }
+            }
+            if t > 0 {
+                // δh_{t−1} (recurrent part) = δz_t W_hᵀ.
+                let dz = &gates[t * batch * g4..(t + 1) * batch * g4];
+                sgemm(
+                    batch,
+                    hidden,
+                    g4,
+                    Mat::rows(dz, g4),
+                    Mat::rows_t(&wh_v, g4),
+                    &mut dh_next,
+                    false,
+                    true,
+                );
+            }
+        }
+        // ∂L/∂W_h = Σ_t h_{t−1}ᵀ δz_t.
+        let mut dwh = vec![0f32; hidden * g4];
+        sgemm(
+            hidden,
+            g4,
+            t_len * batch,
+            Mat::rows_t(&h_prev, hidden),
+            Mat::rows(&gates, g4),
+            &mut dwh,
+            false,
+            true,
+        );
+        let dxw = Tensor::from_vec(gates, (t_len, batch, g4), &device)?;
+        let dwh = Tensor::from_vec(dwh, (hidden, g4), &device)?;
+        Ok((Some(dxw), Some(dwh)))
+    }
+}

@@ -1,0 +1,132 @@
+//! The straightforward per-step implementations of the training losses and the rollout, kept
+//! as the reference the fast paths are tested against (`tests/fast_path.rs`): every step runs
+//! the core through `Core::step` (embedding, LSTM cell, projection, `PosteriorFamily::step`
+//! with tensors), exactly as the model is defined in DESIGN.md, with nothing precomputed.
+
+use crate::agent::randn;
+use crate::config::PpoConfig;
+use crate::envs::MetaEnv;
+use crate::train::ppo::{LossParts, RlModel, Rollout, ppo_objective, sample_categorical};
+use anyhow::Result;
+use candle_core::Tensor;
+use rand_chacha::ChaCha8Rng;
+
+/// Runs the policy on the tasks `env` holds (already reset; `first_obs` is s_0) for the env
+/// horizon, without gradients. Per step, in this order: the noise ε, one uniform per task for
+/// the action, then the env's own draws, all from `rng`. With `record_posterior`, also the
+/// entropy of q_t and KL(q_t ‖ q_{t−1}) per step and task.
+///
+/// Bootstrap: the task continues past T in the environment's dynamics (only the meta-episode
+/// is cut), so the value of the state after the last transition, V(x_T), is computed with one
+/// more core step and multiplied by that transition's discount in [`gae`] (the bandit's is
+/// always 0, so the step is skipped when every last discount is 0).
+pub fn rollout(
+    model: &RlModel,
+    env: &mut dyn MetaEnv,
+    first_obs: Vec<f32>,
+    rng: &mut ChaCha8Rng,
+    record_posterior: bool,
+) -> Result<Rollout> {
+    let (b, horizon) = (env.batch(), env.horizon());
+    let noise_shape = [model.samples(), b, model.cfg.features];
+    let mut ro = Rollout::default();
+    let mut state = model.core.initial(b)?.detach();
+    let mut obs = first_obs;
+    for t in 0..horizon {
+        let prev = (t > 0).then(|| (&ro.actions[t - 1][..], &ro.rewards[t - 1][..]));
+        let (step, emb_s) = model.observe(&state, &model.inputs(&obs, prev)?)?;
+        let eps = randn(rng, &noise_shape)?;
+        let input = model.head_input(&emb_s, &step.state.q.sample(&eps)?)?;
+        let log_probs: Vec<Vec<f32>> = model.log_probs(&input)?.to_vec2()?;
+        let values: Vec<f32> = model.values(&input)?.to_vec1()?;
+        let actions: Vec<usize> = log_probs
+            .iter()
+            .map(|lp| sample_categorical(lp, rng))
+            .collect();
+        if record_posterior {
+            ro.posterior_entropy
+                .push(step.state.q.entropy()?.unwrap_or_else(|| vec![f64::NAN; b]));
+            ro.posterior_kl.push(match &step.kl {
+                Some(kl) => kl.to_vec1::<f32>()?.iter().map(|v| *v as f64).collect(),
+                None => vec![f64::NAN; b],
+            });
+        }
+        let out = env.step(&actions, rng);
+        ro.log_probs.push(
+            actions
+                .iter()
+                .zip(&log_probs)
+                .map(|(a, lp)| lp[*a])
+                .collect(),
+        );
+        ro.obs.push(std::mem::replace(&mut obs, out.obs));
+        ro.actions.push(actions);
+        ro.rewards.push(out.reward);
+        ro.discounts.push(out.discount);
+        ro.regrets.push(out.regret);
+        ro.noise.push(eps);
+        ro.values.push(values);
+        state = step.state.detach();
+    }
+    let continues = ro
+        .discounts
+        .last()
+        .is_some_and(|d| d.iter().any(|v| *v != 0.0));
+    ro.bootstrap = if continues {
+        let prev = Some((&ro.actions[horizon - 1][..], &ro.rewards[horizon - 1][..]));
+        let (step, emb_s) = model.observe(&state, &model.inputs(&obs, prev)?)?;
+        let z = step.state.q.sample(&randn(rng, &noise_shape)?)?;
+        model.values(&model.head_input(&emb_s, &z)?)?.to_vec1()?
+    } else {
+        vec![0.0; b]
+    };
+    Ok(ro)
+}
+
+/// The loss of Eq. (3) via PPO (Table 1) for a rollout with advantages and value targets
+/// ([t][b]). The trajectory is re-run from the zero carry with gradients (through time), with
+/// the rollout's noise; the heads then run once on the stacked steps.
+pub fn ppo_loss(
+    model: &RlModel,
+    ro: &Rollout,
+    advantages: &[Vec<f32>],
+    targets: &[Vec<f32>],
+    ppo: &PpoConfig,
+    beta: f64,
+) -> Result<LossParts> {
+    let (horizon, b) = (ro.horizon(), ro.batch());
+    // Core, per step (slicing a grad-carrying (T, B, ·) tensor per step would make backward
+    // quadratic in T): samples z_t under the stored noise, state embeddings, KL terms.
+    let mut state = model.core.initial(b)?;
+    let (mut zs, mut embs, mut kls) = (
+        Vec::with_capacity(horizon),
+        Vec::with_capacity(horizon),
+        vec![],
+    );
+    for t in 0..horizon {
+        let prev = (t > 0).then(|| (&ro.actions[t - 1][..], &ro.rewards[t - 1][..]));
+        let (step, emb_s) = model.observe(&state, &model.inputs(&ro.obs[t], prev)?)?;
+        zs.push(step.state.q.sample(&ro.noise[t])?);
+        embs.push(emb_s);
+        if let Some(kl) = &step.kl {
+            kls.push(kl.mean_all()?);
+        }
+        state = step.state;
+    }
+    let z = Tensor::stack(&zs, 0)?; // (T, n_Z, B, n)
+    let kl = match kls.is_empty() {
+        true => None,
+        false => Some(Tensor::stack(&kls, 0)?.mean_all()?),
+    };
+    ppo_objective(
+        model,
+        ro,
+        advantages,
+        targets,
+        ppo,
+        beta,
+        &z,
+        &Tensor::stack(&embs, 0)?,
+        kl,
+    )
+}

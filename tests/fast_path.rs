@@ -1,0 +1,284 @@
+//! The fast training paths against the straightforward per-step reference
+//! (`lvrnn::train::reference`): same rollouts, same losses and metrics, and every parameter
+//! gradient equal to ≤ 1e-4 relative, for every posterior family on regression, bandit and
+//! gridworld (small sizes). Also the fused LSTM sequence op against the per-step cell graph.
+
+use candle_core::{DType, Device, Tensor, Var};
+use lvrnn::config::ExperimentConfig;
+use lvrnn::envs::make_env;
+use lvrnn::nn::Params;
+use lvrnn::nn::lstm::{Carry, Lstm};
+use lvrnn::nn::lstm_seq::lstm_sequence;
+use lvrnn::train::ppo::{RlModel, env_kind, gae, ppo_loss, rollout};
+use lvrnn::train::reference;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Relative tolerance of every comparison (values and gradients).
+const REL: f64 = 1e-4;
+
+/// Every posterior family and Table-2 variant the fast paths serve.
+const FAMILIES: &[&str] = &[
+    "rnn",
+    "vrnn",
+    "vrnn:diagonal=true",
+    "laplace:window=1,accumulate=sigma",
+    "laplace:window=1,accumulate=mu_sigma",
+    "laplace:window=1,accumulate=none",
+    "laplace:window=3,accumulate=none",
+    "laplace:window=3,accumulate=sigma",
+    "laplace:window=1,accumulate=sigma,diagonal=true",
+    "laplace:window=3,accumulate=none,diagonal=true",
+    "laplace:window=0,accumulate=none",
+];
+
+fn values(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// max |a − b| ≤ REL · max(|b|∞, floor).
+fn assert_close(what: &str, a: &[f64], b: &[f64], floor: f64) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    let scale = b.iter().fold(floor, |m, v| m.max(v.abs()));
+    let err = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        err <= REL * scale,
+        "{what}: max |fast − reference| = {err:.3e} against scale {scale:.3e}"
+    );
+}
+
+fn rl_config(task: &str, posterior: &str) -> ExperimentConfig {
+    let text = format!(
+        r#"
+name = "fast"
+task = "{task}"
+seed = 3
+[model]
+embed_width = 8
+hidden = 8
+features = 4
+head_hidden = [8]
+n_z = 2
+[train]
+batch = 5
+"#
+    );
+    let mut cfg = ExperimentConfig::from_toml_str(&text, "test").unwrap();
+    cfg.model.posterior = posterior.parse().unwrap();
+    cfg
+}
+
+/// Moves every bias off zero so that no unit sits on the leaky-ReLU kink (where two correct
+/// implementations may pick different subgradients).
+fn jitter_biases(params: &Params) {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for (name, var) in params.vars() {
+        if name.ends_with("bias") {
+            let noise = lvrnn::agent::randn(&mut rng, var.as_tensor().dims()).unwrap();
+            var.set(&(var.as_tensor() + (noise * 0.3).unwrap()).unwrap())
+                .unwrap();
+        }
+    }
+}
+
+fn assert_same_gradients(what: &str, params: &Params, fast: &Tensor, reference: &Tensor) {
+    let gf = fast.backward().unwrap();
+    let gr = reference.backward().unwrap();
+    for (name, var) in params.vars() {
+        match (gf.get(var.as_tensor()), gr.get(var.as_tensor())) {
+            (Some(a), Some(b)) => assert_close(
+                &format!("{what}: gradient of {name}"),
+                &values(a),
+                &values(b),
+                1e-6,
+            ),
+            (None, None) => {}
+            (a, b) => {
+                // One side may lack a gradient that is identically zero on the other.
+                let g = a.or(b).unwrap();
+                let max = values(g).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                assert!(
+                    max == 0.0,
+                    "{what}: only one path has a gradient for {name}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ppo_rollout_loss_and_gradients_equal_the_per_step_reference() {
+    lvrnn::init_threads(1);
+    for task in ["bandit", "gridworld"] {
+        for posterior in FAMILIES {
+            let what = format!("{task} {posterior}");
+            let cfg = rl_config(task, posterior);
+            let model = RlModel::for_experiment(&cfg).unwrap();
+            jitter_biases(&model.params);
+            let kind = env_kind(cfg.task).unwrap();
+            let run = |fast: bool| {
+                let mut env = make_env(kind, cfg.train.batch, cfg.env.alpha_train as f32);
+                let mut rng = ChaCha8Rng::seed_from_u64(11);
+                let first = env.reset(&mut rng);
+                if fast {
+                    rollout(&model, env.as_mut(), first, &mut rng, true).unwrap()
+                } else {
+                    reference::rollout(&model, env.as_mut(), first, &mut rng, true).unwrap()
+                }
+            };
+            let (ro, ro_ref) = (run(true), run(false));
+            assert_eq!(ro.actions, ro_ref.actions, "{what}: actions differ");
+            let flat = |t: &[Vec<f32>]| t.iter().flatten().map(|v| *v as f64).collect::<Vec<_>>();
+            let flat64 = |t: &[Vec<f64>]| t.iter().flatten().copied().collect::<Vec<_>>();
+            assert_close(
+                &format!("{what}: log π"),
+                &flat(&ro.log_probs),
+                &flat(&ro_ref.log_probs),
+                1.0,
+            );
+            assert_close(
+                &format!("{what}: values"),
+                &flat(&ro.values),
+                &flat(&ro_ref.values),
+                1.0,
+            );
+            assert_close(
+                &format!("{what}: bootstrap"),
+                &ro.bootstrap.iter().map(|v| *v as f64).collect::<Vec<_>>(),
+                &ro_ref
+                    .bootstrap
+                    .iter()
+                    .map(|v| *v as f64)
+                    .collect::<Vec<_>>(),
+                1.0,
+            );
+            let (ent, ent_ref) = (
+                flat64(&ro.posterior_entropy),
+                flat64(&ro_ref.posterior_entropy),
+            );
+            if posterior == &"rnn" {
+                assert!(ent.iter().chain(&ent_ref).all(|v| v.is_nan()));
+            } else {
+                assert_close(&format!("{what}: posterior entropy"), &ent, &ent_ref, 1.0);
+                assert_close(
+                    &format!("{what}: posterior KL"),
+                    &flat64(&ro.posterior_kl),
+                    &flat64(&ro_ref.posterior_kl),
+                    1.0,
+                );
+            }
+
+            let (adv, targets) = gae(
+                &ro.rewards,
+                &ro.values,
+                &ro.discounts,
+                &ro.bootstrap,
+                0.9,
+                0.9,
+            );
+            let mut ppo = cfg.ppo.clone();
+            ppo.reward_loss_scale = lvrnn::train::ppo::reward_loss_scale(&cfg).unwrap();
+            let beta = 0.5;
+            let fast = ppo_loss(&model, &ro, &adv, &targets, &ppo, beta).unwrap();
+            let slow = reference::ppo_loss(&model, &ro, &adv, &targets, &ppo, beta).unwrap();
+            let scalars = |p: &lvrnn::train::ppo::LossParts| {
+                vec![
+                    p.loss.to_scalar::<f32>().unwrap() as f64,
+                    p.policy_loss,
+                    p.value_loss,
+                    p.entropy,
+                    p.kl.unwrap_or(0.0),
+                    p.reward_loss.unwrap_or(0.0),
+                    p.taken_log_prob,
+                ]
+            };
+            assert_close(
+                &format!("{what}: loss parts"),
+                &scalars(&fast),
+                &scalars(&slow),
+                1.0,
+            );
+            assert_eq!(fast.kl.is_some(), slow.kl.is_some());
+            assert_same_gradients(&what, &model.params, &fast.loss, &slow.loss);
+        }
+    }
+}
+
+#[test]
+fn fused_lstm_sequence_equals_the_per_step_cell_with_gradients() {
+    lvrnn::init_threads(1);
+    let (steps, batch, d_in, hidden) = (7, 3, 5, 4);
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut p = Params::new();
+    let lstm = Lstm::new(&mut p, d_in, hidden, &mut rng).unwrap();
+    let b = p.get("core.b").unwrap();
+    b.set(&lvrnn::agent::randn(&mut rng, &[4 * hidden]).unwrap())
+        .unwrap();
+    let x =
+        Var::from_tensor(&lvrnn::agent::randn(&mut rng, &[steps, batch, d_in]).unwrap()).unwrap();
+    // A loss that weighs every h_t and c_t differently.
+    let wh_out = lvrnn::agent::randn(&mut rng, &[steps, batch, hidden]).unwrap();
+    let wc_out = lvrnn::agent::randn(&mut rng, &[steps, batch, hidden]).unwrap();
+
+    // Reference: the per-step cell.
+    let mut carry = Carry::zeros(batch, hidden).unwrap();
+    let mut terms = vec![];
+    for t in 0..steps {
+        carry = lstm.step(&x.as_tensor().get(t).unwrap(), &carry).unwrap();
+        let th = carry
+            .h
+            .mul(&wh_out.get(t).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let tc = carry
+            .c
+            .mul(&wc_out.get(t).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        terms.push((th + tc).unwrap());
+    }
+    let slow = Tensor::stack(&terms, 0).unwrap().sum_all().unwrap();
+
+    // Fused: input projections for all steps, then the sequence op.
+    let xw = x
+        .as_tensor()
+        .reshape((steps * batch, d_in))
+        .unwrap()
+        .matmul(&lstm.wx)
+        .unwrap()
+        .broadcast_add(&lstm.b)
+        .unwrap()
+        .reshape((steps, batch, 4 * hidden))
+        .unwrap();
+    let out = lstm_sequence(&xw, &lstm.wh).unwrap();
+    let w = Tensor::cat(&[&wh_out, &wc_out], 2).unwrap();
+    let fast = out.mul(&w).unwrap().sum_all().unwrap();
+
+    assert_close("loss", &values(&fast), &values(&slow), 1.0);
+    let (gf, gs) = (fast.backward().unwrap(), slow.backward().unwrap());
+    for (name, t) in [
+        ("x", x.as_tensor()),
+        ("wx", &lstm.wx),
+        ("wh", &lstm.wh),
+        ("b", &lstm.b),
+    ] {
+        assert_close(
+            &format!("gradient of {name}"),
+            &values(gf.get(t).unwrap()),
+            &values(gs.get(t).unwrap()),
+            1e-6,
+        );
+    }
+    let _ = Device::Cpu;
+}
