@@ -282,3 +282,31 @@ fn fused_lstm_sequence_equals_the_per_step_cell_with_gradients() {
     }
     let _ = Device::Cpu;
 }
+
+#[test]
+fn supervised_elbo_and_gradients_equal_the_per_step_reference() {
+    use lvrnn::agent::ModelConfig;
+    use lvrnn::train::supervised::{RegressionModel, negative_elbo, sample_batch};
+    lvrnn::init_threads(1);
+    for posterior in FAMILIES {
+        let cfg = ModelConfig {
+            embed_width: 8,
+            hidden: 8,
+            features: 4,
+            head_hidden: vec![8],
+            n_z: 2,
+            posterior: posterior.parse().unwrap(),
+        };
+        let model = RegressionModel::new(&cfg, 7).unwrap();
+        jitter_biases(&model.params);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (xs, ys) = sample_batch(&mut rng, 5, 9);
+        let fast = negative_elbo(&model, &xs, &ys, 0.5, &mut rng.clone()).unwrap();
+        let slow = reference::negative_elbo(&model, &xs, &ys, 0.5, &mut rng.clone()).unwrap();
+        let scalars = |p: &lvrnn::train::supervised::ElboParts| {
+            vec![p.loss.to_scalar::<f32>().unwrap() as f64, p.nll, p.kl]
+        };
+        assert_close(&format!("regression {posterior}: loss, nll, kl"), &scalars(&fast), &scalars(&slow), 1.0);
+        assert_same_gradients(&format!("regression {posterior}"), &model.params, &fast.loss, &slow.loss);
+    }
+}

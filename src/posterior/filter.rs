@@ -400,3 +400,67 @@ fn scaled_identity(n: usize, diagonal: bool, scale: f64) -> Vec<f64> {
     (0..n).for_each(|i| v[i * n + i] = scale);
     v
 }
+
+/// The filter run over a whole replayed sequence (the supervised loss): per step t = 1..T its
+/// statistics, and the sample offsets of q_{t−1} (`before` = true: the regression predicts y_t
+/// from q_{t−1}) or of q_t (`before` = false).
+pub struct SequenceStats {
+    /// (T, n_Z, B, n) row-major.
+    pub offsets: Vec<f32>,
+    /// (T, B, n) row-major.
+    pub kl_grad: Vec<f32>,
+    /// (T, B).
+    pub kl: Vec<f64>,
+    /// (T, B).
+    pub entropy: Vec<f64>,
+}
+
+/// Runs the filter over a sequence given as plain values: `states` [h_t, c_t] (T, B, 2H),
+/// `xw` (T, B, 4H), `phi` φ_0..φ_T (T+1, B, n), and the noise of each step (n_Z, B, n).
+#[allow(clippy::too_many_arguments)]
+pub fn filter_sequence(
+    cfg: &LaplaceConfig,
+    w: &JacobianWeights,
+    states: &[f32],
+    xw: &[f32],
+    phi: &[f32],
+    noise: &[Vec<f32>],
+    batch: usize,
+    before: bool,
+) -> Result<SequenceStats> {
+    let (hd, n) = (w.hidden, w.features);
+    let steps = noise.len();
+    let mut filter = LaplaceFilter::new(cfg, &phi[..batch * n], batch, w)?;
+    let mut out = SequenceStats {
+        offsets: Vec::with_capacity(noise.iter().map(|e| e.len()).sum()),
+        kl_grad: Vec::with_capacity(steps * batch * n),
+        kl: Vec::with_capacity(steps * batch),
+        entropy: Vec::with_capacity(steps * batch),
+    };
+    let (mut c, mut h) = (vec![0f32; batch * hd], vec![0f32; batch * hd]);
+    for (t, eps) in noise.iter().enumerate() {
+        if before {
+            out.offsets.extend(filter.sample_offsets(eps));
+        }
+        for b in 0..batch {
+            let row = &states[(t * batch + b) * 2 * hd..(t * batch + b + 1) * 2 * hd];
+            h[b * hd..(b + 1) * hd].copy_from_slice(&row[..hd]);
+            c[b * hd..(b + 1) * hd].copy_from_slice(&row[hd..]);
+        }
+        let g4 = 4 * hd;
+        let stats = filter.step(
+            w,
+            &c,
+            &h,
+            &xw[t * batch * g4..(t + 1) * batch * g4],
+            &phi[(t + 1) * batch * n..(t + 2) * batch * n],
+        )?;
+        if !before {
+            out.offsets.extend(filter.sample_offsets(eps));
+        }
+        out.kl_grad.extend(stats.kl_grad);
+        out.kl.extend(stats.kl);
+        out.entropy.extend(stats.entropy);
+    }
+    Ok(out)
+}

@@ -5,6 +5,8 @@
 
 use crate::agent::randn;
 use crate::config::PpoConfig;
+use crate::train::supervised::{ElboParts, HALF_LN_2PI, RegressionModel, elbo_parts};
+use candle_core::Device;
 use crate::envs::MetaEnv;
 use crate::train::ppo::{LossParts, RlModel, Rollout, ppo_objective, sample_categorical};
 use anyhow::Result;
@@ -129,4 +131,46 @@ pub fn ppo_loss(
         &Tensor::stack(&embs, 0)?,
         kl,
     )
+}
+
+/// The negative ELBO (Eq. 2) of a batch of tasks: `xs[t][b]`, `ys[t][b]`.
+pub fn negative_elbo(
+    model: &RegressionModel,
+    xs: &[Vec<f32>],
+    ys: &[Vec<f32>],
+    beta: f64,
+    rng: &mut ChaCha8Rng,
+) -> Result<ElboParts> {
+    let b = xs[0].len();
+    let n = model.cfg.features;
+    let nz = model.cfg.n_z;
+    let mut state = model.core.initial(b)?;
+    let sigma2 = (&model.log_sigma * 2.0)?.exp()?; // (1,)
+    let mut nll_terms = Vec::with_capacity(xs.len());
+    let mut kl_terms = Vec::with_capacity(xs.len());
+    for (x, y) in xs.iter().zip(ys) {
+        let emb_x = model.embed_scalar(0, x)?;
+        // Predict y_t from q_{t−1}: averaged mean over the n_Z samples (variance is shared).
+        let z = state.q.sample(&randn(rng, &[nz, b, n])?)?;
+        let mean = model.predict_mean(&emb_x.unsqueeze(0)?, &z)?.mean(0)?; // (B,)
+        let target = Tensor::from_vec(y.clone(), b, &Device::Cpu)?;
+        let sq = mean.sub(&target)?.sqr()?;
+        let nll = (sq
+            .broadcast_div(&(&sigma2 * 2.0)?)?
+            .broadcast_add(&model.log_sigma)?
+            + HALF_LN_2PI)?;
+        nll_terms.push(nll.mean_all()?);
+        let step = model.observe(&state, &emb_x, y)?;
+        if let Some(kl) = &step.kl {
+            kl_terms.push(kl.mean_all()?);
+        }
+        state = step.state;
+    }
+    let t = xs.len() as f64;
+    let nll = (Tensor::stack(&nll_terms, 0)?.sum_all()? / t)?;
+    let kl = match kl_terms.is_empty() {
+        true => None,
+        false => Some((Tensor::stack(&kl_terms, 0)?.sum_all()? / t)?),
+    };
+    elbo_parts(nll, kl, beta)
 }

@@ -6,7 +6,10 @@
 //! the samples (App. B.3). The loss is the negative ELBO averaged over tasks and steps.
 
 use super::Learner;
+use crate::agent::replay::{PosteriorSequence, SequenceInputs};
 use crate::agent::{Core, CoreState, ModelConfig, randn};
+use crate::posterior::PosteriorConfig;
+use crate::posterior::filter::{JacobianWeights, filter_sequence};
 use crate::envs::regression::FourierTask;
 use crate::nn::Params;
 use crate::nn::mlp::Head;
@@ -17,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
 /// ½ ln(2π).
-const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
+pub const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
 
 /// Core + predictive head p(y | x, z) = N(mean(x, z), σ²) with a learned, input-independent σ.
 /// Input kinds of the core: 0 = x, 1 = y. Head input: [embedding of x, z].
@@ -101,7 +104,12 @@ pub struct ElboParts {
     pub kl: f64,
 }
 
-/// The negative ELBO (Eq. 2) of a batch of tasks: `xs[t][b]`, `ys[t][b]`.
+/// The negative ELBO (Eq. 2) of a batch of tasks: `xs[t][b]`, `ys[t][b]`, in one
+/// time-batched replay (`agent::replay`): embeddings, the fused LSTM sequence, the projection,
+/// the posteriors and the predictive head run once over all steps. The noise of every step is
+/// drawn first, in the per-step order. For the Laplace VRNN the filter (`posterior::filter`)
+/// runs over the replay's values (no gradient) and gives the sample offsets and the KL parts.
+/// `train::reference::negative_elbo` is the per-step version the tests compare against.
 pub fn negative_elbo(
     model: &RegressionModel,
     xs: &[Vec<f32>],
@@ -109,37 +117,81 @@ pub fn negative_elbo(
     beta: f64,
     rng: &mut ChaCha8Rng,
 ) -> Result<ElboParts> {
-    let b = xs[0].len();
-    let n = model.cfg.features;
-    let nz = model.cfg.n_z;
-    let mut state = model.core.initial(b)?;
-    let sigma2 = (&model.log_sigma * 2.0)?.exp()?; // (1,)
-    let mut nll_terms = Vec::with_capacity(xs.len());
-    let mut kl_terms = Vec::with_capacity(xs.len());
-    for (x, y) in xs.iter().zip(ys) {
-        let emb_x = model.embed_scalar(0, x)?;
-        // Predict y_t from q_{t−1}: averaged mean over the n_Z samples (variance is shared).
-        let z = state.q.sample(&randn(rng, &[nz, b, n])?)?;
-        let mean = model.predict_mean(&emb_x.unsqueeze(0)?, &z)?.mean(0)?; // (B,)
-        let target = Tensor::from_vec(y.clone(), b, &Device::Cpu)?;
-        let sq = mean.sub(&target)?.sqr()?;
-        let nll = (sq
-            .broadcast_div(&(&sigma2 * 2.0)?)?
-            .broadcast_add(&model.log_sigma)?
-            + HALF_LN_2PI)?;
-        nll_terms.push(nll.mean_all()?);
-        let step = model.observe(&state, &emb_x, y)?;
-        if let Some(kl) = &step.kl {
-            kl_terms.push(kl.mean_all()?);
+    let (steps, b) = (xs.len(), xs[0].len());
+    let (n, nz) = (model.cfg.features, model.cfg.n_z);
+    let core = &model.core;
+    let device = &core.device;
+    let noise = (0..steps)
+        .map(|_| randn(rng, &[nz, b, n]))
+        .collect::<Result<Vec<_>>>()?;
+    let inputs = SequenceInputs {
+        steps,
+        batch: b,
+        kinds: vec![xs.concat(), ys.concat()],
+    };
+    let replay = core.replay(&inputs)?;
+    let post = core.posterior_sequence(&replay.phi)?;
+    let (noise, laplace) = match (&post, &core.posterior_cfg) {
+        (PosteriorSequence::Laplace { .. }, PosteriorConfig::Laplace(cfg)) => {
+            let w = JacobianWeights::new(
+                core.lstm.wh.flatten_all()?.to_vec1()?,
+                core.proj.weight.flatten_all()?.to_vec1()?,
+                core.hidden,
+                n,
+            );
+            let eps = noise
+                .iter()
+                .map(|e| e.flatten_all()?.to_vec1::<f32>())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let stats = filter_sequence(
+                cfg,
+                &w,
+                &replay.states.flatten_all()?.to_vec1()?,
+                &replay.xw.flatten_all()?.to_vec1()?,
+                &replay.phi.flatten_all()?.to_vec1()?,
+                &eps,
+                b,
+                true,
+            )?;
+            let kl: Vec<f32> = stats.kl.iter().map(|v| *v as f32).collect();
+            (
+                Tensor::from_vec(stats.offsets, (steps, nz, b, n), device)?,
+                Some((
+                    Tensor::from_vec(stats.kl_grad, (steps, b, n), device)?,
+                    Tensor::from_vec(kl, (steps, b), device)?,
+                )),
+            )
         }
-        state = step.state;
-    }
-    let t = xs.len() as f64;
-    let nll = (Tensor::stack(&nll_terms, 0)?.sum_all()? / t)?;
+        _ => (Tensor::stack(&noise, 0)?, None),
+    };
+    // Predict y_t from q_{t−1}: the mean over the n_Z samples (the variance is shared).
+    let z = post.samples(0, steps, &noise)?; // (T, n_Z, B, n)
+    let emb_x = replay
+        .embedding(0)?
+        .reshape((steps, 1, b, model.cfg.embed_width))?;
+    let mean = model.predict_mean(&emb_x, &z)?.mean(1)?; // (T, B)
+    let target = Tensor::from_vec(ys.concat(), (steps, b), device)?;
+    let sigma2 = (&model.log_sigma * 2.0)?.exp()?; // (1,)
+    let nll = (mean
+        .sub(&target)?
+        .sqr()?
+        .broadcast_div(&(&sigma2 * 2.0)?)?
+        .broadcast_add(&model.log_sigma)?
+        + HALF_LN_2PI)?
+        .mean_all()?;
+    let kl = post
+        .kl(laplace.as_ref().map(|(g, v)| (g, v)))?
+        .map(|kl| kl.mean_all())
+        .transpose()?;
+    elbo_parts(nll, kl, beta)
+}
+
+/// The loss nll + β·KL from the mean negative log-likelihood and the mean KL (None for the
+/// point estimate). Shared by the fast and the reference ELBO.
+pub fn elbo_parts(nll: Tensor, kl: Option<Tensor>, beta: f64) -> Result<ElboParts> {
     let mut loss = nll.clone();
     let mut kl_value = 0.0;
-    if !kl_terms.is_empty() {
-        let kl = (Tensor::stack(&kl_terms, 0)?.sum_all()? / t)?;
+    if let Some(kl) = kl {
         kl_value = kl.to_scalar::<f32>()? as f64;
         if beta > 0.0 {
             loss = (loss + (kl * beta)?)?;
