@@ -1,110 +1,386 @@
-//! `lvrnn bench` / `cargo bench`: seconds per training step (loss + backward + AdamW) for each
-//! posterior family at the paper's sizes, and the Jacobian/precision path on its own.
+//! `lvrnn bench` / `cargo bench`: seconds per training update at the paper's sizes, split into
+//! rollout / loss forward / backward / optimiser, against a floor: the model's FLOP count per
+//! update divided by this machine's matrix-multiply throughput, measured in the same run with
+//! the same gemm the project uses, at a shape the model uses. Also the peak resident memory.
+//!
+//! One row per (task, posterior SPEC); `--json` prints one JSON object per row.
 
 use crate::agent::ModelConfig;
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, Task};
+use crate::nn::kernels::{Mat, sgemm};
 use crate::posterior::PosteriorConfig;
 use crate::train::optim::AdamW;
+use crate::train::ppo::{Ppo, RlModel, gae, ppo_loss, rollout};
 use crate::train::supervised::{RegressionModel, negative_elbo, sample_batch};
+use crate::train::{adamw_config, update_rng};
 use anyhow::Result;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 
-/// The families timed by the benchmark.
-pub fn bench_families() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("rnn", "rnn"),
-        ("vrnn full", "vrnn"),
-        ("vrnn diag", "vrnn:diagonal=true"),
-        ("laplace Σ k_H=1 full", "laplace:window=1,accumulate=sigma"),
-        (
-            "laplace Σ k_H=1 diag",
-            "laplace:window=1,accumulate=sigma,diagonal=true",
-        ),
-        (
-            "laplace (μ,Σ) k_H=1",
-            "laplace:window=1,accumulate=mu_sigma",
-        ),
-        ("laplace window k_H=10", "laplace:window=10,accumulate=none"),
-    ]
+/// What to time.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Tasks per update (paper: 256).
+    pub batch: usize,
+    /// Regression sequence length (paper: 50); the RL horizons are the environments'.
+    pub seq_len: usize,
+    /// Timed updates per row (after one warm-up update); the median is reported.
+    pub reps: usize,
+    /// Default task set: bandit and gridworld (true) or regression (false).
+    pub rl: bool,
+    /// Only this task.
+    pub task: Option<Task>,
+    /// Only this posterior SPEC (as `--posterior` takes it).
+    pub posterior: Option<String>,
+    pub json: bool,
 }
 
-pub fn run(batch: usize, seq_len: usize, reps: usize) -> Result<()> {
+/// The posterior SPECs timed by default.
+pub fn bench_families(rl: bool) -> Vec<&'static str> {
+    if rl {
+        vec![
+            "rnn",
+            "vrnn",
+            "laplace:window=1,accumulate=sigma",
+            "laplace:window=10,accumulate=none",
+        ]
+    } else {
+        vec![
+            "rnn",
+            "vrnn",
+            "vrnn:diagonal=true",
+            "laplace:window=1,accumulate=sigma",
+            "laplace:window=1,accumulate=sigma,diagonal=true",
+            "laplace:window=1,accumulate=mu_sigma",
+            "laplace:window=10,accumulate=none",
+        ]
+    }
+}
+
+/// One row of the table.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchRow {
+    pub task: String,
+    pub posterior: String,
+    pub threads: usize,
+    pub batch: usize,
+    pub steps: usize,
+    pub s_per_update: f64,
+    pub rollout_s: f64,
+    pub loss_forward_s: f64,
+    pub backward_s: f64,
+    pub optimiser_s: f64,
+    pub gflop_per_update: f64,
+    pub gemm_gflops: f64,
+    pub floor_s: f64,
+    pub ratio: f64,
+    pub peak_rss_mb: f64,
+}
+
+pub fn run(opts: &BenchOptions) -> Result<()> {
     let threads = candle_core::utils::get_num_threads();
-    println!(
-        "supervised training step: batch {batch}, T = {seq_len}, LSTM 128, n = 64, embed 256; {threads} thread(s); median of {reps}"
-    );
-    println!(
-        "{:<26} {:>14} {:>22}",
-        "posterior", "s / step", "s / Jacobian path"
-    );
-    for (label, spec) in bench_families() {
-        let posterior: PosteriorConfig = spec.parse()?;
-        let cfg = ModelConfig {
-            posterior,
-            ..ModelConfig::default()
+    let tasks: Vec<Task> = match opts.task {
+        Some(t) => vec![t],
+        None if opts.rl => vec![Task::Bandit, Task::Gridworld],
+        None => vec![Task::Regression],
+    };
+    let gemm = gemm_throughput(opts.batch * opts.seq_len.max(50));
+    if !opts.json {
+        let m = ModelConfig::default();
+        println!(
+            "training update at batch {}, LSTM {}, n = {}, embed {}, heads {:?}; {threads} thread(s); median of {}",
+            opts.batch,
+            m.hidden,
+            m.features,
+            m.embed_width,
+            m.head_hidden,
+            opts.reps.max(1)
+        );
+        println!(
+            "gemm throughput (({} × 256)·(256 × 256), the project's gemm): {gemm:.1} GFLOP/s",
+            opts.batch * opts.seq_len.max(50)
+        );
+        println!(
+            "{:<10} {:<46} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8}",
+            "task",
+            "posterior",
+            "T",
+            "s/update",
+            "rollout",
+            "fwd",
+            "bwd",
+            "optim",
+            "GFLOP",
+            "floor s",
+            "ratio",
+            "peak MB"
+        );
+    }
+    for task in tasks {
+        let specs: Vec<String> = match &opts.posterior {
+            Some(p) => vec![p.clone()],
+            None => bench_families(task != Task::Regression)
+                .into_iter()
+                .map(String::from)
+                .collect(),
         };
-        let model = RegressionModel::new(&cfg, 0)?;
-        let mut exp =
-            ExperimentConfig::from_toml_str("name = \"bench\"\ntask = \"regression\"", "bench")?;
-        exp.model = cfg.clone();
-        let mut opt = AdamW::new(crate::train::adamw_config(&exp), &model.params)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let mut times = vec![];
-        for _ in 0..reps {
-            let (xs, ys) = sample_batch(&mut rng, batch, seq_len);
-            let t0 = Instant::now();
-            let parts = negative_elbo(&model, &xs, &ys, 1e-2, &mut rng)?;
-            let grads = parts.loss.backward()?;
-            opt.step(&model.params, &grads)?;
-            times.push(t0.elapsed().as_secs_f64());
+        for spec in specs {
+            let row = bench_one(task, &spec, opts, gemm, threads)?;
+            if opts.json {
+                println!("{}", serde_json::to_string(&row)?);
+            } else {
+                println!(
+                    "{:<10} {:<46} {:>4} {:>9.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.1} {:>8.3} {:>6.1} {:>8.0}",
+                    row.task,
+                    row.posterior,
+                    row.steps,
+                    row.s_per_update,
+                    row.rollout_s,
+                    row.loss_forward_s,
+                    row.backward_s,
+                    row.optimiser_s,
+                    row.gflop_per_update,
+                    row.floor_s,
+                    row.ratio,
+                    row.peak_rss_mb
+                );
+            }
         }
-        let jac = if label.starts_with("laplace") {
-            format!("{:.3}", jacobian_path(&model, batch, seq_len)?)
-        } else {
-            "-".into()
-        };
-        println!("{:<26} {:>14.3} {:>22}", label, median(&mut times), jac);
     }
     Ok(())
 }
 
-/// Time of the Laplace precision path alone over a sequence: Jacobians, Λ update, Cholesky.
-fn jacobian_path(model: &RegressionModel, batch: usize, seq_len: usize) -> Result<f64> {
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let (xs, ys) = sample_batch(&mut rng, batch, seq_len);
-    // Record the carries and window inputs of a forward pass (no gradients).
-    let mut state = model.core.initial(batch)?.detach();
-    let mut total = 0.0;
-    for (x, y) in xs.iter().zip(&ys) {
-        let emb_x = model.embed_scalar(0, x)?;
-        let emb_y = model.embed_scalar(1, y)?;
-        let input = candle_core::Tensor::cat(&[&emb_x, &emb_y], 1)?;
-        let carry = model.core.lstm.step(&input, &state.carry)?;
-        let phi = model.core.proj.forward(&carry.h)?;
-        let mut window = state.window.clone();
-        window.push_back(input.detach());
-        while window.len() > model.core.posterior.history_window() {
-            window.pop_front();
+fn bench_one(
+    task: Task,
+    spec: &str,
+    opts: &BenchOptions,
+    gemm: f64,
+    threads: usize,
+) -> Result<BenchRow> {
+    let posterior: PosteriorConfig = spec.parse()?;
+    let mut cfg = ExperimentConfig::from_toml_str(
+        &format!("name = \"bench\"\ntask = \"{}\"", task_name(task)),
+        "bench",
+    )?;
+    cfg.model.posterior = posterior;
+    cfg.train.batch = opts.batch;
+    reset_peak_rss();
+    let mut parts: Vec<[f64; 4]> = vec![];
+    let steps;
+    if task == Task::Regression {
+        steps = opts.seq_len;
+        let model = RegressionModel::new(&cfg.model, 0)?;
+        let mut opt = AdamW::new(adamw_config(&cfg), &model.params)?;
+        for rep in 0..=opts.reps.max(1) {
+            let mut rng = update_rng(cfg.seed, rep);
+            let t0 = Instant::now();
+            let (xs, ys) = sample_batch(&mut rng, opts.batch, steps);
+            let t1 = Instant::now();
+            let elbo = negative_elbo(&model, &xs, &ys, 1e-2, &mut rng)?;
+            let t2 = Instant::now();
+            let grads = elbo.loss.backward()?;
+            let t3 = Instant::now();
+            opt.step(&model.params, &grads)?;
+            let t4 = Instant::now();
+            if rep > 0 {
+                parts.push(split(t0, t1, t2, t3, t4));
+            }
         }
-        let slice: Vec<_> = window.iter().cloned().collect();
-        let step_in = crate::posterior::StepInput {
-            phi: &phi,
-            carry: &carry,
-            lstm: &model.core.lstm,
-            proj: &model.core.proj,
-            window: &slice,
-        };
-        let t0 = Instant::now();
-        let q = model.core.posterior.step(&step_in, &state.q)?;
-        total += t0.elapsed().as_secs_f64();
-        state = crate::agent::CoreState { carry, window, q }.detach();
+    } else {
+        let mut learner = Ppo::new(&cfg, RlModel::for_experiment(&cfg)?)?;
+        steps = learner.env.horizon();
+        let mut opt = AdamW::new(adamw_config(&cfg), &learner.model.params)?;
+        for rep in 0..=opts.reps.max(1) {
+            let mut rng = update_rng(cfg.seed, rep);
+            let t0 = Instant::now();
+            let first = learner.env.reset(&mut rng);
+            let ro = rollout(&learner.model, learner.env.as_mut(), first, &mut rng, false)?;
+            let (adv, targets) = gae(
+                &ro.rewards,
+                &ro.values,
+                &ro.discounts,
+                &ro.bootstrap,
+                learner.ppo.gamma,
+                learner.ppo.gae_lambda,
+            );
+            let t1 = Instant::now();
+            let loss = ppo_loss(
+                &learner.model,
+                &ro,
+                &adv,
+                &targets,
+                &learner.ppo,
+                learner.beta,
+            )?;
+            let t2 = Instant::now();
+            let grads = loss.loss.backward()?;
+            let t3 = Instant::now();
+            opt.step(&learner.model.params, &grads)?;
+            let t4 = Instant::now();
+            if rep > 0 {
+                parts.push(split(t0, t1, t2, t3, t4));
+            }
+        }
     }
-    Ok(total)
+    let med = |k: usize| median(&mut parts.iter().map(|p| p[k]).collect::<Vec<_>>());
+    let mut totals: Vec<f64> = parts.iter().map(|p| p.iter().sum()).collect();
+    let total = median(&mut totals);
+    let gflop = update_flops(task, &cfg.model, opts.batch, steps) / 1e9;
+    let floor = gflop / gemm;
+    Ok(BenchRow {
+        task: task_name(task).into(),
+        posterior: spec.into(),
+        threads,
+        batch: opts.batch,
+        steps,
+        s_per_update: total,
+        rollout_s: med(0),
+        loss_forward_s: med(1),
+        backward_s: med(2),
+        optimiser_s: med(3),
+        gflop_per_update: gflop,
+        gemm_gflops: gemm,
+        floor_s: floor,
+        ratio: total / floor,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+fn split(t0: Instant, t1: Instant, t2: Instant, t3: Instant, t4: Instant) -> [f64; 4] {
+    [
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+        (t3 - t2).as_secs_f64(),
+        (t4 - t3).as_secs_f64(),
+    ]
+}
+
+fn task_name(task: Task) -> &'static str {
+    match task {
+        Task::Regression => "regression",
+        Task::Bandit => "bandit",
+        Task::Gridworld => "gridworld",
+    }
+}
+
+/// GFLOP/s of the project's gemm (`nn::kernels::sgemm`, as candle's matmul) at the heads'
+/// hidden-layer shape (rows × 256)·(256 × 256), best of a few repetitions.
+pub fn gemm_throughput(rows: usize) -> f64 {
+    let (k, n) = (256, 256);
+    let a: Vec<f32> = (0..rows * k).map(|i| ((i % 97) as f32) * 0.01).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i % 89) as f32) * 0.01).collect();
+    let mut c = vec![0f32; rows * n];
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        sgemm(
+            rows,
+            n,
+            k,
+            Mat::rows(&a, k),
+            Mat::rows(&b, n),
+            &mut c,
+            false,
+            true,
+        );
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    2.0 * (rows * k * n) as f64 / best / 1e9
+}
+
+/// Multiply-adds of an MLP with layer sizes `sizes`, per row.
+fn mlp_macs(sizes: &[usize]) -> f64 {
+    sizes.windows(2).map(|w| (w[0] * w[1]) as f64).sum()
+}
+
+/// The model's FLOP count (2 per multiply-add) of one training update, as this implementation
+/// does the work: the rollout's forward pass (RL only), the loss pass's forward, and a backward
+/// pass of twice the forward's matrix work for everything that carries a gradient. Counted:
+/// the recurrent product h·W_h, the projection P, the heads on every sample, the input stage
+/// for continuous inputs (discrete inputs are deduplicated to a handful of rows and count as
+/// nothing), the VRNN head, Cayley map and KL, and the Laplace statistics (D, J = PᵀD, JJᵀ,
+/// Cholesky, trace solve) once per update. Elementwise work is not counted.
+pub fn update_flops(task: Task, m: &ModelConfig, batch: usize, steps: usize) -> f64 {
+    let (h, n, e) = (m.hidden as f64, m.features as f64, m.embed_width as f64);
+    let rows = (batch * steps) as f64;
+    let nz = match m.posterior {
+        PosteriorConfig::Rnn => 1.0,
+        _ => m.n_z as f64,
+    };
+    let head = |d_in: usize, d_out: usize| {
+        let mut sizes = vec![d_in];
+        sizes.extend(&m.head_hidden);
+        sizes.push(d_out);
+        mlp_macs(&sizes)
+    };
+    let core = 4.0 * h * h + h * n;
+    let (inputs, heads) = match task {
+        Task::Regression => (
+            2.0 * (e + e * e) + 2.0 * e * 4.0 * h,
+            head(m.embed_width + m.features, 1),
+        ),
+        Task::Bandit => (
+            0.0,
+            head(m.features, 5) + head(m.features, 1) + head(m.features + 5, 1),
+        ),
+        Task::Gridworld => (
+            0.0,
+            head(m.embed_width + m.features, 4) + head(m.embed_width + m.features, 1),
+        ),
+    };
+    let graph_posterior = match &m.posterior {
+        PosteriorConfig::Vrnn { diagonal: false } => {
+            n * (2.0 * n + n * n) + 2.0 * n * n * n + nz * n * n + n * n * n
+        }
+        PosteriorConfig::Vrnn { diagonal: true } => 2.0 * n * n,
+        _ => 0.0,
+    };
+    let laplace = match &m.posterior {
+        PosteriorConfig::Laplace(c) => {
+            let window = match c.window {
+                0 => (steps as f64 + 1.0) / 2.0,
+                k => (k.min(steps)) as f64,
+            };
+            let per_input = 4.0 * h * h + n * h * h + if c.diagonal { n * h } else { n * n * h };
+            let factor = if c.diagonal {
+                0.0
+            } else {
+                n * n * n / 3.0 + n * n * n / 6.0 + nz * n * n / 2.0
+            };
+            4.0 * h * h + window * per_input + factor
+        }
+        _ => 0.0,
+    };
+    let forward = rows * (inputs + core + graph_posterior + nz * heads);
+    let rollout = if task == Task::Regression {
+        0.0
+    } else {
+        forward
+    };
+    2.0 * (rollout + forward + 2.0 * forward + rows * laplace)
 }
 
 fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// Resets the kernel's peak-RSS counter of this process (Linux; elsewhere a no-op).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident memory of this process in MB since the last reset (NaN where unknown).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }

@@ -132,6 +132,15 @@ enum Cmd {
         /// Time PPO updates on the bandit and gridworld instead (batch --batch).
         #[arg(long)]
         rl: bool,
+        /// Only this task: regression, bandit or gridworld.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only this posterior SPEC (e.g. `laplace:window=1,accumulate=sigma`).
+        #[arg(long)]
+        posterior: Option<String>,
+        /// One JSON object per configuration per line instead of the table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -268,12 +277,35 @@ fn run(cmd: Cmd) -> Result<()> {
             seq_len,
             reps,
             rl,
+            task,
+            posterior,
+            json,
         } => {
-            if rl {
-                lvrnn::rl_eval::bench_ppo(batch, reps)
-            } else {
-                lvrnn::bench::run(batch, seq_len, reps)
+            let task = match task.as_deref() {
+                None => None,
+                Some("regression") => Some(Task::Regression),
+                Some("bandit") => Some(Task::Bandit),
+                Some("gridworld") => Some(Task::Gridworld),
+                Some(other) => bail!(
+                    "--task `{other}` is not valid; allowed values: regression, bandit, gridworld"
+                ),
+            };
+            if let Some(spec) = &posterior {
+                spec.parse::<lvrnn::posterior::PosteriorConfig>()
+                    .context("--posterior")?;
             }
+            if batch == 0 || seq_len == 0 {
+                bail!("--batch and --seq-len must be positive integers");
+            }
+            lvrnn::bench::run(&lvrnn::bench::BenchOptions {
+                batch,
+                seq_len,
+                reps,
+                rl,
+                task,
+                posterior,
+                json,
+            })
         }
     }
 }

@@ -17,16 +17,14 @@ use crate::plot::{LinePlot, Series, line_plot};
 use crate::posterior::PosteriorConfig;
 use crate::run::load_checkpoint;
 use crate::stats::mean_ci99;
-use crate::train::optim::AdamW;
-use crate::train::ppo::{Ppo, RlModel, env_kind, gae, ppo_loss, rollout};
-use crate::train::{FitOptions, adamw_config, fit, init_from_reporting, open_run, update_rng};
+use crate::train::ppo::{Ppo, RlModel, env_kind, rollout};
+use crate::train::{FitOptions, fit, init_from_reporting, open_run};
 use crate::util::{read_jsonl, write_csv_atomic};
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// Header of `eval_rl.csv`.
 pub const EVAL_RL_HEADER: [&str; 10] = [
@@ -620,84 +618,4 @@ pub fn eval_rl_checkpoint(
         println!("  {}", f.display());
     }
     Ok(())
-}
-
-/// `lvrnn bench` for PPO: seconds per update (rollout + GAE + loss + backward + AdamW) at the
-/// paper's sizes (`ModelConfig::default()`, bandit T = 50, gridworld T = 100) for the RNN, the
-/// VRNN, the Laplace VRNN with Σ accumulated (k_H = 1) and the windowed one (k_H = 10); the
-/// median of `reps` updates (after one untimed warm-up update) and the rollout's share of it.
-pub fn bench_ppo(batch: usize, reps: usize) -> Result<()> {
-    let reps = reps.max(1);
-    let threads = candle_core::utils::get_num_threads();
-    println!(
-        "PPO update (rollout + loss + backward + AdamW): batch {batch}, LSTM 128, n = 64, embed 256, heads [256, 256, 64]; {threads} thread(s); median of {reps}"
-    );
-    println!(
-        "{:<24} {:>10} {:>6} {:>12} {:>12}",
-        "posterior", "env", "T", "s / update", "s / rollout"
-    );
-    let families = [
-        ("rnn", "rnn"),
-        ("vrnn", "vrnn"),
-        ("laplace Σ k_H=1", "laplace:window=1,accumulate=sigma"),
-        ("laplace window k_H=10", "laplace:window=10,accumulate=none"),
-    ];
-    for (label, spec) in families {
-        for task in ["bandit", "gridworld"] {
-            let mut cfg = ExperimentConfig::from_toml_str(
-                &format!("name = \"bench\"\ntask = \"{task}\""),
-                "bench",
-            )?;
-            cfg.model.posterior = spec.parse()?;
-            cfg.train.batch = batch;
-            cfg.train.clip_element = 1.0;
-            let mut learner = Ppo::new(&cfg, RlModel::for_experiment(&cfg)?)?;
-            let mut opt = AdamW::new(adamw_config(&cfg), &learner.model.params)?;
-            let (mut total, mut roll) = (vec![], vec![]);
-            for rep in 0..=reps {
-                let mut rng = update_rng(cfg.seed, rep);
-                let t0 = Instant::now();
-                let first = learner.env.reset(&mut rng);
-                let ro = rollout(&learner.model, learner.env.as_mut(), first, &mut rng, false)?;
-                let t_roll = t0.elapsed().as_secs_f64();
-                let (adv, targets) = gae(
-                    &ro.rewards,
-                    &ro.values,
-                    &ro.discounts,
-                    &ro.bootstrap,
-                    learner.ppo.gamma,
-                    learner.ppo.gae_lambda,
-                );
-                let parts = ppo_loss(
-                    &learner.model,
-                    &ro,
-                    &adv,
-                    &targets,
-                    &learner.ppo,
-                    learner.beta,
-                )?;
-                let grads = parts.loss.backward()?;
-                opt.step(&learner.model.params, &grads)?;
-                if rep > 0 {
-                    // Update 0 is a warm-up (first allocations are slow).
-                    total.push(t0.elapsed().as_secs_f64());
-                    roll.push(t_roll);
-                }
-            }
-            println!(
-                "{:<24} {:>10} {:>6} {:>12.3} {:>12.3}",
-                label,
-                task,
-                learner.env.horizon(),
-                median(&mut total),
-                median(&mut roll)
-            );
-        }
-    }
-    Ok(())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }

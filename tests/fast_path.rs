@@ -306,7 +306,69 @@ fn supervised_elbo_and_gradients_equal_the_per_step_reference() {
         let scalars = |p: &lvrnn::train::supervised::ElboParts| {
             vec![p.loss.to_scalar::<f32>().unwrap() as f64, p.nll, p.kl]
         };
-        assert_close(&format!("regression {posterior}: loss, nll, kl"), &scalars(&fast), &scalars(&slow), 1.0);
-        assert_same_gradients(&format!("regression {posterior}"), &model.params, &fast.loss, &slow.loss);
+        assert_close(
+            &format!("regression {posterior}: loss, nll, kl"),
+            &scalars(&fast),
+            &scalars(&slow),
+            1.0,
+        );
+        assert_same_gradients(
+            &format!("regression {posterior}"),
+            &model.params,
+            &fast.loss,
+            &slow.loss,
+        );
+    }
+}
+
+#[test]
+fn fused_layer_norm_and_leaky_relu_equal_their_candle_compositions_with_gradients() {
+    use lvrnn::nn::mlp::{LEAKY_SLOPE, LayerNorm, leaky_relu};
+    lvrnn::init_threads(1);
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let mut p = Params::new();
+    let norm = LayerNorm::new(&mut p, "ln", 6).unwrap();
+    for (name, var) in p.vars() {
+        let noise = lvrnn::agent::randn(&mut rng, var.as_tensor().dims()).unwrap();
+        var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
+        let _ = name;
+    }
+    // Rows of mixed scale, one with exact zeros (the leaky-ReLU kink).
+    let mut x = lvrnn::agent::randn(&mut rng, &[4, 6]).unwrap();
+    x = x
+        .broadcast_mul(&Tensor::new(&[[1f32], [10.0], [0.01], [0.0]], &Device::Cpu).unwrap())
+        .unwrap();
+    let x = Var::from_tensor(&x).unwrap();
+    let w = lvrnn::agent::randn(&mut rng, &[4, 6]).unwrap();
+    let loss = |fused: bool| {
+        let (y, a) = if fused {
+            (
+                norm.forward(x.as_tensor()).unwrap(),
+                leaky_relu(x.as_tensor()).unwrap(),
+            )
+        } else {
+            (
+                norm.forward_composed(x.as_tensor()).unwrap(),
+                candle_nn::ops::leaky_relu(x.as_tensor(), LEAKY_SLOPE).unwrap(),
+            )
+        };
+        (y + a).unwrap().mul(&w).unwrap().sum_all().unwrap()
+    };
+    let (fast, slow) = (loss(true), loss(false));
+    assert_close("value", &values(&fast), &values(&slow), 1.0);
+    let (gf, gs) = (fast.backward().unwrap(), slow.backward().unwrap());
+    assert_close(
+        "dx",
+        &values(gf.get(x.as_tensor()).unwrap()),
+        &values(gs.get(x.as_tensor()).unwrap()),
+        1e-6,
+    );
+    for (name, var) in p.vars() {
+        assert_close(
+            &format!("d{name}"),
+            &values(gf.get(var.as_tensor()).unwrap()),
+            &values(gs.get(var.as_tensor()).unwrap()),
+            1e-6,
+        );
     }
 }

@@ -5,11 +5,11 @@
 
 use crate::agent::randn;
 use crate::config::PpoConfig;
-use crate::train::supervised::{ElboParts, HALF_LN_2PI, RegressionModel, elbo_parts};
-use candle_core::Device;
 use crate::envs::MetaEnv;
 use crate::train::ppo::{LossParts, RlModel, Rollout, ppo_objective, sample_categorical};
+use crate::train::supervised::{ElboParts, HALF_LN_2PI, RegressionModel, elbo_parts};
 use anyhow::Result;
+use candle_core::Device;
 use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
 

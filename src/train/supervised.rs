@@ -8,11 +8,11 @@
 use super::Learner;
 use crate::agent::replay::{PosteriorSequence, SequenceInputs};
 use crate::agent::{Core, CoreState, ModelConfig, randn};
-use crate::posterior::PosteriorConfig;
-use crate::posterior::filter::{JacobianWeights, filter_sequence};
 use crate::envs::regression::FourierTask;
 use crate::nn::Params;
 use crate::nn::mlp::Head;
+use crate::posterior::PosteriorConfig;
+use crate::posterior::filter::{JacobianWeights, filter_sequence};
 use anyhow::Result;
 use candle_core::{D, Device, Tensor};
 use rand::SeedableRng;
