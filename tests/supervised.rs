@@ -81,7 +81,10 @@ fn learns_to_use_the_context(posterior: &str, updates: usize) {
 
 #[test]
 fn rnn_learns_to_use_the_context() {
-    learns_to_use_the_context("rnn", 450);
+    // 600 updates: at 450 the in-context phase transition of this small model is only half-way
+    // on some float orderings (the fast and per-step paths agree to 3e-7 for the first ~100
+    // updates, then drift apart chaotically and reach it at different times).
+    learns_to_use_the_context("rnn", 600);
 }
 
 #[test]

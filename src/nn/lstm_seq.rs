@@ -13,6 +13,7 @@
 //! + δh_t∘o_t∘(1 − tanh² c_t):
 //!   δz_t = [δc_t∘g∘i(1−i), δc_t∘c_{t−1}∘f(1−f), δc_t∘i∘(1−g²), δh_t∘tanh(c_t)∘o(1−o)],
 //!   ∂L/∂xw_t = δz_t,  ∂L/∂W_h = Σ_t h_{t−1}ᵀ δz_t  (one matrix product over all steps).
+//!
 //! The gates are recomputed in the backward pass from the saved outputs with one large matrix
 //! product, so the op keeps no state. Checked against the per-step graph in `tests/fast_path.rs`.
 
