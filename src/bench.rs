@@ -157,10 +157,8 @@ fn bench_one(
     threads: usize,
 ) -> Result<BenchRow> {
     let posterior: PosteriorConfig = spec.parse()?;
-    let mut cfg = ExperimentConfig::from_toml_str(
-        &format!("name = \"bench\"\ntask = \"{}\"", task_name(task)),
-        "bench",
-    )?;
+    let mut cfg =
+        ExperimentConfig::from_toml_str(&format!("name = \"bench\"\ntask = \"{task}\""), "bench")?;
     cfg.model.posterior = posterior;
     cfg.train.batch = opts.batch;
     reset_peak_rss();
@@ -227,7 +225,7 @@ fn bench_one(
     let gflop = update_flops(task, &cfg.model, opts.batch, steps) / 1e9;
     let floor = gflop / gemm;
     Ok(BenchRow {
-        task: task_name(task).into(),
+        task: task.to_string(),
         posterior: spec.into(),
         threads,
         batch: opts.batch,
@@ -252,14 +250,6 @@ fn split(t0: Instant, t1: Instant, t2: Instant, t3: Instant, t4: Instant) -> [f6
         (t3 - t2).as_secs_f64(),
         (t4 - t3).as_secs_f64(),
     ]
-}
-
-fn task_name(task: Task) -> &'static str {
-    match task {
-        Task::Regression => "regression",
-        Task::Bandit => "bandit",
-        Task::Gridworld => "gridworld",
-    }
 }
 
 /// GFLOP/s of the project's gemm (`nn::kernels::sgemm`, as candle's matmul) at the heads'

@@ -28,6 +28,21 @@ impl std::fmt::Display for Task {
     }
 }
 
+impl std::str::FromStr for Task {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Task::Regression, Task::Bandit, Task::Gridworld]
+            .into_iter()
+            .find(|t| t.to_string() == s)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "`{s}` is not a task; allowed values: regression, bandit, gridworld"
+                )
+            })
+    }
+}
+
 /// A whole experiment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

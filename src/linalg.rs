@@ -337,7 +337,7 @@ fn gauss_jordan_generic(
 // ---------------------------------------------------------------------------------------------
 
 /// The logical (row-major) elements of a CPU storage slice described by `layout`.
-fn logical<'a, T: Copy>(data: &'a [T], layout: &Layout) -> Cow<'a, [T]> {
+pub(crate) fn logical<'a, T: Copy>(data: &'a [T], layout: &Layout) -> Cow<'a, [T]> {
     if let Some((start, end)) = layout.contiguous_offsets() {
         return Cow::Borrowed(&data[start..end]);
     }

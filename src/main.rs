@@ -281,15 +281,10 @@ fn run(cmd: Cmd) -> Result<()> {
             posterior,
             json,
         } => {
-            let task = match task.as_deref() {
-                None => None,
-                Some("regression") => Some(Task::Regression),
-                Some("bandit") => Some(Task::Bandit),
-                Some("gridworld") => Some(Task::Gridworld),
-                Some(other) => bail!(
-                    "--task `{other}` is not valid; allowed values: regression, bandit, gridworld"
-                ),
-            };
+            let task = task
+                .map(|t| t.parse::<Task>())
+                .transpose()
+                .context("--task")?;
             if let Some(spec) = &posterior {
                 spec.parse::<lvrnn::posterior::PosteriorConfig>()
                     .context("--posterior")?;

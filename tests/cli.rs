@@ -250,3 +250,45 @@ fn reference_writes_the_documented_csv() {
         assert!(policies.contains(p), "{policies:?}");
     }
 }
+
+/// `bench --json` prints one object per configuration with the documented keys, its split adds
+/// up to the total, and the floor is the FLOP count over the measured gemm throughput.
+#[test]
+fn bench_json_rows_carry_the_documented_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    for (task, posterior) in [
+        ("regression", "laplace:window=1,accumulate=sigma"),
+        ("bandit", "rnn"),
+    ] {
+        let out = lvrnn(
+            &[
+                "bench", "--task", task, "--posterior", posterior, "--json", "--batch", "2",
+                "--seq-len", "3", "--reps", "1",
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let rows: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 1, "{stdout}");
+        let row = &rows[0];
+        assert_eq!(row["task"], task);
+        assert_eq!(row["posterior"], posterior);
+        assert_eq!(row["threads"], 1);
+        let num = |k: &str| row[k].as_f64().unwrap_or_else(|| panic!("key {k} in {row}"));
+        let split: f64 = ["rollout_s", "loss_forward_s", "backward_s", "optimiser_s"]
+            .iter()
+            .map(|k| num(k))
+            .sum();
+        assert!((split - num("s_per_update")).abs() <= 1e-9 + 1e-9 * split);
+        let floor = num("gflop_per_update") / num("gemm_gflops");
+        assert!((floor - num("floor_s")).abs() <= 1e-12 + 1e-9 * floor);
+        assert!(num("peak_rss_mb") > 0.0);
+    }
+    let bad = lvrnn(&["bench", "--task", "chess"], dir.path());
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("allowed values: regression, bandit, gridworld"));
+}

@@ -8,7 +8,8 @@
 //! they are computed once per update.
 
 use super::Core;
-use crate::nn::kernels::{Mat, activate_gates, sgemm};
+use crate::nn::kernels::{Mat, sgemm};
+use crate::nn::lstm_seq::lstm_step;
 use crate::posterior::filter::{JacobianWeights, LaplaceFilter};
 use crate::posterior::{Gaussian, PosteriorConfig};
 use anyhow::Result;
@@ -58,7 +59,7 @@ impl<'a> Acting<'a> {
         let phi0: Vec<f32> = (0..batch).flat_map(|_| proj_bias.iter().copied()).collect();
         let posterior = match &core.posterior_cfg {
             PosteriorConfig::Laplace(cfg) => {
-                let w = JacobianWeights::new(wh.clone(), proj.clone(), hd, n);
+                let w = core.jacobian_weights()?;
                 let filter = LaplaceFilter::new(cfg, &phi0, batch, &w)?;
                 Posterior::Laplace(Box::new(filter), w)
             }
@@ -145,38 +146,5 @@ impl<'a> Acting<'a> {
                 }
             }
         })
-    }
-}
-
-/// One LSTM step on plain buffers (gates i, f, g, o; see `nn::lstm`):
-/// z = xw + h W_h, c ← f∘c + i∘g, h ← o∘tanh(c), for B rows.
-pub fn lstm_step(
-    xw: &[f32],
-    wh: &[f32],
-    c: &mut [f32],
-    h: &mut [f32],
-    batch: usize,
-    hidden: usize,
-) {
-    let g4 = 4 * hidden;
-    let mut z = xw.to_vec();
-    sgemm(
-        batch,
-        g4,
-        hidden,
-        Mat::rows(h, hidden),
-        Mat::rows(wh, g4),
-        &mut z,
-        true,
-        true,
-    );
-    for b in 0..batch {
-        let zb = &mut z[b * g4..(b + 1) * g4];
-        activate_gates(zb, hidden);
-        for j in 0..hidden {
-            let k = b * hidden + j;
-            c[k] = zb[hidden + j] * c[k] + zb[j] * zb[2 * hidden + j];
-            h[k] = zb[3 * hidden + j] * c[k].tanh();
-        }
     }
 }

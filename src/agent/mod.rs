@@ -8,6 +8,7 @@ pub mod replay;
 use crate::nn::Params;
 use crate::nn::lstm::{Carry, Lstm};
 use crate::nn::mlp::{Embedding, Linear};
+use crate::posterior::filter::JacobianWeights;
 use crate::posterior::{self, Gaussian, PosteriorConfig, PosteriorFamily, StepInput};
 use anyhow::{Result, bail};
 use candle_core::{Device, Tensor};
@@ -158,6 +159,16 @@ impl Core {
             posterior_cfg: cfg.posterior.clone(),
             device: Device::Cpu,
         })
+    }
+
+    /// W_h and P as plain values, for the Laplace filter's Jacobians (`posterior::filter`).
+    pub fn jacobian_weights(&self) -> Result<JacobianWeights> {
+        Ok(JacobianWeights::new(
+            self.lstm.wh.flatten_all()?.to_vec1()?,
+            self.proj.weight.flatten_all()?.to_vec1()?,
+            self.hidden,
+            self.features,
+        ))
     }
 
     pub fn embed(&self, kind: usize, x: &Tensor) -> Result<Tensor> {

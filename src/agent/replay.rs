@@ -19,7 +19,7 @@ use crate::nn::kernels::dedup_rows;
 use crate::nn::lstm_seq::{hidden_states, lstm_sequence};
 use crate::posterior::{Accumulate, Covariance, Gaussian, PosteriorConfig};
 use anyhow::{Result, bail};
-use candle_core::{D, DType, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 
 /// The raw core inputs of a whole sequence: one row-major (T·B, d_k) block per input kind,
 /// step-major (row t·B + b holds step t of task b).
@@ -59,13 +59,6 @@ impl Core {
     pub fn replay(&self, inputs: &SequenceInputs) -> Result<CoreReplay> {
         let (steps, batch) = (inputs.steps, inputs.batch);
         let rows = steps * batch;
-        if inputs.kinds.len() != self.embeds.len() {
-            bail!(
-                "replay got {} input kinds, the core has {}",
-                inputs.kinds.len(),
-                self.embeds.len()
-            );
-        }
         let (unique_embedded, index, xw) = self.project_inputs(&inputs.kinds, rows)?;
         let xw = xw.reshape((steps, batch, 4 * self.hidden))?;
         let states = lstm_sequence(&xw, &self.lstm.wh)?;
@@ -171,6 +164,34 @@ impl Core {
     }
 }
 
+/// The Laplace filter's statistics of T steps as the constants the loss needs (no gradient).
+pub struct LaplaceConstants {
+    /// L_t^{−T} ε, (T, n_Z, B, n): the `noise` argument of [`PosteriorSequence::samples`].
+    pub offsets: Tensor,
+    /// Λ̃_{t−1}(μ_t − μ_{t−1}), the KL's gradient with respect to μ_t, (T, B, n).
+    pub kl_grad: Tensor,
+    /// KL(q_t ‖ q_{t−1}), (T, B).
+    pub kl: Tensor,
+}
+
+impl LaplaceConstants {
+    /// From row-major values: `offsets` (T·n_Z·B·n), `kl_grad` (T·B·n), `kl` (T·B).
+    pub fn new(
+        offsets: Vec<f32>,
+        kl_grad: Vec<f32>,
+        kl: &[f64],
+        (steps, nz, batch, n): (usize, usize, usize, usize),
+        device: &Device,
+    ) -> Result<Self> {
+        let kl: Vec<f32> = kl.iter().map(|v| *v as f32).collect();
+        Ok(Self {
+            offsets: Tensor::from_vec(offsets, (steps, nz, batch, n), device)?,
+            kl_grad: Tensor::from_vec(kl_grad, (steps, batch, n), device)?,
+            kl: Tensor::from_vec(kl, (steps, batch), device)?,
+        })
+    }
+}
+
 /// q_0..q_T of a replayed sequence.
 pub enum PosteriorSequence {
     /// Point estimate and VRNN: one Gaussian over the (T+1)·B rows, step-major.
@@ -202,13 +223,17 @@ impl PosteriorSequence {
     }
 
     /// KL(q_t ‖ stop_grad q_{t−1}) for t = 1..T, (T, B); None for the point estimate.
-    /// The Laplace VRNN needs the filter's per-step statistics: `kl_grad` (T, B, n), the
-    /// gradient Λ̃_{t−1}(μ_t − μ_{t−1}) of the KL with respect to μ_t, and `kl` (T, B), its
-    /// value; the result has that value and that gradient.
-    pub fn kl(&self, laplace: Option<(&Tensor, &Tensor)>) -> Result<Option<Tensor>> {
+    /// The Laplace VRNN needs the filter's statistics; the result has their KL value and
+    /// their gradient Λ̃_{t−1}(μ_t − μ_{t−1}) with respect to μ_t.
+    pub fn kl(&self, laplace: Option<&LaplaceConstants>) -> Result<Option<Tensor>> {
         match self {
             PosteriorSequence::Laplace { means, .. } => {
-                let Some((grad, value)) = laplace else {
+                let Some(LaplaceConstants {
+                    kl_grad: grad,
+                    kl: value,
+                    ..
+                }) = laplace
+                else {
                     bail!("the Laplace KL needs the filter's statistics");
                 };
                 let steps = means.dim(0)? - 1;

@@ -18,6 +18,7 @@
 //! product, so the op keeps no state. Checked against the per-step graph in `tests/fast_path.rs`.
 
 use super::kernels::{Mat, activate_gates, sgemm};
+use crate::linalg::logical;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
@@ -26,23 +27,13 @@ struct LstmSequence;
 /// The outputs [h_t, c_t] for t = 1..T of the recurrence above: (T, B, 2H) from xw (T, B, 4H)
 /// and W_h (H, 4H). Differentiable in both inputs (and in both halves of the output).
 pub fn lstm_sequence(xw: &Tensor, wh: &Tensor) -> Result<Tensor> {
-    Ok(xw
-        .contiguous()?
-        .apply_op2(&wh.contiguous()?, LstmSequence)?)
+    Ok(xw.apply_op2(wh, LstmSequence)?)
 }
 
 /// The h half of [`lstm_sequence`]'s output, (T, B, H).
 pub fn hidden_states(out: &Tensor) -> Result<Tensor> {
     let h2 = out.dim(2)?;
     Ok(out.narrow(2, 0, h2 / 2)?)
-}
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("lstm-sequence expects contiguous inputs"),
-    }
 }
 
 /// Forward recurrence on plain slices: returns [h_t, c_t] per step, (T·B·2H).
@@ -53,50 +44,52 @@ pub fn forward_values(
     batch: usize,
     hidden: usize,
 ) -> Vec<f32> {
-    let g4 = 4 * hidden;
-    let mut out = vec![0f32; t_len * batch * 2 * hidden];
-    let mut z = vec![0f32; batch * g4];
+    let (g4, h2) = (4 * hidden, 2 * hidden);
+    let mut out = vec![0f32; t_len * batch * h2];
+    let (mut c, mut h) = (vec![0f32; batch * hidden], vec![0f32; batch * hidden]);
     for t in 0..t_len {
-        z.copy_from_slice(&xw[t * batch * g4..(t + 1) * batch * g4]);
-        if t > 0 {
-            let prev = &out[(t - 1) * batch * 2 * hidden..t * batch * 2 * hidden];
-            // h_{t−1} rows have stride 2H inside the [h, c] layout.
-            let h_prev = Mat {
-                data: prev,
-                rs: 2 * hidden as isize,
-                cs: 1,
-            };
-            sgemm(
-                batch,
-                g4,
-                hidden,
-                h_prev,
-                Mat::rows(wh, g4),
-                &mut z,
-                true,
-                true,
-            );
-        }
-        let (done, rest) = out.split_at_mut(t * batch * 2 * hidden);
-        let cur = &mut rest[..batch * 2 * hidden];
+        let xw_t = &xw[t * batch * g4..(t + 1) * batch * g4];
+        lstm_step(xw_t, wh, &mut c, &mut h, batch, hidden);
         for b in 0..batch {
-            let zb = &mut z[b * g4..(b + 1) * g4];
-            activate_gates(zb, hidden);
-            let row = &mut cur[b * 2 * hidden..(b + 1) * 2 * hidden];
-            let (h, c) = row.split_at_mut(hidden);
-            for j in 0..hidden {
-                let c_prev = if t > 0 {
-                    done[((t - 1) * batch + b) * 2 * hidden + hidden + j]
-                } else {
-                    0.0
-                };
-                let cj = zb[hidden + j] * c_prev + zb[j] * zb[2 * hidden + j];
-                c[j] = cj;
-                h[j] = zb[3 * hidden + j] * cj.tanh();
-            }
+            let row = &mut out[(t * batch + b) * h2..(t * batch + b + 1) * h2];
+            row[..hidden].copy_from_slice(&h[b * hidden..(b + 1) * hidden]);
+            row[hidden..].copy_from_slice(&c[b * hidden..(b + 1) * hidden]);
         }
     }
     out
+}
+
+/// One LSTM step on plain buffers (gates i, f, g, o; see `nn::lstm`):
+/// z = xw + h W_h, c ← f∘c + i∘g, h ← o∘tanh(c), for B rows.
+pub fn lstm_step(
+    xw: &[f32],
+    wh: &[f32],
+    c: &mut [f32],
+    h: &mut [f32],
+    batch: usize,
+    hidden: usize,
+) {
+    let g4 = 4 * hidden;
+    let mut z = xw.to_vec();
+    sgemm(
+        batch,
+        g4,
+        hidden,
+        Mat::rows(h, hidden),
+        Mat::rows(wh, g4),
+        &mut z,
+        true,
+        true,
+    );
+    for b in 0..batch {
+        let zb = &mut z[b * g4..(b + 1) * g4];
+        activate_gates(zb, hidden);
+        for j in 0..hidden {
+            let k = b * hidden + j;
+            c[k] = zb[hidden + j] * c[k] + zb[j] * zb[2 * hidden + j];
+            h[k] = zb[3 * hidden + j] * c[k].tanh();
+        }
+    }
 }
 
 impl CustomOp2 for LstmSequence {
@@ -120,7 +113,8 @@ impl CustomOp2 for LstmSequence {
                 l2.shape()
             );
         }
-        let out = forward_values(f32_slice(s1, l1)?, f32_slice(s2, l2)?, t_len, batch, hidden);
+        let (xw, wh) = (s1.as_slice::<f32>()?, s2.as_slice::<f32>()?);
+        let out = forward_values(&logical(xw, l1), &logical(wh, l2), t_len, batch, hidden);
         Ok((
             CpuStorage::F32(out),
             Shape::from((t_len, batch, 2 * hidden)),

@@ -2,6 +2,7 @@
 //! ops (candle's fused layer-norm has no backward pass).
 
 use super::Params;
+use crate::linalg::logical;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
@@ -19,13 +20,6 @@ pub fn leaky_relu(x: &Tensor) -> Result<Tensor> {
 
 struct LeakyRelu;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("leaky-relu expects a contiguous f32 tensor"),
-    }
-}
-
 impl CustomOp1 for LeakyRelu {
     fn name(&self) -> &'static str {
         "leaky-relu"
@@ -33,7 +27,7 @@ impl CustomOp1 for LeakyRelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let slope = LEAKY_SLOPE as f32;
-        let y: Vec<f32> = contiguous_f32(s, l)?
+        let y: Vec<f32> = logical(s.as_slice::<f32>()?, l)
             .iter()
             .map(|&v| if v > 0.0 { v } else { v * slope })
             .collect();
@@ -41,10 +35,7 @@ impl CustomOp1 for LeakyRelu {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(
-            x.contiguous()?
-                .apply_op2(&grad.contiguous()?, LeakyReluGrad)?,
-        ))
+        Ok(Some(x.apply_op2(grad, LeakyReluGrad)?))
     }
 }
 
@@ -65,9 +56,10 @@ impl CustomOp2 for LeakyReluGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let slope = LEAKY_SLOPE as f32;
         let kink = (1.0 + slope) / 2.0;
-        let out: Vec<f32> = contiguous_f32(s1, l1)?
+        let (x, g) = (s1.as_slice::<f32>()?, s2.as_slice::<f32>()?);
+        let out: Vec<f32> = logical(x, l1)
             .iter()
-            .zip(contiguous_f32(s2, l2)?)
+            .zip(logical(g, l2).iter())
             .map(|(&x, &g)| {
                 g * if x > 0.0 {
                     1.0
@@ -161,8 +153,7 @@ impl LayerNorm {
     /// One fused op with a hand-written backward (candle's composition costs ~9 elementwise
     /// passes forward and ~30 backward); [`LayerNorm::forward_composed`] is the reference.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.contiguous()?
-            .apply_op3(&self.scale, &self.offset, FusedLayerNorm)?)
+        Ok(x.apply_op3(&self.scale, &self.offset, FusedLayerNorm)?)
     }
 
     /// The same function composed from basic candle ops (the reference for the fused op).
@@ -215,11 +206,12 @@ impl candle_core::CustomOp3 for FusedLayerNorm {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = *l1.shape().dims().last().unwrap_or(&1);
-        let (gamma, beta) = (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?);
-        let (mut y, _) = normalise_rows(contiguous_f32(s1, l1)?, d);
+        let gamma = logical(s2.as_slice::<f32>()?, l2);
+        let beta = logical(s3.as_slice::<f32>()?, l3);
+        let (mut y, _) = normalise_rows(&logical(s1.as_slice::<f32>()?, l1), d);
         for row in y.chunks_mut(d) {
             row.iter_mut()
-                .zip(gamma.iter().zip(beta))
+                .zip(gamma.iter().zip(beta.iter()))
                 .for_each(|(v, (g, b))| *v = *v * g + b);
         }
         Ok((CpuStorage::F32(y), l1.shape().clone()))

@@ -25,10 +25,10 @@
 
 use super::Learner;
 use crate::agent::acting::Acting;
-use crate::agent::replay::{PosteriorSequence, SequenceInputs};
+use crate::agent::replay::{LaplaceConstants, PosteriorSequence, SequenceInputs};
 use crate::agent::{Core, CoreState, CoreStep, ModelConfig, randn};
 use crate::config::{EvalConfig, ExperimentConfig, PpoConfig, Task};
-use crate::envs::{EnvKind, MetaEnv, make_env};
+use crate::envs::{EnvKind, MetaEnv, Step, make_env};
 use crate::nn::Params;
 use crate::nn::mlp::Head;
 use crate::posterior::PosteriorConfig;
@@ -199,18 +199,13 @@ impl RlModel {
     /// first step, (a_{t−1}, r_{t−1}).
     pub fn inputs(&self, obs: &[f32], prev: Option<(&[usize], &[f32])>) -> Result<[Tensor; 3]> {
         let b = obs.len() / self.obs_dim;
-        let s = Tensor::from_vec(obs.to_vec(), (b, self.obs_dim), &Device::Cpu)?;
-        let (a, r) = match prev {
-            Some((a, r)) => (
-                one_hot(a, self.num_actions)?,
-                Tensor::from_vec(r.to_vec(), (b, 1), &Device::Cpu)?,
-            ),
-            None => (
-                Tensor::zeros((b, self.num_actions), candle_core::DType::F32, &Device::Cpu)?,
-                Tensor::zeros((b, 1), candle_core::DType::F32, &Device::Cpu)?,
-            ),
-        };
-        Ok([s, a, r])
+        let [s, a, r]: [Vec<f32>; 3] = self.raw_inputs(obs, prev).try_into().expect("3 kinds");
+        let device = &self.core.device;
+        Ok([
+            Tensor::from_vec(s, (b, self.obs_dim), device)?,
+            Tensor::from_vec(a, (b, self.num_actions), device)?,
+            Tensor::from_vec(r, (b, 1), device)?,
+        ])
     }
 
     /// The raw core inputs of one step as plain rows (s_t; a_{t−1} one-hot; r_{t−1}), zeros
@@ -232,7 +227,7 @@ impl RlModel {
     pub fn sequence_inputs(&self, ro: &Rollout) -> Result<SequenceInputs> {
         let mut kinds = vec![vec![]; 3];
         for t in 0..ro.horizon() {
-            let prev = (t > 0).then(|| (&ro.actions[t - 1][..], &ro.rewards[t - 1][..]));
+            let prev = ro.previous(t);
             for (k, rows) in self.raw_inputs(&ro.obs[t], prev).into_iter().enumerate() {
                 kinds[k].extend(rows);
             }
@@ -396,6 +391,39 @@ pub struct LaplaceRecord {
 }
 
 impl Rollout {
+    /// (a_{t−1}, r_{t−1}) of every task, None at t = 0.
+    pub fn previous(&self, t: usize) -> Option<(&[usize], &[f32])> {
+        (t > 0).then(|| (&self.actions[t - 1][..], &self.rewards[t - 1][..]))
+    }
+
+    /// Records one acting step: the actions taken under the policy's log-probabilities, the
+    /// environment's answer, the noise ε and the values. Returns the next observation.
+    pub fn push_step(
+        &mut self,
+        obs: Vec<f32>,
+        actions: Vec<usize>,
+        log_probs: &[Vec<f32>],
+        out: Step,
+        eps: Tensor,
+        values: Vec<f32>,
+    ) -> Vec<f32> {
+        self.log_probs.push(
+            actions
+                .iter()
+                .zip(log_probs)
+                .map(|(a, lp)| lp[*a])
+                .collect(),
+        );
+        self.obs.push(obs);
+        self.actions.push(actions);
+        self.rewards.push(out.reward);
+        self.discounts.push(out.discount);
+        self.regrets.push(out.regret);
+        self.noise.push(eps);
+        self.values.push(values);
+        out.obs
+    }
+
     pub fn horizon(&self) -> usize {
         self.actions.len()
     }
@@ -442,7 +470,7 @@ pub fn rollout(
     let mut acting = Acting::new(&model.core, b)?;
     let mut obs = first_obs;
     for t in 0..horizon {
-        let prev = (t > 0).then(|| (&ro.actions[t - 1][..], &ro.rewards[t - 1][..]));
+        let prev = ro.previous(t);
         let eps = randn(rng, &noise_shape)?;
         let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
         let input = model.head_input(&step.embedded[INPUT_OBS], &step.z)?;
@@ -466,27 +494,14 @@ pub fn rollout(
             });
         }
         let out = env.step(&actions, rng);
-        ro.log_probs.push(
-            actions
-                .iter()
-                .zip(&log_probs)
-                .map(|(a, lp)| lp[*a])
-                .collect(),
-        );
-        ro.obs.push(std::mem::replace(&mut obs, out.obs));
-        ro.actions.push(actions);
-        ro.rewards.push(out.reward);
-        ro.discounts.push(out.discount);
-        ro.regrets.push(out.regret);
-        ro.noise.push(eps);
-        ro.values.push(values);
+        obs = ro.push_step(obs, actions, &log_probs, out, eps, values);
     }
     let continues = ro
         .discounts
         .last()
         .is_some_and(|d| d.iter().any(|v| *v != 0.0));
     ro.bootstrap = if continues {
-        let prev = Some((&ro.actions[horizon - 1][..], &ro.rewards[horizon - 1][..]));
+        let prev = ro.previous(horizon);
         let eps = randn(rng, &noise_shape)?;
         let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
         let input = model.head_input(&step.embedded[INPUT_OBS], &step.z)?;
@@ -593,15 +608,18 @@ pub fn ppo_loss(
             if ro.laplace.len() != horizon {
                 bail!("the rollout holds no Laplace statistics: make it with `ppo::rollout`");
             }
-            let cat = |f: &dyn Fn(&LaplaceRecord) -> Vec<f32>| -> Vec<f32> {
-                ro.laplace.iter().flat_map(f).collect()
-            };
-            let offsets =
-                Tensor::from_vec(cat(&|r| r.offsets.clone()), (horizon, nz, b, n), device)?;
-            let grad = Tensor::from_vec(cat(&|r| r.kl_grad.clone()), (horizon, b, n), device)?;
-            let kl = cat(&|r| r.kl.iter().map(|v| *v as f32).collect());
-            let kl = Tensor::from_vec(kl, (horizon, b), device)?;
-            (offsets, Some((grad, kl)))
+            let records = &ro.laplace;
+            let offsets = records.iter().flat_map(|r| r.offsets.iter().copied());
+            let kl_grad = records.iter().flat_map(|r| r.kl_grad.iter().copied());
+            let kl: Vec<f64> = records.iter().flat_map(|r| r.kl.iter().copied()).collect();
+            let c = LaplaceConstants::new(
+                offsets.collect(),
+                kl_grad.collect(),
+                &kl,
+                (horizon, nz, b, n),
+                device,
+            )?;
+            (c.offsets.clone(), Some(c))
         }
         PosteriorSequence::Graph { .. } => (Tensor::stack(&ro.noise, 0)?, None),
     };
@@ -609,7 +627,7 @@ pub fn ppo_loss(
     let width = model.cfg.embed_width;
     let emb_s = replay.embedding(INPUT_OBS)?.reshape((horizon, b, width))?;
     let kl = post
-        .kl(laplace.as_ref().map(|(g, v)| (g, v)))?
+        .kl(laplace.as_ref())?
         .map(|kl| kl.mean_all())
         .transpose()?;
     ppo_objective(model, ro, advantages, targets, ppo, beta, &z, &emb_s, kl)

@@ -35,7 +35,7 @@ pub fn rollout(
     let mut state = model.core.initial(b)?.detach();
     let mut obs = first_obs;
     for t in 0..horizon {
-        let prev = (t > 0).then(|| (&ro.actions[t - 1][..], &ro.rewards[t - 1][..]));
+        let prev = ro.previous(t);
         let (step, emb_s) = model.observe(&state, &model.inputs(&obs, prev)?)?;
         let eps = randn(rng, &noise_shape)?;
         let input = model.head_input(&emb_s, &step.state.q.sample(&eps)?)?;
@@ -54,20 +54,7 @@ pub fn rollout(
             });
         }
         let out = env.step(&actions, rng);
-        ro.log_probs.push(
-            actions
-                .iter()
-                .zip(&log_probs)
-                .map(|(a, lp)| lp[*a])
-                .collect(),
-        );
-        ro.obs.push(std::mem::replace(&mut obs, out.obs));
-        ro.actions.push(actions);
-        ro.rewards.push(out.reward);
-        ro.discounts.push(out.discount);
-        ro.regrets.push(out.regret);
-        ro.noise.push(eps);
-        ro.values.push(values);
+        obs = ro.push_step(obs, actions, &log_probs, out, eps, values);
         state = step.state.detach();
     }
     let continues = ro
@@ -75,7 +62,7 @@ pub fn rollout(
         .last()
         .is_some_and(|d| d.iter().any(|v| *v != 0.0));
     ro.bootstrap = if continues {
-        let prev = Some((&ro.actions[horizon - 1][..], &ro.rewards[horizon - 1][..]));
+        let prev = ro.previous(horizon);
         let (step, emb_s) = model.observe(&state, &model.inputs(&obs, prev)?)?;
         let z = step.state.q.sample(&randn(rng, &noise_shape)?)?;
         model.values(&model.head_input(&emb_s, &z)?)?.to_vec1()?
@@ -106,7 +93,7 @@ pub fn ppo_loss(
         vec![],
     );
     for t in 0..horizon {
-        let prev = (t > 0).then(|| (&ro.actions[t - 1][..], &ro.rewards[t - 1][..]));
+        let prev = ro.previous(t);
         let (step, emb_s) = model.observe(&state, &model.inputs(&ro.obs[t], prev)?)?;
         zs.push(step.state.q.sample(&ro.noise[t])?);
         embs.push(emb_s);

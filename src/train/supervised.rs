@@ -6,13 +6,13 @@
 //! the samples (App. B.3). The loss is the negative ELBO averaged over tasks and steps.
 
 use super::Learner;
-use crate::agent::replay::{PosteriorSequence, SequenceInputs};
+use crate::agent::replay::{LaplaceConstants, PosteriorSequence, SequenceInputs};
 use crate::agent::{Core, CoreState, ModelConfig, randn};
 use crate::envs::regression::FourierTask;
 use crate::nn::Params;
 use crate::nn::mlp::Head;
 use crate::posterior::PosteriorConfig;
-use crate::posterior::filter::{JacobianWeights, filter_sequence};
+use crate::posterior::filter::filter_sequence;
 use anyhow::Result;
 use candle_core::{D, Device, Tensor};
 use rand::SeedableRng;
@@ -137,12 +137,7 @@ pub fn negative_elbo(
     let post = core.posterior_sequence(&replay.phi)?;
     let (noise, laplace) = match (&post, &core.posterior_cfg) {
         (PosteriorSequence::Laplace { .. }, PosteriorConfig::Laplace(cfg)) => {
-            let w = JacobianWeights::new(
-                core.lstm.wh.flatten_all()?.to_vec1()?,
-                core.proj.weight.flatten_all()?.to_vec1()?,
-                core.hidden,
-                n,
-            );
+            let w = core.jacobian_weights()?;
             let eps = noise
                 .iter()
                 .map(|e| e.flatten_all()?.to_vec1::<f32>())
@@ -157,14 +152,9 @@ pub fn negative_elbo(
                 b,
                 true,
             )?;
-            let kl: Vec<f32> = stats.kl.iter().map(|v| *v as f32).collect();
-            (
-                Tensor::from_vec(stats.offsets, (steps, nz, b, n), device)?,
-                Some((
-                    Tensor::from_vec(stats.kl_grad, (steps, b, n), device)?,
-                    Tensor::from_vec(kl, (steps, b), device)?,
-                )),
-            )
+            let dims = (steps, nz, b, n);
+            let c = LaplaceConstants::new(stats.offsets, stats.kl_grad, &stats.kl, dims, device)?;
+            (c.offsets.clone(), Some(c))
         }
         _ => (Tensor::stack(&noise, 0)?, None),
     };
@@ -184,7 +174,7 @@ pub fn negative_elbo(
         + HALF_LN_2PI)?
         .mean_all()?;
     let kl = post
-        .kl(laplace.as_ref().map(|(g, v)| (g, v)))?
+        .kl(laplace.as_ref())?
         .map(|kl| kl.mean_all())
         .transpose()?;
     elbo_parts(nll, kl, beta)
