@@ -262,8 +262,18 @@ fn bench_json_rows_carry_the_documented_keys() {
     ] {
         let out = lvrnn(
             &[
-                "bench", "--task", task, "--posterior", posterior, "--json", "--batch", "2",
-                "--seq-len", "3", "--reps", "1",
+                "bench",
+                "--task",
+                task,
+                "--posterior",
+                posterior,
+                "--json",
+                "--batch",
+                "2",
+                "--seq-len",
+                "3",
+                "--reps",
+                "1",
             ],
             dir.path(),
         );
@@ -278,7 +288,11 @@ fn bench_json_rows_carry_the_documented_keys() {
         assert_eq!(row["task"], task);
         assert_eq!(row["posterior"], posterior);
         assert_eq!(row["threads"], 1);
-        let num = |k: &str| row[k].as_f64().unwrap_or_else(|| panic!("key {k} in {row}"));
+        let num = |k: &str| {
+            row[k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("key {k} in {row}"))
+        };
         let split: f64 = ["rollout_s", "loss_forward_s", "backward_s", "optimiser_s"]
             .iter()
             .map(|k| num(k))
