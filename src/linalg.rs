@@ -82,25 +82,39 @@ impl std::error::Error for Singular {}
 /// If `a.len() != n * n`.
 pub fn cholesky_in_place(a: &mut [f64], n: usize) -> Result<(), NotPositiveDefinite> {
     assert_eq!(a.len(), n * n, "cholesky_in_place: a.len() must be n * n");
+    // Right-looking elimination on U = Lᵀ (row-major upper triangle), so that every update is a
+    // contiguous row operation: pivot j scales row j of U, then each later row i loses
+    // U_ji · U[j, i..]. U starts as the transpose of A's lower triangle.
+    let mut u = vec![0.0; n * n];
     for i in 0..n {
         for j in 0..=i {
-            let s = {
-                let row_i = &a[i * n..i * n + j];
-                let row_j = &a[j * n..j * n + j];
-                let dot: f64 = row_i.iter().zip(row_j).map(|(x, y)| x * y).sum();
-                a[i * n + j] - dot
-            };
-            if i == j {
-                if !(s > 0.0 && s.is_finite()) {
-                    return Err(NotPositiveDefinite { pivot: i });
-                }
-                a[i * n + i] = s.sqrt();
-            } else {
-                a[i * n + j] = s / a[j * n + j];
+            u[j * n + i] = a[i * n + j];
+        }
+    }
+    for j in 0..n {
+        let pivot = u[j * n + j];
+        if !(pivot > 0.0 && pivot.is_finite()) {
+            return Err(NotPositiveDefinite { pivot: j });
+        }
+        let d = pivot.sqrt();
+        let (done, rest) = u.split_at_mut((j + 1) * n);
+        let row_j = &mut done[j * n + j..];
+        row_j[0] = d;
+        row_j[1..].iter_mut().for_each(|v| *v /= d);
+        for i in j + 1..n {
+            let f = row_j[i - j];
+            if f != 0.0 {
+                let row_i = &mut rest[(i - j - 1) * n + i..(i - j) * n];
+                row_i
+                    .iter_mut()
+                    .zip(&row_j[i - j..])
+                    .for_each(|(x, y)| *x -= f * y);
             }
         }
-        for x in &mut a[i * n + i + 1..(i + 1) * n] {
-            *x = 0.0;
+    }
+    for i in 0..n {
+        for j in 0..n {
+            a[i * n + j] = if j <= i { u[j * n + i] } else { 0.0 };
         }
     }
     Ok(())
@@ -146,6 +160,19 @@ pub fn solve_lower(l: &[f64], n: usize, b: &mut [f64]) {
 pub fn solve_upper_t(l: &[f64], n: usize, b: &mut [f64]) {
     assert_eq!(l.len(), n * n, "solve_upper_t: l.len() must be n * n");
     let k = rhs_cols(n, b, "solve_upper_t");
+    if k == 1 {
+        // One right-hand side: eliminate column by column, x_i = b_i / L_ii, then
+        // b_j −= L_ij x_i for j < i — row i of L, contiguous (L's columns are strided).
+        for i in (0..n).rev() {
+            let x = b[i] / l[i * n + i];
+            b[i] = x;
+            b[..i]
+                .iter_mut()
+                .zip(&l[i * n..i * n + i])
+                .for_each(|(v, c)| *v -= c * x);
+        }
+        return;
+    }
     tri_solve(l, n, k, b, true, true);
 }
 

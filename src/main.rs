@@ -145,6 +145,7 @@ enum Cmd {
 }
 
 fn main() {
+    lvrnn::tune_allocator();
     let cli = Cli::parse();
     let threads = cli.threads.unwrap_or(0);
     if threads > 0 {
