@@ -504,7 +504,7 @@ mod tests {
     #[test]
     fn chunked_batch_equals_tasks_filtered_one_by_one() {
         let (hd, n, batch) = (64, 4, 70); // window 2: 4096 / (2·64) = 32 tasks per chunk
-        let val = |i: usize, s: f32| ((i as f32 * 0.7123 + s).sin() * 0.5) as f32;
+        let val = |i: usize, s: f32| (i as f32 * 0.7123 + s).sin() * 0.5;
         let w = JacobianWeights::new(
             (0..hd * 4 * hd).map(|i| val(i, 0.1) * 0.3).collect(),
             (0..hd * n).map(|i| val(i, 0.2)).collect(),
