@@ -372,3 +372,58 @@ fn fused_layer_norm_and_leaky_relu_equal_their_candle_compositions_with_gradient
         );
     }
 }
+
+/// The point estimate and the VRNN formed a few steps at a time (as the full-covariance VRNN is
+/// at paper size) give the same samples, KL and gradients as all steps at once.
+#[test]
+fn chunked_posterior_sequence_equals_all_steps_at_once() {
+    use lvrnn::agent::ModelConfig;
+    use lvrnn::agent::replay::SequenceInputs;
+    use lvrnn::train::supervised::{RegressionModel, sample_batch};
+    lvrnn::init_threads(1);
+    for posterior in ["rnn", "vrnn", "vrnn:diagonal=true"] {
+        let cfg = ModelConfig {
+            embed_width: 8,
+            hidden: 8,
+            features: 4,
+            head_hidden: vec![8],
+            n_z: 2,
+            posterior: posterior.parse().unwrap(),
+        };
+        let model = RegressionModel::new(&cfg, 7).unwrap();
+        jitter_biases(&model.params);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (steps, batch) = (7, 3);
+        let (xs, ys) = sample_batch(&mut rng, batch, steps);
+        let noise = lvrnn::agent::randn(&mut rng, &[steps, 2, batch, 4]).unwrap();
+        let loss = |per_chunk: usize| {
+            let inputs = SequenceInputs {
+                steps,
+                batch,
+                kinds: vec![xs.concat(), ys.concat()],
+            };
+            let replay = model.core.replay(&inputs).unwrap();
+            let post = model
+                .core
+                .posterior_sequence_in_chunks(&replay.phi, per_chunk)
+                .unwrap();
+            let before = post.samples(0, steps, &noise).unwrap();
+            let after = post.samples(1, steps, &noise).unwrap();
+            let mut total = (before.sqr().unwrap().sum_all().unwrap()
+                + after.sin().unwrap().sum_all().unwrap())
+            .unwrap();
+            if let Some(kl) = post.kl(None).unwrap() {
+                assert_eq!(kl.dims(), &[steps, batch]);
+                total = (total + kl.sum_all().unwrap()).unwrap();
+            }
+            total
+        };
+        let whole = loss(steps + 1);
+        for per_chunk in [1, 2, 3] {
+            let chunked = loss(per_chunk);
+            let what = format!("{posterior}, {per_chunk} steps per chunk");
+            assert_close(&what, &values(&chunked), &values(&whole), 1.0);
+            assert_same_gradients(&what, &model.params, &chunked, &whole);
+        }
+    }
+}

@@ -124,8 +124,26 @@ impl Core {
         Ok((unique_embedded, index, xw))
     }
 
-    /// q_0..q_T of a replay (step 4 of the module docs).
+    /// q_0..q_T of a replay (step 4 of the module docs). The full-covariance VRNN forms its
+    /// (B, n, n) matrices a few steps at a time (about [`CHUNK_ELEMENTS`] floats per tensor):
+    /// over all T·B rows at once each temporary is hundreds of MB, and the update ran 3× slower
+    /// than step by step; the other families take all steps at once.
     pub fn posterior_sequence(&self, phi: &Tensor) -> Result<PosteriorSequence> {
+        let (steps1, batch, n) = phi.dims3()?;
+        let per_chunk = match &self.posterior_cfg {
+            PosteriorConfig::Vrnn { diagonal: false } => (CHUNK_ELEMENTS / (batch * n * n)).max(1),
+            _ => steps1,
+        };
+        self.posterior_sequence_in_chunks(phi, per_chunk)
+    }
+
+    /// As [`Core::posterior_sequence`] with the point estimate and the VRNN formed
+    /// `per_chunk` steps at a time (chunks overlap by one step, for the KL to the previous step).
+    pub fn posterior_sequence_in_chunks(
+        &self,
+        phi: &Tensor,
+        per_chunk: usize,
+    ) -> Result<PosteriorSequence> {
         let (steps1, batch, n) = phi.dims3()?;
         Ok(match &self.posterior_cfg {
             PosteriorConfig::Laplace(c) => {
@@ -154,11 +172,20 @@ impl Core {
                 PosteriorSequence::Laplace { means, batch }
             }
             _ => {
-                let rows = phi.reshape((steps1 * batch, n))?;
-                PosteriorSequence::Graph {
-                    q: self.posterior.init(&rows)?,
-                    batch,
+                // Chunk k covers steps first_k ..= last_k, with first_{k+1} = last_k.
+                let mut chunks = vec![];
+                let mut first = 0;
+                loop {
+                    let last = (first + per_chunk.max(1)).min(steps1 - 1);
+                    let len = last - first + 1;
+                    let rows = phi.narrow(0, first, len)?.reshape((len * batch, n))?;
+                    chunks.push((first, self.posterior.init(&rows)?));
+                    if last + 1 >= steps1 {
+                        break;
+                    }
+                    first = last;
                 }
+                PosteriorSequence::Graph { chunks, batch }
             }
         })
     }
@@ -192,10 +219,17 @@ impl LaplaceConstants {
     }
 }
 
+/// Floats per (rows, n, n) tensor that the full-covariance VRNN's chunks aim at (16 MB).
+pub const CHUNK_ELEMENTS: usize = 1 << 22;
+
 /// q_0..q_T of a replayed sequence.
 pub enum PosteriorSequence {
-    /// Point estimate and VRNN: one Gaussian over the (T+1)·B rows, step-major.
-    Graph { q: Gaussian, batch: usize },
+    /// Point estimate and VRNN: Gaussians over step-major rows, in chunks (first step, q) that
+    /// overlap by one step; chunk k serves steps (first_k, first_{k+1}] (and chunk 0 step 0).
+    Graph {
+        chunks: Vec<(usize, Gaussian)>,
+        batch: usize,
+    },
     /// Laplace VRNN: the means μ_0..μ_T (T+1, B, n) with gradient; the precisions are
     /// statistics of the filter (`posterior::filter`) and enter as constants.
     Laplace { means: Tensor, batch: usize },
@@ -211,13 +245,25 @@ impl PosteriorSequence {
                 .narrow(0, first, len)?
                 .unsqueeze(1)?
                 .broadcast_add(noise)?),
-            PosteriorSequence::Graph { q, batch } => {
+            PosteriorSequence::Graph { chunks, batch } => {
                 let (_, nz, b, n) = noise.dims4()?;
-                let eps = noise.permute((1, 0, 2, 3))?.reshape((nz, len * b, n))?;
-                let z = rows(q, first * batch, len * batch)?.sample(&eps)?; // (nZ, len·B, n)
-                Ok(z.reshape((nz, len, b, n))?
-                    .permute((1, 0, 2, 3))?
-                    .contiguous()?)
+                let mut parts = vec![];
+                for (k, (start, q)) in chunks.iter().enumerate() {
+                    let own_from = if k == 0 { 0 } else { start + 1 };
+                    let own_to = q.batch()? / batch + start; // one past the chunk's last step
+                    let (from, to) = (own_from.max(first), own_to.min(first + len));
+                    if from >= to {
+                        continue;
+                    }
+                    let m = to - from;
+                    let eps = noise
+                        .narrow(0, from - first, m)?
+                        .permute((1, 0, 2, 3))?
+                        .reshape((nz, m * b, n))?;
+                    let z = rows(q, (from - start) * batch, m * batch)?.sample(&eps)?;
+                    parts.push(z.reshape((nz, m, b, n))?.permute((1, 0, 2, 3))?);
+                }
+                Ok(Tensor::cat(&parts, 0)?.contiguous()?)
             }
         }
     }
@@ -242,17 +288,20 @@ impl PosteriorSequence {
                 let zero = mu.sub(&mu.detach())?;
                 Ok(Some(zero.mul(grad)?.sum(D::Minus1)?.add(value)?))
             }
-            PosteriorSequence::Graph { q, batch } => {
-                if matches!(q.cov, Covariance::Point) {
+            PosteriorSequence::Graph { chunks, batch } => {
+                if matches!(chunks[0].1.cov, Covariance::Point) {
                     return Ok(None);
                 }
-                let total = q.batch()? / batch;
-                let cur = rows(q, *batch, (total - 1) * batch)?;
-                let prev = rows(q, 0, (total - 1) * batch)?;
-                Ok(cur
-                    .kl_to(&prev)?
-                    .map(|kl| kl.reshape((total - 1, *batch)))
-                    .transpose()?)
+                let mut parts = vec![];
+                for (_, q) in chunks {
+                    let steps = q.batch()? / batch - 1;
+                    let cur = rows(q, *batch, steps * batch)?;
+                    let prev = rows(q, 0, steps * batch)?;
+                    if let Some(kl) = cur.kl_to(&prev)? {
+                        parts.push(kl.reshape((steps, *batch))?);
+                    }
+                }
+                Ok(Some(Tensor::cat(&parts, 0)?))
             }
         }
     }

@@ -152,10 +152,6 @@ pub enum PosteriorConfig {
 }
 
 impl PosteriorConfig {
-    /// The VRNN with a full (Cayley-map) covariance.
-    pub fn is_full_vrnn(&self) -> bool {
-        matches!(self, PosteriorConfig::Vrnn { diagonal: false })
-    }
     pub fn label(&self) -> String {
         match self {
             Self::Rnn => "rnn".into(),

@@ -583,9 +583,6 @@ pub struct LossParts {
 /// (sample offsets, KL parts) are the rollout's: they carry no gradient, and with one gradient
 /// step per rollout they are exactly the statistics at these parameters.
 /// `train::reference::ppo_loss` is the per-step version that the tests compare against.
-/// The full-covariance VRNN still takes that per-step path: its Cayley map over all T·B rows at
-/// once measured 3× slower and 7 GB larger than step by step (candle's batched (T·B, n, n)
-/// temporaries), so the time-batched version is not used for it yet.
 pub fn ppo_loss(
     model: &RlModel,
     ro: &Rollout,
@@ -594,9 +591,6 @@ pub fn ppo_loss(
     ppo: &PpoConfig,
     beta: f64,
 ) -> Result<LossParts> {
-    if model.core.posterior_cfg.is_full_vrnn() {
-        return crate::train::reference::ppo_loss(model, ro, advantages, targets, ppo, beta);
-    }
     let (horizon, b) = (ro.horizon(), ro.batch());
     let (nz, n) = (model.samples(), model.cfg.features);
     let core = &model.core;

@@ -117,10 +117,6 @@ pub fn negative_elbo(
     beta: f64,
     rng: &mut ChaCha8Rng,
 ) -> Result<ElboParts> {
-    if model.core.posterior_cfg.is_full_vrnn() {
-        // Step by step, as in `ppo::ppo_loss` (the batched Cayley map is slower).
-        return crate::train::reference::negative_elbo(model, xs, ys, beta, rng);
-    }
     let (steps, b) = (xs.len(), xs[0].len());
     let (n, nz) = (model.cfg.features, model.cfg.n_z);
     let core = &model.core;
