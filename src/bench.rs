@@ -357,8 +357,15 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Resets the kernel's peak-RSS counter of this process (Linux; elsewhere a no-op).
+/// Resets the kernel's peak-RSS counter of this process (Linux; elsewhere a no-op), after
+/// handing the allocator's free memory back (`crate::tune_allocator` keeps it otherwise), so
+/// that a row's peak is not an earlier row's leftover.
 fn reset_peak_rss() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

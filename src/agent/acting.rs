@@ -19,7 +19,7 @@ use candle_core::Tensor;
 enum Posterior {
     /// Point estimate or VRNN: the previous q (detached), for the KL.
     Graph(Gaussian),
-    Laplace(Box<LaplaceFilter>, JacobianWeights),
+    Laplace(Box<LaplaceFilter>),
 }
 
 /// What one acting step gives.
@@ -41,8 +41,8 @@ pub struct ActStep {
 pub struct Acting<'a> {
     core: &'a Core,
     batch: usize,
-    wh: Vec<f32>,
-    proj: Vec<f32>,
+    /// W_h and P as plain values (also what the Laplace filter's Jacobians need).
+    weights: JacobianWeights,
     proj_bias: Vec<f32>,
     c: Vec<f32>,
     h: Vec<f32>,
@@ -53,15 +53,13 @@ impl<'a> Acting<'a> {
     /// The state before any observation: zero carry, q_0 from φ_0 = p_b.
     pub fn new(core: &'a Core, batch: usize) -> Result<Self> {
         let (hd, n) = (core.hidden, core.features);
-        let wh: Vec<f32> = core.lstm.wh.flatten_all()?.to_vec1()?;
-        let proj: Vec<f32> = core.proj.weight.flatten_all()?.to_vec1()?;
+        let weights = core.jacobian_weights()?;
         let proj_bias: Vec<f32> = core.proj.bias.flatten_all()?.to_vec1()?;
         let phi0: Vec<f32> = (0..batch).flat_map(|_| proj_bias.iter().copied()).collect();
         let posterior = match &core.posterior_cfg {
             PosteriorConfig::Laplace(cfg) => {
-                let w = core.jacobian_weights()?;
-                let filter = LaplaceFilter::new(cfg, &phi0, batch, &w)?;
-                Posterior::Laplace(Box::new(filter), w)
+                let filter = LaplaceFilter::new(cfg, &phi0, batch, &weights)?;
+                Posterior::Laplace(Box::new(filter))
             }
             _ => {
                 let phi0 = Tensor::from_vec(phi0, (batch, n), &core.device)?;
@@ -71,8 +69,7 @@ impl<'a> Acting<'a> {
         Ok(Self {
             core,
             batch,
-            wh,
-            proj,
+            weights,
             proj_bias,
             c: vec![0.0; batch * hd],
             h: vec![0.0; batch * hd],
@@ -84,9 +81,9 @@ impl<'a> Acting<'a> {
     /// draws n_Z samples of q_t with the standard-normal noise `eps` (n_Z, B, n).
     pub fn observe(&mut self, kinds: &[Vec<f32>], eps: &Tensor) -> Result<ActStep> {
         let (b, hd, n) = (self.batch, self.core.hidden, self.core.features);
-        let (unique, index, xw) = self.core.project_inputs(kinds, b)?;
-        let xw: Vec<f32> = xw.flatten_all()?.to_vec1()?;
-        lstm_step(&xw, &self.wh, &mut self.c, &mut self.h, b, hd);
+        let stage = self.core.project_inputs(kinds, b)?;
+        let xw: Vec<f32> = stage.xw.flatten_all()?.to_vec1()?;
+        lstm_step(&xw, &self.weights.wh, &mut self.c, &mut self.h, b, hd);
         let mut phi: Vec<f32> = (0..b)
             .flat_map(|_| self.proj_bias.iter().copied())
             .collect();
@@ -95,22 +92,18 @@ impl<'a> Acting<'a> {
             n,
             hd,
             Mat::rows(&self.h, hd),
-            Mat::rows(&self.proj, n),
+            Mat::rows(&self.weights.proj, n),
             &mut phi,
             true,
             true,
         );
-        let embedded = unique
-            .iter()
-            .map(|e| match &index {
-                Some(idx) => e.index_select(idx, 0),
-                None => Ok(e.clone()),
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let embedded = (0..kinds.len())
+            .map(|k| stage.embedding(k))
+            .collect::<Result<Vec<_>>>()?;
         let device = &self.core.device;
         Ok(match &mut self.posterior {
-            Posterior::Laplace(filter, w) => {
-                let stats = filter.step(w, &self.c, &self.h, &xw, &phi)?;
+            Posterior::Laplace(filter) => {
+                let stats = filter.step(&self.weights, &self.c, &self.h, &xw, &phi)?;
                 let eps_v: Vec<f32> = eps.flatten_all()?.to_vec1()?;
                 let offsets = filter.sample_offsets(&eps_v);
                 let means = Tensor::from_vec(filter.means(), (1, b, n), device)?;

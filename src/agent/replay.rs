@@ -8,8 +8,9 @@
 //! 2. the fused LSTM op (`nn::lstm_seq`) runs the recurrence and its backward through time;
 //! 3. the projection φ_t = P h_t + p_b runs once over all rows;
 //! 4. the posterior family turns φ_0..φ_T into q_0..q_T ([`PosteriorSequence`]): the point
-//!    estimate and the VRNN head as one batch over all steps; the Laplace VRNN as means with
-//!    gradient plus the statistics of `posterior::filter`, which carry none.
+//!    estimate and the VRNN head as batches over many steps (all of them, or a few at a time for
+//!    the full-covariance VRNN's (B, n, n) matrices); the Laplace VRNN as means with gradient plus
+//!    the statistics of `posterior::filter`, which carry none.
 //!
 //! The per-step path (`Core::step`, `train::reference`) computes the same numbers one step at a
 //! time; `tests/fast_path.rs` checks the two against each other, gradients included.
@@ -29,22 +30,19 @@ pub struct SequenceInputs {
     pub kinds: Vec<Vec<f32>>,
 }
 
-/// What the core computes over a replayed sequence (all with gradient).
-pub struct CoreReplay {
+/// The input stage of the core for a set of rows (with gradient): embeddings of the distinct
+/// rows and x W_x + b of every row.
+pub struct InputStage {
     /// Embeddings of the distinct input rows, one (U, E) tensor per kind.
     unique_embedded: Vec<Tensor>,
-    /// For every row t·B + b, its distinct row (None: every row is distinct).
+    /// For every row, its distinct row (None: every row is distinct).
     index: Option<Tensor>,
-    /// x_t W_x + b, (T, B, 4H).
+    /// x W_x + b of every row, (rows, 4H).
     pub xw: Tensor,
-    /// [h_t, c_t] for t = 1..T, (T, B, 2H).
-    pub states: Tensor,
-    /// φ_0..φ_T, (T+1, B, n); φ_0 = P·0 + p_b is the output at the zero carry.
-    pub phi: Tensor,
 }
 
-impl CoreReplay {
-    /// The embedding of input kind `kind` for every row, (T·B, E).
+impl InputStage {
+    /// The embedding of input kind `kind` for every row, (rows, E).
     pub fn embedding(&self, kind: usize) -> Result<Tensor> {
         let e = &self.unique_embedded[kind];
         Ok(match &self.index {
@@ -54,20 +52,31 @@ impl CoreReplay {
     }
 }
 
+/// What the core computes over a replayed sequence (all with gradient).
+pub struct CoreReplay {
+    /// The input stage of all T·B rows (step-major).
+    pub inputs: InputStage,
+    /// x_t W_x + b, (T, B, 4H).
+    pub xw: Tensor,
+    /// [h_t, c_t] for t = 1..T, (T, B, 2H).
+    pub states: Tensor,
+    /// φ_0..φ_T, (T+1, B, n); φ_0 = P·0 + p_b is the output at the zero carry.
+    pub phi: Tensor,
+}
+
 impl Core {
     /// Replays a known input sequence from the zero carry (steps 1–3 of the module docs).
     pub fn replay(&self, inputs: &SequenceInputs) -> Result<CoreReplay> {
         let (steps, batch) = (inputs.steps, inputs.batch);
         let rows = steps * batch;
-        let (unique_embedded, index, xw) = self.project_inputs(&inputs.kinds, rows)?;
-        let xw = xw.reshape((steps, batch, 4 * self.hidden))?;
+        let stage = self.project_inputs(&inputs.kinds, rows)?;
+        let xw = stage.xw.reshape((steps, batch, 4 * self.hidden))?;
         let states = lstm_sequence(&xw, &self.lstm.wh)?;
         let phi = self.proj.forward(&hidden_states(&states)?)?; // (T, B, n)
         let zero = Tensor::zeros((1, batch, self.hidden), DType::F32, &self.device)?;
         let phi0 = self.proj.forward(&zero)?;
         Ok(CoreReplay {
-            unique_embedded,
-            index,
+            inputs: stage,
             xw,
             states,
             phi: Tensor::cat(&[&phi0, &phi], 0)?,
@@ -75,13 +84,8 @@ impl Core {
     }
 
     /// The input stage for `rows` rows given one row-major (rows, d_k) block per input kind:
-    /// the embeddings of the distinct joint rows, the index of every row's distinct row (None
-    /// when all rows are distinct), and x W_x + b for every row, (rows, 4H).
-    pub fn project_inputs(
-        &self,
-        kinds: &[Vec<f32>],
-        rows: usize,
-    ) -> Result<(Vec<Tensor>, Option<Tensor>, Tensor)> {
+    /// embeddings and x W_x + b run once per distinct joint row and are gathered.
+    pub fn project_inputs(&self, kinds: &[Vec<f32>], rows: usize) -> Result<InputStage> {
         if kinds.len() != self.embeds.len() {
             bail!(
                 "got {} input kinds, the core has {}",
@@ -121,7 +125,11 @@ impl Core {
         if let Some(idx) = &index {
             xw = xw.index_select(idx, 0)?;
         }
-        Ok((unique_embedded, index, xw))
+        Ok(InputStage {
+            unique_embedded,
+            index,
+            xw,
+        })
     }
 
     /// q_0..q_T of a replay (step 4 of the module docs). The full-covariance VRNN forms its

@@ -9,10 +9,10 @@
 //! - Λ_t = prior_t + Σ_i J_i J_iᵀ (diagonal variant: row sums of J_i∘J_i), prior_t = Λ_{t−1}
 //!   (accumulated) or damping·I; the Cholesky factor L_t of Λ_t + jitter·I and ln det;
 //! - μ_t = φ_t (+ μ_{t−1} when the mean is accumulated);
-//! - the parts of KL(q_t ‖ q_{t−1}) = ½ dᵀ Λ̃_{t−1} d + ½[tr(Λ̃_{t−1} Λ̃_t⁻¹) − n + ln det Λ̃_t
-//!   − ln det Λ̃_{t−1}], d = μ_t − μ_{t−1}, Λ̃ = Λ + jitter·I: the constant bracket, and the
-//!   vector v = Λ̃_{t−1} d, which is the gradient of the quadratic term with respect to μ_t at
-//!   the current parameters (Λ̃_{t−1} and μ_{t−1} are held fixed by the stop-gradient);
+//! - KL(q_t ‖ q_{t−1}) = ½ dᵀ Λ̃_{t−1} d + ½[tr(Λ̃_{t−1} Λ̃_t⁻¹) − n + ln det Λ̃_t
+//!   − ln det Λ̃_{t−1}], d = μ_t − μ_{t−1}, Λ̃ = Λ + jitter·I, and the vector v = Λ̃_{t−1} d,
+//!   its gradient with respect to μ_t at the current parameters (Λ̃_{t−1} and μ_{t−1} are held
+//!   fixed by the stop-gradient);
 //! - sample offsets L_t^{−T} ε for given noise ε (so that z = μ_t + L_t^{−T} ε).
 //!
 //! The graph then needs only μ_t with gradient (see `agent::replay`). The per-step reference
@@ -74,9 +74,7 @@ struct TaskState {
 pub struct StepStats {
     /// v = (Λ_{t−1} + jitter·I)(μ_t − μ_{t−1}), (B·n).
     pub kl_grad: Vec<f32>,
-    /// ½[tr(Λ̃_{t−1} Λ̃_t⁻¹) − n + ln det Λ̃_t − ln det Λ̃_{t−1}] per task.
-    pub kl_const: Vec<f64>,
-    /// KL(q_t ‖ q_{t−1}) per task (the quadratic term included).
+    /// KL(q_t ‖ q_{t−1}) per task.
     pub kl: Vec<f64>,
     /// Differential entropy of q_t per task.
     pub entropy: Vec<f64>,
@@ -223,48 +221,9 @@ impl LaplaceFilter {
                 .flat_map(jacobians)
                 .collect()
         };
-        let work = |((b, task), term): ((usize, &mut TaskState), Vec<f32>)| -> Result<(Vec<f32>, f64, f64, f64)> {
-            // Previous posterior (for the KL), then the new precision.
-            let prev_lambda = std::mem::take(&mut task.lambda);
-            let prev_chol = task.chol.clone();
-            let prev_logdet = task.logdet;
-            let mut lambda = match cfg.accumulate {
-                Accumulate::None => scaled_identity(n, cfg.diagonal, cfg.damping),
-                _ => prev_lambda.clone(),
-            };
-            lambda
-                .iter_mut()
-                .zip(&term)
-                .for_each(|(l, t)| *l += *t as f64);
-            task.lambda = lambda;
-            factorise(task, n, cfg.diagonal, cfg.jitter)
-                .map_err(|e| anyhow!("Laplace precision of task {b} is not positive definite ({e}); a larger `jitter` or `prior_precision` may help"))?;
-            let prev_mean = std::mem::take(&mut task.mean);
-            let phi_b = &phi[b * n..(b + 1) * n];
-            task.mean = match cfg.accumulate {
-                Accumulate::MuSigma => phi_b.iter().zip(&prev_mean).map(|(p, m)| p + m).collect(),
-                _ => phi_b.to_vec(),
-            };
-            // KL(q_t ‖ q_{t−1}).
-            let d: Vec<f32> = task
-                .mean
-                .iter()
-                .zip(&prev_mean)
-                .map(|(a, b)| a - b)
-                .collect();
-            let v = jittered_times(&prev_lambda, &d, n, cfg.diagonal, cfg.jitter);
-            let quad: f64 = v.iter().zip(&d).map(|(v, d)| *v as f64 * *d as f64).sum();
-            let trace = if cfg.diagonal {
-                prev_chol
-                    .iter()
-                    .zip(&task.chol)
-                    .map(|(p, c)| (p / c).powi(2))
-                    .sum::<f64>()
-            } else {
-                linalg::frobenius_sq_lower_solve(&task.chol, &prev_chol, n)
-            };
-            let constant = 0.5 * (trace - n as f64 + task.logdet - prev_logdet);
-            Ok((v, constant, 0.5 * quad + constant, task.logdet))
+        let work = |((b, task), term): ((usize, &mut TaskState), Vec<f32>)| {
+            update_task(cfg, task, &term, &phi[b * n..(b + 1) * n])
+                .map_err(|e| anyhow!("Laplace precision of task {b} is not positive definite ({e}); a larger `jitter` or `prior_precision` may help"))
         };
         let results: Vec<Result<_>> = if parallel {
             self.tasks
@@ -284,14 +243,63 @@ impl LaplaceFilter {
         let mut stats = StepStats::default();
         let nf = n as f64;
         for r in results {
-            let (v, constant, kl, logdet) = r?;
+            let (v, kl, logdet) = r?;
             stats.kl_grad.extend(v);
-            stats.kl_const.push(constant);
             stats.kl.push(kl);
             stats.entropy.push(nf * HALF_LN_2PI_E - 0.5 * logdet);
         }
         Ok(stats)
     }
+}
+
+/// One task's step given its Jacobian term Σ_i J_i J_iᵀ and its output φ_t: the new precision,
+/// its factor and mean, and KL(q_t ‖ q_{t−1}). Returns (Λ̃_{t−1}(μ_t − μ_{t−1}), the KL, ln det Λ̃_t).
+fn update_task(
+    cfg: &LaplaceConfig,
+    task: &mut TaskState,
+    term: &[f32],
+    phi: &[f32],
+) -> Result<(Vec<f32>, f64, f64), String> {
+    let n = phi.len();
+    // Previous posterior (for the KL), then the new precision.
+    let prev_lambda = std::mem::take(&mut task.lambda);
+    let prev_chol = task.chol.clone();
+    let prev_logdet = task.logdet;
+    let mut lambda = match cfg.accumulate {
+        Accumulate::None => scaled_identity(n, cfg.diagonal, cfg.damping),
+        _ => prev_lambda.clone(),
+    };
+    lambda
+        .iter_mut()
+        .zip(term)
+        .for_each(|(l, t)| *l += *t as f64);
+    task.lambda = lambda;
+    factorise(task, n, cfg.diagonal, cfg.jitter)?;
+    let prev_mean = std::mem::take(&mut task.mean);
+    task.mean = match cfg.accumulate {
+        Accumulate::MuSigma => phi.iter().zip(&prev_mean).map(|(p, m)| p + m).collect(),
+        _ => phi.to_vec(),
+    };
+    // KL(q_t ‖ q_{t−1}) = ½ dᵀΛ̃_{t−1}d + ½[tr(Λ̃_{t−1}Λ̃_t⁻¹) − n + ln det Λ̃_t − ln det Λ̃_{t−1}].
+    let d: Vec<f32> = task
+        .mean
+        .iter()
+        .zip(&prev_mean)
+        .map(|(a, b)| a - b)
+        .collect();
+    let v = jittered_times(&prev_lambda, &d, n, cfg.diagonal, cfg.jitter);
+    let quad: f64 = v.iter().zip(&d).map(|(v, d)| *v as f64 * *d as f64).sum();
+    let trace = if cfg.diagonal {
+        prev_chol
+            .iter()
+            .zip(&task.chol)
+            .map(|(p, c)| (p / c).powi(2))
+            .sum::<f64>()
+    } else {
+        linalg::frobenius_sq_lower_solve(&task.chol, &prev_chol, n)
+    };
+    let constant = 0.5 * (trace - n as f64 + task.logdet - prev_logdet);
+    Ok((v, 0.5 * quad + constant, task.logdet))
 }
 
 /// Columns of the matrix [D…] that one Jacobian product J = Pᵀ[D…] takes at once (tasks ×

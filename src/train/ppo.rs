@@ -619,7 +619,10 @@ pub fn ppo_loss(
     };
     let z = post.samples(1, horizon, &noise)?; // (T, n_Z, B, n)
     let width = model.cfg.embed_width;
-    let emb_s = replay.embedding(INPUT_OBS)?.reshape((horizon, b, width))?;
+    let emb_s = replay
+        .inputs
+        .embedding(INPUT_OBS)?
+        .reshape((horizon, b, width))?;
     let kl = post
         .kl(laplace.as_ref())?
         .map(|kl| kl.mean_all())

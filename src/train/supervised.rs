@@ -157,6 +157,7 @@ pub fn negative_elbo(
     // Predict y_t from q_{t−1}: the mean over the n_Z samples (the variance is shared).
     let z = post.samples(0, steps, &noise)?; // (T, n_Z, B, n)
     let emb_x = replay
+        .inputs
         .embedding(0)?
         .reshape((steps, 1, b, model.cfg.embed_width))?;
     let mean = model.predict_mean(&emb_x, &z)?.mean(1)?; // (T, B)
