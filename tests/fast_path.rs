@@ -90,6 +90,21 @@ fn jitter_biases(params: &Params) {
     }
 }
 
+/// A small regression model (n_Z = 2) with biases off zero.
+fn tiny_regression_model(posterior: &str) -> lvrnn::train::supervised::RegressionModel {
+    let cfg = lvrnn::agent::ModelConfig {
+        embed_width: 8,
+        hidden: 8,
+        features: 4,
+        head_hidden: vec![8],
+        n_z: 2,
+        posterior: posterior.parse().unwrap(),
+    };
+    let model = lvrnn::train::supervised::RegressionModel::new(&cfg, 7).unwrap();
+    jitter_biases(&model.params);
+    model
+}
+
 fn assert_same_gradients(what: &str, params: &Params, fast: &Tensor, reference: &Tensor) {
     let gf = fast.backward().unwrap();
     let gr = reference.backward().unwrap();
@@ -285,20 +300,10 @@ fn fused_lstm_sequence_equals_the_per_step_cell_with_gradients() {
 
 #[test]
 fn supervised_elbo_and_gradients_equal_the_per_step_reference() {
-    use lvrnn::agent::ModelConfig;
-    use lvrnn::train::supervised::{RegressionModel, negative_elbo, sample_batch};
+    use lvrnn::train::supervised::{negative_elbo, sample_batch};
     lvrnn::init_threads(1);
     for posterior in FAMILIES {
-        let cfg = ModelConfig {
-            embed_width: 8,
-            hidden: 8,
-            features: 4,
-            head_hidden: vec![8],
-            n_z: 2,
-            posterior: posterior.parse().unwrap(),
-        };
-        let model = RegressionModel::new(&cfg, 7).unwrap();
-        jitter_biases(&model.params);
+        let model = tiny_regression_model(posterior);
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let (xs, ys) = sample_batch(&mut rng, 5, 9);
         let fast = negative_elbo(&model, &xs, &ys, 0.5, &mut rng.clone()).unwrap();
@@ -377,21 +382,11 @@ fn fused_layer_norm_and_leaky_relu_equal_their_candle_compositions_with_gradient
 /// at paper size) give the same samples, KL and gradients as all steps at once.
 #[test]
 fn chunked_posterior_sequence_equals_all_steps_at_once() {
-    use lvrnn::agent::ModelConfig;
     use lvrnn::agent::replay::SequenceInputs;
-    use lvrnn::train::supervised::{RegressionModel, sample_batch};
+    use lvrnn::train::supervised::sample_batch;
     lvrnn::init_threads(1);
     for posterior in ["rnn", "vrnn", "vrnn:diagonal=true"] {
-        let cfg = ModelConfig {
-            embed_width: 8,
-            hidden: 8,
-            features: 4,
-            head_hidden: vec![8],
-            n_z: 2,
-            posterior: posterior.parse().unwrap(),
-        };
-        let model = RegressionModel::new(&cfg, 7).unwrap();
-        jitter_biases(&model.params);
+        let model = tiny_regression_model(posterior);
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let (steps, batch) = (7, 3);
         let (xs, ys) = sample_batch(&mut rng, batch, steps);
