@@ -263,7 +263,12 @@ impl ExperimentConfig {
             bail!("eval.points must list at least one number of observed points");
         }
         for p in &e.posthoc {
-            p.parse::<crate::posterior::PosteriorConfig>()
+            let target = p
+                .parse::<crate::posterior::PosteriorConfig>()
+                .with_context(|| format!("eval.posthoc entry `{p}`"))?;
+            self.model
+                .posterior
+                .check_posthoc(&target)
                 .with_context(|| format!("eval.posthoc entry `{p}`"))?;
         }
         let p = &self.ppo;

@@ -3,7 +3,8 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use lvrnn::config::{ExperimentConfig, Task};
-use lvrnn::eval::{EvalResult, evaluate_regression, with_posterior};
+use lvrnn::eval::request::{EvalRequest, tuned_label, write_tuning_csv};
+use lvrnn::eval::{EvalResult, evaluate_regression, tune_regression_prior, with_posterior};
 use lvrnn::posterior::PosteriorConfig;
 use lvrnn::report::{format_table, write_regression_report};
 use lvrnn::run::load_checkpoint;
@@ -88,6 +89,18 @@ enum Cmd {
         /// Do not also evaluate under the checkpoint's own posterior.
         #[arg(long)]
         only_given: bool,
+        /// Also evaluate each Laplace variant with its prior (prior_precision; and damping when
+        /// accumulate=none) tuned on held-out tasks: by mean predictive CE (regression) or mean
+        /// return (RL) over a log grid 1e-3..1e3. Writes prior_tuning.csv.
+        #[arg(long)]
+        tune_prior: bool,
+        /// Held-out tasks for --tune-prior (default: 64 regression, 256 bandit/gridworld).
+        #[arg(long)]
+        tune_tasks: Option<usize>,
+        /// Bandit only: evaluate at these Dirichlet concentrations α (repeatable; default the
+        /// config's env.alpha_test), e.g. `--alpha 0.2 --alpha 0.3` for in-distribution vs shifted.
+        #[arg(long = "alpha")]
+        alphas: Vec<f64>,
     },
     /// Print, per step of a history, the posterior a checkpoint gives (JSON lines).
     Inspect {
@@ -227,11 +240,22 @@ fn run(cmd: Cmd) -> Result<()> {
             out,
             tasks,
             only_given,
+            tune_prior,
+            tune_tasks,
+            alphas,
         } => {
+            let request = EvalRequest {
+                posteriors: EvalRequest::parse_posteriors(&posteriors)?,
+                tasks,
+                only_given,
+                tune_prior,
+                tune_tasks,
+                alphas,
+            };
             if load_checkpoint(&checkpoint)?.config.task == Task::Regression {
-                eval_checkpoint(&checkpoint, &posteriors, out, tasks, only_given)
+                eval_checkpoint(&checkpoint, &request, out)
             } else {
-                lvrnn::rl_eval::eval_rl_checkpoint(&checkpoint, &posteriors, out, tasks, only_given)
+                lvrnn::rl_eval::eval_rl_checkpoint(&checkpoint, &request, out)
             }
         }
         Cmd::Inspect {
@@ -403,48 +427,41 @@ fn load_regression(checkpoint: &Path) -> Result<(RegressionModel, ExperimentConf
     Ok((model, ck.config))
 }
 
-fn eval_checkpoint(
-    checkpoint: &Path,
-    posteriors: &[String],
-    out: Option<PathBuf>,
-    tasks: Option<usize>,
-    only_given: bool,
-) -> Result<()> {
+fn eval_checkpoint(checkpoint: &Path, request: &EvalRequest, out: Option<PathBuf>) -> Result<()> {
     let (model, mut cfg) = load_regression(checkpoint)?;
-    if let Some(t) = tasks {
-        cfg.eval.tasks = t;
-    }
+    request
+        .apply(&mut cfg)
+        .with_context(|| format!("cannot evaluate {}", checkpoint.display()))?;
     let out = out.unwrap_or_else(|| lvrnn::run::default_eval_dir(checkpoint));
-    let mut results = if only_given {
-        vec![]
-    } else {
-        evaluate_all(&model, &cfg, &[])?
-    };
-    for spec in posteriors {
-        let p: PosteriorConfig = spec
-            .parse()
-            .with_context(|| format!("--posterior `{spec}`"))?;
-        let label = if p == cfg.model.posterior {
-            p.label()
-        } else {
-            format!(
-                "{} (post-hoc on {})",
-                p.label(),
-                cfg.model.posterior.label()
-            )
-        };
-        eprintln!("evaluating {label} …");
-        results.push(evaluate_regression(
-            &with_posterior(&model, &p)?,
-            &label,
-            &cfg.eval,
-        )?);
-    }
-    if results.is_empty() {
-        bail!("nothing to evaluate: give --posterior or drop --only-given");
+    let tune_tasks = request.tune_tasks.unwrap_or(64);
+    let (mut results, mut tunings) = (vec![], vec![]);
+    for (label, p) in request.variants(&cfg.model.posterior) {
+        eprintln!("evaluating {label} on {} held-out tasks …", cfg.eval.tasks);
+        let variant = with_posterior(&model, &p)?;
+        results.push(evaluate_regression(&variant, &label, &cfg.eval)?);
+        if let (true, PosteriorConfig::Laplace(lc)) = (request.tune_prior, &p) {
+            eprintln!("tuning the prior of {label} on {tune_tasks} other held-out tasks …");
+            let tuned = tune_regression_prior(&model, lc, &cfg.eval, tune_tasks)?;
+            eprintln!(
+                "  chose {} (mean CE {:.4} on the tuning tasks)",
+                tuned.describe(),
+                tuned.score
+            );
+            let tuned_model =
+                with_posterior(&model, &PosteriorConfig::Laplace(tuned.config.clone()))?;
+            results.push(evaluate_regression(
+                &tuned_model,
+                &tuned_label(&label, &tuned),
+                &cfg.eval,
+            )?);
+            tunings.push((label, tuned));
+        }
     }
     let figures = out.join("figures");
-    let files = write_regression_report(&results, &out, &figures, Some(cfg.train.seq_len))?;
+    let mut files = write_regression_report(&results, &out, &figures, Some(cfg.train.seq_len))?;
+    if !tunings.is_empty() {
+        files.push(write_tuning_csv(&out, "mean predictive CE", &tunings)?);
+    }
     println!("{}", format_table(&results, &[0, 10, 50, 100]));
     for f in files {
         println!("  {}", f.display());

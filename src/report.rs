@@ -2,6 +2,7 @@
 //! (predictive CE, posterior entropy and consecutive KL against the number of observed points;
 //! example predictions ± 2σ against the true function).
 
+use crate::eval::calibration::COVERAGE_LEVELS;
 use crate::eval::{EvalResult, EvalRow};
 use crate::plot::{LinePlot, Series, grid_plot, line_plot};
 use crate::util::{write_atomic, write_csv_atomic};
@@ -9,7 +10,7 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 /// Header of `eval.csv`.
-pub const EVAL_HEADER: [&str; 8] = [
+pub const EVAL_HEADER: [&str; 11] = [
     "model",
     "points",
     "ce_mean",
@@ -18,6 +19,9 @@ pub const EVAL_HEADER: [&str; 8] = [
     "entropy_ci99",
     "kl_mean",
     "kl_ci99",
+    "cover50",
+    "cover90",
+    "cover99",
 ];
 
 /// Writes `<metrics>/eval.csv`, `<metrics>/eval.jsonl` and the figures into `figures`;
@@ -41,6 +45,9 @@ pub fn write_regression_report(
                 fmt(r.entropy_ci99),
                 fmt(r.kl_mean),
                 fmt(r.kl_ci99),
+                fmt(r.cover50),
+                fmt(r.cover90),
+                fmt(r.cover99),
             ]
         })
         .collect();
@@ -122,6 +129,47 @@ pub fn write_regression_report(
         line_plot(&stem, &plot)?;
         written.push(stem.with_extension("png"));
     }
+    // Calibration: empirical coverage of the central credible intervals, one panel per level,
+    // the nominal level dashed.
+    let panels: Vec<LinePlot> = COVERAGE_LEVELS
+        .iter()
+        .enumerate()
+        .map(|(i, level)| {
+            let mut p = LinePlot::new(
+                format!("{:.0}% credible interval", level * 100.0),
+                "observed points",
+                "coverage of true f(x)",
+            );
+            p.log_x = true;
+            let xs = |rows: &[EvalRow]| -> Vec<f64> {
+                rows.iter()
+                    .map(|row| (row.points as f64).max(0.5))
+                    .collect()
+            };
+            if let Some(first) = results.first() {
+                let x = xs(&first.rows);
+                p.series
+                    .push(Series::new("nominal", x.clone(), vec![*level; x.len()]).dashed());
+            }
+            for r in results {
+                let y = r
+                    .rows
+                    .iter()
+                    .map(|row| [row.cover50, row.cover90, row.cover99][i])
+                    .collect();
+                p.series.push(Series::new(r.model.clone(), xs(&r.rows), y));
+            }
+            p
+        })
+        .collect();
+    let stem = figures.join("coverage");
+    grid_plot(
+        &stem,
+        "Calibration: coverage of the posterior predictive's central intervals",
+        &panels,
+        3,
+    )?;
+    written.push(stem.with_extension("png"));
     for r in results {
         if r.examples.is_empty() {
             continue;
@@ -202,11 +250,12 @@ fn fmt(v: f64) -> String {
     }
 }
 
-/// A compact text table of CE / entropy / KL at selected numbers of points.
+/// A compact text table of CE / entropy / KL / 90%-interval coverage at selected numbers of
+/// points.
 pub fn format_table(results: &[EvalResult], points: &[usize]) -> String {
     let mut s = format!(
-        "{:<44} {:>6} {:>18} {:>18} {:>18}\n",
-        "model", "points", "CE", "entropy", "KL"
+        "{:<44} {:>6} {:>18} {:>18} {:>18} {:>6}\n",
+        "model", "points", "CE", "entropy", "KL", "cov90"
     );
     for r in results {
         for row in r
@@ -222,12 +271,13 @@ pub fn format_table(results: &[EvalResult], points: &[usize]) -> String {
                 }
             };
             s += &format!(
-                "{:<44} {:>6} {:>18} {:>18} {:>18}\n",
+                "{:<44} {:>6} {:>18} {:>18} {:>18} {:>6.3}\n",
                 r.model,
                 row.points,
                 cell(row.ce_mean, row.ce_ci99),
                 cell(row.entropy_mean, row.entropy_ci99),
-                cell(row.kl_mean, row.kl_ci99)
+                cell(row.kl_mean, row.kl_ci99),
+                row.cover90
             );
         }
     }

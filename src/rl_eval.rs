@@ -13,14 +13,17 @@ use crate::envs::bandit::{Bandit, NUM_ARMS};
 use crate::envs::gridworld::Gridworld;
 use crate::envs::reference::{PARTICLES, default_checkpoints, simulate_policies, task_rng};
 use crate::envs::{EnvKind, MetaEnv};
+use crate::eval::request::{EvalRequest, tuned_label, write_tuning_csv};
+use crate::eval::tune::{Tuned, log_grid, tune_prior};
 use crate::plot::{LinePlot, Series, line_plot};
+use crate::posterior::LaplaceConfig;
 use crate::posterior::PosteriorConfig;
 use crate::run::load_checkpoint;
 use crate::stats::mean_ci99;
 use crate::train::ppo::{Ppo, RlModel, env_kind, rollout};
 use crate::train::{FitOptions, fit, init_from_reporting, open_run};
 use crate::util::{read_jsonl, write_csv_atomic};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -583,36 +586,122 @@ pub fn load_rl(checkpoint: &Path) -> Result<(RlModel, ExperimentConfig)> {
     Ok((model, ck.config))
 }
 
-/// `lvrnn eval` for RL checkpoints: evaluates under the checkpoint's own posterior (unless
-/// `only_given`) and every posterior in `posteriors` (post hoc: same weights, another family),
-/// on `tasks` test tasks (default: the config's `eval.tasks`). Writes into `out` (default
-/// `<run>/eval-<checkpoint name>`): eval_rl.csv, eval_rl_returns.csv, figures/.
+/// Seed offset of the held-out tuning tasks (never the test tasks of `eval.seed`).
+const TUNING_SEED: u64 = 0x7u64 << 40 | 0x7e57;
+
+/// Tunes the prior scales of the post-hoc Laplace posterior `posterior` of `model`
+/// ([`crate::eval::tune::tune_prior`]) by the mean return on `tasks` held-out tasks of `kind`
+/// (bandit at `alpha`): tasks and agent randomness from another seed than the test tasks.
+pub fn tune_rl_prior(
+    model: &RlModel,
+    posterior: &LaplaceConfig,
+    kind: EnvKind,
+    eval: &EvalConfig,
+    alpha: f32,
+    tasks: usize,
+) -> Result<Tuned> {
+    let held_out = EvalConfig {
+        tasks,
+        seed: eval.seed ^ TUNING_SEED,
+        ..eval.clone()
+    };
+    tune_prior(posterior, &log_grid(), |c| {
+        let m = model.with_posterior(&PosteriorConfig::Laplace(c.clone()))?;
+        Ok(-evaluate_rl(&m, "tuning", kind, &held_out, alpha)?.return_mean)
+    })
+}
+
+/// `lvrnn eval` for RL checkpoints: evaluates every variant of `request` (the checkpoint's own
+/// posterior and the post-hoc ones; with `--tune-prior` also each Laplace variant with its prior
+/// tuned by held-out return) on the config's test tasks — for a bandit at each `--alpha`
+/// (default `env.alpha_test`) — beside the reference policies on the same tasks. Writes into
+/// `out` (default `<run>/eval-<checkpoint name>`): eval_rl.csv, eval_rl_returns.csv,
+/// prior_tuning.csv, figures/.
 pub fn eval_rl_checkpoint(
     checkpoint: &Path,
-    posteriors: &[String],
+    request: &EvalRequest,
     out: Option<PathBuf>,
-    tasks: Option<usize>,
-    only_given: bool,
 ) -> Result<()> {
     let (model, mut cfg) = load_rl(checkpoint)?;
-    if let Some(t) = tasks {
-        cfg.eval.tasks = t;
-    }
-    cfg.validate()?;
+    request
+        .apply(&mut cfg)
+        .with_context(|| format!("cannot evaluate {}", checkpoint.display()))?;
     let kind = env_kind(cfg.task)?;
     let out = out.unwrap_or_else(|| crate::run::default_eval_dir(checkpoint));
-    let results = evaluate_variants(&model, &cfg, posteriors, !only_given)?;
-    if results.is_empty() {
-        bail!("nothing to evaluate: give --posterior or drop --only-given");
+    let alphas: Vec<f64> = if request.alphas.is_empty() {
+        vec![cfg.env.alpha_test]
+    } else {
+        request.alphas.clone()
+    };
+    // With several test distributions every label names its α.
+    let at = |label: &str, alpha: f64| {
+        if request.alphas.is_empty() {
+            label.to_string()
+        } else {
+            format!("{label} @ alpha={alpha}")
+        }
+    };
+    let tune_tasks = request.tune_tasks.unwrap_or(256);
+    let (mut results, mut refs, mut tunings) = (vec![], vec![], vec![]);
+    for (label, p) in request.variants(&cfg.model.posterior) {
+        let variant = model.with_posterior(&p)?;
+        let mut tuned_variant = None;
+        if let (true, PosteriorConfig::Laplace(lc)) = (request.tune_prior, &p) {
+            eprintln!(
+                "tuning the prior of {label} on {tune_tasks} held-out {kind} tasks (not the test tasks) …"
+            );
+            let tuned = tune_rl_prior(
+                &model,
+                lc,
+                kind,
+                &cfg.eval,
+                cfg.env.alpha_test as f32,
+                tune_tasks,
+            )?;
+            eprintln!(
+                "  chose {} (mean return {:.3} on the tuning tasks)",
+                tuned.describe(),
+                -tuned.score
+            );
+            let m = model.with_posterior(&PosteriorConfig::Laplace(tuned.config.clone()))?;
+            tuned_variant = Some((tuned_label(&label, &tuned), m));
+            tunings.push((label.clone(), tuned));
+        }
+        for &alpha in &alphas {
+            eprintln!(
+                "evaluating {} on {} held-out {kind} tasks …",
+                at(&label, alpha),
+                cfg.eval.tasks
+            );
+            results.push(evaluate_rl(
+                &variant,
+                &at(&label, alpha),
+                kind,
+                &cfg.eval,
+                alpha as f32,
+            )?);
+            if let Some((tuned_label, m)) = &tuned_variant {
+                results.push(evaluate_rl(
+                    m,
+                    &at(tuned_label, alpha),
+                    kind,
+                    &cfg.eval,
+                    alpha as f32,
+                )?);
+            }
+        }
     }
-    let refs = reference_policies(
-        kind,
-        cfg.env.alpha_test as f32,
-        cfg.eval.tasks,
-        cfg.eval.seed,
-    );
+    for &alpha in &alphas {
+        for mut r in reference_policies(kind, alpha as f32, cfg.eval.tasks, cfg.eval.seed) {
+            r.policy = at(&r.policy, alpha);
+            refs.push(r);
+        }
+    }
     let figures = out.join("figures");
-    let files = write_rl_report(&results, &refs, &out, &figures)?;
+    let mut files = write_rl_report(&results, &refs, &out, &figures)?;
+    if !tunings.is_empty() {
+        files.push(write_tuning_csv(&out, "negative mean return", &tunings)?);
+    }
     println!("{}", format_rl_table(kind, &results, &refs));
     for f in files {
         println!("  {}", f.display());

@@ -128,7 +128,7 @@ fn train_eval_inspect_round_trip() {
     );
     assert!(e3 < e1, "Σ-accumulating entropy decreases: {e1} → {e3}");
     assert!(lines[2]["kl"].as_f64().unwrap() >= 0.0);
-    // VRNN posteriors report a covariance.
+    // A VRNN head the network never trained is refused (it would act with random weights).
     let o = lvrnn(
         &[
             "inspect",
@@ -141,8 +141,11 @@ fn train_eval_inspect_round_trip() {
         ],
         d,
     );
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("covariance"));
+    assert!(
+        !o.status.success() && text(&o).contains("--init-from"),
+        "{}",
+        text(&o)
+    );
 
     // Finetuning under another family from the snapshot.
     let o = lvrnn(
@@ -168,6 +171,182 @@ fn train_eval_inspect_round_trip() {
         "reports the freshly initialised parameters: {}",
         text(&o)
     );
+    // The finetuned VRNN reports its covariance.
+    let o = lvrnn(
+        &[
+            "inspect",
+            "--checkpoint",
+            "runs/ft/checkpoints/model-final.safetensors",
+            "--history",
+            "hist.csv",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("covariance"));
+}
+
+/// `lvrnn eval` checks every argument against the checkpoint before it evaluates anything.
+fn assert_refused_before_work(o: &Output, needle: &str) {
+    let t = text(o);
+    assert!(!o.status.success(), "should fail: {t}");
+    assert!(t.contains(needle), "error should mention `{needle}`: {t}");
+    assert!(
+        !t.contains("evaluating"),
+        "refused only after evaluating: {t}"
+    );
+}
+
+#[test]
+fn eval_validates_arguments_first_and_tunes_the_prior() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("tiny.toml"), TINY).unwrap();
+    let o = lvrnn(
+        &[
+            "train",
+            "--config",
+            "tiny.toml",
+            "--runs",
+            "runs",
+            "--no-eval",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let ck = "runs/tiny/checkpoints/model-final.safetensors";
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--checkpoint", ck, "--out", "ev"];
+        args.extend_from_slice(extra);
+        lvrnn(&args, d)
+    };
+    let o = eval(&[
+        "--posterior",
+        "laplace:window=1",
+        "--posterior",
+        "laplace:bogus=1",
+    ]);
+    assert_refused_before_work(&o, "unknown posterior key `bogus`");
+    let o = eval(&["--posterior", "vrnn"]);
+    assert_refused_before_work(&o, "--init-from");
+    let o = eval(&["--tasks", "0"]);
+    assert_refused_before_work(&o, "--tasks");
+    let o = eval(&["--tune-prior"]);
+    assert_refused_before_work(&o, "--posterior laplace");
+    let o = eval(&["--alpha", "0.2"]);
+    assert_refused_before_work(&o, "bandit checkpoints only");
+    assert!(!d.join("ev").exists(), "a refused eval writes nothing");
+    // A config whose post-hoc list asks for an untrained VRNN head is refused before training.
+    std::fs::write(
+        d.join("posthoc-vrnn.toml"),
+        TINY.replace(
+            r#"posthoc = ["laplace:window=1,accumulate=sigma"]"#,
+            r#"posthoc = ["vrnn"]"#,
+        ),
+    )
+    .unwrap();
+    let o = lvrnn(
+        &["train", "--config", "posthoc-vrnn.toml", "--runs", "r2"],
+        d,
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("eval.posthoc") && !d.join("r2").exists(),
+        "{}",
+        text(&o)
+    );
+
+    // --tune-prior: the default and the tuned posterior side by side, every trial recorded.
+    let o = eval(&[
+        "--posterior",
+        "laplace:window=1,accumulate=sigma",
+        "--tune-prior",
+        "--tune-tasks",
+        "4",
+        "--only-given",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let csv = std::fs::read_to_string(d.join("ev/eval.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with("cover50,cover90,cover99"),
+        "{csv}"
+    );
+    assert!(csv.contains("tuned prior prior_precision="), "{csv}");
+    let tuning = std::fs::read_to_string(d.join("ev/prior_tuning.csv")).unwrap();
+    assert_eq!(
+        tuning.lines().count(),
+        1 + 13,
+        "header + 13 candidates: {tuning}"
+    );
+    assert_eq!(tuning.matches(",true").count(), 1, "{tuning}");
+    assert!(d.join("ev/figures/coverage.png").exists());
+}
+
+const TINY_BANDIT: &str = r#"
+name = "tiny-bandit"
+task = "bandit"
+seed = 1
+[model]
+embed_width = 16
+hidden = 16
+features = 4
+head_hidden = [16]
+[train]
+updates = 2
+batch = 8
+checkpoint_every = 2
+[eval]
+tasks = 8
+"#;
+
+#[test]
+fn rl_eval_compares_test_distributions_and_tunes_the_prior() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("b.toml"), TINY_BANDIT).unwrap();
+    let o = lvrnn(
+        &["train", "--config", "b.toml", "--runs", "runs", "--no-eval"],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let ck = "runs/tiny-bandit/checkpoints/model-final.safetensors";
+    let o = lvrnn(
+        &[
+            "eval",
+            "--checkpoint",
+            ck,
+            "--out",
+            "ev",
+            "--alpha",
+            "0.2",
+            "--alpha",
+            "0.3",
+            "--posterior",
+            "laplace:window=1,accumulate=sigma",
+            "--tune-prior",
+            "--tune-tasks",
+            "4",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let csv = std::fs::read_to_string(d.join("ev/eval_rl.csv")).unwrap();
+    for label in [
+        "rnn @ alpha=0.2",
+        "rnn @ alpha=0.3",
+        "laplace-sigma-k1-full (post-hoc on rnn) @ alpha=0.2",
+        "tuned prior prior_precision=",
+    ] {
+        assert!(csv.contains(label), "missing {label}: {csv}");
+    }
+    let returns = std::fs::read_to_string(d.join("ev/eval_rl_returns.csv")).unwrap();
+    assert!(returns.contains("@ alpha=0.3"), "{returns}");
+    let tuning = std::fs::read_to_string(d.join("ev/prior_tuning.csv")).unwrap();
+    assert!(tuning.contains("negative mean return"), "{tuning}");
+    let o = lvrnn(&["eval", "--checkpoint", ck, "--alpha=-1"], d);
+    assert_refused_before_work(&o, "--alpha");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 use candle_core::{Device, Tensor};
 use lvrnn::config::{ExperimentConfig, PpoConfig, Task};
 use lvrnn::envs::make_env;
+use lvrnn::eval::request::EvalRequest;
 use lvrnn::rl_eval::{EVAL_RL_HEADER, eval_rl_checkpoint, train_and_eval_rl};
 use lvrnn::run::RunDir;
 use lvrnn::train::ppo::{
@@ -493,19 +494,27 @@ fn train_and_eval_writes_tables_and_figures_and_posthoc_eval_works() {
         );
     }
 
-    // `lvrnn eval` on the final checkpoint: own posterior + a post-hoc VRNN, fewer tasks.
+    // `lvrnn eval` on the final checkpoint: own posterior + a post-hoc windowed Laplace, fewer
+    // tasks. A post-hoc VRNN would need a head the RNN never trained: refused.
     let out = dir.path().join("eval-out");
+    let ck = root.join("checkpoints/model-final.safetensors");
+    let request = |spec: &str| EvalRequest {
+        posteriors: EvalRequest::parse_posteriors(&[spec.to_string()]).unwrap(),
+        tasks: Some(130),
+        ..Default::default()
+    };
+    let err =
+        eval_rl_checkpoint(&ck, &request("vrnn:diagonal=true"), Some(out.clone())).unwrap_err();
+    assert!(format!("{err:#}").contains("--init-from"), "{err:#}");
     eval_rl_checkpoint(
-        &root.join("checkpoints/model-final.safetensors"),
-        &["vrnn:diagonal=true".into()],
+        &ck,
+        &request("laplace:window=3,accumulate=none"),
         Some(out.clone()),
-        Some(130),
-        false,
     )
     .unwrap();
     let csv = std::fs::read_to_string(out.join("eval_rl.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 200);
-    assert!(csv.contains("vrnn-diag (post-hoc on rnn),1,"));
+    assert!(csv.contains("laplace-none-k3-full (post-hoc on rnn),1,"));
     assert!(out.join("figures/cumulative_regret.png").exists());
 }
 

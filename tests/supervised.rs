@@ -130,6 +130,43 @@ fn posthoc_laplace_entropy_decreases_with_observations() {
     );
 }
 
+#[test]
+fn tuned_posthoc_prior_is_no_worse_than_the_default_on_test_tasks() {
+    // A trained RNN, its post-hoc Laplace posterior (Σ, k_H = 1) with the default Λ_0 = I, and
+    // the same posterior with Λ_0 tuned on held-out tasks (other seed than the test tasks).
+    lvrnn::init_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config("tune", "rnn", 200);
+    cfg.train.lr = 3e-3;
+    let learner = train(&cfg, dir.path(), FitOptions::default());
+    let spec: lvrnn::posterior::PosteriorConfig =
+        "laplace:window=1,accumulate=sigma".parse().unwrap();
+    let lvrnn::posterior::PosteriorConfig::Laplace(lc) = &spec else {
+        unreachable!()
+    };
+    let tuned = lvrnn::eval::tune_regression_prior(&learner.model, lc, &cfg.eval, 16).unwrap();
+    let mean_ce = |p: &lvrnn::posterior::PosteriorConfig| {
+        let m = with_posterior(&learner.model, p).unwrap();
+        let rows = evaluate_regression(&m, "x", &cfg.eval).unwrap().rows;
+        rows.iter().map(|r| r.ce_mean).sum::<f64>() / rows.len() as f64
+    };
+    let default_ce = mean_ce(&spec);
+    let tuned_ce = mean_ce(&lvrnn::posterior::PosteriorConfig::Laplace(
+        tuned.config.clone(),
+    ));
+    eprintln!(
+        "held-out test CE: default {default_ce:.4}, tuned ({}) {tuned_ce:.4}",
+        tuned.describe()
+    );
+    assert!(
+        tuned_ce <= default_ce,
+        "tuned prior {} gives test CE {tuned_ce} > default {default_ce}",
+        tuned.describe()
+    );
+    // The tuning saw every grid value and the configured one.
+    assert_eq!(tuned.trials.len(), lvrnn::eval::tune::log_grid().len());
+}
+
 fn read(path: &std::path::Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }

@@ -170,6 +170,32 @@ impl PosteriorConfig {
     pub fn is_bayesian(&self) -> bool {
         !matches!(self, Self::Rnn)
     }
+
+    /// Whether a network trained under `self` can be evaluated under `target` post hoc (same
+    /// weights, no retraining). The point estimate and every Laplace variant add no
+    /// parameters, so they apply to any network; a VRNN head (and the full variant's `vrnn.tri`)
+    /// exists only in a network trained as such. The error says how to train it instead.
+    pub fn check_posthoc(&self, target: &PosteriorConfig) -> Result<()> {
+        let has_head = match self {
+            Self::Vrnn { diagonal } => Some(*diagonal),
+            _ => None,
+        };
+        if let Self::Vrnn { diagonal } = target {
+            let ok = match has_head {
+                None => false,
+                // A full head has every parameter of a diagonal one.
+                Some(trained_diagonal) => !trained_diagonal || *diagonal,
+            };
+            if !ok {
+                bail!(
+                    "posterior `{}` cannot be applied post hoc to a network trained as `{}`: its VRNN head was never trained and would act with random weights. Finetune instead: `lvrnn train --config <config> --posterior {target} --init-from <checkpoint>`; post hoc, use `rnn` or a `laplace:…` variant (they add no parameters)",
+                    target.label(),
+                    self.label()
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for PosteriorConfig {

@@ -169,9 +169,10 @@ impl RlModel {
         )
     }
 
-    /// The same weights under another posterior family (post hoc, no retraining); parameters the
-    /// new family adds (the VRNN head) are freshly initialised.
+    /// The same network under another posterior family (post hoc); refuses a family whose
+    /// parameters the network lacks, see [`PosteriorConfig::check_posthoc`].
     pub fn with_posterior(&self, posterior: &PosteriorConfig) -> Result<Self> {
+        self.cfg.posterior.check_posthoc(posterior)?;
         let mut cfg = self.cfg.clone();
         cfg.posterior = posterior.clone();
         let other = Self::new(
@@ -182,7 +183,14 @@ impl RlModel {
             self.reward.is_some(),
             0,
         )?;
-        other.params.load_from(&self.params.tensors(), false)?;
+        let missing = other.params.load_from(&self.params.tensors(), false)?;
+        if !missing.is_empty() {
+            bail!(
+                "posterior `{}` needs parameters the trained network lacks: {}",
+                posterior.label(),
+                missing.join(", ")
+            );
+        }
         Ok(other)
     }
 

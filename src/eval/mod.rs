@@ -1,14 +1,21 @@
 //! Evaluation of a regression model on held-out tasks (paper Sec. 5.1, Figs. 3, 4, 8): after
 //! k = 0, 1, 3, … observed points, the predictive cross-entropy of the posterior predictive
 //! E_{q_k} p(y | x, z) (Monte Carlo with m samples) on a dense grid of x in [−1, 1], the
-//! posterior's differential entropy, and KL(q_k ‖ q_{k−1}); mean and 99% interval over tasks.
+//! posterior's differential entropy, KL(q_k ‖ q_{k−1}), and the coverage of the predictive's
+//! 50/90/99% credible intervals over the true function values ([`calibration`]); mean and 99%
+//! interval over tasks. [`tune`] picks a post-hoc Laplace prior on held-out tasks.
+
+pub mod calibration;
+pub mod request;
+pub mod tune;
 
 use crate::agent::randn;
 use crate::config::EvalConfig;
 use crate::envs::regression::{FourierTask, sample_x};
+use crate::posterior::PosteriorConfig;
 use crate::stats::mean_ci99;
 use crate::train::supervised::RegressionModel;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -24,6 +31,11 @@ pub struct EvalRow {
     pub entropy_ci99: f64,
     pub kl_mean: f64,
     pub kl_ci99: f64,
+    /// Fraction of (task, grid point) pairs whose true value f(x) lies inside the predictive's
+    /// central 50% / 90% / 99% credible interval (calibrated: 0.5 / 0.9 / 0.99).
+    pub cover50: f64,
+    pub cover90: f64,
+    pub cover99: f64,
 }
 
 /// Predictions for one task after `example_points` observations (for the example figure).
@@ -82,7 +94,8 @@ pub fn evaluate_regression(
     let m = if bayes { cfg.samples } else { 1 };
     let n = model.cfg.features;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_e7a1);
-    let (mut ce, mut ent, mut kl) = (
+    let (mut ce, mut ent, mut kl, mut pits) = (
+        vec![vec![]; cfg.points.len()],
         vec![vec![]; cfg.points.len()],
         vec![vec![]; cfg.points.len()],
         vec![vec![]; cfg.points.len()],
@@ -104,7 +117,8 @@ pub fn evaluate_regression(
                     model.predict_mean(&emb_grid.unsqueeze(0)?.unsqueeze(0)?, &z.unsqueeze(2)?)?;
                 let means: Vec<Vec<Vec<f32>>> = means.to_vec3()?;
                 for j in 0..b {
-                    let (task_ce, mu, sd) = mixture_stats(&means, j, &truth[j], sigma);
+                    let (task_ce, mu, sd) =
+                        mixture_stats(&means, j, &truth[j], sigma, &mut pits[slot]);
                     ce[slot].push(task_ce);
                     ent[slot].push(entropy[j]);
                     kl[slot].push(last_kl[j]);
@@ -145,6 +159,7 @@ pub fn evaluate_regression(
             let (ce_mean, ce_ci99) = mean_ci99(&ce[s]);
             let (entropy_mean, entropy_ci99) = finite_mean_ci(&ent[s]);
             let (kl_mean, kl_ci99) = finite_mean_ci(&kl[s]);
+            let [cover50, cover90, cover99] = calibration::coverage(&pits[s]);
             EvalRow {
                 model: label.to_string(),
                 points: *p,
@@ -154,6 +169,9 @@ pub fn evaluate_regression(
                 entropy_ci99,
                 kl_mean,
                 kl_ci99,
+                cover50,
+                cover90,
+                cover99,
             }
         })
         .collect();
@@ -175,11 +193,13 @@ fn finite_mean_ci(xs: &[f64]) -> (f64, f64) {
 
 /// For task j: the cross-entropy −(1/G) Σ_g ln (1/m Σ_s N(f(x_g); μ_s(x_g), σ²)) of the
 /// Monte-Carlo posterior predictive, and that mixture's mean and standard deviation per x_g.
+/// Appends the PIT value of each f(x_g) under the mixture to `pits`.
 fn mixture_stats(
     means: &[Vec<Vec<f32>>],
     j: usize,
     truth: &[f32],
     sigma: f64,
+    pits: &mut Vec<f64>,
 ) -> (f64, Vec<f64>, Vec<f64>) {
     let m = means.len();
     let g = truth.len();
@@ -200,19 +220,65 @@ fn mixture_stats(
             / m as f64;
         mu[k] = avg;
         sd[k] = (var + sigma * sigma).sqrt();
+        let component_means: Vec<f64> = (0..m).map(|s| means[s][j][k] as f64).collect();
+        pits.push(calibration::mixture_pit(
+            &component_means,
+            sigma,
+            truth[k] as f64,
+        ));
     }
     (ce / g as f64, mu, sd)
 }
 
-/// Builds a copy of a trained model under another posterior family (post-hoc: same weights,
-/// no retraining). Parameters the new family adds (the VRNN head) are freshly initialised.
+/// Builds a copy of a trained model under another posterior family (post hoc: same weights,
+/// no retraining). Refuses a family whose parameters the trained network lacks (a VRNN head
+/// on a network not trained as a VRNN), see [`PosteriorConfig::check_posthoc`].
 pub fn with_posterior(
     model: &RegressionModel,
-    posterior: &crate::posterior::PosteriorConfig,
+    posterior: &PosteriorConfig,
 ) -> Result<RegressionModel> {
+    model.cfg.posterior.check_posthoc(posterior)?;
     let mut cfg = model.cfg.clone();
     cfg.posterior = posterior.clone();
     let other = RegressionModel::new(&cfg, 0)?;
-    other.params.load_from(&model.params.tensors(), false)?;
+    let missing = other.params.load_from(&model.params.tensors(), false)?;
+    if !missing.is_empty() {
+        bail!(
+            "posterior `{}` needs parameters the trained network lacks: {}",
+            posterior.label(),
+            missing.join(", ")
+        );
+    }
     Ok(other)
+}
+
+/// Seed offset of the held-out tuning tasks (never the test tasks of `cfg.seed`).
+const TUNING_SEED: u64 = 0x7u64 << 40 | 0x7e57;
+
+/// The held-out tasks prior tuning uses: `tasks` tasks drawn from another seed than the test
+/// tasks, evaluated at the same numbers of points.
+pub fn tuning_config(cfg: &EvalConfig, tasks: usize) -> EvalConfig {
+    EvalConfig {
+        tasks,
+        seed: cfg.seed ^ TUNING_SEED,
+        example_points: usize::MAX,
+        ..cfg.clone()
+    }
+}
+
+/// Tunes the prior scales of the post-hoc Laplace posterior `posterior` of `model`
+/// ([`tune::tune_prior`]) by the mean predictive cross-entropy over `cfg.points` on `tasks`
+/// held-out tasks ([`tuning_config`]).
+pub fn tune_regression_prior(
+    model: &RegressionModel,
+    posterior: &crate::posterior::LaplaceConfig,
+    cfg: &EvalConfig,
+    tasks: usize,
+) -> Result<tune::Tuned> {
+    let held_out = tuning_config(cfg, tasks);
+    tune::tune_prior(posterior, &tune::log_grid(), |c| {
+        let m = with_posterior(model, &PosteriorConfig::Laplace(c.clone()))?;
+        let r = evaluate_regression(&m, "tuning", &held_out)?;
+        Ok(r.rows.iter().map(|row| row.ce_mean).sum::<f64>() / r.rows.len() as f64)
+    })
 }

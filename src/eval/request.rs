@@ -1,0 +1,143 @@
+//! What `lvrnn eval` was asked to do, checked against the checkpoint before any work starts:
+//! every argument is validated first, so a bad `--posterior` never costs an evaluation.
+
+use super::tune::{Trial, Tuned};
+use crate::config::{ExperimentConfig, Task};
+use crate::posterior::PosteriorConfig;
+use crate::util::write_csv_atomic;
+use anyhow::{Context, Result, bail};
+use std::path::Path;
+
+/// Arguments of `lvrnn eval` other than the checkpoint and the output folder.
+#[derive(Clone, Debug, Default)]
+pub struct EvalRequest {
+    /// Posterior variants to evaluate under besides the checkpoint's own (post hoc).
+    pub posteriors: Vec<PosteriorConfig>,
+    /// Override of `eval.tasks`.
+    pub tasks: Option<usize>,
+    /// Do not evaluate under the checkpoint's own posterior.
+    pub only_given: bool,
+    /// Also evaluate every Laplace variant with its prior tuned on held-out tasks.
+    pub tune_prior: bool,
+    /// Held-out tasks for the tuning (default: 64 regression, 256 RL).
+    pub tune_tasks: Option<usize>,
+    /// Bandit: evaluate at each of these Dirichlet concentrations (default: `env.alpha_test`).
+    pub alphas: Vec<f64>,
+}
+
+impl EvalRequest {
+    /// Parses the `--posterior` SPECs; the error names the SPEC.
+    pub fn parse_posteriors(specs: &[String]) -> Result<Vec<PosteriorConfig>> {
+        specs
+            .iter()
+            .map(|s| s.parse().with_context(|| format!("--posterior `{s}`")))
+            .collect()
+    }
+
+    /// Applies the overrides to the checkpoint's config and checks every argument against it.
+    pub fn apply(&self, cfg: &mut ExperimentConfig) -> Result<()> {
+        if let Some(t) = self.tasks {
+            if t == 0 {
+                bail!("--tasks must be a positive integer (got 0)");
+            }
+            cfg.eval.tasks = t;
+        }
+        cfg.validate()?;
+        let own = &cfg.model.posterior;
+        for p in &self.posteriors {
+            own.check_posthoc(p)
+                .with_context(|| format!("--posterior `{p}`"))?;
+        }
+        if self.only_given && self.posteriors.is_empty() {
+            bail!("nothing to evaluate: give --posterior or drop --only-given");
+        }
+        if self.tune_tasks == Some(0) {
+            bail!("--tune-tasks must be a positive integer (got 0)");
+        }
+        if self.tune_prior
+            && !self
+                .variants(own)
+                .iter()
+                .any(|(_, p)| matches!(p, PosteriorConfig::Laplace(_)))
+        {
+            bail!(
+                "--tune-prior tunes the prior of Laplace posteriors, but none is evaluated (the checkpoint is `{}`); add e.g. --posterior laplace:window=1,accumulate=sigma",
+                own.label()
+            );
+        }
+        if !self.alphas.is_empty() && cfg.task != Task::Bandit {
+            bail!(
+                "--alpha applies to bandit checkpoints only (this one is `{}`)",
+                cfg.task
+            );
+        }
+        if let Some(a) = self.alphas.iter().find(|a| !(**a > 0.0 && a.is_finite())) {
+            bail!("--alpha must be a finite number > 0 (got {a})");
+        }
+        Ok(())
+    }
+
+    /// The variants to evaluate, labelled: the checkpoint's own (unless `only_given`), then each
+    /// given one as `<label> (post-hoc on <own>)`; duplicates are dropped.
+    pub fn variants(&self, own: &PosteriorConfig) -> Vec<(String, PosteriorConfig)> {
+        let mut out: Vec<(String, PosteriorConfig)> = vec![];
+        if !self.only_given {
+            out.push((own.label(), own.clone()));
+        }
+        for p in &self.posteriors {
+            let label = if p == own {
+                own.label()
+            } else {
+                format!("{} (post-hoc on {})", p.label(), own.label())
+            };
+            if !out.iter().any(|(_, q)| q == p) {
+                out.push((label, p.clone()));
+            }
+        }
+        out
+    }
+}
+
+/// The label of a variant evaluated with a tuned prior.
+pub fn tuned_label(label: &str, tuned: &Tuned) -> String {
+    format!("{label}, tuned prior {}", tuned.describe())
+}
+
+/// Header of `prior_tuning.csv`.
+pub const TUNING_HEADER: [&str; 6] = [
+    "model",
+    "prior_precision",
+    "damping",
+    "score",
+    "criterion",
+    "chosen",
+];
+
+/// Writes every tuning trial to `<dir>/prior_tuning.csv` (one row per candidate; `chosen` marks
+/// the selected one).
+pub fn write_tuning_csv(
+    dir: &Path,
+    criterion: &str,
+    tunings: &[(String, Tuned)],
+) -> Result<std::path::PathBuf> {
+    let rows: Vec<Vec<String>> = tunings
+        .iter()
+        .flat_map(|(label, t)| {
+            t.trials.iter().map(move |tr: &Trial| {
+                let chosen = tr.prior_precision == t.config.prior_precision
+                    && tr.damping == t.config.damping;
+                vec![
+                    label.clone(),
+                    format!("{}", tr.prior_precision),
+                    format!("{}", tr.damping),
+                    format!("{}", tr.score),
+                    criterion.to_string(),
+                    chosen.to_string(),
+                ]
+            })
+        })
+        .collect();
+    let path = dir.join("prior_tuning.csv");
+    write_csv_atomic(&path, &TUNING_HEADER, &rows)?;
+    Ok(path)
+}
