@@ -48,3 +48,68 @@ fn a_finite_history_still_reads_with_and_without_a_header() {
     std::fs::write(&path, "\n0.5,1\n").unwrap();
     assert_eq!(read_history(&path, 2).unwrap(), vec![vec![0.5, 1.0]]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// train.clip_element: the task's default where the config leaves it out
+// ---------------------------------------------------------------------------------------------
+
+use lvrnn::config::ExperimentConfig;
+
+fn config(task: &str, train: &str) -> ExperimentConfig {
+    let text = format!("name = \"t\"\ntask = \"{task}\"\n[train]\nupdates = 3\n{train}");
+    ExperimentConfig::from_toml_str(&text, "t.toml").unwrap()
+}
+
+#[test]
+fn rl_configs_without_clip_element_get_the_papers_rl_value_of_one() {
+    for task in ["bandit", "gridworld"] {
+        let cfg = config(task, "");
+        assert_eq!(cfg.train.clip_element, Some(1.0), "{task}");
+        assert_eq!(lvrnn::train::adamw_config(&cfg).clip_element, 1.0, "{task}");
+        assert!(
+            cfg.to_toml().unwrap().contains("clip_element = 1.0"),
+            "{task}: the resolved value is what config.toml stores"
+        );
+    }
+}
+
+#[test]
+fn a_regression_config_without_clip_element_keeps_five() {
+    let cfg = config("regression", "");
+    assert_eq!(cfg.train.clip_element, Some(5.0));
+    assert_eq!(lvrnn::train::adamw_config(&cfg).clip_element, 5.0);
+}
+
+#[test]
+fn an_explicit_clip_element_is_kept_for_every_task() {
+    for (task, c) in [("bandit", 2.5), ("gridworld", 5.0), ("regression", 1.0)] {
+        let cfg = config(task, &format!("clip_element = {c}\n"));
+        assert_eq!(cfg.train.clip_element, Some(c), "{task}");
+        assert_eq!(cfg.clip_element(), c, "{task}");
+    }
+}
+
+#[test]
+fn a_checkpoint_stores_the_resolved_clip_element() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ck.safetensors");
+    let mut params = lvrnn::nn::Params::new();
+    params.constant("w", &[2], 0.5).unwrap();
+    let cfg = config("bandit", "");
+    lvrnn::run::save_checkpoint(&path, &params, &Default::default(), 7, &cfg).unwrap();
+    let ck = lvrnn::run::load_checkpoint(&path).unwrap();
+    assert_eq!((ck.update, ck.config.train.clip_element), (7, Some(1.0)));
+}
+
+#[test]
+fn a_non_positive_clip_element_names_the_key() {
+    let text = "name = \"t\"\ntask = \"bandit\"\n[train]\nclip_element = 0.0\n";
+    let e = format!(
+        "{:#}",
+        ExperimentConfig::from_toml_str(text, "t.toml").unwrap_err()
+    );
+    assert!(
+        e.contains("train.clip_element must be a finite number > 0 (got 0)"),
+        "{e}"
+    );
+}

@@ -49,7 +49,7 @@ pub fn adamw_config(cfg: &ExperimentConfig) -> AdamWConfig {
     AdamWConfig {
         lr: cfg.train.lr,
         weight_decay: cfg.train.weight_decay,
-        clip_element: cfg.train.clip_element,
+        clip_element: cfg.clip_element(),
         clip_global_norm: cfg.train.clip_global_norm,
         ..AdamWConfig::default()
     }
