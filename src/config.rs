@@ -318,6 +318,9 @@ impl ExperimentConfig {
                 bail!("{k} must be a finite number > 0 (got {v})");
             }
         }
-        Ok(())
+        // Last: the estimate needs the other keys valid. Sizes no machine can hold fail here;
+        // the comparison with this machine's memory is `memory::check_fits_machine`, at the
+        // start of `lvrnn train`.
+        crate::memory::check_dimensions(self)
     }
 }

@@ -113,3 +113,133 @@ fn a_non_positive_clip_element_names_the_key() {
         "{e}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sizes: refused with the estimate and the keys, before anything is allocated
+// ---------------------------------------------------------------------------------------------
+
+use lvrnn::memory::{MemoryEstimate, check_fits};
+
+const GB: u64 = 1_000_000_000;
+
+#[test]
+fn training_with_a_hundred_million_features_fails_fast_naming_the_key_and_the_estimate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("huge.toml"),
+        "name = \"huge\"\ntask = \"regression\"\n[model]\nfeatures = 100000000\n",
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lvrnn"))
+        .args([
+            "--threads",
+            "1",
+            "train",
+            "--config",
+            "huge.toml",
+            "--runs",
+            "runs",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "a clean error, not an abort: {e}");
+    assert!(e.contains("config `huge` needs an estimated"), "{e}");
+    assert!(e.contains(" GB for one training update"), "{e}");
+    assert!(e.contains("GB available"), "{e}");
+    assert!(
+        e.contains("widest through model.features = 100000000"),
+        "{e}"
+    );
+    assert!(
+        e.contains("reduce model.features, train.batch, train.seq_len"),
+        "{e}"
+    );
+    assert!(
+        !d.join("runs/huge").exists(),
+        "refused before the run folder"
+    );
+}
+
+#[test]
+fn a_full_covariance_vrnn_with_a_hundred_million_features_is_refused_on_any_machine() {
+    let text = "name = \"x\"\ntask = \"bandit\"\n[model]\nfeatures = 100000000\n[model.posterior]\nfamily = \"vrnn\"\n";
+    let e = format!(
+        "{:#}",
+        ExperimentConfig::from_toml_str(text, "x.toml").unwrap_err()
+    );
+    assert!(e.contains("invalid config x.toml"), "{e}");
+    assert!(
+        e.contains("vrnn.tri.weight (100000000 × 10000000000000000)"),
+        "{e}"
+    );
+    assert!(e.contains("more than a single allocation can hold"), "{e}");
+    assert!(
+        e.contains("reduce model.features or use [model.posterior] diagonal = true"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_paper_size_full_covariance_vrnn_is_refused_on_a_small_machine_with_the_breakdown() {
+    let text = "name = \"grid\"\ntask = \"gridworld\"\n[model.posterior]\nfamily = \"vrnn\"\n";
+    let cfg = ExperimentConfig::from_toml_str(text, "grid.toml").unwrap();
+    let e = format!(
+        "{:#}",
+        check_fits(&cfg, 4 * GB, "a test budget").unwrap_err()
+    );
+    assert!(
+        e.contains("more than the 4.0 GB available (a test budget)"),
+        "{e}"
+    );
+    assert!(
+        e.contains("parameters with their gradient and AdamW moments"),
+        "{e}"
+    );
+    assert!(e.contains("the VRNN's covariances dominate"), "{e}");
+    assert!(
+        e.contains("train.batch = 256 × the gridworld horizon T = 100 (fixed) rows"),
+        "{e}"
+    );
+    assert!(e.contains("model.features² = 64²"), "{e}");
+    assert!(e.contains("diagonal = true"), "{e}");
+    check_fits(&cfg, 64 * GB, "a test budget").unwrap();
+}
+
+#[test]
+fn a_wide_laplace_regression_names_the_batch_and_the_features() {
+    let text = "name = \"wide\"\ntask = \"regression\"\n[model]\nfeatures = 4096\n[model.posterior]\nfamily = \"laplace\"\n";
+    let cfg = ExperimentConfig::from_toml_str(text, "wide.toml").unwrap();
+    let e = format!(
+        "{:#}",
+        check_fits(&cfg, 8 * GB, "a test budget").unwrap_err()
+    );
+    assert!(
+        e.contains("train.batch = 256 precisions of model.features² = 4096²"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_default_and_every_shipped_config_fit_a_sixteen_gigabyte_machine() {
+    let default =
+        ExperimentConfig::from_toml_str("name = \"d\"\ntask = \"regression\"\n", "d").unwrap();
+    check_fits(&default, 16 * GB, "a 16 GB machine").unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let cfg = ExperimentConfig::load(&path)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            check_fits(&cfg, 16 * GB, "a 16 GB machine")
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            let est = MemoryEstimate::for_config(&cfg).unwrap();
+            assert!(est.total_bytes() > 0);
+            n += 1;
+        }
+    }
+    assert!(n >= 18, "expected the shipped configs in {}", dir.display());
+}
