@@ -28,6 +28,17 @@ impl std::fmt::Display for Task {
     }
 }
 
+impl Task {
+    /// The paper's element-wise gradient clip c for this task (App. B.1): 5 for regression,
+    /// 1 for the RL tasks (the authors' PPO configs).
+    pub fn default_clip_element(self) -> f64 {
+        match self {
+            Task::Regression => 5.0,
+            Task::Bandit | Task::Gridworld => 1.0,
+        }
+    }
+}
+
 impl std::str::FromStr for Task {
     type Err = anyhow::Error;
 
@@ -76,8 +87,11 @@ pub struct TrainConfig {
     pub seq_len: usize,
     pub lr: f64,
     pub weight_decay: f64,
-    /// Element-wise gradient clip c: each element to [−c, c] (regression 5, RL 1).
-    pub clip_element: f64,
+    /// Element-wise gradient clip c: each element to [−c, c]. Left out of the TOML, it is the
+    /// task's default (`Task::default_clip_element`: regression 5, RL 1), filled in by
+    /// `ExperimentConfig::from_toml_str`, so run folders and checkpoints store the value used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_element: Option<f64>,
     pub clip_global_norm: f64,
     /// Weight β of the posterior KL term (Eqs. 2, 3).
     pub beta: f64,
@@ -97,7 +111,7 @@ impl Default for TrainConfig {
             seq_len: 50,
             lr: 1e-3,
             weight_decay: 1e-6,
-            clip_element: 5.0,
+            clip_element: None,
             clip_global_norm: 1.0,
             beta: 1e-2,
             checkpoint_every: 500,
@@ -200,8 +214,9 @@ impl Default for EnvConfig {
 
 impl ExperimentConfig {
     pub fn from_toml_str(s: &str, origin: &str) -> Result<Self> {
-        let cfg: Self =
+        let mut cfg: Self =
             toml::from_str(s).map_err(|e| anyhow::anyhow!("invalid config {origin}: {e}"))?;
+        cfg.resolve_defaults();
         cfg.validate()
             .with_context(|| format!("invalid config {origin}"))?;
         Ok(cfg)
@@ -211,6 +226,20 @@ impl ExperimentConfig {
         let s = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         Self::from_toml_str(&s, &path.display().to_string())
+    }
+
+    /// Fills in the defaults that depend on the task (`train.clip_element`); explicit values
+    /// are kept.
+    pub fn resolve_defaults(&mut self) {
+        self.train.clip_element = Some(self.clip_element());
+    }
+
+    /// The element-wise gradient clip c training uses: `train.clip_element`, or the task's
+    /// default where the config leaves it out.
+    pub fn clip_element(&self) -> f64 {
+        self.train
+            .clip_element
+            .unwrap_or_else(|| self.task.default_clip_element())
     }
 
     pub fn to_toml(&self) -> Result<String> {
@@ -237,7 +266,7 @@ impl ExperimentConfig {
         }
         for (k, v) in [
             ("train.lr", t.lr),
-            ("train.clip_element", t.clip_element),
+            ("train.clip_element", self.clip_element()),
             ("train.clip_global_norm", t.clip_global_norm),
         ] {
             if !(v > 0.0 && v.is_finite()) {
@@ -294,6 +323,9 @@ impl ExperimentConfig {
                 bail!("{k} must be a finite number > 0 (got {v})");
             }
         }
-        Ok(())
+        // Last: the estimate needs the other keys valid. Sizes no machine can hold fail here;
+        // the comparison with this machine's memory is `memory::check_fits_machine`, at the
+        // start of `lvrnn train`.
+        crate::memory::check_dimensions(self)
     }
 }

@@ -7,29 +7,52 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::path::Path;
 
-/// Reads a CSV of numbers with `columns` columns per row; a first row that does not parse as
-/// numbers is taken as a header. Blank lines are skipped.
+/// Reads a CSV of numbers with `columns` columns per row; a first non-blank row that does not
+/// parse as numbers is taken as a header. Blank lines are skipped. Every value must be finite:
+/// a NaN or infinity is refused with its line (1-based, counting every line of the file) and
+/// column (1-based, with the header's name where there is one).
 pub fn read_history(path: &Path, columns: usize) -> Result<Vec<Vec<f32>>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading history {}", path.display()))?;
     let mut rows = vec![];
+    let mut header: Option<Vec<String>> = None;
+    let mut first = true;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
+        let is_first = std::mem::replace(&mut first, false);
         let parsed: Result<Vec<f32>, _> =
             line.split(',').map(|f| f.trim().parse::<f32>()).collect();
-        match parsed {
-            Ok(v) if v.len() == columns => rows.push(v),
+        let v = match parsed {
+            Ok(v) if v.len() == columns => v,
             Ok(v) => bail!(
                 "{}:{}: expected {columns} columns, found {}",
                 path.display(),
                 i + 1,
                 v.len()
             ),
-            Err(_) if i == 0 => continue,
+            Err(_) if is_first => {
+                header = Some(line.split(',').map(|f| f.trim().to_string()).collect());
+                continue;
+            }
             Err(e) => bail!("{}:{}: not a number ({e})", path.display(), i + 1),
+        };
+        if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+            let name = header
+                .as_ref()
+                .and_then(|h| h.get(j))
+                .map(|n| format!(" (`{n}`)"))
+                .unwrap_or_default();
+            bail!(
+                "{}: line {}, column {}{name}: {} is not a finite number; every history value must be finite (replace it with a number or drop the row)",
+                path.display(),
+                i + 1,
+                j + 1,
+                line.split(',').nth(j).unwrap_or_default().trim()
+            );
         }
+        rows.push(v);
     }
     Ok(rows)
 }

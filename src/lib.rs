@@ -11,6 +11,7 @@ pub mod envs;
 pub mod eval;
 pub mod inspect;
 pub mod linalg;
+pub mod memory;
 pub mod nn;
 pub mod plot;
 pub mod posterior;

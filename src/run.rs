@@ -1,5 +1,6 @@
-//! Run folders: resolved config, checkpoints (safetensors, written atomically, with the
-//! experiment config in the metadata so any checkpoint is self-describing), metrics, figures.
+//! Run folders: resolved config, checkpoints (safetensors, written atomically, with
+//! `{"update", "config"}` as JSON under the metadata key `lvrnn`, so any checkpoint is
+//! self-describing), metrics, figures.
 //!
 //! ```text
 //! <runs>/<name>/config.toml                  resolved configuration

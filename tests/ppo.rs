@@ -543,7 +543,7 @@ fn shipped_rl_configs_parse_with_the_paper_values() {
             );
             assert_eq!(cfg.name, format!("{env}-{variant}"));
             assert_eq!((cfg.train.updates, cfg.train.batch), (20_000, 256));
-            assert_eq!((cfg.train.clip_element, cfg.train.beta), (1.0, 1e-2));
+            assert_eq!((cfg.train.clip_element, cfg.train.beta), (Some(1.0), 1e-2));
             assert_eq!(cfg.train.snapshots, vec![0.5, 0.75]);
             assert_eq!(cfg.model.features, 64);
             assert_eq!(cfg.eval.tasks, 128);

@@ -49,7 +49,7 @@ pub fn adamw_config(cfg: &ExperimentConfig) -> AdamWConfig {
     AdamWConfig {
         lr: cfg.train.lr,
         weight_decay: cfg.train.weight_decay,
-        clip_element: cfg.train.clip_element,
+        clip_element: cfg.clip_element(),
         clip_global_norm: cfg.train.clip_global_norm,
         ..AdamWConfig::default()
     }
@@ -87,14 +87,17 @@ pub fn init_from(params: &Params, path: &Path) -> Result<Vec<String>> {
         .with_context(|| format!("initialising from {}", path.display()))
 }
 
-/// The common start of `lvrnn train` for every task: applies `train.threads` (no effect when
-/// `--threads` was given: the first setting wins) and opens the run folder.
+/// The common start of `lvrnn train` for every task, before any model is built: refuses a
+/// config whose estimated memory exceeds what this machine has available
+/// (`memory::check_fits_machine`), applies `train.threads` (no effect when `--threads` was
+/// given: the first setting wins) and opens the run folder.
 pub fn open_run(
     cfg: &ExperimentConfig,
     runs: &Path,
     opts: &FitOptions,
     overwrite: bool,
 ) -> Result<RunDir> {
+    crate::memory::check_fits_machine(cfg)?;
     if cfg.train.threads > 0 {
         crate::init_threads(cfg.train.threads);
     }
