@@ -146,8 +146,19 @@ fn a_sweep_killed_mid_way_and_restarted_finishes_every_job_exactly_once() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Kill once a job has finished and another is part-way through its updates.
+    // While it runs, a second sweep on the same folder is refused.
     let t0 = Instant::now();
+    while !out.join("sweep.lock").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no sweep.lock");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let o = lvrnn(&["sweep", "s.toml", "--out", "out"], d);
+    assert!(
+        !o.status.success() && text(&o).contains("another `lvrnn sweep`"),
+        "{}",
+        text(&o)
+    );
+    // Kill once a job has finished and another is part-way through its updates.
     let interrupted = loop {
         let done = jobs.iter().filter(|j| is_done(&out, j)).count();
         if done >= 1
@@ -412,6 +423,25 @@ fn a_failed_job_is_recorded_and_does_not_stop_the_others() {
         (count(&ev, "seed=0", "start"), count(&ev, "seed=1", "start")),
         (1, 2)
     );
+}
+
+#[test]
+fn every_shipped_sweep_file_expands() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/sweeps");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let s = Sweep::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            assert!(!s.jobs.is_empty());
+            n += 1;
+        }
+    }
+    assert!(n > 0);
+    let s = Sweep::load(&dir.join("bandit-small.toml")).unwrap();
+    assert_eq!((s.jobs.len(), s.excluded), (20, 4));
+    assert_eq!(s.jobs[0].name, "posterior=rnn,lr=0.001,seed=0");
+    assert_eq!(s.jobs[0].config.train.updates, 2000);
 }
 
 fn error(sweep: &str) -> String {

@@ -124,6 +124,11 @@ pub fn run_local(sweep: &Sweep, dir: &SweepDir, opts: &LocalOptions) -> Result<(
         if running.is_empty() {
             break;
         }
+        bar.set_message(format!(
+            "{} running, {} failed",
+            running.len(),
+            failed.len()
+        ));
         std::thread::sleep(POLL);
         let mut i = 0;
         while i < running.len() {
@@ -183,11 +188,6 @@ pub fn run_local(sweep: &Sweep, dir: &SweepDir, opts: &LocalOptions) -> Result<(
                 }
             }
         }
-        bar.set_message(format!(
-            "{} running, {} failed",
-            running.len(),
-            failed.len()
-        ));
     }
     bar.finish_and_clear();
     eprintln!(
