@@ -355,6 +355,16 @@ fn the_grid_expands_in_file_order_with_stable_names_and_exclusions() {
     );
     assert_eq!(last.model.posterior.label(), "laplace-sigma-k1-full");
 
+    // [set] keys inside a table an axis sets apply to each of its values.
+    let with_jitter = text
+        .replace("[axes]", "[set]\n\"model.posterior.jitter\" = 0.5\n[axes]")
+        .replace("\"rnn\", ", "");
+    let s = Sweep::from_toml_str(&with_jitter, "s.toml", dir.path()).unwrap();
+    let lvrnn::posterior::PosteriorConfig::Laplace(p) = &s.jobs[0].config.model.posterior else {
+        panic!("not laplace")
+    };
+    assert_eq!((s.jobs.len(), p.jitter), (4, 0.5));
+
     // A SPEC in a rule matches the same posterior written differently.
     let text = format!(
         "{text}[[exclude]]\n\"model.posterior\" = \"laplace:window=1\"\n\"train.lr\" = 3e-4\n"
@@ -493,6 +503,8 @@ fn bad_sweep_files_name_the_key_and_the_allowed_values() {
     // A value the config rejects gets the config's error, with the job's name.
     let e = error(&format!("{head}[axes]\n\"train.lr\" = [-1.0]\n"));
     assert!(e.contains("lr=-1") && e.contains("train.lr must be"), "{e}");
+    let e = error(&format!("{head}[set]\nseed = 1\n[axes]\nseed = [0]\n"));
+    assert!(e.contains("seed") && e.contains("[set]"), "{e}");
     let e = error(&format!(
         "{head}[axes]\n\"model.posterior\" = [\"gaussian\"]\n"
     ));

@@ -13,7 +13,8 @@
 //! worker's pid is kept in `status/<name>.pid` while it runs; a restarted sweep that finds a live
 //! process with that pid and the job's name on its command line waits for it to exit before
 //! starting the job again, so a job never runs twice at once. A `sweep.lock` with the sweep's
-//! pid keeps two sweeps off one folder.
+//! pid keeps two sweeps off one folder. Both checks read `/proc`; where there is none (not
+//! Linux) a pid file or lock is taken to be stale, and neither safeguard applies.
 //!
 //! One window remains: a sweep killed after a worker exited 0 but before the `done` status was
 //! written runs that job once more; `--resume` then starts at the final update, writes the same

@@ -93,7 +93,7 @@ impl SweepFile {
             );
         }
         let known = config_keys();
-        let mut base = match &self.base {
+        let base = match &self.base {
             Value::String(p) => {
                 let path = base_dir.join(p);
                 let text = std::fs::read_to_string(&path)
@@ -106,9 +106,13 @@ impl SweepFile {
                 "base must be a path to a config file (relative to the sweep file) or an inline [base] table (got `{other}`)"
             ),
         };
+        let mut set = vec![];
         for (key, value) in &self.set {
             check_key(key, &known, "[set]")?;
-            set_dotted(&mut base, key, normalize(key, value)?)?;
+            if self.axes.contains_key(key) {
+                bail!("`{key}` is both in [set] and in [axes]; keep one");
+            }
+            set.push((key.clone(), normalize(key, value)?));
         }
         let axes = self.axes(&known)?;
         let rules = self.exclusions(&axes)?;
@@ -123,7 +127,7 @@ impl SweepFile {
             }) {
                 excluded += 1;
             } else {
-                jobs.push(job(&base, &axes, &index)?);
+                jobs.push(job(&base, &set, &axes, &index)?);
             }
             // Odometer: the last axis varies fastest.
             let Some(a) = (0..axes.len())
@@ -231,8 +235,10 @@ impl SweepFile {
     }
 }
 
-/// Builds and validates the job at grid point `index`.
-fn job(base: &Table, axes: &[Axis], index: &[usize]) -> Result<Job> {
+/// Builds and validates the job at grid point `index`: the `[set]` and axis values are written
+/// into the base, whole tables before the keys inside them (so `model.posterior.jitter` applies
+/// to every posterior of a `model.posterior` axis).
+fn job(base: &Table, set: &[(String, Value)], axes: &[Axis], index: &[usize]) -> Result<Job> {
     let name = axes
         .iter()
         .zip(index)
@@ -244,9 +250,16 @@ fn job(base: &Table, axes: &[Axis], index: &[usize]) -> Result<Job> {
             "job name `{name}` is longer than {MAX_NAME} characters; use fewer axes or shorter values"
         );
     }
+    let mut assignments: Vec<(&str, &Value)> = set.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    assignments.extend(
+        axes.iter()
+            .zip(index)
+            .map(|(a, &i)| (a.key.as_str(), &a.values[i])),
+    );
+    assignments.sort_by_key(|(k, _)| k.matches('.').count());
     let mut table = base.clone();
-    for (a, &i) in axes.iter().zip(index) {
-        set_dotted(&mut table, &a.key, a.values[i].clone())?;
+    for (key, value) in assignments {
+        set_dotted(&mut table, key, value.clone())?;
     }
     table.insert("name".into(), Value::String(name.clone()));
     let text = toml::to_string(&table).context("serialising a job config")?;
