@@ -19,6 +19,7 @@ pub mod report;
 pub mod rl_eval;
 pub mod run;
 pub mod stats;
+pub mod sweep;
 pub mod train;
 pub mod util;
 

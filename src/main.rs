@@ -155,6 +155,28 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run a grid of training jobs from a sweep file (base config × axes − exclusions) as
+    /// parallel worker processes, resumably; or list them, or write a Slurm job array.
+    /// See README "Sweeps".
+    Sweep {
+        /// The sweep file (TOML).
+        file: PathBuf,
+        /// Output folder (default: sweeps/<sweep name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Worker processes at once (default: one per core); each runs with --threads 1.
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// List the jobs (name and command line) and exit.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write a cluster batch script and job list instead of running: `--emit slurm DIR`.
+        #[arg(long, num_args = 2, value_names = ["KIND", "DIR"])]
+        emit: Vec<String>,
+        /// The lvrnn binary the job commands call (default: this one).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -327,6 +349,21 @@ fn run(cmd: Cmd) -> Result<()> {
                 json,
             })
         }
+        Cmd::Sweep {
+            file,
+            out,
+            jobs,
+            dry_run,
+            emit,
+            bin,
+        } => lvrnn::sweep::run(&lvrnn::sweep::SweepOptions {
+            file,
+            out,
+            jobs,
+            dry_run,
+            emit,
+            bin,
+        }),
     }
 }
 

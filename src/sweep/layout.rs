@@ -1,0 +1,166 @@
+//! The sweep output folder: where each job's config, run, log and status live, the worker
+//! command line, and the status markers (layout in the module doc of [`crate::sweep`]).
+
+use super::spec::Job;
+use crate::util::write_atomic;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// `<out>` of one sweep.
+pub struct SweepDir {
+    /// Absolute, so that the job commands work from any folder.
+    pub root: PathBuf,
+}
+
+/// How a job ended, as recorded in `status/<name>.json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Done,
+    Failed,
+}
+
+/// `status/<name>.json`, written atomically after the worker exits (by `lvrnn sweep`, or by the
+/// Slurm batch script with `runner = "slurm"` and only the first four fields).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub job: String,
+    pub status: Outcome,
+    pub exit_code: Option<i32>,
+    pub runner: String,
+    /// The attempt (1-based) this status belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_seconds: Option<f64>,
+    /// Failed jobs: why, and the last lines of the worker's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl SweepDir {
+    pub fn new(root: &Path) -> Result<Self> {
+        let root = std::path::absolute(root)
+            .with_context(|| format!("resolving the output folder {}", root.display()))?;
+        Ok(Self { root })
+    }
+
+    pub fn job_config(&self, name: &str) -> PathBuf {
+        self.root.join("jobs").join(format!("{name}.toml"))
+    }
+    pub fn runs(&self) -> PathBuf {
+        self.root.join("runs")
+    }
+    pub fn run(&self, name: &str) -> PathBuf {
+        self.runs().join(name)
+    }
+    pub fn status_dir(&self) -> PathBuf {
+        self.root.join("status")
+    }
+    pub fn status(&self, name: &str) -> PathBuf {
+        self.status_dir().join(format!("{name}.json"))
+    }
+    /// The pid of the worker running the job (removed when it exits).
+    pub fn pid_file(&self, name: &str) -> PathBuf {
+        self.status_dir().join(format!("{name}.pid"))
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.logs().join(format!("{name}.log"))
+    }
+    /// One JSON line per worker start and end (`attempts.jsonl`).
+    pub fn attempts(&self) -> PathBuf {
+        self.root.join("attempts.jsonl")
+    }
+    /// Held (with the pid) by the `lvrnn sweep` process running this folder.
+    pub fn lock(&self) -> PathBuf {
+        self.root.join("sweep.lock")
+    }
+
+    /// The worker command of `job`: `BIN --threads 1 train --config <jobs/name.toml> --runs
+    /// <runs> --name <name> --resume` (`--resume` also starts a fresh run, so the same line
+    /// serves a first start, a restart and a cluster requeue).
+    pub fn command(&self, bin: &Path, job: &Job) -> Vec<OsString> {
+        vec![
+            bin.into(),
+            "--threads".into(),
+            "1".into(),
+            "train".into(),
+            "--config".into(),
+            self.job_config(&job.name).into(),
+            "--runs".into(),
+            self.runs().into(),
+            "--name".into(),
+            job.name.clone().into(),
+            "--resume".into(),
+        ]
+    }
+
+    /// Writes `jobs/<name>.toml` for every job (atomically, only where it changed). A job that
+    /// has already started with a different config is an error rather than a silent mix.
+    pub fn write_job_configs(&self, jobs: &[Job]) -> Result<()> {
+        for job in jobs {
+            let path = self.job_config(&job.name);
+            let text = job.config.to_toml()?;
+            let old = std::fs::read_to_string(&path).ok();
+            if old.as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            let started = self.run(&job.name).exists() || self.status(&job.name).exists();
+            if old.is_some() && started {
+                bail!(
+                    "job `{}` in {} was started with a different config ({}); use another --out, or delete {} and {} to run it again",
+                    job.name,
+                    self.root.display(),
+                    path.display(),
+                    self.run(&job.name).display(),
+                    self.status(&job.name).display()
+                );
+            }
+            write_atomic(&path, text.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The recorded status of a job, if any.
+    pub fn read_status(&self, name: &str) -> Result<Option<JobStatus>> {
+        let path = self.status(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn is_done(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .read_status(name)?
+            .is_some_and(|s| s.status == Outcome::Done))
+    }
+}
+
+/// `s` quoted for a POSIX shell (unchanged when it needs no quoting).
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@%".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// A command as one shell line.
+pub fn shell_line(args: &[OsString]) -> String {
+    args.iter()
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

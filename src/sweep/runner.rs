@@ -1,0 +1,425 @@
+//! Running a sweep on this machine: at most `--jobs` worker processes at once, one overall
+//! progress bar, and a restart that finishes only what is missing.
+//!
+//! Each worker is `lvrnn --threads 1 train … --resume` (the current executable) with its output
+//! appended to `logs/<name>.log`. When it exits, `status/<name>.json` is written atomically:
+//! `done` (exit 0) or `failed` (with the exit code and the tail of its output). A restart skips
+//! `done` jobs and runs every other one with `--resume`, which continues from the run's latest
+//! checkpoint; failed jobs are retried.
+//!
+//! Orphans. A sweep killed with SIGKILL cannot stop its workers, so on Linux (glibc) each worker
+//! asks the kernel to SIGKILL it when the sweep dies (`prctl(PR_SET_PDEATHSIG)`, set between fork
+//! and exec, with a check that the sweep had not already died). As a second line of defence the
+//! worker's pid is kept in `status/<name>.pid` while it runs; a restarted sweep that finds a live
+//! process with that pid and the job's name on its command line waits for it to exit before
+//! starting the job again, so a job never runs twice at once. A `sweep.lock` with the sweep's
+//! pid keeps two sweeps off one folder. Both checks read `/proc`; where there is none (not
+//! Linux) a pid file or lock is taken to be stale, and neither safeguard applies.
+//!
+//! One window remains: a sweep killed after a worker exited 0 but before the `done` status was
+//! written runs that job once more; `--resume` then starts at the final update, writes the same
+//! final checkpoint again and re-evaluates.
+
+use super::layout::{JobStatus, Outcome, SweepDir, shell_line};
+use super::spec::{Job, Sweep};
+use crate::util::{JsonlAppender, read_jsonl, write_atomic, write_json_atomic};
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Lines of a failed worker's output kept in its status.
+const TAIL_LINES: usize = 20;
+/// How often the scheduler looks at its workers.
+const POLL: Duration = Duration::from_millis(100);
+
+pub struct LocalOptions {
+    /// Worker processes at once.
+    pub jobs: usize,
+    /// The lvrnn binary the workers run.
+    pub bin: PathBuf,
+    /// Show the progress bar (when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// One line of `attempts.jsonl`.
+#[derive(Serialize, Deserialize)]
+pub struct Event {
+    pub job: String,
+    /// `start`, `done` or `failed`.
+    pub event: String,
+    pub attempt: u32,
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub unix_time: u64,
+}
+
+struct Running<'a> {
+    job: &'a Job,
+    child: Child,
+    attempt: u32,
+    log_start: u64,
+    started: Instant,
+}
+
+/// Runs every job of `sweep` that is not done yet; fails at the end if any job failed.
+pub fn run_local(sweep: &Sweep, dir: &SweepDir, opts: &LocalOptions) -> Result<()> {
+    if opts.jobs == 0 {
+        bail!("--jobs must be a positive integer");
+    }
+    std::fs::create_dir_all(&dir.root)
+        .with_context(|| format!("creating {}", dir.root.display()))?;
+    let _lock = SweepLock::acquire(&dir.lock())?;
+    dir.write_job_configs(&sweep.jobs)?;
+    for d in [dir.runs(), dir.status_dir(), dir.logs()] {
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    }
+
+    let mut attempts: BTreeMap<String, u32> = BTreeMap::new();
+    if dir.attempts().exists() {
+        for e in read_jsonl::<Event>(&dir.attempts())? {
+            if e.event == "start" {
+                *attempts.entry(e.job).or_default() += 1;
+            }
+        }
+    }
+    let mut pending = VecDeque::new();
+    for job in &sweep.jobs {
+        if !dir.is_done(&job.name)? {
+            wait_for_orphan(dir, &job.name)?;
+            pending.push_back(job);
+        }
+    }
+    let total = sweep.jobs.len();
+    let done_before = total - pending.len();
+    let mut log = JsonlAppender::open(&dir.attempts())?;
+    let bar = progress_bar(opts.progress, total, done_before, &sweep.name);
+    say(
+        &bar,
+        format!(
+            "sweep {}: {total} jobs, {done_before} already done, {} to run with {} workers → {}",
+            sweep.name,
+            pending.len(),
+            opts.jobs.min(pending.len().max(1)),
+            dir.root.display()
+        ),
+    );
+
+    let mut running: Vec<Running> = vec![];
+    let mut failed: Vec<(String, String)> = vec![];
+    let mut done_now = 0;
+    loop {
+        while running.len() < opts.jobs
+            && let Some(job) = pending.pop_front()
+        {
+            let attempt = attempts.get(&job.name).copied().unwrap_or(0) + 1;
+            let r = spawn(dir, &opts.bin, job, attempt)?;
+            log.write(&event(&job.name, "start", attempt, r.child.id(), None))?;
+            running.push(r);
+        }
+        if running.is_empty() {
+            break;
+        }
+        bar.set_message(format!(
+            "{} running, {} failed",
+            running.len(),
+            failed.len()
+        ));
+        std::thread::sleep(POLL);
+        let mut i = 0;
+        while i < running.len() {
+            let Some(status) = running[i].child.try_wait()? else {
+                i += 1;
+                continue;
+            };
+            let r = running.swap_remove(i);
+            let wall = r.started.elapsed().as_secs_f64();
+            let (outcome, error) = if status.success() {
+                (Outcome::Done, None)
+            } else {
+                let tail = log_tail(&dir.log(&r.job.name), r.log_start)?;
+                (
+                    Outcome::Failed,
+                    Some(format!("worker {}\n{tail}", exit_text(&status))),
+                )
+            };
+            write_json_atomic(
+                &dir.status(&r.job.name),
+                &JobStatus {
+                    job: r.job.name.clone(),
+                    status: outcome,
+                    exit_code: status.code(),
+                    runner: "local".into(),
+                    attempt: Some(r.attempt),
+                    wall_seconds: Some(wall),
+                    error: error.clone(),
+                },
+            )?;
+            let _ = std::fs::remove_file(dir.pid_file(&r.job.name));
+            let name = if outcome == Outcome::Done {
+                "done"
+            } else {
+                "failed"
+            };
+            log.write(&event(
+                &r.job.name,
+                name,
+                r.attempt,
+                r.child.id(),
+                status.code(),
+            ))?;
+            match error {
+                None => {
+                    done_now += 1;
+                    bar.inc(1);
+                    say(&bar, format!("done    {} ({wall:.1} s)", r.job.name));
+                }
+                Some(e) => {
+                    let last = e.lines().last().unwrap_or("").to_string();
+                    say(
+                        &bar,
+                        format!("FAILED  {} ({}): {last}", r.job.name, exit_text(&status)),
+                    );
+                    failed.push((r.job.name.clone(), last));
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "sweep {}: {} of {total} jobs done ({done_now} this time), {} failed; runs in {}",
+        sweep.name,
+        total - failed.len(),
+        failed.len(),
+        dir.runs().display()
+    );
+    if !failed.is_empty() {
+        let list: Vec<String> = failed
+            .iter()
+            .map(|(n, why)| format!("  {n}: {why}"))
+            .collect();
+        bail!(
+            "{} of {total} jobs failed (status in {}, output in {}; run the sweep again to retry them):\n{}",
+            failed.len(),
+            dir.status_dir().display(),
+            dir.logs().display(),
+            list.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// Starts the worker of `job`, its output appended to the job's log.
+fn spawn<'a>(dir: &SweepDir, bin: &Path, job: &'a Job, attempt: u32) -> Result<Running<'a>> {
+    let args = dir.command(bin, job);
+    let path = dir.log(&job.name);
+    let mut out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let log_start = out.seek(SeekFrom::End(0))?;
+    writeln!(
+        out,
+        "=== attempt {attempt} at unix time {}: {}",
+        unix_now(),
+        shell_line(&args)
+    )?;
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    die_with_parent(&mut cmd);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    write_atomic(
+        &dir.pid_file(&job.name),
+        format!("{}\n", child.id()).as_bytes(),
+    )?;
+    Ok(Running {
+        job,
+        child,
+        attempt,
+        log_start,
+        started: Instant::now(),
+    })
+}
+
+/// Linux (glibc): the kernel SIGKILLs the worker when the thread that spawned it — the sweep's
+/// main thread, which lives as long as the sweep — dies.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The sweep died before prctl took effect: do not run as an orphan.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn die_with_parent(_cmd: &mut Command) {}
+
+/// Whether `pid` is a live (not zombie) process whose command line contains `needle`
+/// (guards against a reused pid). Always false where `/proc` is missing.
+fn alive_with(pid: u32, needle: &str) -> bool {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(stat) = std::fs::read_to_string(proc.join("stat")) else {
+        return false;
+    };
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']));
+    let cmdline = std::fs::read(proc.join("cmdline")).unwrap_or_default();
+    !zombie
+        && cmdline
+            .windows(needle.len().max(1))
+            .any(|w| w == needle.as_bytes())
+}
+
+/// Waits until a worker of `name` left behind by an earlier sweep (its pid in the job's pid
+/// file) has exited, then removes the pid file.
+fn wait_for_orphan(dir: &SweepDir, name: &str) -> Result<()> {
+    let path = dir.pid_file(name);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    if let Ok(pid) = text.trim().parse::<u32>() {
+        let mut told = false;
+        while alive_with(pid, name) {
+            if !told {
+                eprintln!(
+                    "waiting for the worker of `{name}` (pid {pid}) left by an earlier sweep to exit"
+                );
+                told = true;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+}
+
+/// `sweep.lock`: created with this process's pid, removed on drop. A lock whose process is gone
+/// (a killed sweep) is taken over.
+struct SweepLock(PathBuf);
+
+impl SweepLock {
+    fn acquire(path: &Path) -> Result<Self> {
+        for _ in 0..2 {
+            match OpenOptions::new().write(true).create_new(true).open(path) {
+                Ok(mut f) => {
+                    writeln!(f, "{}", std::process::id())?;
+                    return Ok(Self(path.to_path_buf()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let text = std::fs::read_to_string(path).unwrap_or_default();
+                    if let Ok(pid) = text.trim().parse::<u32>()
+                        && pid != std::process::id()
+                        && alive_with(pid, "sweep")
+                    {
+                        bail!(
+                            "another `lvrnn sweep` (pid {pid}) is running in this folder ({}); wait for it to finish or stop it",
+                            path.display()
+                        );
+                    }
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("removing stale {}", path.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        }
+        bail!("could not take {}", path.display())
+    }
+}
+
+impl Drop for SweepLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The last lines the worker wrote since byte `start` of its log.
+fn log_tail(path: &Path, start: u64) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    f.seek(SeekFrom::Start(start))?;
+    let mut bytes = vec![];
+    f.read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    Ok(lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n"))
+}
+
+fn exit_text(status: &std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            return format!("killed by signal {sig}");
+        }
+    }
+    match status.code() {
+        Some(c) => format!("exit code {c}"),
+        None => "no exit code".into(),
+    }
+}
+
+fn event(job: &str, event: &str, attempt: u32, pid: u32, exit_code: Option<i32>) -> Event {
+    Event {
+        job: job.into(),
+        event: event.into(),
+        attempt,
+        pid,
+        exit_code,
+        unix_time: unix_now(),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn progress_bar(show: bool, total: usize, done: usize, name: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}<{eta_precise}] {bar:30} {pos}/{len} done  {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_prefix(name.to_string());
+    bar.set_position(done as u64);
+    bar.reset_eta();
+    bar.enable_steady_tick(Duration::from_secs(1));
+    bar
+}
+
+/// A line above the bar (or on stderr when the bar is hidden, e.g. not a terminal).
+fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
