@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use lvrnn::config::{ExperimentConfig, Task};
-use lvrnn::eval::request::{EvalRequest, tuned_label, write_tuning_csv};
+use lvrnn::eval::request::{EvalRequest, tuned_label, write_provenance, write_tuning_csv};
 use lvrnn::eval::{EvalResult, evaluate_regression, tune_regression_prior, with_posterior};
 use lvrnn::posterior::PosteriorConfig;
 use lvrnn::report::{format_table, write_regression_report};
@@ -494,6 +494,7 @@ fn eval_checkpoint(checkpoint: &Path, request: &EvalRequest, out: Option<PathBuf
             tunings.push((label, tuned));
         }
     }
+    write_provenance(&out, checkpoint, &cfg)?;
     let figures = out.join("figures");
     let mut files = write_regression_report(&results, &out, &figures, Some(cfg.train.seq_len))?;
     if !tunings.is_empty() {

@@ -13,7 +13,7 @@ use crate::envs::bandit::{Bandit, NUM_ARMS};
 use crate::envs::gridworld::Gridworld;
 use crate::envs::reference::{PARTICLES, default_checkpoints, simulate_policies, task_rng};
 use crate::envs::{EnvKind, MetaEnv};
-use crate::eval::request::{EvalRequest, tuned_label, write_tuning_csv};
+use crate::eval::request::{EvalRequest, tuned_label, write_provenance, write_tuning_csv};
 use crate::eval::tune::{Tuned, log_grid, tune_prior};
 use crate::plot::{LinePlot, Series, line_plot};
 use crate::posterior::LaplaceConfig;
@@ -697,6 +697,7 @@ pub fn eval_rl_checkpoint(
             refs.push(r);
         }
     }
+    write_provenance(&out, checkpoint, &cfg)?;
     let figures = out.join("figures");
     let mut files = write_rl_report(&results, &refs, &out, &figures)?;
     if !tunings.is_empty() {

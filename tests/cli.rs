@@ -282,6 +282,17 @@ fn eval_validates_arguments_first_and_tunes_the_prior() {
     );
     assert_eq!(tuning.matches(",true").count(), 1, "{tuning}");
     assert!(d.join("ev/figures/coverage.png").exists());
+    // Provenance for `lvrnn report`: the config and the checkpoint the results come from.
+    let source: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("ev/source.json")).unwrap()).unwrap();
+    assert_eq!(source["update"], 6);
+    assert!(
+        source["checkpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("model-final.safetensors")
+    );
+    assert!(d.join("ev/config.toml").exists());
 }
 
 const TINY_BANDIT: &str = r#"

@@ -141,3 +141,23 @@ pub fn write_tuning_csv(
     write_csv_atomic(&path, &TUNING_HEADER, &rows)?;
     Ok(path)
 }
+
+/// Records where an evaluation folder's results come from, so that `lvrnn report` can group
+/// them with the run they belong to: `<out>/config.toml` (the checkpoint's config with this
+/// evaluation's overrides) and `<out>/source.json`
+/// `{"checkpoint": PATH, "update": U, "init_from": …}` (`init_from` as recorded by the run).
+pub fn write_provenance(out: &Path, checkpoint: &Path, cfg: &ExperimentConfig) -> Result<()> {
+    let update = crate::run::load_checkpoint(checkpoint)?.update;
+    let path = std::fs::canonicalize(checkpoint).unwrap_or_else(|_| checkpoint.to_path_buf());
+    std::fs::create_dir_all(out)?;
+    crate::util::write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    let source = serde_json::json!({
+        "checkpoint": path.display().to_string(),
+        "update": update,
+    });
+    crate::util::write_atomic(
+        &out.join("source.json"),
+        serde_json::to_string_pretty(&source)?.as_bytes(),
+    )?;
+    Ok(())
+}
