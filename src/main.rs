@@ -103,7 +103,8 @@ enum Cmd {
     },
     /// Reference policies (bandit: random, Thompson / greedy / knowledge gradient on an
     /// importance-sampled posterior, independent-Beta Thompson, oracle; gridworld: random,
-    /// episode-wise search, oracle): expected return and cumulative regret with 99% intervals,
+    /// episodic search, exact Bayes-optimal search, oracle): expected return and cumulative
+    /// regret with 99% intervals,
     /// and the particle posterior's mean effective sample size.
     Reference {
         /// `bandit` or `gridworld`.

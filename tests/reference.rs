@@ -1,5 +1,6 @@
-//! Reference-policy tests: closed-form expectations, hand-computed tasks, exactness of the
-//! Bayes-optimal search against brute force, determinism, and the CSV/text outputs.
+//! Reference-policy tests: closed-form expectations, hand-computed tasks, the knowledge gradient
+//! against closed forms, the episodic search plan against brute force, determinism, and the
+//! CSV/text outputs. The exact Bayes-optimal grid search is tested in `tests/grid_bayes.rs`.
 
 use lvrnn::envs::bandit::{self, Bandit, NUM_ARMS};
 use lvrnn::envs::gridworld::{Gridworld, manhattan, move_cell};
@@ -465,7 +466,7 @@ fn plan_value(pos: (usize, usize), visited: u64, plan: &[usize], l: usize) -> (u
 }
 
 #[test]
-fn bayes_search_plan_is_exact_against_brute_force() {
+fn episodic_search_plan_is_exact_against_brute_force() {
     let mut rng = ChaCha8Rng::seed_from_u64(21);
     for case in 0..40 {
         let l = if case < 30 { 7 } else { 9 };
@@ -497,7 +498,7 @@ fn bayes_search_plan_is_exact_against_brute_force() {
 }
 
 #[test]
-fn bayes_first_episode_covers_fifteen_new_cells_from_every_start() {
+fn episodic_search_first_episode_covers_fifteen_new_cells_from_every_start() {
     // So P(goal found in episode 1) = 15/24 exactly, for every start cell.
     for s in 0..25 {
         let pos = (s / 5, s % 5);
@@ -514,7 +515,7 @@ fn bayes_first_episode_covers_fifteen_new_cells_from_every_start() {
                 let mut env = Gridworld::new(1);
                 let obs = env.set_tasks(&[(pos, (g / 5, g % 5))]);
                 let mut rng = ChaCha8Rng::seed_from_u64(0);
-                let tr = run_grid(GridPolicy::BayesOptimal, &mut env, &obs, 15, &mut rng);
+                let tr = run_grid(GridPolicy::EpisodicSearch, &mut env, &obs, 15, &mut rng);
                 tr.return_at(15) > 0.0
             })
             .count();
@@ -523,67 +524,78 @@ fn bayes_first_episode_covers_fifteen_new_cells_from_every_start() {
 }
 
 #[test]
-fn bayes_on_a_line_is_hand_computable() {
+fn searches_on_a_line_are_hand_computable() {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let run = |start: usize, goal: usize, rng: &mut ChaCha8Rng| {
+    let run = |policy: GridPolicy, start: usize, goal: usize, rng: &mut ChaCha8Rng| {
         let mut env = Gridworld::with_size(1, 1, 5);
         let obs = env.set_tasks(&[((0, start), (0, goal))]);
-        run_grid(GridPolicy::BayesOptimal, &mut env, &obs, 100, rng)
+        run_grid(policy, &mut env, &obs, 100, rng)
     };
-    // Start at the end of a 1×5 corridor: walking towards the other end finds any goal at
-    // t = d, exactly like the oracle: regret 0.
-    for goal in 1..5 {
-        let tr = run(0, goal, &mut rng);
-        assert_eq!(tr.regret_at(100), 0.0, "goal {goal}");
-        assert_eq!(tr.return_at(100), (100 / goal) as f64);
+    for policy in [GridPolicy::EpisodicSearch, GridPolicy::BayesOptimal] {
+        // Start at the end of a 1×5 corridor: walking towards the other end finds any goal at
+        // t = d, exactly like the oracle: regret 0.
+        for goal in 1..5 {
+            let tr = run(policy, 0, goal, &mut rng);
+            assert_eq!(tr.regret_at(100), 0.0, "{policy:?} goal {goal}");
+            assert_eq!(tr.return_at(100), (100 / goal) as f64);
+        }
+        // Start in the middle (col 2). A goal d away found at t returns 1 + ⌊(100 − t)/d⌋.
+        // Two cells one way, then back and two the other way (new cells at t = 1, 2, 5, 6):
+        // {1 + 99/1, 1 + ⌊98/2⌋, 1 + 95/1, 1 + ⌊94/2⌋} = {100, 50, 96, 48}, sum 294. One cell one
+        // way, then three the other way and back (t = 1, 3, 4, 8): {100, 98, 49, 47}, also 294,
+        // the optimum (the exhaustive check is in tests/grid_bayes.rs).
+        let mut returns: Vec<f64> = [0, 1, 3, 4]
+            .iter()
+            .map(|&g| run(policy, 2, g, &mut rng).return_at(100))
+            .collect();
+        returns.sort_by(f64::total_cmp);
+        assert_eq!(returns.iter().sum::<f64>(), 294.0, "{policy:?}");
+        if policy == GridPolicy::EpisodicSearch {
+            assert_eq!(returns, vec![48.0, 50.0, 96.0, 100.0]);
+        }
     }
-    // Start in the middle (col 2): the optimal search goes two cells one way, then back and two
-    // cells the other way (new cells at t = 1, 2, 5, 6). Whichever side it picks, the four goals'
-    // returns are {1 + 99/1, 1 + ⌊98/2⌋, 1 + 95/1, 1 + ⌊94/2⌋} = {100, 50, 96, 48}: sum 294.
-    let mut returns: Vec<f64> = [0, 1, 3, 4]
-        .iter()
-        .map(|&g| run(2, g, &mut rng).return_at(100))
-        .collect();
-    returns.sort_by(f64::total_cmp);
-    assert_eq!(returns, vec![48.0, 50.0, 96.0, 100.0]);
 }
 
 #[test]
-fn grid_table_orders_policies_and_is_exact_for_bayes() {
+fn grid_table_orders_policies_and_is_exact_for_the_searches() {
     let tasks = 2000;
     let rows = reference_table(EnvKind::Gridworld, ALPHA, tasks, 0, &[25, 50, 100]);
-    assert_eq!(rows.len(), 9);
+    assert_eq!(rows.len(), 12);
     for t in [25, 50, 100] {
-        let (rand, bayes, oracle) = (
-            row(&rows, "random", t),
-            row(&rows, "bayes_optimal", t),
-            row(&rows, "oracle", t),
-        );
+        let (rand, oracle) = (row(&rows, "random", t), row(&rows, "oracle", t));
         assert_eq!((oracle.regret_mean, oracle.regret_ci99), (0.0, 0.0));
-        assert!(bayes.regret_mean > 0.0);
-        assert!(bayes.regret_mean + bayes.regret_ci99 < rand.regret_mean - rand.regret_ci99);
-        assert!(bayes.return_mean < oracle.return_mean);
-        assert!(bayes.return_mean > rand.return_mean);
-    }
-    // The Bayes search is deterministic given the task: its exact expectation over the 600
-    // equally likely (start, goal) pairs must lie in the simulated 99% CI.
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut exact = 0.0;
-    for s in 0..25 {
-        for g in (0..25).filter(|&g| g != s) {
-            let mut env = Gridworld::new(1);
-            let obs = env.set_tasks(&[((s / 5, s % 5), (g / 5, g % 5))]);
-            let tr = run_grid(GridPolicy::BayesOptimal, &mut env, &obs, 100, &mut rng);
-            exact += tr.regret_at(100) / 600.0;
+        for search in ["episodic_search", "bayes_optimal"] {
+            let b = row(&rows, search, t);
+            assert!(b.regret_mean > 0.0);
+            assert!(b.regret_mean + b.regret_ci99 < rand.regret_mean - rand.regret_ci99);
+            assert!(b.return_mean < oracle.return_mean);
+            assert!(b.return_mean > rand.return_mean);
         }
     }
-    let b = row(&rows, "bayes_optimal", 100);
-    assert!(
-        (b.regret_mean - exact).abs() < b.regret_ci99,
-        "{} ± {} vs exact {exact}",
-        b.regret_mean,
-        b.regret_ci99
-    );
+    // Both searches are deterministic given the task: their exact expectation over the 600
+    // equally likely (start, goal) pairs must lie in the simulated 99% CI.
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    for (policy, name) in [
+        (GridPolicy::EpisodicSearch, "episodic_search"),
+        (GridPolicy::BayesOptimal, "bayes_optimal"),
+    ] {
+        let mut exact = 0.0;
+        for s in 0..25 {
+            for g in (0..25).filter(|&g| g != s) {
+                let mut env = Gridworld::new(1);
+                let obs = env.set_tasks(&[((s / 5, s % 5), (g / 5, g % 5))]);
+                let tr = run_grid(policy, &mut env, &obs, 100, &mut rng);
+                exact += tr.regret_at(100) / 600.0;
+            }
+        }
+        let b = row(&rows, name, 100);
+        assert!(
+            (b.regret_mean - exact).abs() < b.regret_ci99,
+            "{name}: {} ± {} vs exact {exact}",
+            b.regret_mean,
+            b.regret_ci99
+        );
+    }
 }
 
 // ----------------------------------------------------------------------------- determinism, output
