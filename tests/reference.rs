@@ -395,6 +395,56 @@ fn knowledge_gradient_choice_weighs_information_by_the_pulls_left() {
 }
 
 #[test]
+fn knowledge_gradient_is_greedy_at_the_last_pull() {
+    // With one pull left (T = 1) the information term has weight T − t − 1 = 0: the knowledge
+    // gradient must pull exactly the arm greedy_is pulls on the same particles (both draw their
+    // particles from the same child rng), so the traces are identical.
+    for task in 0..200 {
+        let run = |policy| {
+            let mut rng = reference::task_rng(3, task);
+            let mut env = Bandit::new(1, ALPHA);
+            env.reset(&mut rng);
+            run_bandit(policy, &mut env, 1, 256, &mut rng)
+        };
+        assert_eq!(
+            run(BanditPolicy::KnowledgeGradient),
+            run(BanditPolicy::GreedyIs),
+            "task {task}"
+        );
+    }
+}
+
+#[test]
+fn table_reports_the_mean_effective_sample_size_of_the_particle_policies() {
+    let rows = table_from_traces(bandit_sims(), &[10, 25, 50]);
+    for sim in bandit_sims() {
+        let particles = matches!(
+            sim.policy.as_str(),
+            "thompson_is" | "greedy_is" | "knowledge_gradient"
+        );
+        let mut last = f64::INFINITY;
+        for t in [10, 25, 50] {
+            let r = row(&rows, &sim.policy, t);
+            if !particles {
+                assert_eq!(r.ess_mean, None, "{}", sim.policy);
+                continue;
+            }
+            // Recomputed from the traces: ESS after t pulls, averaged over tasks.
+            let want = sim.traces.iter().map(|tr| tr.ess[t - 1]).sum::<f64>() / BANDIT_TASKS as f64;
+            let got = r.ess_mean.expect("particle policy has an ESS");
+            assert!((got - want).abs() < 1e-9 * want, "{} t={t}", sim.policy);
+            // Between 1 and the particle count, and falling as the likelihood sharpens.
+            assert!(
+                got > 1.0 && got < PARTICLES as f64 && got < last,
+                "{} t={t}: {got}",
+                sim.policy
+            );
+            last = got;
+        }
+    }
+}
+
+#[test]
 fn bandit_policies_on_a_hand_built_task() {
     // A deterministic task: arm 3 always pays, the others never. Every learning policy finds it
     // after one success; the oracle pulls it from the start.
