@@ -114,8 +114,11 @@ enum Cmd {
         #[arg(long)]
         history: PathBuf,
     },
-    /// Exact reference policies (random, Thompson, greedy, oracle, Bayes-optimal search): expected
-    /// return and cumulative regret with 99% intervals.
+    /// Reference policies (bandit: random, Thompson / greedy / knowledge gradient on an
+    /// importance-sampled posterior, independent-Beta Thompson, oracle; gridworld: random,
+    /// episodic search, exact Bayes-optimal search, oracle): expected return and cumulative
+    /// regret with 99% intervals,
+    /// and the particle posterior's mean effective sample size.
     Reference {
         /// `bandit` or `gridworld`.
         #[arg(long)]
@@ -313,6 +316,13 @@ fn run(cmd: Cmd) -> Result<()> {
                 kind.as_str()
             );
             print!("{}", format_reference_table(&rows));
+            if rows.iter().any(|r| r.ess_mean.is_some()) {
+                println!(
+                    "ess: mean over tasks of the effective sample size 1/Σw² of the {} \
+                     importance-sampled particles after t pulls",
+                    lvrnn::envs::reference::PARTICLES
+                );
+            }
             if let Some(path) = csv {
                 write_reference_csv(&path, &rows)?;
                 println!("wrote {}", path.display());

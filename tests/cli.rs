@@ -426,15 +426,28 @@ fn reference_writes_the_documented_csv() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "policy,t,return_mean,return_ci99,regret_mean,regret_ci99"
+        "policy,t,return_mean,return_ci99,regret_mean,regret_ci99,ess_mean"
     );
-    let policies: std::collections::BTreeSet<&str> =
-        lines.map(|l| l.split(',').next().unwrap()).collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    // The particle policies report their mean effective sample size, 1 ≤ ESS ≤ 4096 particles;
+    // the others leave the column empty.
+    for r in &rows {
+        assert_eq!(r.len(), 7, "{r:?}");
+        if ["thompson_is", "greedy_is", "knowledge_gradient"].contains(&r[0]) {
+            let ess: f64 = r[6].parse().unwrap();
+            assert!((1.0..=4096.0).contains(&ess), "{r:?}");
+        } else {
+            assert_eq!(r[6], "", "{r:?}");
+        }
+    }
+    assert!(text(&o).contains("mean ESS"), "{}", text(&o));
+    let policies: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0]).collect();
     for p in [
         "random",
-        "thompson_exact",
+        "thompson_is",
         "thompson_independent",
-        "greedy_exact",
+        "greedy_is",
+        "knowledge_gradient",
         "oracle",
     ] {
         assert!(policies.contains(p), "{policies:?}");

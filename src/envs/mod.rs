@@ -1,11 +1,12 @@
 //! Task distributions (paper Appendix B.4): supervised Fourier regression, a 5-armed Dirichlet
-//! bandit and a 5×5 sparse-reward gridworld, plus exact reference policies for evaluation.
+//! bandit and a 5×5 sparse-reward gridworld, plus reference policies for evaluation.
 //!
 //! The two RL environments implement [`MetaEnv`]: a batch of B independent tasks, all stepped at
 //! once. Every random draw comes from the `ChaCha8Rng` the caller passes in, in a fixed order,
 //! so the same seed gives the same tasks, rewards and observations.
 
 pub mod bandit;
+pub mod grid_bayes;
 pub mod gridworld;
 pub mod reference;
 pub mod regression;

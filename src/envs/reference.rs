@@ -1,25 +1,37 @@
-//! Exact reference policies, run on the same environment code as the agents, and the reference
-//! tables and regret curves computed from them.
+//! Reference policies, run on the same environment code as the agents, and the reference tables
+//! and regret curves computed from them.
 //!
 //! Bandit (`alpha` is both the task prior and the policies' prior):
 //! - `random`: a uniformly random arm each pull.
-//! - `thompson_exact`: Thompson sampling with the exact posterior under the Dirichlet(α·1) prior
-//!   (the arms are dependent through Σp = 1). The posterior is represented by [`PARTICLES`]
-//!   self-normalised importance-weighted particles drawn from the prior (weight ∝ likelihood
-//!   Π_a p_a^{s_a}(1 − p_a)^{f_a}, updated multiplicatively after each pull); a particle is drawn
-//!   by weight and its argmax arm is pulled.
-//! - `greedy_exact`: the argmax of the exact posterior mean (same particles).
+//! - `thompson_is`: Thompson sampling on an importance-sampled approximation of the exact
+//!   posterior under the Dirichlet(α·1) prior (the arms are dependent through Σp = 1). The
+//!   posterior is represented by [`PARTICLES`] self-normalised importance-weighted particles drawn
+//!   from the prior (weight ∝ likelihood Π_a p_a^{s_a}(1 − p_a)^{f_a}, updated multiplicatively
+//!   after each pull); a particle is drawn by weight and its argmax arm is pulled. The table
+//!   reports the particles' mean effective sample size 1/Σw² at each checkpoint.
+//! - `greedy_is`: the argmax of the posterior mean under the same particle approximation.
+//! - `knowledge_gradient`: the online knowledge-gradient policy (Ryzhov, Powell & Frazier 2012)
+//!   on the same particle approximation, see [`knowledge_gradient`] and [`kg_arm`].
 //! - `thompson_independent`: Thompson sampling with independent Beta(α, 4α) priors per arm (the
 //!   Dirichlet's marginals), updated conjugately to Beta(α + s, 4α + f).
 //! - `oracle`: always the best arm (regret 0).
 //!
-//! Gridworld:
+//! Gridworld (5×5, T = 100, episodes of 15 steps):
 //! - `oracle`: knows the goal and walks a shortest path (regret 0 by definition).
 //! - `random`: uniformly random moves.
-//! - `bayes_optimal`: episode-wise Bayes-optimal search, see [`plan_search`]. Uses only what the
-//!   agent observes (its positions and rewards) plus the known environment structure.
+//! - `bayes_optimal`: the Bayes-optimal policy over the whole horizon, exactly: the open-loop
+//!   search path of [`grid_bayes::solve`] until the goal is found, shortest paths after. Its
+//!   expected return over the 600 equally likely (start, goal) pairs, enumerated exactly, is
+//!   22421/600 ≈ 37.368, regret 1779/600 ≈ 2.965 against the oracle's 24200/600 ≈ 40.333
+//!   (`tests/grid_bayes.rs`).
+//! - `episodic_search`: a myopic search, see [`plan_search`]: one episode at a time it visits the
+//!   most new cells (all undiscovered cells alike, whatever their distance from the start, whose
+//!   value after discovery is ⌊(T − τ)/d⌋ more trips), ties broken by earliest discoveries and
+//!   then by search order. Exact expected return 22060/600 ≈ 36.767 (regret ≈ 3.567), i.e.
+//!   0.602 below the Bayes-optimal value. Uses only what the agent observes (positions and rewards).
 
 use super::bandit::{self, Bandit, NUM_ARMS};
+use super::grid_bayes::{self, FxMap, SearchProblem};
 use super::gridworld::{
     self, Cell, EPISODE_LEN, Gridworld, NUM_ACTIONS, manhattan, move_cell, shortest_path_action,
 };
@@ -30,12 +42,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma};
 use rayon::prelude::*;
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
-/// Importance-sampling particles per task for the exact Dirichlet posterior.
+/// Importance-sampling particles per task for the approximation of the exact Dirichlet
+/// posterior used by `thompson_is`, `greedy_is` and `knowledge_gradient`.
 ///
 /// Accuracy, measured once (bandit α = 0.3, seed 0, the ignored tests in `tests/reference.rs`):
 /// - along 300 exact-Thompson histories, against an independent set of 64× as many particles:
@@ -43,36 +54,46 @@ use std::path::Path;
 ///   ≈ 0.011 on average (90th percentile 0.02–0.04) at t = 1, 10, 25, 50; largest error of the
 ///   posterior mean ≈ 0.007; effective sample size ≈ 3300 / 980 / 390 / 210 at t = 1/10/25/50;
 /// - cumulative regret at T = 50 over 2000 tasks, 4096 vs 65536 particles (paired: same tasks,
-///   same reward random numbers): thompson_exact 5.31 vs 5.38 (paired difference −0.07 ± 0.24),
-///   greedy_exact 3.83 vs 3.79 (+0.04 ± 0.33), i.e. indistinguishable at that task count.
+///   same reward random numbers): thompson_is 5.31 vs 5.38 (paired difference −0.07 ± 0.24),
+///   greedy_is 3.83 vs 3.79 (+0.04 ± 0.33), i.e. indistinguishable at that task count.
 pub const PARTICLES: usize = 4096;
 
 /// The bandit reference policies, in table order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BanditPolicy {
     Random,
-    ThompsonExact,
-    GreedyExact,
+    ThompsonIs,
+    GreedyIs,
+    KnowledgeGradient,
     ThompsonIndependent,
     Oracle,
 }
 
 impl BanditPolicy {
-    pub const ALL: [BanditPolicy; 5] = [
+    pub const ALL: [BanditPolicy; 6] = [
         BanditPolicy::Random,
-        BanditPolicy::ThompsonExact,
-        BanditPolicy::GreedyExact,
+        BanditPolicy::ThompsonIs,
+        BanditPolicy::GreedyIs,
+        BanditPolicy::KnowledgeGradient,
         BanditPolicy::ThompsonIndependent,
         BanditPolicy::Oracle,
     ];
     pub fn name(self) -> &'static str {
         match self {
             BanditPolicy::Random => "random",
-            BanditPolicy::ThompsonExact => "thompson_exact",
-            BanditPolicy::GreedyExact => "greedy_exact",
+            BanditPolicy::ThompsonIs => "thompson_is",
+            BanditPolicy::GreedyIs => "greedy_is",
+            BanditPolicy::KnowledgeGradient => "knowledge_gradient",
             BanditPolicy::ThompsonIndependent => "thompson_independent",
             BanditPolicy::Oracle => "oracle",
         }
+    }
+    /// Whether the policy acts on the [`DirichletParticles`] posterior approximation.
+    pub fn uses_particles(self) -> bool {
+        matches!(
+            self,
+            BanditPolicy::ThompsonIs | BanditPolicy::GreedyIs | BanditPolicy::KnowledgeGradient
+        )
     }
 }
 
@@ -80,19 +101,22 @@ impl BanditPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GridPolicy {
     Random,
+    EpisodicSearch,
     BayesOptimal,
     Oracle,
 }
 
 impl GridPolicy {
-    pub const ALL: [GridPolicy; 3] = [
+    pub const ALL: [GridPolicy; 4] = [
         GridPolicy::Random,
+        GridPolicy::EpisodicSearch,
         GridPolicy::BayesOptimal,
         GridPolicy::Oracle,
     ];
     pub fn name(self) -> &'static str {
         match self {
             GridPolicy::Random => "random",
+            GridPolicy::EpisodicSearch => "episodic_search",
             GridPolicy::BayesOptimal => "bayes_optimal",
             GridPolicy::Oracle => "oracle",
         }
@@ -104,6 +128,9 @@ impl GridPolicy {
 pub struct Trace {
     pub reward: Vec<f64>,
     pub regret: Vec<f64>,
+    /// Effective sample size 1/Σw² of the particle posterior after step t (policies on
+    /// [`DirichletParticles`] only; empty otherwise).
+    pub ess: Vec<f64>,
 }
 
 impl Trace {
@@ -118,6 +145,11 @@ impl Trace {
     /// Cumulative regret up to and including step t (t ≥ 1).
     pub fn regret_at(&self, t: usize) -> f64 {
         self.regret[..t].iter().sum()
+    }
+    /// Effective sample size of the particle posterior after step t (t ≥ 1), if the policy
+    /// has one.
+    pub fn ess_at(&self, t: usize) -> Option<f64> {
+        self.ess.get(t - 1).copied()
     }
 }
 
@@ -144,8 +176,8 @@ fn argmax(xs: &[f64]) -> usize {
 // Bandit
 // ---------------------------------------------------------------------------------------------
 
-/// The exact Dirichlet(α·1) posterior of a Bernoulli bandit, as self-normalised
-/// importance-weighted particles drawn from the prior.
+/// An importance-sampled approximation of the exact Dirichlet(α·1) posterior of a Bernoulli
+/// bandit: self-normalised importance-weighted particles drawn from the prior.
 #[derive(Clone, Debug)]
 pub struct DirichletParticles {
     p: Vec<[f64; NUM_ARMS]>,
@@ -208,6 +240,11 @@ impl DirichletParticles {
         q
     }
 
+    /// The knowledge gradient of every arm under these particles, see [`knowledge_gradient`].
+    pub fn knowledge_gradient(&self) -> [f64; NUM_ARMS] {
+        knowledge_gradient(&self.p, &self.w)
+    }
+
     /// Effective sample size 1 / Σ w².
     pub fn ess(&self) -> f64 {
         1.0 / self.w.iter().map(|w| w * w).sum::<f64>()
@@ -229,6 +266,55 @@ impl DirichletParticles {
     }
 }
 
+/// The knowledge gradient of every arm under a weighted-particle posterior over the arms'
+/// success probabilities (particles `p_i`, normalised weights `w_i`; the arms may be dependent).
+///
+/// With posterior mean μ_b = Σ_i w_i p_ib, a hypothetical pull of arm a with outcome y ∈ {0, 1}
+/// (P(y = 1) = μ_a) reweights the particles by p_ia or 1 − p_ia, giving the updated means
+/// μ_b^{(a,1)} = S_ab / μ_a and μ_b^{(a,0)} = (μ_b − S_ab) / (1 − μ_a), where
+/// S_ab = Σ_i w_i p_ia p_ib is the posterior second moment. Every arm's mean moves, not only a's.
+/// Hence
+///
+/// KG_a = E_y[max_b μ_b^{(a,y)}] − max_b μ_b = max_b S_ab + max_b (μ_b − S_ab) − max_b μ_b ≥ 0,
+///
+/// the expected one-step improvement of the best posterior mean.
+pub fn knowledge_gradient<const K: usize>(particles: &[[f64; K]], weights: &[f64]) -> [f64; K] {
+    assert_eq!(particles.len(), weights.len(), "one weight per particle");
+    let mut mean = [0.0; K];
+    let mut second = [[0.0; K]; K];
+    for (p, &w) in particles.iter().zip(weights) {
+        for a in 0..K {
+            let wpa = w * p[a];
+            mean[a] += wpa;
+            for b in 0..K {
+                second[a][b] += wpa * p[b];
+            }
+        }
+    }
+    let best = mean.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut kg = [0.0; K];
+    for a in 0..K {
+        let after_success = second[a].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let after_failure = (0..K)
+            .map(|b| mean[b] - second[a][b])
+            .fold(f64::NEG_INFINITY, f64::max);
+        kg[a] = after_success + after_failure - best;
+    }
+    kg
+}
+
+/// The online knowledge-gradient choice for a finite horizon (Ryzhov, Powell & Frazier 2012):
+/// argmax_a [μ_a + r · KG_a] with r = `pulls_after`, the pulls still to come after this one
+/// (r = T − t − 1 when t pulls have been made of T), since the information from this pull can
+/// only improve the later pulls. At the last pull r = 0 and the choice is greedy. Ties go to the
+/// lowest index.
+pub fn kg_arm<const K: usize>(mean: &[f64; K], kg: &[f64; K], pulls_after: usize) -> usize {
+    let score: Vec<f64> = (0..K)
+        .map(|a| mean[a] + pulls_after as f64 * kg[a])
+        .collect();
+    argmax(&score)
+}
+
 /// A Beta(a, b) draw as a ratio of Gamma draws (0.5 if both underflow).
 fn sample_beta(a: f64, b: f64, rng: &mut ChaCha8Rng) -> f64 {
     let x = Gamma::new(a, 1.0).expect("Beta a > 0").sample(rng);
@@ -236,8 +322,9 @@ fn sample_beta(a: f64, b: f64, rng: &mut ChaCha8Rng) -> f64 {
     if x + y > 0.0 { x / (x + y) } else { 0.5 }
 }
 
-/// Runs `policy` on the single task of `env` (batch 1, task already drawn) for `steps` pulls.
-/// `particles` is used by the exact-posterior policies.
+/// Runs `policy` on the single task of `env` (batch 1, task already drawn) for `steps` pulls
+/// (the horizon T of the knowledge gradient). `particles` is the particle count of the policies
+/// on [`DirichletParticles`], whose trace also records the effective sample size.
 pub fn run_bandit(
     policy: BanditPolicy,
     env: &mut Bandit,
@@ -247,25 +334,26 @@ pub fn run_bandit(
 ) -> Trace {
     assert_eq!(env.batch(), 1, "reference policies run one task at a time");
     let alpha = env.alpha() as f64;
-    let mut post = match policy {
-        BanditPolicy::ThompsonExact | BanditPolicy::GreedyExact => {
-            // The particles come from a child rng seeded by one draw, so the rewards and the
-            // Thompson draws that follow use the same random numbers whatever the particle
-            // count (a paired comparison of particle counts).
-            let mut child = ChaCha8Rng::from_seed(rng.r#gen());
-            Some(DirichletParticles::new(alpha, particles, &mut child))
-        }
-        _ => None,
-    };
+    let mut post = policy.uses_particles().then(|| {
+        // The particles come from a child rng seeded by one draw, so the rewards and the
+        // Thompson draws that follow use the same random numbers whatever the particle
+        // count (a paired comparison of particle counts).
+        let mut child = ChaCha8Rng::from_seed(rng.r#gen());
+        DirichletParticles::new(alpha, particles, &mut child)
+    });
     let mut succ = [0usize; NUM_ARMS];
     let mut fail = [0usize; NUM_ARMS];
     let mut trace = Trace::default();
-    for _ in 0..steps {
+    for t in 0..steps {
         let a = match policy {
             BanditPolicy::Random => rng.gen_range(0..NUM_ARMS),
             BanditPolicy::Oracle => argmax(&env.probs()[0]),
-            BanditPolicy::ThompsonExact => argmax(&post.as_ref().unwrap().sample(rng)),
-            BanditPolicy::GreedyExact => argmax(&post.as_ref().unwrap().mean()),
+            BanditPolicy::ThompsonIs => argmax(&post.as_ref().unwrap().sample(rng)),
+            BanditPolicy::GreedyIs => argmax(&post.as_ref().unwrap().mean()),
+            BanditPolicy::KnowledgeGradient => {
+                let post = post.as_ref().unwrap();
+                kg_arm(&post.mean(), &post.knowledge_gradient(), steps - t - 1)
+            }
             BanditPolicy::ThompsonIndependent => {
                 let draws: Vec<f64> = (0..NUM_ARMS)
                     .map(|k| sample_beta(alpha + succ[k] as f64, 4.0 * alpha + fail[k] as f64, rng))
@@ -282,6 +370,7 @@ pub fn run_bandit(
         }
         if let Some(p) = post.as_mut() {
             p.update(a, r);
+            trace.ess.push(p.ess());
         }
         trace.push(s.reward[0], s.regret[0]);
     }
@@ -289,28 +378,8 @@ pub fn run_bandit(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Gridworld: Bayes-optimal search
+// Gridworld: episodic search
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Default)]
-struct FxHasher(u64);
-impl Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-    fn write_u64(&mut self, x: u64) {
-        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_u8(&mut self, x: u8) {
-        self.write_u64(x as u64);
-    }
-}
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// Weight of a discovery in the plan value: the number of newly visited cells dominates, then
 /// the earliness term (at most 15·15 = 225 < 2^10).
@@ -420,7 +489,9 @@ impl Search {
     }
 }
 
-/// Plans the search of one episode for the `bayes_optimal` gridworld policy.
+/// Plans the search of one episode for the `episodic_search` gridworld policy (myopic: one
+/// episode at a time, all undiscovered cells counted alike; not Bayes-optimal over the horizon,
+/// see [`grid_bayes`] for the exact policy and the module documentation for the gap).
 ///
 /// The belief over the goal is uniform over the cells not yet visited (`visited` is a bit mask,
 /// bit `row·cols + col`, that must include the start: the goal is never the start). Among all
@@ -480,7 +551,17 @@ pub fn run_grid(
     let mut pos = Gridworld::decode_obs(first_obs, rows, cols);
     let start = pos;
     let oracle_goal = env.goal(0);
-    // Bayes-optimal search state, built from observations only.
+    // The Bayes-optimal open-loop search path of this start (the same for every goal).
+    let optimal = (policy == GridPolicy::BayesOptimal).then(|| {
+        grid_bayes::solve_cached(&SearchProblem {
+            rows,
+            cols,
+            start,
+            horizon: steps,
+            episode_len: EPISODE_LEN,
+        })
+    });
+    // Episodic search state, built from observations only.
     let mut visited = bit(start);
     let mut found: Option<Cell> = None;
     let mut plan: std::collections::VecDeque<usize> = Default::default();
@@ -491,6 +572,18 @@ pub fn run_grid(
             GridPolicy::Random => rng.gen_range(0..NUM_ACTIONS),
             GridPolicy::Oracle => shortest_path_action(pos, oracle_goal).expect("never on goal"),
             GridPolicy::BayesOptimal => match found {
+                Some(g) => shortest_path_action(pos, g).expect("never on goal"),
+                // The path ends at its last discovery; after it nothing can be found before T,
+                // so any action will do.
+                None => optimal
+                    .as_ref()
+                    .expect("solved")
+                    .actions
+                    .get(t)
+                    .copied()
+                    .unwrap_or(0),
+            },
+            GridPolicy::EpisodicSearch => match found {
                 Some(g) => shortest_path_action(pos, g).expect("never on goal"),
                 None => {
                     if plan.is_empty() {
@@ -615,6 +708,9 @@ pub struct RefRow {
     /// Mean cumulative regret up to t, and its 99% confidence half-width over tasks.
     pub regret_mean: f64,
     pub regret_ci99: f64,
+    /// Mean over tasks of the particle posterior's effective sample size after t pulls (bandit
+    /// policies on [`DirichletParticles`] only).
+    pub ess_mean: Option<f64>,
 }
 
 /// Rows (policy-major, then checkpoint) from already simulated traces.
@@ -634,6 +730,7 @@ pub fn table_from_traces(sims: &[PolicyTraces], checkpoints: &[usize]) -> Vec<Re
                     .map(|tr| tr.regret_at(t))
                     .collect::<Vec<_>>(),
             );
+            let ess: Option<Vec<f64>> = sim.traces.iter().map(|tr| tr.ess_at(t)).collect();
             rows.push(RefRow {
                 policy: sim.policy.clone(),
                 t,
@@ -641,6 +738,7 @@ pub fn table_from_traces(sims: &[PolicyTraces], checkpoints: &[usize]) -> Vec<Re
                 return_ci99,
                 regret_mean,
                 regret_ci99,
+                ess_mean: ess.filter(|e| !e.is_empty()).map(|e| mean_ci99(&e).0),
             });
         }
     }
@@ -699,18 +797,20 @@ pub fn reference_curves(
 }
 
 /// The CSV header of [`write_reference_csv`].
-pub const CSV_HEADER: &str = "policy,t,return_mean,return_ci99,regret_mean,regret_ci99";
+pub const CSV_HEADER: &str = "policy,t,return_mean,return_ci99,regret_mean,regret_ci99,ess_mean";
 
-/// Writes the rows as CSV (header [`CSV_HEADER`]) through a temporary file and a rename, so a
+/// Writes the rows as CSV (header [`CSV_HEADER`]; `ess_mean` empty for policies without
+/// particles) through a temporary file and a rename, so a
 /// reader never sees a half-written file.
 pub fn write_reference_csv(path: impl AsRef<Path>, rows: &[RefRow]) -> anyhow::Result<()> {
     let path = path.as_ref();
     let mut text = String::from(CSV_HEADER);
     text.push('\n');
     for r in rows {
+        let ess = r.ess_mean.map_or(String::new(), |e| e.to_string());
         writeln!(
             text,
-            "{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{ess}",
             r.policy, r.t, r.return_mean, r.return_ci99, r.regret_mean, r.regret_ci99
         )
         .expect("writing to a String");
@@ -725,7 +825,9 @@ pub fn write_reference_csv(path: impl AsRef<Path>, rows: &[RefRow]) -> anyhow::R
 }
 
 /// An aligned text table, one line per row, e.g.
-/// `thompson_exact          50  return   26.41 ± 0.60   regret    5.31 ± 0.20`.
+/// `thompson_is             50  return   26.41 ± 0.60   regret    5.31 ± 0.20  ess   210`;
+/// the `ess` column (mean effective sample size of the particle posterior) only when some row
+/// has one, with `-` for the policies without particles.
 pub fn format_reference_table(rows: &[RefRow]) -> String {
     let width = rows
         .iter()
@@ -733,16 +835,26 @@ pub fn format_reference_table(rows: &[RefRow]) -> String {
         .max()
         .unwrap_or(6)
         .max(6);
+    let with_ess = rows.iter().any(|r| r.ess_mean.is_some());
     let mut out = String::new();
-    writeln!(
-        out,
-        "{:<width$}  {:>4}  {:<23}  regret (mean ± 99% CI)",
-        "policy", "t", "return (mean ± 99% CI)"
-    )
-    .unwrap();
+    let header = format!(
+        "{:<width$}  {:>4}  {:<23}  {:<23}{}",
+        "policy",
+        "t",
+        "return (mean ± 99% CI)",
+        "regret (mean ± 99% CI)",
+        if with_ess { "  mean ESS" } else { "" }
+    );
+    out.push_str(header.trim_end());
+    out.push('\n');
     for r in rows {
+        let ess = match (with_ess, r.ess_mean) {
+            (false, _) => String::new(),
+            (true, Some(e)) => format!("  ess {e:>6.0}"),
+            (true, None) => format!("  ess {:>6}", "-"),
+        };
         let line = format!(
-            "{:<width$}  {:>4}  return {:>7.2} ± {:<6.2}  regret {:>7.2} ± {:.2}",
+            "{:<width$}  {:>4}  return {:>7.2} ± {:<6.2}  regret {:>7.2} ± {:<6.2}{ess}",
             r.policy, r.t, r.return_mean, r.return_ci99, r.regret_mean, r.regret_ci99
         );
         out.push_str(line.trim_end());
