@@ -1,5 +1,6 @@
 use lvrnn::agent::ModelConfig;
-use lvrnn::train::supervised::{RegressionModel, negative_elbo, sample_batch};
+use lvrnn::agent::regression::RegressionModel;
+use lvrnn::train::supervised::{negative_elbo, sample_batch};
 use rand::SeedableRng;
 use std::time::Instant;
 fn main() -> anyhow::Result<()> {

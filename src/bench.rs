@@ -6,12 +6,14 @@
 //! One row per (task, posterior SPEC); `--json` prints one JSON object per row.
 
 use crate::agent::ModelConfig;
+use crate::agent::regression::RegressionModel;
+use crate::agent::rl::{RlModel, rollout};
 use crate::config::{ExperimentConfig, Task};
 use crate::nn::kernels::{Mat, sgemm};
 use crate::posterior::PosteriorConfig;
 use crate::train::optim::AdamW;
-use crate::train::ppo::{Ppo, RlModel, gae, ppo_loss, rollout};
-use crate::train::supervised::{RegressionModel, negative_elbo, sample_batch};
+use crate::train::ppo::{Ppo, gae, ppo_loss};
+use crate::train::supervised::{negative_elbo, sample_batch};
 use crate::train::{adamw_config, update_rng};
 use anyhow::Result;
 use std::time::Instant;

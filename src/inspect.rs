@@ -1,8 +1,8 @@
 //! `lvrnn inspect`: the posterior a checkpoint gives along a given history, step by step, as
 //! JSON lines (mean, precision for the Laplace VRNN or covariance for the VRNN, entropy, KL).
 
+use crate::agent::regression::RegressionModel;
 use crate::posterior::{Covariance, Gaussian};
-use crate::train::supervised::RegressionModel;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::path::Path;
@@ -112,7 +112,7 @@ fn prior_json(q: &Gaussian) -> Result<String> {
 
 /// One JSON object per step for an RL history: rows `obs…, prev_action, prev_reward`
 /// (obs_dim + 2 columns; prev_action −1 at the first step means "none").
-pub fn rl_trace(model: &crate::train::ppo::RlModel, rows: &[Vec<f32>]) -> Result<Vec<String>> {
+pub fn rl_trace(model: &crate::agent::rl::RlModel, rows: &[Vec<f32>]) -> Result<Vec<String>> {
     let mut state = model.core.initial(1)?.detach();
     let mut out = vec![prior_json(&state.q)?];
     let d = model.obs_dim;

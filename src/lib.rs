@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod commands;
 pub mod config;
 pub mod envs;
 pub mod eval;
@@ -16,7 +17,6 @@ pub mod nn;
 pub mod plot;
 pub mod posterior;
 pub mod report;
-pub mod rl_eval;
 pub mod run;
 pub mod stats;
 pub mod sweep;

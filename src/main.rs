@@ -3,14 +3,9 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use lvrnn::config::{ExperimentConfig, Task};
-use lvrnn::eval::request::{EvalRequest, tuned_label, write_provenance, write_tuning_csv};
-use lvrnn::eval::{EvalResult, evaluate_regression, tune_regression_prior, with_posterior};
-use lvrnn::posterior::PosteriorConfig;
-use lvrnn::report::{format_table, write_regression_report};
-use lvrnn::run::load_checkpoint;
-use lvrnn::train::supervised::{RegressionModel, Supervised};
-use lvrnn::train::{FitOptions, fit, init_from_reporting, open_run};
-use std::path::{Path, PathBuf};
+use lvrnn::eval::request::EvalRequest;
+use lvrnn::train::FitOptions;
+use std::path::PathBuf;
 
 /// The embedded default configuration of `lvrnn quickstart`.
 const QUICKSTART: &str = include_str!("../configs/quickstart.toml");
@@ -207,8 +202,8 @@ fn run(cmd: Cmd) -> Result<()> {
                 cfg.train.updates = u;
             }
             cfg.validate()?;
-            train_and_eval(
-                cfg,
+            lvrnn::commands::train(
+                &cfg,
                 &runs,
                 FitOptions {
                     resume: !overwrite,
@@ -246,8 +241,8 @@ fn run(cmd: Cmd) -> Result<()> {
                 cfg.seed = s;
             }
             cfg.validate()?;
-            train_and_eval(
-                cfg,
+            lvrnn::commands::train(
+                &cfg,
                 &runs,
                 FitOptions {
                     resume,
@@ -277,17 +272,18 @@ fn run(cmd: Cmd) -> Result<()> {
                 tune_tasks,
                 alphas,
             };
-            if load_checkpoint(&checkpoint)?.config.task == Task::Regression {
-                eval_checkpoint(&checkpoint, &request, out)
-            } else {
-                lvrnn::rl_eval::eval_rl_checkpoint(&checkpoint, &request, out)
-            }
+            lvrnn::commands::eval(&checkpoint, &request, out)
         }
         Cmd::Inspect {
             checkpoint,
             posterior,
             history,
-        } => inspect(&checkpoint, posterior.as_deref(), &history),
+        } => {
+            for line in lvrnn::commands::inspect(&checkpoint, posterior.as_deref(), &history)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Cmd::Reference {
             env,
             alpha,
@@ -375,168 +371,4 @@ fn run(cmd: Cmd) -> Result<()> {
             bin,
         }),
     }
-}
-
-fn train_and_eval(
-    cfg: ExperimentConfig,
-    runs: &Path,
-    opts: FitOptions,
-    overwrite: bool,
-    init: Option<&Path>,
-    no_eval: bool,
-) -> Result<()> {
-    if cfg.task != Task::Regression {
-        return lvrnn::rl_eval::train_and_eval_rl(&cfg, runs, opts, overwrite, init, no_eval);
-    }
-    let run = open_run(&cfg, runs, &opts, overwrite)?;
-    let model = RegressionModel::new(&cfg.model, cfg.seed)?;
-    init_from_reporting(&model.params, init)?;
-    eprintln!(
-        "run {} — {} ({} parameters), {} updates of {} tasks × {} points",
-        run.root.display(),
-        cfg.model.posterior.label(),
-        model.params.num_scalars(),
-        cfg.train.updates,
-        cfg.train.batch,
-        cfg.train.seq_len
-    );
-    let mut learner = Supervised {
-        model,
-        batch: cfg.train.batch,
-        points: cfg.train.seq_len,
-        beta: cfg.train.beta,
-    };
-    let summary = fit(&mut learner, &cfg, &run, &opts)?;
-    eprintln!(
-        "trained {} updates in {:.1} s; final {:?}",
-        summary.updates_done, summary.wall_seconds, summary.last_metrics
-    );
-    if no_eval {
-        return Ok(());
-    }
-    let model = learner.model;
-    let results = evaluate_all(&model, &cfg, &cfg.eval.posthoc)?;
-    let files = write_regression_report(
-        &results,
-        &run.metrics(),
-        &run.figures(),
-        Some(cfg.train.seq_len),
-    )?;
-    println!("{}", format_table(&results, &[0, 10, 50, 100]));
-    println!("run folder: {}", run.root.display());
-    for f in files {
-        println!("  {}", f.display());
-    }
-    Ok(())
-}
-
-/// Evaluates the model under its own posterior and each post-hoc variant.
-fn evaluate_all(
-    model: &RegressionModel,
-    cfg: &ExperimentConfig,
-    posthoc: &[String],
-) -> Result<Vec<EvalResult>> {
-    let mut results = vec![];
-    let own = cfg.model.posterior.label();
-    eprintln!("evaluating {own} on {} held-out tasks …", cfg.eval.tasks);
-    results.push(evaluate_regression(model, &own, &cfg.eval)?);
-    for spec in posthoc {
-        let p: PosteriorConfig = spec
-            .parse()
-            .with_context(|| format!("posterior `{spec}`"))?;
-        let label = format!("{} (post-hoc on {own})", p.label());
-        eprintln!("evaluating {label} …");
-        results.push(evaluate_regression(
-            &with_posterior(model, &p)?,
-            &label,
-            &cfg.eval,
-        )?);
-    }
-    Ok(results)
-}
-
-fn load_regression(checkpoint: &Path) -> Result<(RegressionModel, ExperimentConfig)> {
-    let ck = load_checkpoint(checkpoint)?;
-    if ck.config.task != Task::Regression {
-        bail!(
-            "checkpoint {} is a `{}` model; this command supports regression checkpoints in this build",
-            checkpoint.display(),
-            ck.config.task
-        );
-    }
-    let model = RegressionModel::new(&ck.config.model, ck.config.seed)?;
-    let tensors = ck
-        .tensors
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("adam."))
-        .collect();
-    model.params.load_from(&tensors, true)?;
-    Ok((model, ck.config))
-}
-
-fn eval_checkpoint(checkpoint: &Path, request: &EvalRequest, out: Option<PathBuf>) -> Result<()> {
-    let (model, mut cfg) = load_regression(checkpoint)?;
-    request
-        .apply(&mut cfg)
-        .with_context(|| format!("cannot evaluate {}", checkpoint.display()))?;
-    let out = out.unwrap_or_else(|| lvrnn::run::default_eval_dir(checkpoint));
-    let tune_tasks = request.tune_tasks.unwrap_or(64);
-    let (mut results, mut tunings) = (vec![], vec![]);
-    for (label, p) in request.variants(&cfg.model.posterior) {
-        eprintln!("evaluating {label} on {} held-out tasks …", cfg.eval.tasks);
-        let variant = with_posterior(&model, &p)?;
-        results.push(evaluate_regression(&variant, &label, &cfg.eval)?);
-        if let (true, PosteriorConfig::Laplace(lc)) = (request.tune_prior, &p) {
-            eprintln!("tuning the prior of {label} on {tune_tasks} other held-out tasks …");
-            let tuned = tune_regression_prior(&model, lc, &cfg.eval, tune_tasks)?;
-            eprintln!(
-                "  chose {} (mean CE {:.4} on the tuning tasks)",
-                tuned.describe(),
-                tuned.score
-            );
-            let tuned_model =
-                with_posterior(&model, &PosteriorConfig::Laplace(tuned.config.clone()))?;
-            results.push(evaluate_regression(
-                &tuned_model,
-                &tuned_label(&label, &tuned),
-                &cfg.eval,
-            )?);
-            tunings.push((label, tuned));
-        }
-    }
-    write_provenance(&out, checkpoint, &cfg)?;
-    let figures = out.join("figures");
-    let mut files = write_regression_report(&results, &out, &figures, Some(cfg.train.seq_len))?;
-    if !tunings.is_empty() {
-        files.push(write_tuning_csv(&out, "mean predictive CE", &tunings)?);
-    }
-    println!("{}", format_table(&results, &[0, 10, 50, 100]));
-    for f in files {
-        println!("  {}", f.display());
-    }
-    Ok(())
-}
-
-fn inspect(checkpoint: &Path, posterior: Option<&str>, history: &Path) -> Result<()> {
-    let task = load_checkpoint(checkpoint)?.config.task;
-    let lines = if task == Task::Regression {
-        let (model, _) = load_regression(checkpoint)?;
-        let model = match posterior {
-            Some(spec) => with_posterior(&model, &spec.parse().context("--posterior")?)?,
-            None => model,
-        };
-        lvrnn::inspect::regression_trace(&model, &lvrnn::inspect::read_history(history, 2)?)?
-    } else {
-        let (model, _) = lvrnn::rl_eval::load_rl(checkpoint)?;
-        let model = match posterior {
-            Some(spec) => model.with_posterior(&spec.parse().context("--posterior")?)?,
-            None => model,
-        };
-        let rows = lvrnn::inspect::read_history(history, model.obs_dim + 2)?;
-        lvrnn::inspect::rl_trace(&model, &rows)?
-    };
-    for line in lines {
-        println!("{line}");
-    }
-    Ok(())
 }

@@ -20,10 +20,10 @@
 //! The constants lean low (README's measured peaks are 1.5–3× the estimate), so a config this
 //! refuses could not have run; one it accepts may still be close to the limit.
 
+use crate::agent::rl::{env_kind, policy_sees_state, reward_loss_scale};
 use crate::config::{ExperimentConfig, Task};
 use crate::envs::make_env;
 use crate::posterior::PosteriorConfig;
-use crate::train::ppo::{env_kind, policy_sees_state, reward_loss_scale};
 use anyhow::{Result, bail};
 
 /// Bytes per number (f32).
@@ -410,7 +410,7 @@ mod tests {
             c.model.hidden = 16;
             c.model.embed_width = 12;
             c.model.head_hidden = vec![10, 6];
-            let built = crate::train::supervised::RegressionModel::new(&c.model, 0).unwrap();
+            let built = crate::agent::regression::RegressionModel::new(&c.model, 0).unwrap();
             let est = MemoryEstimate::for_config(&c).unwrap();
             assert_eq!(
                 est.parameters,
@@ -420,7 +420,7 @@ mod tests {
         }
         for task in ["bandit", "gridworld"] {
             let c = cfg(task, "vrnn");
-            let built = crate::train::ppo::RlModel::for_experiment(&c).unwrap();
+            let built = crate::agent::rl::RlModel::for_experiment(&c).unwrap();
             let est = MemoryEstimate::for_config(&c).unwrap();
             assert_eq!(est.parameters, built.params.num_scalars() as u128, "{task}");
         }

@@ -106,6 +106,17 @@ pub struct Checkpoint {
     pub config: ExperimentConfig,
 }
 
+impl Checkpoint {
+    /// The model's tensors, without the optimiser state (`adam.*`).
+    pub fn model_tensors(&self) -> BTreeMap<String, Tensor> {
+        self.tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with("adam."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
 /// Writes parameters (and optional extra tensors such as optimizer moments) with the config and
 /// update count in the safetensors metadata. Atomic: a crash leaves the previous file intact.
 pub fn save_checkpoint(

@@ -36,6 +36,16 @@ pub fn mean_ci99(xs: &[f64]) -> (f64, f64) {
     (mean, t_quantile_995(n - 1) * (var / n as f64).sqrt())
 }
 
+/// [`mean_ci99`], or NaN for both where any value is NaN (a statistic that is undefined, such
+/// as the entropy of a point estimate or the KL at the first step).
+pub fn finite_mean_ci99(xs: &[f64]) -> (f64, f64) {
+    if xs.iter().any(|x| x.is_nan()) {
+        (f64::NAN, f64::NAN)
+    } else {
+        mean_ci99(xs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

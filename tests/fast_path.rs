@@ -4,12 +4,13 @@
 //! gridworld (small sizes). Also the fused LSTM sequence op against the per-step cell graph.
 
 use candle_core::{DType, Device, Tensor, Var};
+use lvrnn::agent::rl::{RlModel, env_kind, rollout};
 use lvrnn::config::ExperimentConfig;
 use lvrnn::envs::make_env;
 use lvrnn::nn::Params;
 use lvrnn::nn::lstm::{Carry, Lstm};
 use lvrnn::nn::lstm_seq::lstm_sequence;
-use lvrnn::train::ppo::{RlModel, env_kind, gae, ppo_loss, rollout};
+use lvrnn::train::ppo::{gae, ppo_loss};
 use lvrnn::train::reference;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -91,7 +92,7 @@ fn jitter_biases(params: &Params) {
 }
 
 /// A small regression model (n_Z = 2) with biases off zero.
-fn tiny_regression_model(posterior: &str) -> lvrnn::train::supervised::RegressionModel {
+fn tiny_regression_model(posterior: &str) -> lvrnn::agent::regression::RegressionModel {
     let cfg = lvrnn::agent::ModelConfig {
         embed_width: 8,
         hidden: 8,
@@ -100,7 +101,7 @@ fn tiny_regression_model(posterior: &str) -> lvrnn::train::supervised::Regressio
         n_z: 2,
         posterior: posterior.parse().unwrap(),
     };
-    let model = lvrnn::train::supervised::RegressionModel::new(&cfg, 7).unwrap();
+    let model = lvrnn::agent::regression::RegressionModel::new(&cfg, 7).unwrap();
     jitter_biases(&model.params);
     model
 }
@@ -201,7 +202,7 @@ fn ppo_rollout_loss_and_gradients_equal_the_per_step_reference() {
                 0.9,
             );
             let mut ppo = cfg.ppo.clone();
-            ppo.reward_loss_scale = lvrnn::train::ppo::reward_loss_scale(&cfg).unwrap();
+            ppo.reward_loss_scale = lvrnn::agent::rl::reward_loss_scale(&cfg).unwrap();
             let beta = 0.5;
             let fast = ppo_loss(&model, &ro, &adv, &targets, &ppo, beta).unwrap();
             let slow = reference::ppo_loss(&model, &ro, &adv, &targets, &ppo, beta).unwrap();

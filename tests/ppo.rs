@@ -3,14 +3,14 @@
 //! determinism and resume, the RL evaluation outputs, and the shipped RL configs.
 
 use candle_core::{Device, Tensor};
+use lvrnn::agent::rl::{RlModel, average_log_probs, env_kind, exact_entropy, rollout};
+use lvrnn::commands::rl::{eval as eval_rl_checkpoint, train as train_and_eval_rl};
 use lvrnn::config::{ExperimentConfig, PpoConfig, Task};
 use lvrnn::envs::make_env;
 use lvrnn::eval::request::EvalRequest;
-use lvrnn::rl_eval::{EVAL_RL_HEADER, eval_rl_checkpoint, train_and_eval_rl};
+use lvrnn::report::rl::EVAL_RL_HEADER;
 use lvrnn::run::RunDir;
-use lvrnn::train::ppo::{
-    Ppo, RlModel, average_log_probs, env_kind, exact_entropy, gae, ppo_loss, rollout,
-};
+use lvrnn::train::ppo::{Ppo, gae, ppo_loss};
 use lvrnn::train::{FitOptions, fit};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -139,7 +139,7 @@ fn averaged_policy_and_exact_entropy_match_closed_forms() {
 }
 
 /// Loss at the rollout's parameters with given advantages: rollout, then the PPO loss.
-fn setup(task: &str, posterior: &str) -> (ExperimentConfig, RlModel, lvrnn::train::ppo::Rollout) {
+fn setup(task: &str, posterior: &str) -> (ExperimentConfig, RlModel, lvrnn::agent::rl::Rollout) {
     setup_with(task, posterior, 0.0)
 }
 
@@ -148,7 +148,7 @@ fn setup_with(
     task: &str,
     posterior: &str,
     jitter: f64,
-) -> (ExperimentConfig, RlModel, lvrnn::train::ppo::Rollout) {
+) -> (ExperimentConfig, RlModel, lvrnn::agent::rl::Rollout) {
     let cfg = tiny_config("ratio", task, posterior, 1);
     let model = RlModel::for_experiment(&cfg).unwrap();
     if jitter > 0.0 {
@@ -277,7 +277,7 @@ fn loss_gradient_matches_finite_differences() {
             let (cfg, model, ro) = setup_with(task, posterior, 0.3);
             // Every term on, the bandit's reward-prediction loss included.
             let ppo = PpoConfig {
-                reward_loss_scale: lvrnn::train::ppo::reward_loss_scale(&cfg).unwrap(),
+                reward_loss_scale: lvrnn::agent::rl::reward_loss_scale(&cfg).unwrap(),
                 ..cfg.ppo.clone()
             };
             let (adv, targets) = gae(

@@ -3,14 +3,15 @@
 //! reference policy runs on). The agent sees only what the paper's agent sees (position one-hot,
 //! previous action and reward); the goal is never fed to it.
 
+use lvrnn::agent::rl::RlModel;
 use lvrnn::config::ExperimentConfig;
 use lvrnn::envs::gridworld::Gridworld;
 use lvrnn::envs::reference::{GridPolicy, run_grid, task_rng};
 use lvrnn::envs::{EnvKind, MetaEnv};
-use lvrnn::rl_eval::evaluate_rl;
+use lvrnn::eval::rl::evaluate_rl;
 use lvrnn::run::RunDir;
 use lvrnn::stats::mean_ci99;
-use lvrnn::train::ppo::{Ppo, RlModel};
+use lvrnn::train::ppo::Ppo;
 use lvrnn::train::{FitOptions, fit};
 use std::time::Instant;
 

@@ -1,11 +1,12 @@
 //! The supervised pipeline end to end: learning for each posterior family, post-hoc Laplace,
 //! determinism, resume, divergence handling, finetuning and config validation.
 
+use lvrnn::agent::regression::RegressionModel;
 use lvrnn::config::ExperimentConfig;
 use lvrnn::eval::{evaluate_regression, with_posterior};
 use lvrnn::nn::Params;
 use lvrnn::run::{RunDir, load_checkpoint};
-use lvrnn::train::supervised::{RegressionModel, Supervised};
+use lvrnn::train::supervised::Supervised;
 use lvrnn::train::{FitOptions, Learner, fit, init_from};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;

@@ -3,7 +3,9 @@
 //! that turns φ_t (and, for the Laplace VRNN, the LSTM's Jacobians) into q_t.
 
 pub mod acting;
+pub mod regression;
 pub mod replay;
+pub mod rl;
 
 use crate::nn::Params;
 use crate::nn::lstm::{Carry, Lstm};

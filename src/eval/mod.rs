@@ -7,14 +7,15 @@
 
 pub mod calibration;
 pub mod request;
+pub mod rl;
 pub mod tune;
 
 use crate::agent::randn;
+use crate::agent::regression::RegressionModel;
 use crate::config::EvalConfig;
 use crate::envs::regression::{FourierTask, sample_x};
 use crate::posterior::PosteriorConfig;
-use crate::stats::mean_ci99;
-use crate::train::supervised::RegressionModel;
+use crate::stats::{finite_mean_ci99, mean_ci99};
 use anyhow::{Result, bail};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -157,8 +158,8 @@ pub fn evaluate_regression(
         .enumerate()
         .map(|(s, p)| {
             let (ce_mean, ce_ci99) = mean_ci99(&ce[s]);
-            let (entropy_mean, entropy_ci99) = finite_mean_ci(&ent[s]);
-            let (kl_mean, kl_ci99) = finite_mean_ci(&kl[s]);
+            let (entropy_mean, entropy_ci99) = finite_mean_ci99(&ent[s]);
+            let (kl_mean, kl_ci99) = finite_mean_ci99(&kl[s]);
             let [cover50, cover90, cover99] = calibration::coverage(&pits[s]);
             EvalRow {
                 model: label.to_string(),
@@ -180,15 +181,6 @@ pub fn evaluate_regression(
         rows,
         examples,
     })
-}
-
-/// NaN where undefined (point estimates, KL at k = 0), else mean and 99% half-width.
-fn finite_mean_ci(xs: &[f64]) -> (f64, f64) {
-    if xs.iter().any(|x| x.is_nan()) {
-        (f64::NAN, f64::NAN)
-    } else {
-        mean_ci99(xs)
-    }
 }
 
 /// For task j: the cross-entropy −(1/G) Σ_g ln (1/m Σ_s N(f(x_g); μ_s(x_g), σ²)) of the
@@ -252,15 +244,12 @@ pub fn with_posterior(
     Ok(other)
 }
 
-/// Seed offset of the held-out tuning tasks (never the test tasks of `cfg.seed`).
-const TUNING_SEED: u64 = 0x7u64 << 40 | 0x7e57;
-
 /// The held-out tasks prior tuning uses: `tasks` tasks drawn from another seed than the test
 /// tasks, evaluated at the same numbers of points.
 pub fn tuning_config(cfg: &EvalConfig, tasks: usize) -> EvalConfig {
     EvalConfig {
         tasks,
-        seed: cfg.seed ^ TUNING_SEED,
+        seed: cfg.seed ^ tune::TUNING_SEED,
         example_points: usize::MAX,
         ..cfg.clone()
     }

@@ -98,6 +98,9 @@ impl EvalRequest {
     }
 }
 
+/// The prior tunings of an evaluation: (variant label, its tuning).
+pub type Tunings = Vec<(String, Tuned)>;
+
 /// The label of a variant evaluated with a tuned prior.
 pub fn tuned_label(label: &str, tuned: &Tuned) -> String {
     format!("{label}, tuned prior {}", tuned.describe())
@@ -118,7 +121,7 @@ pub const TUNING_HEADER: [&str; 6] = [
 pub fn write_tuning_csv(
     dir: &Path,
     criterion: &str,
-    tunings: &[(String, Tuned)],
+    tunings: &Tunings,
 ) -> Result<std::path::PathBuf> {
     let rows: Vec<Vec<String>> = tunings
         .iter()

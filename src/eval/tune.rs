@@ -18,6 +18,9 @@ use crate::posterior::config::{Accumulate, LaplaceConfig};
 use anyhow::Result;
 use serde::Serialize;
 
+/// XOR-ed into `eval.seed` for the held-out tuning tasks: never the test tasks.
+pub const TUNING_SEED: u64 = 0x7u64 << 40 | 0x7e57;
+
 /// Candidate scales: 10^{−3}, 10^{−2.5}, …, 10^{3} (13 values).
 pub fn log_grid() -> Vec<f64> {
     (0..13).map(|i| 10f64.powf(-3.0 + 0.5 * i as f64)).collect()

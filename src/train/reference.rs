@@ -4,10 +4,12 @@
 //! with tensors), exactly as the model is defined in DESIGN.md, with nothing precomputed.
 
 use crate::agent::randn;
+use crate::agent::regression::RegressionModel;
+use crate::agent::rl::{RlModel, Rollout, sample_categorical};
 use crate::config::PpoConfig;
 use crate::envs::MetaEnv;
-use crate::train::ppo::{LossParts, RlModel, Rollout, ppo_objective, sample_categorical};
-use crate::train::supervised::{ElboParts, HALF_LN_2PI, RegressionModel, elbo_parts};
+use crate::train::ppo::{LossParts, ppo_objective};
+use crate::train::supervised::{ElboParts, HALF_LN_2PI, elbo_parts};
 use anyhow::Result;
 use candle_core::Device;
 use candle_core::Tensor;

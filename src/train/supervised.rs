@@ -6,96 +6,20 @@
 //! the samples (App. B.3). The loss is the negative ELBO averaged over tasks and steps.
 
 use super::Learner;
+use crate::agent::randn;
+use crate::agent::regression::RegressionModel;
 use crate::agent::replay::{LaplaceConstants, PosteriorSequence, SequenceInputs};
-use crate::agent::{Core, CoreState, ModelConfig, randn};
 use crate::envs::regression::FourierTask;
 use crate::nn::Params;
-use crate::nn::mlp::Head;
 use crate::posterior::PosteriorConfig;
 use crate::posterior::filter::filter_sequence;
 use anyhow::Result;
-use candle_core::{D, Device, Tensor};
-use rand::SeedableRng;
+use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
 /// ½ ln(2π).
 pub const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
-
-/// Core + predictive head p(y | x, z) = N(mean(x, z), σ²) with a learned, input-independent σ.
-/// Input kinds of the core: 0 = x, 1 = y. Head input: [embedding of x, z].
-pub struct RegressionModel {
-    pub params: Params,
-    pub core: Core,
-    pub head: Head,
-    /// ln σ of the predictive Gaussian, parameter `pred.log_sigma` (1,).
-    pub log_sigma: Tensor,
-    pub cfg: ModelConfig,
-}
-
-impl RegressionModel {
-    /// Fresh weights drawn from `seed`.
-    pub fn new(cfg: &ModelConfig, seed: u64) -> Result<Self> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut params = Params::new();
-        let core = Core::new(&mut params, cfg, &[1, 1], &mut rng)?;
-        let head = Head::new(
-            &mut params,
-            "pred",
-            cfg.embed_width + cfg.features,
-            &cfg.head_hidden,
-            1,
-            &mut rng,
-        )?;
-        let log_sigma = params.constant("pred.log_sigma", &[1], 0.0)?;
-        Ok(Self {
-            params,
-            core,
-            head,
-            log_sigma,
-            cfg: cfg.clone(),
-        })
-    }
-
-    /// Predictive means for embedded inputs `emb_x` (…, B, E) and samples `z` (…, B, n) whose
-    /// leading shapes broadcast; returns (…, B).
-    pub fn predict_mean(&self, emb_x: &Tensor, z: &Tensor) -> Result<Tensor> {
-        let shape = {
-            let mut s = z.dims().to_vec();
-            let e = emb_x.dims();
-            let lead = s.len() - 1;
-            for (i, d) in e[..e.len() - 1].iter().enumerate() {
-                let k = lead - (e.len() - 1) + i;
-                s[k] = s[k].max(*d);
-            }
-            s
-        };
-        let mut ex_shape = shape.clone();
-        *ex_shape.last_mut().unwrap() = emb_x.dims()[emb_x.rank() - 1];
-        let ex = emb_x.broadcast_as(ex_shape)?;
-        let zz = z.broadcast_as(shape)?;
-        let input = Tensor::cat(&[&ex, &zz], D::Minus1)?;
-        Ok(self.head.forward(&input)?.squeeze(D::Minus1)?)
-    }
-
-    pub fn embed_scalar(&self, kind: usize, v: &[f32]) -> Result<Tensor> {
-        self.core.embed(
-            kind,
-            &Tensor::from_vec(v.to_vec(), (v.len(), 1), &Device::Cpu)?,
-        )
-    }
-
-    /// Feeds one observed pair (x_t, y_t) per task into the core.
-    pub fn observe(
-        &self,
-        state: &CoreState,
-        emb_x: &Tensor,
-        y: &[f32],
-    ) -> Result<crate::agent::CoreStep> {
-        let emb_y = self.embed_scalar(1, y)?;
-        self.core.step(state, &[emb_x.clone(), emb_y])
-    }
-}
 
 /// Loss parts of one batch.
 pub struct ElboParts {

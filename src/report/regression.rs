@@ -2,6 +2,7 @@
 //! (predictive CE, posterior entropy and consecutive KL against the number of observed points;
 //! example predictions ± 2σ against the true function).
 
+use super::fmt;
 use crate::eval::calibration::COVERAGE_LEVELS;
 use crate::eval::{EvalResult, EvalRow};
 use crate::plot::{LinePlot, Series, grid_plot, line_plot};
@@ -240,14 +241,6 @@ pub fn slug(label: &str) -> String {
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
         .join("-")
-}
-
-fn fmt(v: f64) -> String {
-    if v.is_nan() {
-        "nan".into()
-    } else {
-        format!("{v:.6}")
-    }
 }
 
 /// A compact text table of CE / entropy / KL / 90%-interval coverage at selected numbers of

@@ -1,0 +1,485 @@
+//! The meta-RL agent (paper Sec. 3.2, App. B.1, B.3) and how it acts: [`RlModel`] is the
+//! recurrent core plus a policy head, a value head and, for the bandit, an auxiliary reward
+//! head; [`rollout`] runs it on B tasks for the environment's horizon without gradients and
+//! records what PPO ([`crate::train::ppo`]) and the evaluation ([`crate::eval::rl`]) need.
+//!
+//! At step t the core consumes x_t = (s_t, one-hot a_{t−1}, r_{t−1}) (zeros at t = 0), forms
+//! q_t, draws n_Z samples z ~ q_t, and the heads see z (bandit default, "z", Thompson-style) or
+//! [embedding of s_t, z] (gridworld default, "state_z"). Over the samples the policy's
+//! log-softmax is averaged and renormalised, and the value is averaged (App. B.3).
+
+use crate::agent::acting::Acting;
+use crate::agent::replay::SequenceInputs;
+use crate::agent::{Core, CoreState, CoreStep, ModelConfig, randn};
+use crate::config::{ExperimentConfig, Task};
+use crate::envs::{EnvKind, MetaEnv, Step, make_env};
+use crate::nn::Params;
+use crate::nn::mlp::Head;
+use crate::posterior::PosteriorConfig;
+use anyhow::{Result, bail};
+use candle_core::{D, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+// ---------------------------------------------------------------------------------------------
+// Settings resolved from the experiment config
+// ---------------------------------------------------------------------------------------------
+
+/// Core input kind 0: the observation s_t (obs_dim).
+pub const INPUT_OBS: usize = 0;
+/// Core input kind 1: the previous action a_{t−1}, one-hot (zeros at t = 0).
+pub const INPUT_PREV_ACTION: usize = 1;
+/// Core input kind 2: the previous reward r_{t−1} (0 at t = 0).
+pub const INPUT_PREV_REWARD: usize = 2;
+
+/// The environment an RL task trains on.
+pub fn env_kind(task: Task) -> Result<EnvKind> {
+    match task {
+        Task::Bandit => Ok(EnvKind::Bandit),
+        Task::Gridworld => Ok(EnvKind::Gridworld),
+        Task::Regression => bail!("`regression` is a supervised task, not an RL environment"),
+    }
+}
+
+/// Whether the policy and value heads see the state embedding besides z
+/// (`ppo.policy_input`; empty: bandit "z", gridworld "state_z").
+pub fn policy_sees_state(cfg: &ExperimentConfig) -> Result<bool> {
+    Ok(match cfg.ppo.policy_input.as_str() {
+        "z" => false,
+        "state_z" => true,
+        "" => env_kind(cfg.task)? == EnvKind::Gridworld,
+        other => bail!("ppo.policy_input = `{other}` is not valid; allowed values: z, state_z"),
+    })
+}
+
+/// The weight of the reward-prediction loss: `ppo.reward_loss_scale`, or where it is negative
+/// the environment default (bandit 1.0 as the authors' agent, gridworld 0 = no reward head).
+pub fn reward_loss_scale(cfg: &ExperimentConfig) -> Result<f64> {
+    if cfg.ppo.reward_loss_scale >= 0.0 {
+        return Ok(cfg.ppo.reward_loss_scale);
+    }
+    Ok(match env_kind(cfg.task)? {
+        EnvKind::Bandit => 1.0,
+        EnvKind::Gridworld => 0.0,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model
+// ---------------------------------------------------------------------------------------------
+
+/// Core + policy π(a | [s^g,] z) + value v([s^g,] z) + optional reward model p(r | z, a).
+pub struct RlModel {
+    pub params: Params,
+    pub core: Core,
+    /// Logits of the action distribution, parameters `policy.*`.
+    pub policy: Head,
+    /// State value, parameters `value.*`.
+    pub value: Head,
+    /// Logit of the Bernoulli reward of the taken action from [z, one-hot a_t], `reward.*`.
+    pub reward: Option<Head>,
+    pub cfg: ModelConfig,
+    pub num_actions: usize,
+    pub obs_dim: usize,
+    /// Heads see [embedding of s_t, z] (true) or z only (false).
+    pub policy_sees_state: bool,
+}
+
+impl RlModel {
+    /// Fresh weights drawn from `seed`. The reward head is created last, so the other weights
+    /// do not depend on whether it exists.
+    pub fn new(
+        cfg: &ModelConfig,
+        obs_dim: usize,
+        num_actions: usize,
+        policy_sees_state: bool,
+        reward_head: bool,
+        seed: u64,
+    ) -> Result<Self> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut params = Params::new();
+        let core = Core::new(&mut params, cfg, &[obs_dim, num_actions, 1], &mut rng)?;
+        let head_in = cfg.features
+            + if policy_sees_state {
+                cfg.embed_width
+            } else {
+                0
+            };
+        let policy = Head::new(
+            &mut params,
+            "policy",
+            head_in,
+            &cfg.head_hidden,
+            num_actions,
+            &mut rng,
+        )?;
+        let value = Head::new(&mut params, "value", head_in, &cfg.head_hidden, 1, &mut rng)?;
+        let reward = match reward_head {
+            true => Some(Head::new(
+                &mut params,
+                "reward",
+                cfg.features + num_actions,
+                &cfg.head_hidden,
+                1,
+                &mut rng,
+            )?),
+            false => None,
+        };
+        Ok(Self {
+            params,
+            core,
+            policy,
+            value,
+            reward,
+            cfg: cfg.clone(),
+            num_actions,
+            obs_dim,
+            policy_sees_state,
+        })
+    }
+
+    /// The model an RL experiment config describes (env defaults resolved), seeded by `cfg.seed`.
+    pub fn for_experiment(cfg: &ExperimentConfig) -> Result<Self> {
+        let env = make_env(env_kind(cfg.task)?, 1, cfg.env.alpha_train as f32);
+        let reward_head = reward_loss_scale(cfg)? > 0.0;
+        Self::new(
+            &cfg.model,
+            env.obs_dim(),
+            env.num_actions(),
+            policy_sees_state(cfg)?,
+            reward_head,
+            cfg.seed,
+        )
+    }
+
+    /// The same network under another posterior family (post hoc); refuses a family whose
+    /// parameters the network lacks, see [`PosteriorConfig::check_posthoc`].
+    pub fn with_posterior(&self, posterior: &PosteriorConfig) -> Result<Self> {
+        self.cfg.posterior.check_posthoc(posterior)?;
+        let mut cfg = self.cfg.clone();
+        cfg.posterior = posterior.clone();
+        let other = Self::new(
+            &cfg,
+            self.obs_dim,
+            self.num_actions,
+            self.policy_sees_state,
+            self.reward.is_some(),
+            0,
+        )?;
+        let missing = other.params.load_from(&self.params.tensors(), false)?;
+        if !missing.is_empty() {
+            bail!(
+                "posterior `{}` needs parameters the trained network lacks: {}",
+                posterior.label(),
+                missing.join(", ")
+            );
+        }
+        Ok(other)
+    }
+
+    /// n_Z, the posterior samples per step (1 for a point estimate: its samples are identical).
+    pub fn samples(&self) -> usize {
+        if self.core.posterior.is_bayesian() {
+            self.cfg.n_z
+        } else {
+            1
+        }
+    }
+
+    /// The raw core inputs of one step for B tasks: s_t (B·obs_dim, row-major) and, after the
+    /// first step, (a_{t−1}, r_{t−1}).
+    pub fn inputs(&self, obs: &[f32], prev: Option<(&[usize], &[f32])>) -> Result<[Tensor; 3]> {
+        let b = obs.len() / self.obs_dim;
+        let [s, a, r]: [Vec<f32>; 3] = self.raw_inputs(obs, prev).try_into().expect("3 kinds");
+        let device = &self.core.device;
+        Ok([
+            Tensor::from_vec(s, (b, self.obs_dim), device)?,
+            Tensor::from_vec(a, (b, self.num_actions), device)?,
+            Tensor::from_vec(r, (b, 1), device)?,
+        ])
+    }
+
+    /// The raw core inputs of one step as plain rows (s_t; a_{t−1} one-hot; r_{t−1}), zeros
+    /// for the previous action and reward at t = 0.
+    pub fn raw_inputs(&self, obs: &[f32], prev: Option<(&[usize], &[f32])>) -> Vec<Vec<f32>> {
+        let b = obs.len() / self.obs_dim;
+        let mut a = vec![0f32; b * self.num_actions];
+        let mut r = vec![0f32; b];
+        if let Some((actions, rewards)) = prev {
+            for (k, act) in actions.iter().enumerate() {
+                a[k * self.num_actions + act] = 1.0;
+            }
+            r.copy_from_slice(rewards);
+        }
+        vec![obs.to_vec(), a, r]
+    }
+
+    /// The core inputs x_0..x_{T−1} of a rollout, for the time-batched replay.
+    pub fn sequence_inputs(&self, ro: &Rollout) -> Result<SequenceInputs> {
+        let mut kinds = vec![vec![]; 3];
+        for t in 0..ro.horizon() {
+            let prev = ro.previous(t);
+            for (k, rows) in self.raw_inputs(&ro.obs[t], prev).into_iter().enumerate() {
+                kinds[k].extend(rows);
+            }
+        }
+        Ok(SequenceInputs {
+            steps: ro.horizon(),
+            batch: ro.batch(),
+            kinds,
+        })
+    }
+
+    /// Embeds x_t and steps the core: q_t (and KL(q_t ‖ stop_grad q_{t−1})), plus the embedding
+    /// of s_t for the heads.
+    pub fn observe(&self, state: &CoreState, x: &[Tensor; 3]) -> Result<(CoreStep, Tensor)> {
+        let embedded = [
+            self.core.embed(INPUT_OBS, &x[0])?,
+            self.core.embed(INPUT_PREV_ACTION, &x[1])?,
+            self.core.embed(INPUT_PREV_REWARD, &x[2])?,
+        ];
+        let step = self.core.step(state, &embedded)?;
+        Ok((step, embedded[INPUT_OBS].clone()))
+    }
+
+    /// The heads' input for samples z (…, n_Z, B, n) and state embeddings (…, B, E):
+    /// z, or [embedding of s_t, z] broadcast over the samples.
+    pub fn head_input(&self, emb_s: &Tensor, z: &Tensor) -> Result<Tensor> {
+        if !self.policy_sees_state {
+            return Ok(z.clone());
+        }
+        let mut shape = z.dims().to_vec();
+        *shape.last_mut().unwrap() = emb_s.dim(D::Minus1)?;
+        let emb = emb_s
+            .unsqueeze(z.rank() - 3)?
+            .broadcast_as(shape)?
+            .contiguous()?;
+        Ok(Tensor::cat(&[&emb, z], D::Minus1)?)
+    }
+
+    /// log π(· | history) of the averaged policy, (…, B, A), from head inputs (…, n_Z, B, d).
+    pub fn log_probs(&self, input: &Tensor) -> Result<Tensor> {
+        average_log_probs(&self.policy.forward(input)?)
+    }
+
+    /// The value averaged over the samples, (…, B).
+    pub fn values(&self, input: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .value
+            .forward(input)?
+            .squeeze(D::Minus1)?
+            .mean(input.rank() - 3)?)
+    }
+
+    /// The reward model's logit for the taken actions, averaged over the samples, (…, B), from
+    /// samples z (…, n_Z, B, n) and one-hot actions (…, B, A). None without a reward head.
+    pub fn reward_logits(&self, z: &Tensor, actions: &Tensor) -> Result<Option<Tensor>> {
+        let Some(head) = &self.reward else {
+            return Ok(None);
+        };
+        let axis = z.rank() - 3;
+        let mut shape = z.dims().to_vec();
+        *shape.last_mut().unwrap() = self.num_actions;
+        let a = actions.unsqueeze(axis)?.broadcast_as(shape)?.contiguous()?;
+        let logits = head
+            .forward(&Tensor::cat(&[z, &a], D::Minus1)?)?
+            .squeeze(D::Minus1)?;
+        Ok(Some(logits.mean(axis)?))
+    }
+}
+
+/// log-softmax over the last axis (shift-invariant, so the max is detached).
+pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
+    Ok(shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(D::Minus1)?.log()?)?)
+}
+
+/// The ensemble-averaged policy (App. B.3): log-softmax of the logits (…, n_Z, B, A) averaged
+/// over the sample axis, then renormalised by another log-softmax; returns (…, B, A).
+pub fn average_log_probs(logits: &Tensor) -> Result<Tensor> {
+    log_softmax(&log_softmax(logits)?.mean(logits.rank() - 3)?)
+}
+
+/// Exact entropy −Σ_a π(a) log π(a) of categorical distributions given as log-probabilities
+/// (…, A); returns (…).
+pub fn exact_entropy(log_probs: &Tensor) -> Result<Tensor> {
+    Ok(log_probs.exp()?.mul(log_probs)?.sum(D::Minus1)?.neg()?)
+}
+
+/// Draws an index from a categorical distribution given as log-probabilities.
+pub fn sample_categorical(log_probs: &[f32], rng: &mut ChaCha8Rng) -> usize {
+    let u: f64 = rng.r#gen();
+    let mut acc = 0.0;
+    for (i, lp) in log_probs.iter().enumerate() {
+        acc += (*lp as f64).exp();
+        if u < acc {
+            return i;
+        }
+    }
+    log_probs.len() - 1
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollout
+// ---------------------------------------------------------------------------------------------
+
+/// B trajectories of T steps, tables indexed [t][b] (t = 0 is the first interaction).
+#[derive(Default)]
+pub struct Rollout {
+    /// s_t, B·obs_dim each.
+    pub obs: Vec<Vec<f32>>,
+    pub actions: Vec<Vec<usize>>,
+    pub rewards: Vec<Vec<f32>>,
+    /// The env's γ-multiplier of transition t (0 where an episode ended).
+    pub discounts: Vec<Vec<f32>>,
+    /// Per-step regret against the oracle (evaluation only).
+    pub regrets: Vec<Vec<f32>>,
+    /// The noise ε of step t, (n_Z, B, n): z = μ_t + Σ_t^{1/2} ε.
+    pub noise: Vec<Tensor>,
+    /// log π_old(a_t | history) of the taken actions.
+    pub log_probs: Vec<Vec<f32>>,
+    /// V_old(history up to s_t).
+    pub values: Vec<Vec<f32>>,
+    /// V_old after the last transition (from x_T = (s_T, a_{T−1}, r_{T−1})), used for GAE.
+    pub bootstrap: Vec<f32>,
+    /// Differential entropy of q_t (NaN for a point estimate); only filled when recorded.
+    pub posterior_entropy: Vec<Vec<f64>>,
+    /// KL(q_t ‖ q_{t−1}) (q_0 the prior at the zero carry; NaN for a point estimate); only
+    /// filled when recorded.
+    pub posterior_kl: Vec<Vec<f64>>,
+    /// Laplace VRNN: the filter's statistics of every step (empty for the other families).
+    pub laplace: Vec<LaplaceRecord>,
+}
+
+/// The Laplace statistics of one rollout step, reused by the loss (no gradient).
+#[derive(Clone)]
+pub struct LaplaceRecord {
+    /// L_t^{−T} ε, (n_Z, B, n) row-major.
+    pub offsets: Vec<f32>,
+    /// (Λ_{t−1} + jitter·I)(μ_t − μ_{t−1}), (B, n).
+    pub kl_grad: Vec<f32>,
+    /// KL(q_t ‖ q_{t−1}) per task.
+    pub kl: Vec<f64>,
+}
+
+impl Rollout {
+    /// (a_{t−1}, r_{t−1}) of every task, None at t = 0.
+    pub fn previous(&self, t: usize) -> Option<(&[usize], &[f32])> {
+        (t > 0).then(|| (&self.actions[t - 1][..], &self.rewards[t - 1][..]))
+    }
+
+    /// Records one acting step: the actions taken under the policy's log-probabilities, the
+    /// environment's answer, the noise ε and the values. Returns the next observation.
+    pub fn push_step(
+        &mut self,
+        obs: Vec<f32>,
+        actions: Vec<usize>,
+        log_probs: &[Vec<f32>],
+        out: Step,
+        eps: Tensor,
+        values: Vec<f32>,
+    ) -> Vec<f32> {
+        self.log_probs.push(
+            actions
+                .iter()
+                .zip(log_probs)
+                .map(|(a, lp)| lp[*a])
+                .collect(),
+        );
+        self.obs.push(obs);
+        self.actions.push(actions);
+        self.rewards.push(out.reward);
+        self.discounts.push(out.discount);
+        self.regrets.push(out.regret);
+        self.noise.push(eps);
+        self.values.push(values);
+        out.obs
+    }
+
+    pub fn horizon(&self) -> usize {
+        self.actions.len()
+    }
+
+    pub fn batch(&self) -> usize {
+        self.actions.first().map_or(0, |a| a.len())
+    }
+
+    /// Σ_t r_t per task.
+    pub fn returns(&self) -> Vec<f64> {
+        (0..self.batch())
+            .map(|b| self.rewards.iter().map(|r| r[b] as f64).sum())
+            .collect()
+    }
+
+    /// Σ_t regret_t per task.
+    pub fn total_regret(&self) -> Vec<f64> {
+        (0..self.batch())
+            .map(|b| self.regrets.iter().map(|r| r[b] as f64).sum())
+            .collect()
+    }
+}
+
+/// Runs the policy on the tasks `env` holds (already reset; `first_obs` is s_0) for the env
+/// horizon, without gradients (the core is stepped by `agent::acting`). Per step, in this
+/// order: the noise ε, one uniform per task for the action, then the env's own draws, all from
+/// `rng`. With `record_posterior`, also the entropy of q_t and KL(q_t ‖ q_{t−1}) per step and
+/// task. For the Laplace VRNN the filter's statistics are kept for [`ppo_loss`].
+///
+/// Bootstrap: the task continues past T in the environment's dynamics (only the meta-episode
+/// is cut), so the value of the state after the last transition, V(x_T), is computed with one
+/// more core step and multiplied by that transition's discount in [`gae`] (the bandit's is
+/// always 0, so the step is skipped when every last discount is 0).
+pub fn rollout(
+    model: &RlModel,
+    env: &mut dyn MetaEnv,
+    first_obs: Vec<f32>,
+    rng: &mut ChaCha8Rng,
+    record_posterior: bool,
+) -> Result<Rollout> {
+    let (b, horizon) = (env.batch(), env.horizon());
+    let noise_shape = [model.samples(), b, model.cfg.features];
+    let mut ro = Rollout::default();
+    let mut acting = Acting::new(&model.core, b)?;
+    let mut obs = first_obs;
+    for t in 0..horizon {
+        let prev = ro.previous(t);
+        let eps = randn(rng, &noise_shape)?;
+        let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
+        let input = model.head_input(&step.embedded[INPUT_OBS], &step.z)?;
+        let log_probs: Vec<Vec<f32>> = model.log_probs(&input)?.to_vec2()?;
+        let values: Vec<f32> = model.values(&input)?.to_vec1()?;
+        let actions: Vec<usize> = log_probs
+            .iter()
+            .map(|lp| sample_categorical(lp, rng))
+            .collect();
+        if record_posterior {
+            ro.posterior_entropy
+                .push(step.entropy.clone().unwrap_or_else(|| vec![f64::NAN; b]));
+            ro.posterior_kl
+                .push(step.kl.clone().unwrap_or_else(|| vec![f64::NAN; b]));
+        }
+        if let (Some((offsets, kl_grad)), Some(kl)) = (step.laplace, step.kl) {
+            ro.laplace.push(LaplaceRecord {
+                offsets,
+                kl_grad,
+                kl,
+            });
+        }
+        let out = env.step(&actions, rng);
+        obs = ro.push_step(obs, actions, &log_probs, out, eps, values);
+    }
+    let continues = ro
+        .discounts
+        .last()
+        .is_some_and(|d| d.iter().any(|v| *v != 0.0));
+    ro.bootstrap = if continues {
+        let prev = ro.previous(horizon);
+        let eps = randn(rng, &noise_shape)?;
+        let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
+        let input = model.head_input(&step.embedded[INPUT_OBS], &step.z)?;
+        model.values(&input)?.to_vec1()?
+    } else {
+        vec![0.0; b]
+    };
+    Ok(ro)
+}

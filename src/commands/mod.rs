@@ -1,0 +1,71 @@
+//! The `train`, `eval` and `inspect` commands: each matches on the task once and hands over to
+//! its [`regression`] or [`rl`] half. Both halves evaluate the same way after training (the
+//! config's `eval.posthoc`) as `lvrnn eval` does (an [`EvalRequest`]).
+
+pub mod regression;
+pub mod rl;
+
+use crate::config::{ExperimentConfig, Task};
+use crate::eval::request::EvalRequest;
+use crate::run::load_checkpoint;
+use crate::train::FitOptions;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// `lvrnn train`: trains `cfg` into `<runs>/<name>` (optionally finetuning from `init`), then
+/// evaluates it under its own posterior and `eval.posthoc` unless `no_eval`.
+pub fn train(
+    cfg: &ExperimentConfig,
+    runs: &Path,
+    opts: FitOptions,
+    overwrite: bool,
+    init: Option<&Path>,
+    no_eval: bool,
+) -> Result<()> {
+    match cfg.task {
+        Task::Regression => regression::train(cfg, runs, opts, overwrite, init, no_eval),
+        Task::Bandit | Task::Gridworld => rl::train(cfg, runs, opts, overwrite, init, no_eval),
+    }
+}
+
+/// `lvrnn eval`: evaluates a checkpoint as `request` asks, into `out` (default
+/// `<run>/eval-<checkpoint stem>`).
+pub fn eval(checkpoint: &Path, request: &EvalRequest, out: Option<PathBuf>) -> Result<()> {
+    match load_checkpoint(checkpoint)?.config.task {
+        Task::Regression => regression::eval(checkpoint, request, out),
+        Task::Bandit | Task::Gridworld => rl::eval(checkpoint, request, out),
+    }
+}
+
+/// `lvrnn inspect`: one JSON line per step of `history` with the posterior the checkpoint (under
+/// `posterior`, default its own) gives.
+pub fn inspect(checkpoint: &Path, posterior: Option<&str>, history: &Path) -> Result<Vec<String>> {
+    let posterior = posterior
+        .map(|s| s.parse().context("--posterior"))
+        .transpose()?;
+    match load_checkpoint(checkpoint)?.config.task {
+        Task::Regression => {
+            let (mut model, _) = regression::load(checkpoint)?;
+            if let Some(p) = &posterior {
+                model = crate::eval::with_posterior(&model, p)?;
+            }
+            crate::inspect::regression_trace(&model, &crate::inspect::read_history(history, 2)?)
+        }
+        Task::Bandit | Task::Gridworld => {
+            let (mut model, _) = rl::load(checkpoint)?;
+            if let Some(p) = &posterior {
+                model = model.with_posterior(p)?;
+            }
+            let rows = crate::inspect::read_history(history, model.obs_dim + 2)?;
+            crate::inspect::rl_trace(&model, &rows)
+        }
+    }
+}
+
+/// What `lvrnn train` evaluates after training: the own posterior and `eval.posthoc`.
+fn posthoc_request(cfg: &ExperimentConfig) -> Result<EvalRequest> {
+    Ok(EvalRequest {
+        posteriors: EvalRequest::parse_posteriors(&cfg.eval.posthoc).context("eval.posthoc")?,
+        ..Default::default()
+    })
+}

@@ -1,0 +1,250 @@
+//! Writes RL evaluation results: `eval_rl.csv` (per step), `eval_rl_returns.csv` (return and
+//! regret, agents and reference policies), the figures (training return, cumulative regret
+//! against the references, posterior entropy and KL over time) and the text table.
+
+use super::fmt;
+use crate::envs::EnvKind;
+use crate::envs::reference::default_checkpoints;
+use crate::eval::rl::{ReferenceCurve, RlEvalResult, RlEvalRow};
+use crate::plot::{LinePlot, Series, line_plot};
+use crate::util::{read_jsonl, write_csv_atomic};
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+/// Header of `eval_rl.csv`.
+pub const EVAL_RL_HEADER: [&str; 10] = [
+    "model",
+    "t",
+    "reward_mean",
+    "reward_ci99",
+    "cum_regret_mean",
+    "cum_regret_ci99",
+    "entropy_mean",
+    "entropy_ci99",
+    "kl_mean",
+    "kl_ci99",
+];
+
+/// Header of `eval_rl_returns.csv` (agents and reference policies).
+pub const RETURNS_HEADER: [&str; 5] = [
+    "model",
+    "return_mean",
+    "return_ci99",
+    "final_regret_mean",
+    "final_regret_ci99",
+];
+
+/// Writes `<metrics>/eval_rl.csv`, `<metrics>/eval_rl_returns.csv` and the figures
+/// `cumulative_regret`, `entropy` and `kl` (the last two only when some model is Bayesian) into
+/// `figures`; returns the files written.
+pub fn write_rl_report(
+    results: &[RlEvalResult],
+    refs: &[ReferenceCurve],
+    metrics: &Path,
+    figures: &Path,
+) -> Result<Vec<PathBuf>> {
+    let mut written = vec![];
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .flat_map(|r| &r.rows)
+        .map(|r| {
+            vec![
+                r.model.clone(),
+                r.t.to_string(),
+                fmt(r.reward_mean),
+                fmt(r.reward_ci99),
+                fmt(r.cum_regret_mean),
+                fmt(r.cum_regret_ci99),
+                fmt(r.entropy_mean),
+                fmt(r.entropy_ci99),
+                fmt(r.kl_mean),
+                fmt(r.kl_ci99),
+            ]
+        })
+        .collect();
+    let csv = metrics.join("eval_rl.csv");
+    write_csv_atomic(&csv, &EVAL_RL_HEADER, &rows)?;
+    written.push(csv);
+    let mut returns: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            let last = r.rows.last();
+            let (m, h) = last.map_or((f64::NAN, f64::NAN), |l| {
+                (l.cum_regret_mean, l.cum_regret_ci99)
+            });
+            vec![
+                r.model.clone(),
+                fmt(r.return_mean),
+                fmt(r.return_ci99),
+                fmt(m),
+                fmt(h),
+            ]
+        })
+        .collect();
+    for c in refs {
+        let m = c.cum_regret_mean.last().copied().unwrap_or(f64::NAN);
+        let h = c.cum_regret_ci99.last().copied().unwrap_or(f64::NAN);
+        returns.push(vec![
+            format!("reference: {}", c.policy),
+            fmt(c.return_mean),
+            fmt(c.return_ci99),
+            fmt(m),
+            fmt(h),
+        ]);
+    }
+    let csv = metrics.join("eval_rl_returns.csv");
+    write_csv_atomic(&csv, &RETURNS_HEADER, &returns)?;
+    written.push(csv);
+
+    // Cumulative regret: agents with 99% bands, reference policies dashed (Figs. 11, 13).
+    let mut plot = LinePlot::new(
+        "Cumulative regret on held-out tasks (99% CI)",
+        "interactions t",
+        "cumulative regret",
+    );
+    for r in results {
+        let x: Vec<f64> = r.rows.iter().map(|row| row.t as f64).collect();
+        let y: Vec<f64> = r.rows.iter().map(|row| row.cum_regret_mean).collect();
+        let h: Vec<f64> = r.rows.iter().map(|row| row.cum_regret_ci99).collect();
+        plot.series
+            .push(Series::new(r.model.clone(), x, y).with_halfwidth(&h));
+    }
+    for c in refs {
+        let x: Vec<f64> = (1..=c.cum_regret_mean.len()).map(|t| t as f64).collect();
+        plot.series
+            .push(Series::new(c.policy.clone(), x, c.cum_regret_mean.clone()).dashed());
+    }
+    let stem = figures.join("cumulative_regret");
+    line_plot(&stem, &plot)?;
+    written.push(stem.with_extension("png"));
+
+    // Posterior statistics over time (Figs. 4, 14), Bayesian models only.
+    type Pick = fn(&RlEvalRow) -> (f64, f64);
+    let stats: [(&str, &str, &str, Pick); 2] = [
+        (
+            "entropy",
+            "Posterior differential entropy (99% CI)",
+            "entropy [nats]",
+            |r| (r.entropy_mean, r.entropy_ci99),
+        ),
+        (
+            "kl",
+            "KL(q_t ‖ q_t−1) between consecutive posteriors (99% CI)",
+            "KL [nats]",
+            |r| (r.kl_mean, r.kl_ci99),
+        ),
+    ];
+    for (name, title, ylabel, pick) in stats {
+        let mut plot = LinePlot::new(title, "interactions t", ylabel);
+        for r in results {
+            let (y, h): (Vec<f64>, Vec<f64>) = r.rows.iter().map(pick).unzip();
+            if y.iter().all(|v| v.is_nan()) {
+                continue;
+            }
+            let x: Vec<f64> = r.rows.iter().map(|row| row.t as f64).collect();
+            plot.series
+                .push(Series::new(r.model.clone(), x, y).with_halfwidth(&h));
+        }
+        if plot.series.is_empty() {
+            continue;
+        }
+        let stem = figures.join(name);
+        line_plot(&stem, &plot)?;
+        written.push(stem.with_extension("png"));
+    }
+    Ok(written)
+}
+
+/// The `training_return` figure from `train.jsonl`: the mean return per update, raw and as a
+/// trailing moving average over ~2% of the updates, and the held-out `test_return` where
+/// logged. None when the log holds no return.
+pub fn plot_training_return(train_jsonl: &Path, figures: &Path) -> Result<Option<PathBuf>> {
+    if !train_jsonl.exists() {
+        return Ok(None);
+    }
+    let records: Vec<serde_json::Value> = read_jsonl(train_jsonl)?;
+    let (x, y): (Vec<f64>, Vec<f64>) = records
+        .iter()
+        .filter_map(|v| Some((v.get("update")?.as_f64()?, v.get("return")?.as_f64()?)))
+        .unzip();
+    if x.is_empty() {
+        return Ok(None);
+    }
+    let window = (x.len() / 50).max(1);
+    let smooth: Vec<f64> = (0..y.len())
+        .map(|i| {
+            let lo = (i + 1).saturating_sub(window);
+            y[lo..=i].iter().sum::<f64>() / (i + 1 - lo) as f64
+        })
+        .collect();
+    let mut plot = LinePlot::new("Mean return per task during training", "update", "return");
+    plot.series.push(Series::new("per update", x.clone(), y));
+    plot.series.push(Series::new(
+        format!("moving average ({window} updates)"),
+        x,
+        smooth,
+    ));
+    // Held-out evaluations (`ppo.eval_every`): the row of update u holds the parameters after
+    // u − 1 updates.
+    let (tx, ty): (Vec<f64>, Vec<f64>) = records
+        .iter()
+        .filter_map(|v| {
+            Some((
+                v.get("update")?.as_f64()? - 1.0,
+                v.get("test_return")?.as_f64()?,
+            ))
+        })
+        .unzip();
+    if !tx.is_empty() {
+        plot.series.push(Series::new("held-out tasks", tx, ty));
+    }
+    let stem = figures.join("training_return");
+    line_plot(&stem, &plot)?;
+    Ok(Some(stem.with_extension("png")))
+}
+
+/// A short text table: return over the whole trajectory and cumulative regret at the default
+/// checkpoints, for agents and reference policies.
+pub fn format_rl_table(kind: EnvKind, results: &[RlEvalResult], refs: &[ReferenceCurve]) -> String {
+    let checkpoints = default_checkpoints(kind);
+    let cell = |m: f64, h: f64| format!("{m:.2} ± {h:.2}");
+    let mut lines: Vec<(String, Vec<String>)> = vec![];
+    for r in results {
+        let mut cells = vec![cell(r.return_mean, r.return_ci99)];
+        for t in &checkpoints {
+            let row = r.rows.iter().find(|row| row.t == *t);
+            cells.push(row.map_or("-".into(), |row| {
+                cell(row.cum_regret_mean, row.cum_regret_ci99)
+            }));
+        }
+        lines.push((r.model.clone(), cells));
+    }
+    for c in refs {
+        let mut cells = vec![cell(c.return_mean, c.return_ci99)];
+        for t in &checkpoints {
+            let m = c.cum_regret_mean.get(t - 1).copied().unwrap_or(f64::NAN);
+            let h = c.cum_regret_ci99.get(t - 1).copied().unwrap_or(f64::NAN);
+            cells.push(cell(m, h));
+        }
+        lines.push((format!("reference: {}", c.policy), cells));
+    }
+    let width = lines
+        .iter()
+        .map(|(m, _)| m.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut s = format!("{:<width$} {:>16}", "model", "return");
+    for t in &checkpoints {
+        s += &format!(" {:>16}", format!("regret@{t}"));
+    }
+    s.push('\n');
+    for (model, cells) in lines {
+        s += &format!("{model:<width$}");
+        for c in cells {
+            s += &format!(" {c:>16}");
+        }
+        s.push('\n');
+    }
+    s
+}
