@@ -275,12 +275,28 @@ fn eval_validates_arguments_first_and_tunes_the_prior() {
     );
     assert!(csv.contains("tuned prior prior_precision="), "{csv}");
     let tuning = std::fs::read_to_string(d.join("ev/prior_tuning.csv")).unwrap();
-    assert_eq!(
-        tuning.lines().count(),
-        1 + 13,
-        "header + 13 candidates: {tuning}"
-    );
-    assert_eq!(tuning.matches(",true").count(), 1, "{tuning}");
+    // Every grid value (10^-3 … 10^3 by half decades, to 4 digits) was tried; exactly one row is chosen and
+    // it has the lowest score.
+    let rows: Vec<Vec<&str>> = tuning
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    for k in 0..13 {
+        let v = 10f64.powf(-3.0 + 0.5 * k as f64);
+        assert!(
+            rows.iter()
+                .any(|r| (r[1].parse::<f64>().unwrap() / v - 1.0).abs() < 1e-3),
+            "grid value {v} not tried: {tuning}"
+        );
+    }
+    let chosen: Vec<&Vec<&str>> = rows.iter().filter(|r| r[5] == "true").collect();
+    assert_eq!(chosen.len(), 1, "{tuning}");
+    let best = rows
+        .iter()
+        .map(|r| r[3].parse::<f64>().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(chosen[0][3].parse::<f64>().unwrap(), best, "{tuning}");
     assert!(d.join("ev/figures/coverage.png").exists());
     // Provenance for `lvrnn report`: the config and the checkpoint the results come from.
     let source: serde_json::Value =

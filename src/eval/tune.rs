@@ -8,10 +8,12 @@
 //! minimise: the mean predictive cross-entropy (regression) or the negative mean return (RL).
 //!
 //! Search: a log grid 10^{−3}, 10^{−2.5}, …, 10^{3} plus the configured value (tried first, so a
-//! tie keeps it). Accumulated variants use only prior_precision (damping does not enter). For
-//! k_Z = 0 variants, damping is searched first with prior_precision fixed, then prior_precision
-//! with the best damping. For the regression score this is the exact optimum over the grid: the
-//! CE at 0 points depends only on Λ_0 and every later CE only on the damping, so the score is a
+//! tie keeps it); when the best value is an end of the grid, the search walks on past it by
+//! half decades while the score improves (at most 10^{3} further), so the optimum is not clipped.
+//! Accumulated variants use only prior_precision (damping does not enter). For k_Z = 0
+//! variants, damping is searched first with prior_precision fixed, then prior_precision with
+//! the best damping. For the regression score this is the exact optimum over the grid: the CE
+//! at 0 points depends only on Λ_0 and every later CE only on the damping, so the score is a
 //! sum of a function of each.
 
 use crate::posterior::config::{Accumulate, LaplaceConfig};
@@ -21,9 +23,16 @@ use serde::Serialize;
 /// XOR-ed into `eval.seed` for the held-out tuning tasks: never the test tasks.
 pub const TUNING_SEED: u64 = 0x7u64 << 40 | 0x7e57;
 
-/// Candidate scales: 10^{−3}, 10^{−2.5}, …, 10^{3} (13 values).
+/// Candidate scales: 10^{−3}, 10^{−2.5}, …, 10^{3} (13 values), to 4 significant digits.
 pub fn log_grid() -> Vec<f64> {
-    (0..13).map(|i| 10f64.powf(-3.0 + 0.5 * i as f64)).collect()
+    (0..13)
+        .map(|i| significant(10f64.powf(-3.0 + 0.5 * i as f64)))
+        .collect()
+}
+
+/// `v` rounded to 4 significant digits, so candidates print as what they are (0.003162, 1e6).
+fn significant(v: f64) -> f64 {
+    format!("{v:.3e}").parse().unwrap_or(v)
 }
 
 /// One evaluated candidate.
@@ -58,64 +67,131 @@ impl Tuned {
     }
 }
 
+/// Largest factor by which the search walks past either end of the grid (10^3 beyond it).
+const MAX_EXTENSION: f64 = 1e3;
+
+/// Which prior scale a coordinate search varies.
+#[derive(Clone, Copy)]
+enum Scale {
+    PriorPrecision,
+    Damping,
+}
+
+impl Scale {
+    fn get(self, c: &LaplaceConfig) -> f64 {
+        match self {
+            Scale::PriorPrecision => c.prior_precision,
+            Scale::Damping => c.damping,
+        }
+    }
+    fn set(self, c: &mut LaplaceConfig, v: f64) {
+        match self {
+            Scale::PriorPrecision => c.prior_precision = v,
+            Scale::Damping => c.damping = v,
+        }
+    }
+}
+
+/// The state of a search: every trial so far and the best configuration.
+struct Search<F> {
+    score: F,
+    trials: Vec<Trial>,
+    best: LaplaceConfig,
+    best_score: f64,
+}
+
+impl<F: FnMut(&LaplaceConfig) -> Result<f64>> Search<F> {
+    /// Scores `c` unless already tried; a failed or non-finite evaluation scores +∞.
+    /// Returns whether `c` became the best.
+    fn try_config(&mut self, c: LaplaceConfig) -> bool {
+        let seen = self
+            .trials
+            .iter()
+            .any(|t| t.prior_precision == c.prior_precision && t.damping == c.damping);
+        if seen {
+            return false;
+        }
+        let s = match (self.score)(&c) {
+            Ok(s) if s.is_finite() => s,
+            _ => f64::INFINITY,
+        };
+        self.trials.push(Trial {
+            prior_precision: c.prior_precision,
+            damping: c.damping,
+            score: s,
+        });
+        if s < self.best_score {
+            self.best_score = s;
+            self.best = c;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Varies `scale` of the best configuration so far over the current value and `grid`; when
+    /// the best value is the grid's largest (smallest), keeps stepping up (down) by the grid's
+    /// ratio while the score improves, at most [`MAX_EXTENSION`] beyond the grid.
+    fn coordinate(&mut self, scale: Scale, grid: &[f64]) {
+        let start = self.best.clone();
+        let current = scale.get(&start);
+        for v in std::iter::once(current).chain(grid.iter().copied()) {
+            let mut c = start.clone();
+            scale.set(&mut c, v);
+            self.try_config(c);
+        }
+        let (lo, hi) = grid
+            .iter()
+            .fold((f64::INFINITY, 0f64), |(l, h), v| (l.min(*v), h.max(*v)));
+        let ratio = if grid.len() > 1 {
+            (hi / lo).powf(1.0 / (grid.len() - 1) as f64)
+        } else {
+            10f64.sqrt()
+        };
+        for (edge, step) in [(hi, ratio), (lo, 1.0 / ratio)] {
+            if scale.get(&self.best) != edge {
+                continue;
+            }
+            for k in 1.. {
+                let next = significant(edge * step.powi(k));
+                if (next / edge).max(edge / next) > MAX_EXTENSION * (1.0 + 1e-3) {
+                    break;
+                }
+                let mut c = self.best.clone();
+                scale.set(&mut c, next);
+                if !self.try_config(c) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Minimises `score` over the prior scales of `base` as described in the module doc. A
-/// candidate whose evaluation fails or is not finite scores +∞ (recorded as such).
+/// candidate whose evaluation fails or is not finite scores +∞ (recorded as such). When the
+/// best value lies at an end of `grid`, the search continues past it (see `Search::coordinate`),
+/// so the optimum is not clipped by the grid.
 pub fn tune_prior(
     base: &LaplaceConfig,
     grid: &[f64],
-    mut score: impl FnMut(&LaplaceConfig) -> Result<f64>,
+    score: impl FnMut(&LaplaceConfig) -> Result<f64>,
 ) -> Result<Tuned> {
-    let mut trials = vec![];
-    let mut best = base.clone();
-    let mut best_score = f64::INFINITY;
-    let mut search = |set: &dyn Fn(&mut LaplaceConfig, f64),
-                      current: f64,
-                      best: &mut LaplaceConfig,
-                      best_score: &mut f64|
-     -> Result<()> {
-        let start = best.clone();
-        let mut candidates = vec![current];
-        candidates.extend(grid.iter().copied().filter(|v| *v != current));
-        for v in candidates {
-            let mut c = start.clone();
-            set(&mut c, v);
-            let seen = trials
-                .iter()
-                .any(|t: &Trial| t.prior_precision == c.prior_precision && t.damping == c.damping);
-            if seen {
-                continue;
-            }
-            let s = match score(&c) {
-                Ok(s) if s.is_finite() => s,
-                _ => f64::INFINITY,
-            };
-            trials.push(Trial {
-                prior_precision: c.prior_precision,
-                damping: c.damping,
-                score: s,
-            });
-            if s < *best_score {
-                *best_score = s;
-                *best = c;
-            }
-        }
-        Ok(())
+    let mut search = Search {
+        score,
+        trials: vec![],
+        best: base.clone(),
+        best_score: f64::INFINITY,
     };
     if base.accumulate == Accumulate::None {
-        search(
-            &|c, v| c.damping = v,
-            base.damping,
-            &mut best,
-            &mut best_score,
-        )?;
+        search.coordinate(Scale::Damping, grid);
     }
-    let current = best.prior_precision;
-    search(
-        &|c, v| c.prior_precision = v,
-        current,
-        &mut best,
-        &mut best_score,
-    )?;
+    search.coordinate(Scale::PriorPrecision, grid);
+    let Search {
+        trials,
+        best,
+        best_score,
+        ..
+    } = search;
     if !best_score.is_finite() {
         anyhow::bail!(
             "prior tuning failed: no candidate prior gave a finite score (tried {} values)",
@@ -141,7 +217,7 @@ mod tests {
             Ok((c.prior_precision.log10() + 1.0).powi(2) + c.damping)
         })
         .unwrap();
-        assert!((t.config.prior_precision - 0.1).abs() < 1e-12);
+        assert_eq!(t.config.prior_precision, 0.1);
         assert_eq!(t.config.damping, base.damping);
         assert_eq!(t.trials.len(), 13); // the default 1.0 is on the grid: tried once
         assert_eq!(
@@ -163,13 +239,41 @@ mod tests {
             Ok((c.damping.log10() - 2.0).powi(2) + (c.prior_precision.log10() + 2.5).powi(2))
         })
         .unwrap();
-        assert!((t.config.damping - 100.0).abs() < 1e-9);
-        assert!((t.config.prior_precision - 10f64.powf(-2.5)).abs() < 1e-12);
+        assert_eq!(t.config.damping, 100.0);
+        assert_eq!(t.config.prior_precision, 0.003162, "10^-2.5 to 4 digits");
         assert_eq!(
             t.trials.len(),
             14 + 12,
             "the pair found by the damping search is not re-run"
         );
+    }
+
+    #[test]
+    fn an_optimum_beyond_the_grid_is_followed_past_its_end() {
+        // Minimum at prior_precision = 10^{4.5}, beyond the grid's 10^3: the search walks up by
+        // half decades while improving and stops one step past the minimum.
+        let t = tune_prior(&LaplaceConfig::default(), &log_grid(), |c| {
+            Ok((c.prior_precision.log10() - 4.5).powi(2))
+        })
+        .unwrap();
+        assert_eq!(t.config.prior_precision, 31620.0, "10^4.5 to 4 digits");
+        assert_eq!(
+            t.trials.len(),
+            13 + 4,
+            "10^3.5, 10^4, 10^4.5 improve, 10^5 does not"
+        );
+        // Far beyond: the walk stops at 10^3 past the grid's end.
+        let t = tune_prior(&LaplaceConfig::default(), &log_grid(), |c| {
+            Ok(-c.prior_precision)
+        })
+        .unwrap();
+        assert_eq!(t.config.prior_precision, 1e6, "{}", t.describe());
+        // And below the grid.
+        let t = tune_prior(&LaplaceConfig::default(), &log_grid(), |c| {
+            Ok(c.prior_precision)
+        })
+        .unwrap();
+        assert_eq!(t.config.prior_precision, 1e-6, "{}", t.describe());
     }
 
     #[test]
