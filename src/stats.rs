@@ -36,6 +36,19 @@ pub fn mean_ci99(xs: &[f64]) -> (f64, f64) {
     (mean, t_quantile_995(n - 1) * (var / n as f64).sqrt())
 }
 
+/// Two-sided quantile t_{(1+level)/2, dof} of Student's t distribution, from `statrs` (e.g.
+/// `level = 0.99`, `dof = 4` gives 4.604). Infinite for `dof = 0`.
+pub fn t_quantile(level: f64, dof: usize) -> f64 {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    if dof == 0 {
+        return f64::INFINITY;
+    }
+    match StudentsT::new(0.0, 1.0, dof as f64) {
+        Ok(t) => t.inverse_cdf(0.5 + level / 2.0),
+        Err(_) => f64::NAN,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +63,23 @@ mod tests {
         assert!((t_quantile_995(1_000_000) - 2.5758).abs() < 1e-3);
         assert!((t_quantile_995(31) - 2.744).abs() < 2e-3);
         assert!((t_quantile_995(60) - 2.660).abs() < 2e-3);
+    }
+
+    #[test]
+    fn statrs_quantile_agrees_with_the_printed_table() {
+        // Printed tables give three decimals: t_{.995,1} = 63.657, t_{.995,4} = 4.604,
+        // t_{.995,30} = 2.750; t_{.975,10} = 2.228.
+        for (level, dof, table) in [
+            (0.99, 1, 63.657),
+            (0.99, 4, 4.604),
+            (0.99, 30, 2.750),
+            (0.95, 10, 2.228),
+        ] {
+            assert!(
+                (t_quantile(level, dof) - table).abs() < 1e-3,
+                "{level} {dof}"
+            );
+        }
+        assert!(t_quantile(0.99, 0).is_infinite());
     }
 }
