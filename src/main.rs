@@ -175,6 +175,19 @@ enum Cmd {
         #[arg(long)]
         bin: Option<PathBuf>,
     },
+    /// Aggregate every result folder under DIR (runs, eval folders, sweeps): tables with 99%
+    /// t-intervals over seeds, figures, and one report.md. See README "Report".
+    Report {
+        /// Folder to search recursively for result folders.
+        dir: PathBuf,
+        /// Output folder (default: DIR/report).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Group by these config keys, comma-separated (e.g. `model.posterior,train.lr`);
+        /// default: every key that differs between result folders, except seed and name.
+        #[arg(long, value_delimiter = ',')]
+        by: Option<Vec<String>>,
+    },
 }
 
 fn main() {
@@ -370,5 +383,12 @@ fn run(cmd: Cmd) -> Result<()> {
             emit,
             bin,
         }),
+        Cmd::Report { dir, out, by } => {
+            let files = lvrnn::report::run_report(&lvrnn::report::ReportOptions { dir, out, by })?;
+            for f in files {
+                println!("  {}", f.display());
+            }
+            Ok(())
+        }
     }
 }

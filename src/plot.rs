@@ -29,6 +29,8 @@ pub struct Series {
     /// (lower, upper) edges of a shaded band, e.g. mean ± CI or predictive mean ± 2σ.
     pub band: Option<(Vec<f64>, Vec<f64>)>,
     pub dashed: bool,
+    /// Draws each point as a dot and the band as vertical error bars, without connecting line.
+    pub points: bool,
 }
 
 impl Series {
@@ -40,6 +42,7 @@ impl Series {
             y,
             band: None,
             dashed: false,
+            points: false,
         }
     }
 
@@ -54,6 +57,12 @@ impl Series {
         let lower = self.y.iter().zip(halfwidth).map(|(y, h)| y - h).collect();
         let upper = self.y.iter().zip(halfwidth).map(|(y, h)| y + h).collect();
         self.with_band(lower, upper)
+    }
+
+    /// Draws dots with error bars (from the band) instead of a line with a shaded band.
+    pub fn as_points(mut self) -> Self {
+        self.points = true;
+        self
     }
 
     /// Draws the series dashed.
@@ -74,6 +83,8 @@ pub struct LinePlot {
     pub series: Vec<Series>,
     /// Optional dashed vertical marker, e.g. the training cut-off.
     pub vline: Option<f64>,
+    /// Categorical x axis: tick labels at these x values (other ticks are left blank).
+    pub x_ticks: Vec<(f64, String)>,
 }
 
 impl LinePlot {
@@ -605,13 +616,25 @@ where
         .y_desc(plot.y_label.as_str())
         .axis_desc_style(("sans-serif", label_size))
         .label_style(("sans-serif", tick_size))
-        .x_label_formatter(&|v| fmt_tick(snap_zero(*v, x_span)))
+        .x_label_formatter(&|v| {
+            if plot.x_ticks.is_empty() {
+                return fmt_tick(snap_zero(*v, x_span));
+            }
+            let near = plot.x_ticks.iter().find(|(x, _)| (x - v).abs() < 1e-6);
+            near.map_or(String::new(), |(_, label)| label.clone())
+        })
         .y_label_formatter(&|v| fmt_tick(snap_zero(*v, y_span)))
         .light_line_style(RGBColor(235, 235, 235))
         .bold_line_style(RGBColor(210, 210, 210))
         .x_max_light_lines(if plot.log_x { 0 } else { 1 })
         .y_max_light_lines(1)
-        .x_labels(if small { 6 } else { 10 })
+        .x_labels(if !plot.x_ticks.is_empty() {
+            4 * plot.x_ticks.len() + 4
+        } else if small {
+            6
+        } else {
+            10
+        })
         .y_labels(if small { 6 } else { 10 })
         .draw()
         .map_err(e)?;
@@ -619,6 +642,21 @@ where
     // Bands first so that every line is drawn on top of every band.
     for (i, s) in plot.series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
+        if s.points {
+            let style = ShapeStyle::from(color).stroke_width(2);
+            for (x, l, h) in band_runs(s, plot.log_x).into_iter().flatten() {
+                let cap = 0.02 * (r.x.1 - r.x.0);
+                let bar = [
+                    vec![(x, l), (x, h)],
+                    vec![(x - cap, l), (x + cap, l)],
+                    vec![(x - cap, h), (x + cap, h)],
+                ];
+                chart
+                    .draw_series(bar.into_iter().map(|p| PathElement::new(p, style)))
+                    .map_err(e)?;
+            }
+            continue;
+        }
         for run in band_runs(s, plot.log_x) {
             if run.len() < 2 {
                 continue;
@@ -654,7 +692,10 @@ where
         let style = ShapeStyle::from(color).stroke_width(2);
         let mut last = None;
         for run in line_runs(s, plot.log_x) {
-            let ann = if run.len() == 1 {
+            let ann = if s.points {
+                let dots = run.into_iter().map(|p| Circle::new(p, 4, style.filled()));
+                chart.draw_series(dots).map_err(e)?
+            } else if run.len() == 1 {
                 // A lone point: draw a dot so it stays visible.
                 chart
                     .draw_series(std::iter::once(Circle::new(run[0], 3, style.filled())))

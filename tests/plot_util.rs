@@ -182,6 +182,7 @@ fn demo_plot(log_x: bool) -> LinePlot {
             .dashed(),
         ],
         vline: Some(20.0),
+        x_ticks: vec![],
     }
 }
 

@@ -1,0 +1,485 @@
+//! Finds the result folders under a directory and reads them into flat records.
+//!
+//! A result folder is any folder holding a `config.toml` and evaluation tables:
+//! - a training run: `metrics/eval.csv` (regression) or `metrics/eval_rl.csv` +
+//!   `metrics/eval_rl_returns.csv` (bandit, gridworld); with `init_from.json` it was finetuned;
+//! - an evaluation folder of `lvrnn eval --out X`: `source.json` (`{"checkpoint", "update"}`) and
+//!   `eval.csv` or `eval_rl.csv` + `eval_rl_returns.csv` beside its `config.toml`.
+//!
+//! Every CSV row becomes one [`Record`] per metric and x (points or t): the row's mean over the
+//! folder's test tasks, which is one seed's value for the across-seed intervals of
+//! [`super::aggregate`].
+
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where a row's numbers come from (the `provenance` column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Provenance {
+    /// The network trained as such (its own posterior).
+    Trained,
+    /// The network finetuned from another checkpoint (`train --init-from`) under its posterior.
+    Finetuned,
+    /// A trained network evaluated under another posterior, no retraining (`(post-hoc on …)`).
+    PostHoc,
+    /// An exact reference policy (`reference: NAME`), RL only.
+    Reference,
+}
+
+impl Provenance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trained => "trained",
+            Self::Finetuned => "finetuned",
+            Self::PostHoc => "post-hoc",
+            Self::Reference => "reference",
+        }
+    }
+}
+
+/// The task family of a result folder (its config's `task`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Section {
+    Regression,
+    Bandit,
+    Gridworld,
+}
+
+impl Section {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Regression => "regression",
+            Self::Bandit => "bandit",
+            Self::Gridworld => "gridworld",
+        }
+    }
+
+    /// The x axis of the per-step metrics.
+    pub fn x_name(self) -> &'static str {
+        match self {
+            Self::Regression => "points",
+            _ => "t",
+        }
+    }
+}
+
+/// One result folder.
+#[derive(Clone, Debug)]
+pub struct Folder {
+    /// Path relative to the scanned directory.
+    pub path: PathBuf,
+    pub section: Section,
+    pub seed: u64,
+    /// Every config leaf as a dotted key (`train.lr`), plus `model.posterior` as its label.
+    pub keys: BTreeMap<String, String>,
+    /// `run` for a training run, `eval: <checkpoint stem>` for an evaluation folder.
+    pub evaluation: String,
+    /// The network was finetuned (`init_from.json` in its run folder).
+    pub finetuned: bool,
+    /// `eval.tasks`: test tasks per seed.
+    pub tasks: usize,
+}
+
+/// One number: a metric of one CSV row (mean over the folder's test tasks).
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// Index into the folder list.
+    pub folder: usize,
+    /// The row's `model` label (tuned prior values removed, see [`normalise_label`]).
+    pub model: String,
+    pub provenance: Provenance,
+    pub metric: String,
+    /// Points (regression) or t (RL); for `return` and `final_regret` the horizon T.
+    pub x: usize,
+    pub value: f64,
+    /// The row's 99% half-width over the folder's tasks (used for reference policies only).
+    pub task_ci99: f64,
+}
+
+/// A folder that has a `config.toml` but could not be used, and why.
+#[derive(Clone, Debug)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Everything found under a directory.
+#[derive(Clone, Debug, Default)]
+pub struct Collection {
+    pub folders: Vec<Folder>,
+    pub records: Vec<Record>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Searches `dir` recursively (not following symbolic links, not entering `exclude`) for result
+/// folders and reads them. Folders are visited in sorted order, so the result is deterministic.
+pub fn collect(dir: &Path, exclude: &Path) -> Result<Collection> {
+    if !dir.is_dir() {
+        bail!("lvrnn report DIR: `{}` is not a directory", dir.display());
+    }
+    let exclude = std::fs::canonicalize(exclude).ok();
+    let mut found = vec![];
+    walk(dir, exclude.as_deref(), &mut found)?;
+    let mut out = Collection::default();
+    for abs in found {
+        let rel = abs.strip_prefix(dir).unwrap_or(&abs).to_path_buf();
+        match read_folder(&abs, rel.clone(), out.folders.len()) {
+            Ok(Some((folder, records))) => {
+                out.folders.push(folder);
+                out.records.extend(records);
+            }
+            Ok(None) => out.skipped.push(Skipped {
+                path: rel,
+                reason: "config.toml but no evaluation tables (eval.csv, or eval_rl.csv and eval_rl_returns.csv)".into(),
+            }),
+            Err(e) => out.skipped.push(Skipped {
+                path: rel,
+                reason: format!("{e:#}"),
+            }),
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, exclude: Option<&Path>, found: &mut Vec<PathBuf>) -> Result<()> {
+    if let Some(ex) = exclude
+        && std::fs::canonicalize(dir).ok().as_deref() == Some(ex)
+    {
+        return Ok(());
+    }
+    if dir.join("config.toml").is_file() {
+        found.push(dir.to_path_buf());
+    }
+    let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    subs.sort();
+    for s in subs {
+        walk(&s, exclude, found)?;
+    }
+    Ok(())
+}
+
+/// The tables of a folder: (section CSV dir, is an evaluation folder).
+fn tables_dir(dir: &Path) -> Option<(PathBuf, bool)> {
+    let eval_folder = dir.join("source.json").is_file();
+    let base = if eval_folder {
+        dir.to_path_buf()
+    } else {
+        dir.join("metrics")
+    };
+    let has = base.join("eval.csv").is_file()
+        || (base.join("eval_rl.csv").is_file() && base.join("eval_rl_returns.csv").is_file());
+    has.then_some((base, eval_folder))
+}
+
+fn read_folder(dir: &Path, rel: PathBuf, index: usize) -> Result<Option<(Folder, Vec<Record>)>> {
+    let Some((tables, eval_folder)) = tables_dir(dir) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(dir.join("config.toml"))
+        .with_context(|| format!("reading {}/config.toml", dir.display()))?;
+    let value: toml::Value =
+        toml::from_str(&text).with_context(|| format!("parsing {}/config.toml", dir.display()))?;
+    let mut keys = BTreeMap::new();
+    flatten("", &value, &mut keys);
+    if let Some(p) = value.get("model").and_then(|m| m.get("posterior")) {
+        keys.insert("model.posterior".into(), posterior_label(p));
+    }
+    let section = match keys.get("task").map(String::as_str) {
+        Some("regression") => Section::Regression,
+        Some("bandit") => Section::Bandit,
+        Some("gridworld") => Section::Gridworld,
+        other => {
+            bail!("config.toml: `task` must be regression, bandit or gridworld (got {other:?})")
+        }
+    };
+    let seed = keys
+        .get("seed")
+        .and_then(|s| s.parse().ok())
+        .context("config.toml: `seed` missing or not an integer")?;
+    let tasks = keys
+        .get("eval.tasks")
+        .and_then(|s| s.parse().ok())
+        .context("config.toml: `eval.tasks` missing or not an integer")?;
+    let (evaluation, run_dir) = if eval_folder {
+        let src: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("source.json"))
+                .with_context(|| format!("reading {}/source.json", dir.display()))?,
+        )
+        .with_context(|| format!("parsing {}/source.json", dir.display()))?;
+        let ck = PathBuf::from(
+            src.get("checkpoint")
+                .and_then(|c| c.as_str())
+                .context("source.json: `checkpoint` (the evaluated checkpoint's path) missing")?,
+        );
+        let stem = ck
+            .file_stem()
+            .map_or("checkpoint".into(), |s| s.to_string_lossy().into_owned());
+        // The run that wrote the checkpoint: <run>/checkpoints/<file>; else the folder above.
+        let run = ck
+            .parent()
+            .and_then(Path::parent)
+            .filter(|r| r.join("config.toml").is_file())
+            .map(Path::to_path_buf)
+            .or_else(|| dir.parent().map(Path::to_path_buf));
+        (format!("eval: {stem}"), run)
+    } else {
+        ("run".to_string(), Some(dir.to_path_buf()))
+    };
+    let finetuned = run_dir.is_some_and(|r| r.join("init_from.json").is_file());
+    let folder = Folder {
+        path: rel,
+        section,
+        seed,
+        keys,
+        evaluation,
+        finetuned,
+        tasks,
+    };
+    let mut records = vec![];
+    let provenance = |label: &str| {
+        if label.starts_with("reference: ") {
+            Provenance::Reference
+        } else if label.contains("(post-hoc on ") && !same_posterior(label) {
+            Provenance::PostHoc
+        } else if finetuned {
+            Provenance::Finetuned
+        } else {
+            Provenance::Trained
+        }
+    };
+    let mut push = |model: &str, metric: &str, x: usize, value: f64, ci: f64| {
+        records.push(Record {
+            folder: index,
+            model: normalise_label(model),
+            provenance: provenance(model),
+            metric: metric.to_string(),
+            x,
+            value,
+            task_ci99: ci,
+        });
+    };
+    if section == Section::Regression {
+        let t = read_csv(&tables.join("eval.csv"))?;
+        for row in &t.rows {
+            let model = t.get(row, "model")?;
+            let x = t.num(row, "points")? as usize;
+            for m in ["ce", "entropy", "kl"] {
+                push(
+                    model,
+                    m,
+                    x,
+                    t.num(row, &format!("{m}_mean"))?,
+                    t.num(row, &format!("{m}_ci99"))?,
+                );
+            }
+            for m in ["cover50", "cover90", "cover99"] {
+                push(model, m, x, t.num(row, m)?, f64::NAN);
+            }
+        }
+    } else {
+        let t = read_csv(&tables.join("eval_rl.csv"))?;
+        let mut horizon: BTreeMap<String, usize> = BTreeMap::new();
+        let mut cum_reward: BTreeMap<String, f64> = BTreeMap::new();
+        for row in &t.rows {
+            let model = t.get(row, "model")?;
+            let x = t.num(row, "t")? as usize;
+            for (m, col) in [
+                ("reward", "reward"),
+                ("cum_regret", "cum_regret"),
+                ("entropy", "entropy"),
+                ("kl", "kl"),
+            ] {
+                push(
+                    model,
+                    m,
+                    x,
+                    t.num(row, &format!("{col}_mean"))?,
+                    t.num(row, &format!("{col}_ci99"))?,
+                );
+            }
+            // Return through t: the mean of the sums is the sum of the per-step means.
+            let c = cum_reward.entry(model.to_string()).or_default();
+            *c += t.num(row, "reward_mean")?;
+            push(model, "cum_return", x, *c, f64::NAN);
+            let h = horizon.entry(model.to_string()).or_default();
+            *h = (*h).max(x);
+        }
+        let r = read_csv(&tables.join("eval_rl_returns.csv"))?;
+        let default_t = horizon.values().copied().max().unwrap_or(0);
+        for row in &r.rows {
+            let model = r.get(row, "model")?;
+            let x = horizon.get(model).copied().unwrap_or(default_t);
+            push(
+                model,
+                "return",
+                x,
+                r.num(row, "return_mean")?,
+                r.num(row, "return_ci99")?,
+            );
+            push(
+                model,
+                "final_regret",
+                x,
+                r.num(row, "final_regret_mean")?,
+                r.num(row, "final_regret_ci99")?,
+            );
+        }
+    }
+    Ok(Some((folder, records)))
+}
+
+/// `X (post-hoc on X)`: the network's own posterior evaluated again (a re-evaluation, not post
+/// hoc).
+fn same_posterior(label: &str) -> bool {
+    label
+        .split_once(" (post-hoc on ")
+        .and_then(|(fam, rest)| rest.split_once(')').map(|(base, _)| fam == base))
+        .unwrap_or(false)
+}
+
+/// Removes the tuned prior values from a `…, tuned prior prior_precision=P…` label, so that the
+/// tuned variant of every seed falls into one group (the values chosen per seed are in each
+/// folder's `prior_tuning.csv`).
+pub fn normalise_label(label: &str) -> String {
+    const TUNED: &str = ", tuned prior ";
+    let Some(i) = label.find(TUNED) else {
+        return label.to_string();
+    };
+    let rest = &label[i + TUNED.len()..];
+    let end = [" (post-hoc on ", " @ "]
+        .iter()
+        .filter_map(|m| rest.find(m))
+        .min()
+        .unwrap_or(rest.len());
+    format!("{}, tuned prior{}", &label[..i], &rest[end..])
+}
+
+/// The SPEC-style label of a `[model.posterior]` table (`rnn`, `vrnn-full`,
+/// `laplace-sigma-k1-full`); the table's own text where it does not parse.
+fn posterior_label(p: &toml::Value) -> String {
+    p.clone()
+        .try_into::<crate::posterior::PosteriorConfig>()
+        .map(|c| c.label())
+        .unwrap_or_else(|_| p.to_string())
+}
+
+fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        toml::Value::String(s) => {
+            out.insert(prefix.to_string(), s.clone());
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// A CSV table with a header row (fields as written by `util::write_csv_atomic`).
+struct Csv {
+    path: PathBuf,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Csv {
+    fn col(&self, name: &str) -> Result<usize> {
+        self.header.iter().position(|h| h == name).with_context(|| {
+            format!(
+                "{}: no column `{name}` (columns: {})",
+                self.path.display(),
+                self.header.join(", ")
+            )
+        })
+    }
+
+    fn get<'a>(&self, row: &'a [String], name: &str) -> Result<&'a str> {
+        let i = self.col(name)?;
+        row.get(i)
+            .map(String::as_str)
+            .with_context(|| format!("{}: short row {row:?}", self.path.display()))
+    }
+
+    fn num(&self, row: &[String], name: &str) -> Result<f64> {
+        let s = self.get(row, name)?;
+        s.trim().parse::<f64>().with_context(|| {
+            format!(
+                "{}: column `{name}` holds `{s}`, not a number",
+                self.path.display()
+            )
+        })
+    }
+}
+
+fn read_csv(path: &Path) -> Result<Csv> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header = split_csv(lines.next().unwrap_or_default());
+    let rows = lines.map(split_csv).collect();
+    Ok(Csv {
+        path: path.to_path_buf(),
+        header,
+        rows,
+    })
+}
+
+/// Splits one CSV line: fields separated by commas, `"…"` quoting with `""` for a quote.
+pub fn split_csv(line: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => out.push(std::mem::take(&mut cur)),
+            (c, _) => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_csv_fields_keep_their_commas() {
+        assert_eq!(
+            split_csv(r#"a,"b, c",1.5,"say ""hi""""#),
+            vec!["a", "b, c", "1.5", r#"say "hi""#]
+        );
+    }
+
+    #[test]
+    fn tuned_prior_values_are_removed_from_labels() {
+        assert_eq!(
+            normalise_label(
+                "laplace-sigma-k1-full, tuned prior prior_precision=0.1 (post-hoc on rnn) @ alpha=0.2"
+            ),
+            "laplace-sigma-k1-full, tuned prior (post-hoc on rnn) @ alpha=0.2"
+        );
+        assert_eq!(normalise_label("rnn"), "rnn");
+    }
+}

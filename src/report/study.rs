@@ -1,0 +1,639 @@
+//! `lvrnn report DIR`: the tables (`summary.csv`, `summary.md`), the figures (PNG + SVG) and one
+//! `report.md` page that shows the tables and embeds the figures, for every result folder under
+//! DIR, grouped by config keys, with 99% t-intervals over seeds (see [`super::aggregate`]).
+
+use super::aggregate::{Aggregate, GroupKey, Interval, Row, aggregate};
+use super::collect::{Collection, Provenance, Section, collect};
+use super::reference::add_reference_curves;
+use super::regression::slug;
+use crate::plot::{LinePlot, Series, line_plot};
+use crate::util::{write_atomic, write_csv_atomic};
+use anyhow::{Result, bail};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// What `lvrnn report` was asked for.
+#[derive(Clone, Debug)]
+pub struct ReportOptions {
+    pub dir: PathBuf,
+    /// Output folder (default `DIR/report`).
+    pub out: Option<PathBuf>,
+    /// Grouping config keys (default: those that differ between result folders).
+    pub by: Option<Vec<String>>,
+}
+
+/// Points (regression) shown in the tables, where present.
+const TABLE_POINTS: [usize; 4] = [0, 10, 50, 100];
+
+/// Writes the report; returns the files written (report.md first).
+pub fn run_report(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
+    let out = opts.out.clone().unwrap_or_else(|| opts.dir.join("report"));
+    let mut col = collect(&opts.dir, &out)?;
+    if col.folders.is_empty() {
+        bail!(
+            "lvrnn report: no result folder under `{}` (a folder with config.toml and \
+             metrics/eval.csv, metrics/eval_rl.csv + eval_rl_returns.csv, or an `lvrnn eval --out` \
+             folder){}",
+            opts.dir.display(),
+            if col.skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; skipped: {}", skipped_text(&col))
+            }
+        );
+    }
+    add_reference_curves(&mut col);
+    let agg = aggregate(&col, opts.by.as_deref())?;
+    std::fs::create_dir_all(out.join("figures"))?;
+    let mut written = vec![];
+    written.push(write_summary_csv(&agg, &out)?);
+    written.push(write_sources_csv(&col, &out)?);
+
+    let mut tables = String::new();
+    let mut page = header(&opts.dir, &col, &agg);
+    for section in agg.sections() {
+        let t = section_tables(&agg, section);
+        let figs = section_figures(&agg, section, &out.join("figures"))?;
+        let _ = writeln!(tables, "## {}\n\n{t}", title_case(section.as_str()));
+        let _ = writeln!(page, "## {}\n\n{t}", title_case(section.as_str()));
+        for (stem, caption) in figs {
+            let rel = format!("figures/{stem}.png");
+            let _ = writeln!(
+                page,
+                "![{caption}]({rel})\n\n*{caption}* ([SVG](figures/{stem}.svg))\n"
+            );
+            written.push(out.join(&rel));
+        }
+    }
+    if !col.skipped.is_empty() {
+        let _ = writeln!(page, "## Skipped folders\n");
+        for s in &col.skipped {
+            let _ = writeln!(page, "- `{}`: {}", s.path.display(), s.reason);
+        }
+        page.push('\n');
+    }
+    let md = out.join("summary.md");
+    write_atomic(&md, tables.as_bytes())?;
+    written.push(md);
+    let report = out.join("report.md");
+    write_atomic(&report, page.as_bytes())?;
+    written.insert(0, report);
+    Ok(written)
+}
+
+fn title_case(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+fn skipped_text(col: &Collection) -> String {
+    col.skipped
+        .iter()
+        .map(|s| format!("{} ({})", s.path.display(), s.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn header(dir: &Path, col: &Collection, agg: &Aggregate) -> String {
+    let mut s = format!("# lvrnn report: `{}`\n\n", dir.display());
+    let _ = writeln!(
+        s,
+        "{} result folders (listed in [sources.csv](sources.csv)){}. Every number is a mean over \
+         seeds of the per-seed mean over that seed's test tasks; ± is the half-width of the **99% \
+         t-interval over the per-seed means** (n seeds, n − 1 degrees of freedom: \
+         x̄ ± t₀.₉₉₅,ₙ₋₁ · s/√n). A group with one seed has no across-seed interval and says so. \
+         Reference policies run on the same test tasks for every seed; their ± is the 99% \
+         t-interval over those tasks.\n",
+        col.folders.len(),
+        if col.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(", {} skipped (see the end)", col.skipped.len())
+        }
+    );
+    let _ = writeln!(
+        s,
+        "Groups: the `model` label, the provenance (trained / finetuned / post-hoc), the \
+         evaluation (`run` = the training run's own evaluation, `eval: <checkpoint>` = an \
+         `lvrnn eval` folder), and these config keys:\n"
+    );
+    for (section, keys) in &agg.by {
+        let _ = writeln!(
+            s,
+            "- {}: {}",
+            section.as_str(),
+            if keys.is_empty() {
+                "(none differ)".to_string()
+            } else {
+                keys.iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    }
+    s.push_str(
+        "\nAll numbers: [summary.csv](summary.csv); tables only: [summary.md](summary.md).\n\n",
+    );
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// CSV
+// ---------------------------------------------------------------------------------------------
+
+fn num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.6}")
+    } else {
+        String::new()
+    }
+}
+
+fn write_summary_csv(agg: &Aggregate, out: &Path) -> Result<PathBuf> {
+    let keys: Vec<String> = agg
+        .by
+        .values()
+        .flatten()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut header: Vec<&str> = vec!["section"];
+    header.extend(keys.iter().map(String::as_str));
+    header.extend([
+        "model",
+        "provenance",
+        "evaluation",
+        "metric",
+        "x_name",
+        "x",
+        "n_seeds",
+        "tasks_per_seed",
+        "mean",
+        "ci99_halfwidth",
+        "ci99_lower",
+        "ci99_upper",
+        "interval",
+        "seeds",
+    ]);
+    let rows: Vec<Vec<String>> = agg
+        .rows
+        .iter()
+        .map(|r| {
+            let g = &r.group;
+            let by = &agg.by[&g.section];
+            let mut row = vec![g.section.as_str().to_string()];
+            for k in &keys {
+                row.push(
+                    by.iter()
+                        .position(|b| b == k)
+                        .map(|i| g.values[i].clone())
+                        .unwrap_or_default(),
+                );
+            }
+            let h = r.interval.halfwidth();
+            row.extend([
+                g.model.clone(),
+                g.provenance.as_str().to_string(),
+                g.evaluation.clone(),
+                r.metric.clone(),
+                g.section.x_name().to_string(),
+                r.x.to_string(),
+                r.seeds.len().to_string(),
+                join(&r.tasks),
+                num(r.mean),
+                h.map_or(String::new(), num),
+                h.map_or(String::new(), |h| num(r.mean - h)),
+                h.map_or(String::new(), |h| num(r.mean + h)),
+                r.interval.method().to_string(),
+                join(&r.seeds),
+            ]);
+            row
+        })
+        .collect();
+    let path = out.join("summary.csv");
+    write_csv_atomic(&path, &header, &rows)?;
+    Ok(path)
+}
+
+fn join<T: ToString>(xs: &[T]) -> String {
+    xs.iter().map(T::to_string).collect::<Vec<_>>().join(";")
+}
+
+fn write_sources_csv(col: &Collection, out: &Path) -> Result<PathBuf> {
+    let rows: Vec<Vec<String>> = col
+        .folders
+        .iter()
+        .map(|f| {
+            vec![
+                f.path.display().to_string(),
+                f.section.as_str().into(),
+                f.seed.to_string(),
+                f.evaluation.clone(),
+                f.finetuned.to_string(),
+                f.tasks.to_string(),
+                f.keys.get("model.posterior").cloned().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let path = out.join("sources.csv");
+    write_csv_atomic(
+        &path,
+        &[
+            "folder",
+            "section",
+            "seed",
+            "evaluation",
+            "finetuned",
+            "tasks",
+            "model.posterior",
+        ],
+        &rows,
+    )?;
+    Ok(path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Markdown tables
+// ---------------------------------------------------------------------------------------------
+
+fn cell(r: Option<&Row>) -> String {
+    match r {
+        None => "–".into(),
+        Some(r) => match r.interval {
+            Interval::OneSeed => format!("{:.3} (1 seed)", r.mean),
+            _ => format!(
+                "{:.3} ± {:.3}",
+                r.mean,
+                r.interval.halfwidth().unwrap_or(f64::NAN)
+            ),
+        },
+    }
+}
+
+/// Seeds and tasks of a group's rows: "2", "8".
+fn counts(rows: &[&Row]) -> (String, String) {
+    let seeds: BTreeSet<usize> = rows.iter().map(|r| r.seeds.len()).collect();
+    let tasks: BTreeSet<usize> = rows.iter().flat_map(|r| r.tasks.clone()).collect();
+    (range_text(&seeds), range_text(&tasks))
+}
+
+fn range_text(xs: &BTreeSet<usize>) -> String {
+    match (xs.first(), xs.last()) {
+        (Some(a), Some(b)) if a == b => a.to_string(),
+        (Some(a), Some(b)) => format!("{a}–{b}"),
+        _ => "0".into(),
+    }
+}
+
+/// The table x values of a section: regression points, RL checkpoints of t.
+fn table_xs(agg: &Aggregate, section: Section, metric: &str) -> Vec<usize> {
+    let present: BTreeSet<usize> = agg
+        .rows
+        .iter()
+        .filter(|r| r.group.section == section && r.metric == metric)
+        .map(|r| r.x)
+        .collect();
+    let wanted: Vec<usize> = match section {
+        Section::Regression => TABLE_POINTS.to_vec(),
+        Section::Bandit => vec![10, 25, 50],
+        Section::Gridworld => vec![25, 50, 100],
+    };
+    let xs: Vec<usize> = wanted.into_iter().filter(|x| present.contains(x)).collect();
+    if xs.is_empty() {
+        present.last().map(|x| vec![*x]).unwrap_or_default()
+    } else {
+        xs
+    }
+}
+
+fn section_tables(agg: &Aggregate, section: Section) -> String {
+    let mut s = String::new();
+    let metrics: Vec<(&str, &str)> = match section {
+        Section::Regression => vec![
+            ("ce", "Predictive cross-entropy [nats]"),
+            ("entropy", "Posterior entropy [nats]"),
+            ("kl", "KL between consecutive posteriors [nats]"),
+            (
+                "cover90",
+                "Coverage of the 90% credible interval (nominal 0.9)",
+            ),
+        ],
+        _ => vec![
+            ("cum_return", "Return through t"),
+            ("cum_regret", "Cumulative regret through t"),
+        ],
+    };
+    for (metric, title) in metrics {
+        let xs = table_xs(agg, section, metric);
+        let curves = agg.curves(section, metric);
+        if curves.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "**{title}** — mean ± 99% t-interval over seeds ({} = {}):\n",
+            section.x_name(),
+            xs.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = write!(s, "| group | provenance | seeds | tasks/seed |");
+        for x in &xs {
+            let _ = write!(s, " {} = {x} |", section.x_name());
+        }
+        let _ = write!(s, "\n|---|---|---|---|");
+        for _ in &xs {
+            s.push_str("---|");
+        }
+        s.push('\n');
+        // Agents first, reference policies after them.
+        let mut ordered = curves;
+        ordered.sort_by_key(|(g, _)| g.provenance == Provenance::Reference);
+        for (g, rows) in ordered {
+            let (seeds, tasks) = counts(&rows);
+            let seeds = if g.provenance == Provenance::Reference {
+                "same tasks".to_string()
+            } else {
+                seeds
+            };
+            let _ = write!(
+                s,
+                "| {} | {} | {seeds} | {tasks} |",
+                md_escape(&agg.label(g)),
+                g.provenance.as_str()
+            );
+            for x in &xs {
+                let _ = write!(s, " {} |", cell(agg.get(g, metric, *x)));
+            }
+            s.push('\n');
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+// ---------------------------------------------------------------------------------------------
+
+/// "99% t-interval over 2 seeds, 8 tasks each" for the rows drawn (agents only); `short`:
+/// "99% t-interval, 2 seeds × 8 tasks" for a figure title.
+fn interval_caption(rows: &[&Row]) -> String {
+    interval_text(rows, false)
+}
+
+fn interval_text(rows: &[&Row], short: bool) -> String {
+    let agents: Vec<&Row> = rows
+        .iter()
+        .copied()
+        .filter(|r| r.group.provenance != Provenance::Reference)
+        .collect();
+    let (seeds, tasks) = counts(&agents);
+    if seeds == "1" {
+        format!("1 seed: no across-seed interval, {tasks} tasks")
+    } else if short {
+        format!("99% t-interval, {seeds} seeds × {tasks} tasks")
+    } else {
+        format!("99% t-interval over {seeds} seeds, {tasks} tasks each")
+    }
+}
+
+/// One figure per metric against x; returns (stem, caption).
+fn curve_figure(
+    agg: &Aggregate,
+    section: Section,
+    metric: &str,
+    what: &str,
+    ylabel: &str,
+    dir: &Path,
+) -> Result<Option<(String, String)>> {
+    let curves = agg.curves(section, metric);
+    if curves.is_empty() {
+        return Ok(None);
+    }
+    let regression = section == Section::Regression;
+    let all: Vec<&Row> = curves.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+    let caption = format!(
+        "{what} ({}): mean over seeds, {}",
+        section.as_str(),
+        interval_caption(&all)
+    );
+    let xlabel = if regression {
+        "observed points"
+    } else {
+        "interactions t"
+    };
+    let title = format!("{what}: {}", interval_text(&all, true));
+    let mut plot = LinePlot::new(title, xlabel, ylabel);
+    plot.log_x = regression;
+    for (g, rows) in &curves {
+        // KL needs two posteriors: nothing at 0 points.
+        let rows: Vec<&&Row> = rows
+            .iter()
+            .filter(|r| !(metric == "kl" && r.x == 0))
+            .collect();
+        let x: Vec<f64> = rows
+            .iter()
+            .map(|r| {
+                if regression && r.x == 0 {
+                    0.5
+                } else {
+                    r.x as f64
+                }
+            })
+            .collect();
+        let y: Vec<f64> = rows.iter().map(|r| r.mean).collect();
+        let h: Vec<f64> = rows
+            .iter()
+            .map(|r| r.interval.halfwidth().unwrap_or(f64::NAN))
+            .collect();
+        let name = agg.label(g);
+        let s = if g.provenance == Provenance::Reference {
+            Series::new(name, x, y).dashed()
+        } else if h.iter().all(|v| v.is_nan()) {
+            Series::new(name, x, y)
+        } else {
+            Series::new(name, x, y).with_halfwidth(&h)
+        };
+        plot.series.push(s);
+    }
+    let stem = format!("{}-{}", section.as_str(), slug(metric));
+    line_plot(&dir.join(&stem), &plot)?;
+    Ok(Some((stem, caption)))
+}
+
+/// The family of a label: the model without its `(post-hoc on …)` part.
+fn family(model: &str) -> (String, Option<String>) {
+    match model.split_once(" (post-hoc on ") {
+        Some((fam, rest)) => {
+            let (base, tail) = rest.split_once(')').unwrap_or((rest, ""));
+            (format!("{fam}{tail}"), Some(base.to_string()))
+        }
+        None => (model.to_string(), None),
+    }
+}
+
+/// Post hoc vs finetuned vs trained as such: one metric at one x, per family (x axis), one
+/// series per provenance, dots with 99% error bars.
+fn provenance_figure(
+    agg: &Aggregate,
+    section: Section,
+    metric: &str,
+    x: usize,
+    what: &str,
+    dir: &Path,
+) -> Result<Option<(String, String)>> {
+    let rows: Vec<&Row> = agg
+        .rows
+        .iter()
+        .filter(|r| {
+            r.group.section == section
+                && r.metric == metric
+                && r.x == x
+                && r.group.provenance != Provenance::Reference
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    // Category: the family plus the other grouping values; series: provenance (+ base network,
+    // + evaluation folder).
+    let keys = agg.by.get(&section).cloned().unwrap_or_default();
+    let category = |g: &GroupKey| {
+        let mut c = family(&g.model).0;
+        for (k, v) in keys.iter().zip(&g.values) {
+            if k != "model.posterior" && !v.is_empty() {
+                c += &format!(", {}={v}", super::aggregate::short_key(k));
+            }
+        }
+        c
+    };
+    let series_name = |g: &GroupKey| {
+        let mut s = match family(&g.model).1 {
+            Some(base) if g.provenance == Provenance::PostHoc => format!("post-hoc on {base}"),
+            _ => g.provenance.as_str().to_string(),
+        };
+        if g.evaluation != "run" {
+            s += &format!(" [{}]", g.evaluation);
+        }
+        s
+    };
+    let cats: Vec<String> = rows
+        .iter()
+        .map(|r| category(&r.group))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut by_series: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
+    for r in &rows {
+        by_series.entry(series_name(&r.group)).or_default().push(r);
+    }
+    let caption = format!(
+        "Post hoc vs finetuned vs trained as such ({}): {what} at {} = {x}, {}",
+        section.as_str(),
+        section.x_name(),
+        interval_caption(&rows)
+    );
+    let title = format!(
+        "By provenance at {} = {x}: {}",
+        section.x_name(),
+        interval_text(&rows, true)
+    );
+    let mut plot = LinePlot::new(title, "posterior family", what);
+    let n = by_series.len();
+    for (i, (name, rs)) in by_series.into_iter().enumerate() {
+        let offset = (i as f64 - (n as f64 - 1.0) / 2.0) * 0.12;
+        let x: Vec<f64> = rs
+            .iter()
+            .map(|r| {
+                let c = category(&r.group);
+                cats.iter().position(|k| *k == c).unwrap_or(0) as f64 + 1.0 + offset
+            })
+            .collect();
+        let y: Vec<f64> = rs.iter().map(|r| r.mean).collect();
+        let h: Vec<f64> = rs
+            .iter()
+            .map(|r| r.interval.halfwidth().unwrap_or(f64::NAN))
+            .collect();
+        plot.series
+            .push(Series::new(name, x, y).with_halfwidth(&h).as_points());
+    }
+    plot.x_ticks = cats
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ((i + 1) as f64, c.clone()))
+        .collect();
+    // Room for the outer dots' error bars.
+    plot.series.push(Series::new(
+        "",
+        vec![0.5, cats.len() as f64 + 0.5],
+        vec![f64::NAN, f64::NAN],
+    ));
+    let stem = format!("{}-provenance", section.as_str());
+    line_plot(&dir.join(&stem), &plot)?;
+    Ok(Some((stem, caption)))
+}
+
+fn section_figures(agg: &Aggregate, section: Section, dir: &Path) -> Result<Vec<(String, String)>> {
+    let mut figs = vec![];
+    if section == Section::Regression {
+        for (metric, what, ylabel) in [
+            ("ce", "Predictive cross-entropy", "cross-entropy [nats]"),
+            ("entropy", "Posterior entropy", "entropy [nats]"),
+            ("kl", "Consecutive KL(q_t ‖ q_t−1)", "KL [nats]"),
+        ] {
+            figs.extend(curve_figure(agg, section, metric, what, ylabel, dir)?);
+        }
+        let xs = table_xs(agg, section, "ce");
+        let x = [10, 50]
+            .into_iter()
+            .find(|x| xs.contains(x))
+            .or(xs.last().copied());
+        if let Some(x) = x {
+            figs.extend(provenance_figure(
+                agg,
+                section,
+                "ce",
+                x,
+                "cross-entropy [nats]",
+                dir,
+            )?);
+        }
+    } else {
+        for (metric, what, ylabel) in [
+            ("cum_return", "Return through t", "return"),
+            ("cum_regret", "Cumulative regret", "cumulative regret"),
+            ("entropy", "Posterior entropy", "entropy [nats]"),
+            ("kl", "Consecutive KL(q_t ‖ q_t−1)", "KL [nats]"),
+        ] {
+            figs.extend(curve_figure(agg, section, metric, what, ylabel, dir)?);
+        }
+        let t = agg
+            .rows
+            .iter()
+            .filter(|r| r.group.section == section && r.metric == "final_regret")
+            .map(|r| r.x)
+            .max();
+        if let Some(t) = t {
+            figs.extend(provenance_figure(
+                agg,
+                section,
+                "final_regret",
+                t,
+                "cumulative regret at T",
+                dir,
+            )?);
+        }
+    }
+    Ok(figs)
+}
