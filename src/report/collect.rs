@@ -278,8 +278,12 @@ fn read_folder(dir: &Path, rel: PathBuf, index: usize) -> Result<Option<(Folder,
                     t.num(row, &format!("{m}_ci99"))?,
                 );
             }
+            // Coverage columns exist since the calibration metrics were added; tables written
+            // before that still count for CE, entropy and KL.
             for m in ["cover50", "cover90", "cover99"] {
-                push(model, m, x, t.num(row, m)?, f64::NAN);
+                if t.header.iter().any(|h| h == m) {
+                    push(model, m, x, t.num(row, m)?, f64::NAN);
+                }
             }
         }
     } else {
