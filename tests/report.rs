@@ -277,4 +277,27 @@ fn report_groups_seeds_labels_provenance_and_links_every_figure() {
             && err.contains("train.lr"),
         "{err}"
     );
+
+    // A table written before the coverage columns existed still counts (CE, entropy, KL).
+    let old = d.join("res/evals/rnn-s0/eval.csv");
+    let text = std::fs::read_to_string(&old).unwrap();
+    let stripped: String = text
+        .lines()
+        .map(|l| l.split(',').take(8).collect::<Vec<_>>().join(",") + "\n")
+        .collect();
+    assert!(
+        stripped.starts_with(
+            "model,points,ce_mean,ce_ci99,entropy_mean,entropy_ci99,kl_mean,kl_ci99\n"
+        )
+    );
+    std::fs::write(&old, stripped).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_lvrnn"))
+        .args(["--threads", "1", "report", "res", "--out", "res/report2"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(d.join("res/report2/report.md")).unwrap();
+    let skipped = md.split("## Skipped folders").nth(1).unwrap_or("");
+    assert!(!skipped.contains("evals/rnn-s0"), "{skipped}");
 }
