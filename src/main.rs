@@ -380,7 +380,7 @@ fn train_and_eval(
     }
     let run = open_run(&cfg, runs, &opts, overwrite)?;
     let model = RegressionModel::new(&cfg.model, cfg.seed)?;
-    init_from_reporting(&model.params, init)?;
+    init_from_reporting(&model.params, init, &run)?;
     eprintln!(
         "run {} — {} ({} parameters), {} updates of {} tasks × {} points",
         run.root.display(),
