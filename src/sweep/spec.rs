@@ -412,9 +412,9 @@ impl StageFile {
                         "a stage with kind = \"eval\" needs `from = {{ stage = \"…\", snapshot = [0.5, \"final\"] }}`: it evaluates the checkpoints of another stage's jobs"
                     );
                 }
-                if !self.axes.is_empty() || !self.set.is_empty() || !self.exclude.is_empty() {
+                if !self.axes.is_empty() || !self.set.is_empty() {
                     bail!(
-                        "`axes`, `set` and `exclude` are for train stages; a stage with kind = \"eval\" takes `from` and `posteriors`"
+                        "`axes` and `set` are for train stages; a stage with kind = \"eval\" takes `from`, `posteriors` and `exclude`"
                     );
                 }
                 if remaining {
