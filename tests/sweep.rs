@@ -953,7 +953,7 @@ fn bad_staged_sweep_files_name_the_key_and_the_allowed_values() {
     let s = Sweep::from_toml_str(&text, "s.toml", dir.path()).unwrap();
     let ft: Vec<&Job> = s.stage_jobs("ft").collect();
     assert_eq!(ft.len(), 4);
-    assert_eq!(ft[0].name, "ft.seed=1,snapshot=0.5,posterior=vrnn");
+    assert_eq!(ft[0].name, "ft.seed=1,snapshot=0.5,posterior=vrnn-full");
     let a = ft[2].after.as_ref().unwrap();
     // 0.75 × 9 = 6.75 → 7; 0.5 × 9 = 4.5 → 5 (rounded half away from zero, as `fit` does).
     assert_eq!(

@@ -1,10 +1,12 @@
 //! The sweep file: parsing, validation and expansion into jobs (format in the module doc of
 //! [`crate::sweep`]).
 //!
-//! Each job's configuration is the base config's TOML value tree with the `[set]` keys and the
-//! job's axis values written in at their dotted keys, then parsed by the ordinary
-//! [`ExperimentConfig`] parser, so every job is checked before anything runs and a bad value
-//! gets the usual error (prefixed with the job's name).
+//! Each job's configuration is the base config's TOML value tree (a dependent train job: its
+//! parent job's config) with the `[set]` keys and the job's axis values written in at their
+//! dotted keys, then parsed by the ordinary [`ExperimentConfig`] parser, so every job is checked
+//! before anything runs and a bad value gets the usual error (prefixed with the job's name). A
+//! sweep without `[[stage]]` tables is one unnamed stage; stages are expanded in file order, each
+//! dependent one over the jobs of its `from` stage, so parents always come before their jobs.
 
 use crate::config::ExperimentConfig;
 use crate::posterior::PosteriorConfig;
