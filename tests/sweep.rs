@@ -632,6 +632,31 @@ fn a_staged_sweep_finetunes_and_evaluates_the_right_snapshots_and_a_restart_does
         text(&o)
     );
     assert_eq!(events(&out).len(), ev.len());
+
+    // A sweep killed after a finetune and an eval worker exited but before their status was
+    // written runs them again: the finetune resumes at its last update (same metrics, same
+    // record), the eval rewrites its folder from the same snapshot.
+    let child = ft(1);
+    let record = std::fs::read(out.join("runs").join(&child).join("init_from.json")).unwrap();
+    for job in [child.as_str(), "posthoc.seed=0,snapshot=0.75"] {
+        std::fs::remove_file(out.join(format!("status/{job}.json"))).unwrap();
+    }
+    let o = lvrnn(&["sweep", "s.toml", "--out", "out", "--jobs", "2"], d);
+    assert!(
+        o.status.success() && text(&o).contains("3 already done, 2 to run"),
+        "{}",
+        text(&o)
+    );
+    let run = out.join("runs").join(&child);
+    assert_eq!(std::fs::read(run.join("init_from.json")).unwrap(), record);
+    let rows: Vec<serde_json::Value> =
+        lvrnn::util::read_jsonl(&run.join("metrics/train.jsonl")).unwrap();
+    let updates: Vec<u64> = rows.iter().map(|r| r["update"].as_u64().unwrap()).collect();
+    assert_eq!(updates, (1..=15).collect::<Vec<_>>());
+    assert_eq!(json(&ev_dir.join("source.json")), source);
+    let ev = events(&out);
+    assert_eq!(count(&ev, &child, "start"), 2);
+    assert_eq!(count(&ev, "pretrain.seed=1", "start"), 1);
 }
 
 #[cfg(unix)]

@@ -1,6 +1,7 @@
 //! `lvrnn sweep FILE.toml`: a grid of training runs — a base config, axes over any config keys,
-//! and exclusion rules — run as worker processes on this machine (resumable), listed
-//! (`--dry-run`), or written out as a Slurm job array (`--emit slurm DIR`).
+//! and exclusion rules — or stages of them whose jobs start from other jobs' checkpoints
+//! (finetuning, post-hoc evaluation), run as worker processes on this machine (resumable), listed
+//! (`--dry-run`), or written out as Slurm job arrays (`--emit slurm DIR`).
 //!
 //! # The sweep file
 //! ```toml
