@@ -8,6 +8,7 @@
 //!               metrics/eval*.csv|jsonl      evaluation tables
 //!               checkpoints/latest.safetensors   model + optimizer state (for --resume)
 //!               checkpoints/model-final.safetensors, model-step<N>.safetensors (snapshots)
+//!               init_from.json               finetuned runs: {"checkpoint": ABS_PATH, "update": U}
 //!               figures/*.png, *.svg
 //! ```
 
@@ -64,11 +65,14 @@ impl RunDir {
         self.checkpoints().join("latest.safetensors")
     }
     pub fn final_model(&self) -> PathBuf {
-        self.checkpoints().join("model-final.safetensors")
+        self.checkpoints().join(FINAL_MODEL)
     }
     pub fn snapshot(&self, update: usize) -> PathBuf {
-        self.checkpoints()
-            .join(format!("model-step{update:06}.safetensors"))
+        self.checkpoints().join(snapshot_file(update))
+    }
+    /// `init_from.json`: the checkpoint a finetuned run started from (`train --init-from`).
+    pub fn init_from_record(&self) -> PathBuf {
+        self.root.join("init_from.json")
     }
     pub fn train_metrics(&self) -> PathBuf {
         self.metrics().join("train.jsonl")
@@ -77,6 +81,14 @@ impl RunDir {
     pub fn write_config(&self, cfg: &ExperimentConfig) -> Result<()> {
         write_atomic(&self.root.join("config.toml"), cfg.to_toml()?.as_bytes())
     }
+}
+
+/// File name of the final model in `checkpoints/`.
+pub const FINAL_MODEL: &str = "model-final.safetensors";
+
+/// File name in `checkpoints/` of the snapshot taken after update `update`.
+pub fn snapshot_file(update: usize) -> String {
+    format!("model-step{update:06}.safetensors")
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

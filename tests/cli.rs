@@ -171,6 +171,16 @@ fn train_eval_inspect_round_trip() {
         "reports the freshly initialised parameters: {}",
         text(&o)
     );
+    // … and records where it started from (for `lvrnn report`).
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("runs/ft/init_from.json")).unwrap())
+            .unwrap();
+    let snapshot =
+        std::fs::canonicalize(d.join("runs/tiny/checkpoints/model-step000003.safetensors"))
+            .unwrap();
+    assert_eq!(record["checkpoint"].as_str(), snapshot.to_str());
+    assert_eq!(record["update"], 3);
+    assert!(!d.join("runs/tiny/init_from.json").exists());
     // The finetuned VRNN reports its covariance.
     let o = lvrnn(
         &[

@@ -1,9 +1,11 @@
 //! `lvrnn sweep` end to end on tiny regression runs: a sweep killed with SIGKILL and started
 //! again finishes every job exactly once; the emitted Slurm array runs a job from its command
-//! line; bad sweep files get errors naming the key and the allowed values.
+//! line; bad sweep files get errors naming the key and the allowed values. Staged sweeps:
+//! finetune and eval jobs start from the right snapshot of the right parent, wait for it, are
+//! skipped when it fails, and become one Slurm array per stage.
 
 use lvrnn::run::load_checkpoint;
-use lvrnn::sweep::Sweep;
+use lvrnn::sweep::{Action, Job, Sweep};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -447,11 +449,395 @@ fn every_shipped_sweep_file_expands() {
             n += 1;
         }
     }
-    assert!(n > 0);
+    assert!(n >= 7, "{n} sweep files");
     let s = Sweep::load(&dir.join("bandit-small.toml")).unwrap();
     assert_eq!((s.jobs.len(), s.excluded), (20, 4));
     assert_eq!(s.jobs[0].name, "posterior=rnn,lr=0.001,seed=0");
     assert_eq!(s.jobs[0].config.train.updates, 2000);
+
+    // The paper's protocol (Sec. 5, App. B) in each domain, full size and small.
+    for domain in ["regression", "bandit", "gridworld"] {
+        for file in [
+            format!("{domain}-protocol.toml"),
+            format!("{domain}-protocol-small.toml"),
+        ] {
+            let s = Sweep::load(&dir.join(&file)).unwrap();
+            let stages: Vec<&str> = s.stages.iter().map(|st| st.name.as_str()).collect();
+            assert_eq!(
+                stages,
+                ["pretrain", "finetune", "posthoc", "scratch"],
+                "{file}"
+            );
+            let seeds = s.stage_jobs("pretrain").count();
+            let pre = s.stage_jobs("pretrain").next().unwrap();
+            assert_eq!(pre.config.model.posterior.label(), "rnn", "{file}");
+            assert_eq!(pre.config.train.snapshots, [0.5, 0.75], "{file}");
+            // Finetuning from the ½ and ¾ snapshots of every seed, under the VRNN and Laplace.
+            let ft: Vec<&Job> = s.stage_jobs("finetune").collect();
+            assert_eq!(ft.len() % (2 * seeds), 0, "{file}");
+            let families: std::collections::BTreeSet<String> = ft
+                .iter()
+                .map(|j| j.config.model.posterior.label())
+                .collect();
+            assert!(families.iter().any(|f| f.starts_with("vrnn")), "{file}");
+            assert!(families.iter().any(|f| f.starts_with("laplace")), "{file}");
+            for j in &ft {
+                let a = j.after.as_ref().unwrap();
+                let parent = s.jobs.iter().find(|p| p.name == a.job).unwrap();
+                assert_eq!(j.config.seed, parent.config.seed, "{}", j.name);
+                assert_eq!(
+                    a.update + j.config.train.updates,
+                    parent.config.train.updates
+                );
+            }
+            // Post-hoc Laplace on the snapshots and the final model, without finetuning.
+            let ph: Vec<&Job> = s.stage_jobs("posthoc").collect();
+            assert_eq!(ph.len(), 3 * seeds, "{file}");
+            assert!(ph.iter().all(|j| matches!(&j.action,
+                Action::Eval { posteriors } if posteriors.iter().all(|p| p.starts_with("laplace")))));
+            // The families trained as such from scratch.
+            let scratch = s.stage_jobs("scratch").count();
+            assert_eq!(scratch, families.len() * seeds, "{file}");
+        }
+    }
+}
+
+/// Two pretraining seeds of 30 updates with snapshots at ½ and ¾; the Laplace finetuning of
+/// each ½ snapshot (for the remaining 15 updates); a post-hoc evaluation of seed 0's ¾ snapshot.
+const STAGED: &str = r#"
+name = "staged"
+base = "base.toml"
+[set]
+"train.updates" = 30
+"train.snapshots" = [0.5, 0.75]
+"train.checkpoint_every" = 10
+
+[[stage]]
+name = "pretrain"
+axes = { seed = [0, 1] }
+
+[[stage]]
+name = "finetune"
+from = { stage = "pretrain", snapshot = [0.5], updates = "remaining" }
+axes = { "model.posterior" = ["laplace:window=1,accumulate=sigma"] }
+set = { "train.snapshots" = [] }
+
+[[stage]]
+name = "posthoc"
+kind = "eval"
+from = { stage = "pretrain", snapshot = [0.75] }
+posteriors = ["laplace:window=1,accumulate=sigma"]
+exclude = [{ seed = 1 }]
+"#;
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+fn position(events: &[serde_json::Value], job: &str, kind: &str) -> usize {
+    events
+        .iter()
+        .position(|e| e["job"] == job && e["event"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} event of {job}"))
+}
+
+#[test]
+fn a_staged_sweep_finetunes_and_evaluates_the_right_snapshots_and_a_restart_does_nothing() {
+    let dir = setup(STAGED);
+    let d = dir.path();
+    let out = d.join("out");
+    let sweep = Sweep::load(&d.join("s.toml")).unwrap();
+    let names: Vec<&str> = sweep.jobs.iter().map(|j| j.name.as_str()).collect();
+    let ft =
+        |seed: u64| format!("finetune.seed={seed},snapshot=0.5,posterior=laplace-sigma-k1-full");
+    assert_eq!(
+        names,
+        [
+            "pretrain.seed=0",
+            "pretrain.seed=1",
+            &ft(0),
+            &ft(1),
+            "posthoc.seed=0,snapshot=0.75"
+        ]
+    );
+    assert_eq!(sweep.excluded, 1);
+
+    // The dry run shows what each job waits for.
+    let o = lvrnn(&["sweep", "s.toml", "--out", "out", "--dry-run"], d);
+    assert!(o.status.success(), "{}", text(&o));
+    let listing = text(&o);
+    assert!(
+        listing.contains("stage finetune: 2 train jobs, each after its job of stage `pretrain`")
+            && listing.contains("after pretrain.seed=1 (snapshot 0.5: update 15")
+            && listing.contains("model-step000023.safetensors")
+            && listing.contains(" --init-from "),
+        "{listing}"
+    );
+
+    let o = lvrnn(&["sweep", "s.toml", "--out", "out", "--jobs", "2"], d);
+    assert!(o.status.success(), "{}", text(&o));
+    let ev = events(&out);
+    for name in &names {
+        assert!(is_done(&out, name), "{name}: {}", text(&o));
+        assert_eq!(count(&ev, name, "start"), 1, "{name}");
+    }
+    for seed in [0u64, 1] {
+        let parent = format!("pretrain.seed={seed}");
+        let child = ft(seed);
+        // It waited for its parent, and started from the parent's ½ snapshot (update 15).
+        assert!(position(&ev, &parent, "done") < position(&ev, &child, "start"));
+        let snapshot = out
+            .join("runs")
+            .join(&parent)
+            .join("checkpoints/model-step000015.safetensors");
+        let record = json(&out.join("runs").join(&child).join("init_from.json"));
+        assert_eq!(
+            record["checkpoint"].as_str().unwrap(),
+            std::fs::canonicalize(&snapshot).unwrap().to_str().unwrap()
+        );
+        assert_eq!(record["update"], 15);
+        assert_eq!(load_checkpoint(&snapshot).unwrap().update, 15);
+        let fin = load_checkpoint(
+            &out.join("runs")
+                .join(&child)
+                .join("checkpoints/model-final.safetensors"),
+        )
+        .unwrap();
+        assert_eq!((fin.update, fin.config.seed), (15, seed));
+        assert_eq!(fin.config.model.posterior.label(), "laplace-sigma-k1-full");
+    }
+    // The eval job evaluated seed 0's ¾ snapshot, update round(22.5) = 23, as the trainer wrote it.
+    let ev_dir = out.join("evals/posthoc.seed=0,snapshot=0.75");
+    let source = json(&ev_dir.join("source.json"));
+    let snapshot = out.join("runs/pretrain.seed=0/checkpoints/model-step000023.safetensors");
+    assert_eq!(
+        source["checkpoint"].as_str().unwrap(),
+        std::fs::canonicalize(&snapshot).unwrap().to_str().unwrap()
+    );
+    assert_eq!(source["update"], 23);
+    assert!(ev_dir.join("config.toml").exists() && ev_dir.join("eval.csv").exists());
+    assert!(
+        position(&ev, "pretrain.seed=0", "done")
+            < position(&ev, "posthoc.seed=0,snapshot=0.75", "start")
+    );
+
+    // A restart has nothing to do.
+    let o = lvrnn(&["sweep", "s.toml", "--out", "out", "--jobs", "2"], d);
+    assert!(
+        o.status.success() && text(&o).contains("5 already done, 0 to run"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(events(&out).len(), ev.len());
+
+    // A sweep killed after a finetune and an eval worker exited but before their status was
+    // written runs them again: the finetune resumes at its last update (same metrics, same
+    // record), the eval rewrites its folder from the same snapshot.
+    let child = ft(1);
+    let record = std::fs::read(out.join("runs").join(&child).join("init_from.json")).unwrap();
+    for job in [child.as_str(), "posthoc.seed=0,snapshot=0.75"] {
+        std::fs::remove_file(out.join(format!("status/{job}.json"))).unwrap();
+    }
+    let o = lvrnn(&["sweep", "s.toml", "--out", "out", "--jobs", "2"], d);
+    assert!(
+        o.status.success() && text(&o).contains("3 already done, 2 to run"),
+        "{}",
+        text(&o)
+    );
+    let run = out.join("runs").join(&child);
+    assert_eq!(std::fs::read(run.join("init_from.json")).unwrap(), record);
+    let rows: Vec<serde_json::Value> =
+        lvrnn::util::read_jsonl(&run.join("metrics/train.jsonl")).unwrap();
+    let updates: Vec<u64> = rows.iter().map(|r| r["update"].as_u64().unwrap()).collect();
+    assert_eq!(updates, (1..=15).collect::<Vec<_>>());
+    assert_eq!(json(&ev_dir.join("source.json")), source);
+    let ev = events(&out);
+    assert_eq!(count(&ev, &child, "start"), 2);
+    assert_eq!(count(&ev, "pretrain.seed=1", "start"), 1);
+}
+
+#[cfg(unix)]
+fn flaky(d: &Path, pattern: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let wrapper = d.join("flaky.sh");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\ncase \"$*\" in {pattern}) echo 'boom: no such luck' >&2; exit 3;; esac\nexec {BIN} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+/// Pretraining over two seeds; a VRNN finetuning and a post-hoc evaluation of each final model.
+const CHAIN: &str = r#"
+name = "chain"
+base = "base.toml"
+[set]
+"train.updates" = 4
+[[stage]]
+name = "pretrain"
+axes = { seed = [0, 1] }
+[[stage]]
+name = "finetune"
+from = { stage = "pretrain" }
+set = { "model.posterior" = "vrnn" }
+[[stage]]
+name = "posthoc"
+kind = "eval"
+from = { stage = "pretrain", snapshot = ["final"] }
+posteriors = ["laplace:window=1,accumulate=sigma"]
+"#;
+
+#[cfg(unix)]
+#[test]
+fn a_failed_parent_skips_its_dependants_with_the_reason_and_not_the_others() {
+    let dir = setup(CHAIN);
+    let d = dir.path();
+    flaky(d, "*\"--name pretrain.seed=1 \"*");
+    let o = lvrnn(
+        &[
+            "sweep", "s.toml", "--out", "out", "--jobs", "2", "--bin", "flaky.sh",
+        ],
+        d,
+    );
+    let all = text(&o);
+    assert!(!o.status.success(), "{all}");
+    assert!(
+        all.contains("1 of 6 jobs failed and 2 were skipped"),
+        "{all}"
+    );
+    let out = d.join("out");
+    for job in [
+        "pretrain.seed=0",
+        "finetune.seed=0,snapshot=final",
+        "posthoc.seed=0,snapshot=final",
+    ] {
+        assert!(is_done(&out, job), "{job}: {all}");
+    }
+    for job in [
+        "finetune.seed=1,snapshot=final",
+        "posthoc.seed=1,snapshot=final",
+    ] {
+        let status = json(&out.join(format!("status/{job}.json")));
+        assert_eq!(status["status"], "skipped", "{job}");
+        let why = status["error"].as_str().unwrap();
+        assert!(
+            why.contains("starts from job `pretrain.seed=1`, which failed"),
+            "{job}: {why}"
+        );
+        assert!(!out.join("runs").join(job).exists() && !out.join("evals").join(job).exists());
+    }
+    let ev = events(&out);
+    assert_eq!(count(&ev, "finetune.seed=1,snapshot=final", "start"), 0);
+
+    // Started again with the real binary: the parent, then its dependants.
+    let o = lvrnn(&["sweep", "s.toml", "--out", "out", "--jobs", "2"], d);
+    assert!(
+        o.status.success() && text(&o).contains("3 already done, 3 to run"),
+        "{}",
+        text(&o)
+    );
+    let ev = events(&out);
+    assert!(
+        position(&ev, "pretrain.seed=1", "done")
+            < position(&ev, "finetune.seed=1,snapshot=final", "start")
+    );
+    let record = json(&out.join("runs/finetune.seed=1,snapshot=final/init_from.json"));
+    assert!(
+        record["checkpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("runs/pretrain.seed=1/checkpoints/model-final.safetensors"),
+        "{record}"
+    );
+    assert_eq!(record["update"], 4);
+}
+
+#[test]
+fn a_staged_sweep_emits_one_slurm_array_per_stage_chained_by_dependency() {
+    let dir = setup(CHAIN);
+    let d = dir.path();
+    let o = lvrnn(
+        &[
+            "sweep", "s.toml", "--out", "out", "--emit", "slurm", "cluster",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("3 Slurm arrays"), "{}", text(&o));
+    let c = d.join("cluster");
+    let read = |f: &str| std::fs::read_to_string(c.join(f)).unwrap();
+    let submit = read("submit.sh");
+    let lines: Vec<&str> = submit.lines().filter(|l| l.contains("sbatch ")).collect();
+    assert_eq!(lines.len(), 3, "{submit}");
+    assert!(
+        lines[0].starts_with("jid0=$(sbatch --parsable ") && lines[0].ends_with("pretrain.sbatch)"),
+        "{submit}"
+    );
+    assert!(
+        lines[1].contains("--dependency=afterany:$jid0 ") && lines[1].ends_with("finetune.sbatch)"),
+        "{submit}"
+    );
+    assert!(
+        lines[2].contains("--dependency=afterany:$jid0 ") && lines[2].ends_with("posthoc.sbatch)"),
+        "{submit}"
+    );
+    for stage in ["pretrain", "finetune", "posthoc"] {
+        let script = read(&format!("{stage}.sbatch"));
+        assert!(script.contains("#SBATCH --array=0-1\n"), "{script}");
+        assert!(
+            script.contains(&format!("--job-name=chain.{stage}\n")),
+            "{script}"
+        );
+    }
+    assert_eq!(
+        read("finetune.parents.txt"),
+        "pretrain.seed=0\npretrain.seed=1\n"
+    );
+    assert!(!c.join("pretrain.parents.txt").exists());
+    assert!(
+        read("posthoc.jobs.txt")
+            .lines()
+            .all(|l| l.contains(" eval --checkpoint "))
+    );
+
+    let task = |stage: &str, i: &str| {
+        Command::new("bash")
+            .arg(c.join(format!("{stage}.sbatch")))
+            .env("SLURM_ARRAY_TASK_ID", i)
+            .output()
+            .unwrap()
+    };
+    let out = d.join("out");
+    // A finetuning task whose parent is not done records why and fails.
+    let o = task("finetune", "0");
+    assert!(!o.status.success(), "{}", text(&o));
+    let status = json(&out.join("status/finetune.seed=0,snapshot=final.json"));
+    assert_eq!(status["status"], "skipped");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("`pretrain.seed=0`, which is not done")
+    );
+    // Once the parent's task has run, it trains from the parent's final model.
+    let o = task("pretrain", "0");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = task("finetune", "0");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(is_done(&out, "finetune.seed=0,snapshot=final"));
+    let record = json(&out.join("runs/finetune.seed=0,snapshot=final/init_from.json"));
+    assert_eq!(record["update"], 4);
+    let o = task("posthoc", "0");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        out.join("evals/posthoc.seed=0,snapshot=final/source.json")
+            .exists()
+    );
 }
 
 fn error(sweep: &str) -> String {
@@ -518,4 +904,88 @@ fn bad_sweep_files_name_the_key_and_the_allowed_values() {
         "{}",
         text(&o)
     );
+}
+
+#[test]
+fn bad_staged_sweep_files_name_the_key_and_the_allowed_values() {
+    let head = "name = \"x\"\nbase = \"base.toml\"\n[set]\n\"train.snapshots\" = [0.5, 0.75]\n[[stage]]\nname = \"pre\"\naxes = { seed = [0, 1] }\n";
+    let e = error(&format!(
+        "{head}[[stage]]\nname = \"ft\"\nfrom = {{ stage = \"pretrain\" }}\n"
+    ));
+    assert!(
+        e.contains("stage `ft`") && e.contains("pretrain") && e.contains("allowed values: pre"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{head}[[stage]]\nname = \"ft\"\nfrom = {{ stage = \"pre\", snapshot = [0.6] }}\n"
+    ));
+    assert!(
+        e.contains("0.6") && e.contains("0.5, 0.75, \"final\""),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{head}[[stage]]\nname = \"ft\"\nfrom = {{ stage = \"pre\", snapshot = [\"last\"] }}\n"
+    ));
+    assert!(e.contains("last") && e.contains("\"final\""), "{e}");
+    let e = error(&format!(
+        "{head}[[stage]]\nname = \"ft\"\nfrom = {{ stage = \"pre\", updates = \"all\" }}\n"
+    ));
+    assert!(e.contains("all") && e.contains("\"remaining\""), "{e}");
+    let e = error(&format!(
+        "{head}[[stage]]\nname = \"ev\"\nkind = \"eval\"\nfrom = {{ stage = \"pre\" }}\n"
+    ));
+    assert!(e.contains("`posteriors` is empty"), "{e}");
+    let e = error(&format!(
+        "{head}[[stage]]\nname = \"ev\"\nkind = \"eval\"\nfrom = {{ stage = \"pre\" }}\nposteriors = [\"vrnn\"]\n"
+    ));
+    assert!(e.contains("VRNN head") && e.contains("finetune"), "{e}");
+    let e = error(&format!(
+        "{head}[[stage]]\nname = \"ev\"\nkind = \"score\"\n"
+    ));
+    assert!(
+        e.contains("score") && e.contains("train") && e.contains("eval"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{head}[[stage]]\nname = \"ev\"\nkind = \"eval\"\nposteriors = [\"rnn\"]\n"
+    ));
+    assert!(e.contains("needs `from"), "{e}");
+    // An axis the parent stage also has picks its jobs; a value it lacks is an error.
+    let e = error(&format!(
+        "{head}[[stage]]\nname = \"ft\"\nfrom = {{ stage = \"pre\" }}\naxes = {{ seed = [2] }}\n"
+    ));
+    assert!(
+        e.contains("seed") && e.contains("allowed values: 0, 1"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{head}[[stage]]\nname = \"ft\"\nfrom = {{ stage = \"pre\" }}\nexclude = [{{ lr = 1 }}]\n"
+    ));
+    assert!(
+        e.contains("`lr` is not an axis") && e.contains("seed, snapshot"),
+        "{e}"
+    );
+    let e = error(&format!("{head}[axes]\nseed = [0]\n"));
+    assert!(e.contains("[[stage]]") && e.contains("own `axes`"), "{e}");
+
+    // Selecting parents by a shared axis, and `updates = "remaining"` with the trainer's rounding.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("base.toml"), BASE).unwrap();
+    let text = format!(
+        "{head}[[stage]]\nname = \"ft\"\nfrom = {{ stage = \"pre\", snapshot = [0.5, 0.75], updates = \"remaining\" }}\naxes = {{ seed = [1], \"model.posterior\" = [\"vrnn\", \"laplace:window=10,accumulate=none\"] }}\n"
+    )
+    .replace("[0.5, 0.75]\n[[stage]]", "[0.5, 0.75]\n\"train.updates\" = 9\n[[stage]]");
+    let s = Sweep::from_toml_str(&text, "s.toml", dir.path()).unwrap();
+    let ft: Vec<&Job> = s.stage_jobs("ft").collect();
+    assert_eq!(ft.len(), 4);
+    assert_eq!(ft[0].name, "ft.seed=1,snapshot=0.5,posterior=vrnn-full");
+    let a = ft[2].after.as_ref().unwrap();
+    // 0.75 × 9 = 6.75 → 7; 0.5 × 9 = 4.5 → 5 (rounded half away from zero, as `fit` does).
+    assert_eq!(
+        (a.job.as_str(), a.update, a.file.as_str()),
+        ("pre.seed=1", 7, "model-step000007.safetensors")
+    );
+    assert_eq!(ft[2].config.train.updates, 2);
+    assert_eq!(ft[0].after.as_ref().unwrap().update, 5);
+    assert_eq!((ft[0].config.train.updates, ft[0].config.seed), (4, 1));
 }

@@ -25,7 +25,7 @@ pub fn train(
     let request = super::posthoc_request(cfg)?;
     let run = open_run(cfg, runs, &opts, overwrite)?;
     let model = RegressionModel::new(&cfg.model, cfg.seed)?;
-    init_from_reporting(&model.params, init)?;
+    init_from_reporting(&model.params, init, &run)?;
     eprintln!(
         "run {} — {} ({} parameters), {} updates of {} tasks × {} points",
         run.root.display(),

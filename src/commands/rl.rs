@@ -30,7 +30,7 @@ pub fn train(
     let kind = env_kind(cfg.task)?;
     let run = open_run(cfg, runs, &opts, overwrite)?;
     let model = RlModel::for_experiment(cfg)?;
-    init_from_reporting(&model.params, init)?;
+    init_from_reporting(&model.params, init, &run)?;
     eprintln!(
         "run {} — {} on {kind} ({} parameters), {} PPO updates of {} tasks × {} interactions",
         run.root.display(),

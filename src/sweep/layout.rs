@@ -1,7 +1,7 @@
 //! The sweep output folder: where each job's config, run, log and status live, the worker
 //! command line, and the status markers (layout in the module doc of [`crate::sweep`]).
 
-use super::spec::Job;
+use super::spec::{Action, After, Job};
 use crate::util::write_atomic;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,8 @@ pub struct SweepDir {
 pub enum Outcome {
     Done,
     Failed,
+    /// Not run because the job it starts from failed or was skipped (`error` says which).
+    Skipped,
 }
 
 /// `status/<name>.json`, written atomically after the worker exits (by `lvrnn sweep`, or by the
@@ -56,6 +58,17 @@ impl SweepDir {
     pub fn run(&self, name: &str) -> PathBuf {
         self.runs().join(name)
     }
+    pub fn evals(&self) -> PathBuf {
+        self.root.join("evals")
+    }
+    /// The `--out` folder of an eval job.
+    pub fn eval(&self, name: &str) -> PathBuf {
+        self.evals().join(name)
+    }
+    /// The parent checkpoint a dependent job starts from.
+    pub fn checkpoint(&self, after: &After) -> PathBuf {
+        self.run(&after.job).join("checkpoints").join(&after.file)
+    }
     pub fn status_dir(&self) -> PathBuf {
         self.root.join("status")
     }
@@ -81,23 +94,67 @@ impl SweepDir {
         self.root.join("sweep.lock")
     }
 
-    /// The worker command of `job`: `BIN --threads 1 train --config <jobs/name.toml> --runs
-    /// <runs> --name <name> --resume` (`--resume` also starts a fresh run, so the same line
-    /// serves a first start, a restart and a cluster requeue).
+    /// The worker command of `job`. A train job: `BIN --threads 1 train --config
+    /// <jobs/name.toml> --runs <runs> --name <name> --resume`, plus `--init-from <parent
+    /// checkpoint>` for a dependent one (`--resume` also starts a fresh run, so the same line
+    /// serves a first start, a restart and a cluster requeue; a resumed run continues from its
+    /// own latest checkpoint, not the parent's). An eval job: `BIN --threads 1 eval --checkpoint
+    /// <parent checkpoint> --posterior P… --out <evals/name>` (rewritten whole when run again).
     pub fn command(&self, bin: &Path, job: &Job) -> Vec<OsString> {
-        vec![
-            bin.into(),
-            "--threads".into(),
-            "1".into(),
-            "train".into(),
-            "--config".into(),
-            self.job_config(&job.name).into(),
-            "--runs".into(),
-            self.runs().into(),
-            "--name".into(),
-            job.name.clone().into(),
-            "--resume".into(),
-        ]
+        let mut args: Vec<OsString> = vec![bin.into(), "--threads".into(), "1".into()];
+        match (&job.action, &job.after) {
+            (Action::Eval { posteriors }, Some(after)) => {
+                args.extend(["eval".into(), "--checkpoint".into()]);
+                args.push(self.checkpoint(after).into());
+                for p in posteriors {
+                    args.extend(["--posterior".into(), p.into()]);
+                }
+                args.extend(["--out".into(), self.eval(&job.name).into()]);
+            }
+            _ => {
+                args.extend(["train".into(), "--config".into()]);
+                args.push(self.job_config(&job.name).into());
+                args.extend(["--runs".into(), self.runs().into()]);
+                args.extend(["--name".into(), job.name.clone().into()]);
+                args.push("--resume".into());
+                if let Some(after) = &job.after {
+                    args.extend(["--init-from".into(), self.checkpoint(after).into()]);
+                }
+            }
+        }
+        args
+    }
+
+    /// What `jobs/<name>.toml` holds: a train job's full config; for an eval job, the
+    /// checkpoint and posteriors (a record, and what a restart compares).
+    pub fn job_text(&self, job: &Job) -> Result<String> {
+        match (&job.action, &job.after) {
+            (Action::Eval { posteriors }, Some(after)) => {
+                let mut t = toml::Table::new();
+                t.insert("kind".into(), "eval".into());
+                t.insert("after".into(), after.job.clone().into());
+                t.insert(
+                    "checkpoint".into(),
+                    self.checkpoint(after).to_string_lossy().to_string().into(),
+                );
+                t.insert(
+                    "posteriors".into(),
+                    toml::Value::Array(posteriors.iter().map(|p| p.clone().into()).collect()),
+                );
+                toml::to_string(&t).context("serialising an eval job")
+            }
+            _ => job.config.to_toml(),
+        }
+    }
+
+    /// Whether a job has left anything behind: its run or eval folder, or a status other than
+    /// `skipped`.
+    fn started(&self, name: &str) -> bool {
+        self.run(name).exists()
+            || self.eval(name).exists()
+            || self
+                .read_status(name)
+                .map_or(true, |s| s.is_some_and(|s| s.status != Outcome::Skipped))
     }
 
     /// Writes `jobs/<name>.toml` for every job (atomically, only where it changed). A job that
@@ -105,19 +162,23 @@ impl SweepDir {
     pub fn write_job_configs(&self, jobs: &[Job]) -> Result<()> {
         for job in jobs {
             let path = self.job_config(&job.name);
-            let text = job.config.to_toml()?;
+            let text = self.job_text(job)?;
             let old = std::fs::read_to_string(&path).ok();
             if old.as_deref() == Some(text.as_str()) {
                 continue;
             }
-            let started = self.run(&job.name).exists() || self.status(&job.name).exists();
-            if old.is_some() && started {
+            if old.is_some() && self.started(&job.name) {
                 bail!(
                     "job `{}` in {} was started with a different config ({}); use another --out, or delete {} and {} to run it again",
                     job.name,
                     self.root.display(),
                     path.display(),
-                    self.run(&job.name).display(),
+                    if job.action == Action::Train {
+                        self.run(&job.name)
+                    } else {
+                        self.eval(&job.name)
+                    }
+                    .display(),
                     self.status(&job.name).display()
                 );
             }

@@ -1,6 +1,7 @@
 //! `lvrnn sweep FILE.toml`: a grid of training runs — a base config, axes over any config keys,
-//! and exclusion rules — run as worker processes on this machine (resumable), listed
-//! (`--dry-run`), or written out as a Slurm job array (`--emit slurm DIR`).
+//! and exclusion rules — or stages of them whose jobs start from other jobs' checkpoints
+//! (finetuning, post-hoc evaluation), run as worker processes on this machine (resumable), listed
+//! (`--dry-run`), or written out as Slurm job arrays (`--emit slurm DIR`).
 //!
 //! # The sweep file
 //! ```toml
@@ -25,21 +26,62 @@
 //! last part of the dotted key, e.g. `posterior=laplace-sigma-k1-full,lr=0.001,seed=3`. Unknown
 //! keys, empty axes and values a config rejects are errors before anything runs.
 //!
+//! # Stages: jobs that start from other jobs
+//! The paper's protocol (Sec. 5, App. B): pre-train RNNs, finetune their ½ and ¾ snapshots
+//! under other posteriors, evaluate the snapshots post hoc. Instead of `[axes]` and
+//! `[[exclude]]` at the top, such a sweep lists stages, each with its own `axes`, `set` and
+//! `exclude`:
+//! ```toml
+//! [[stage]]                              # a root stage: a grid like a one-stage sweep
+//! name = "pretrain"
+//! axes = { seed = { range = [0, 3] } }
+//! [[stage]]                              # train, starting from each pretrain job's snapshots
+//! name = "finetune"
+//! from = { stage = "pretrain", snapshot = [0.5, 0.75], updates = "remaining" }
+//! axes = { "model.posterior" = ["vrnn", "laplace:window=1,accumulate=sigma"] }
+//! set = { "train.snapshots" = [] }
+//! [[stage]]                              # post-hoc evaluation, no training
+//! name = "posthoc"
+//! kind = "eval"                          # "train" (the default) or "eval"
+//! from = { stage = "pretrain", snapshot = [0.5, 0.75, "final"] }
+//! posteriors = ["laplace:window=1,accumulate=sigma", "laplace:window=10,accumulate=none"]
+//! ```
+//! A stage with `from` gets, for each job of the `from` stage (its *parent*), each snapshot and
+//! each point of its own axes, one job: the parent's axis values (the seed…), `snapshot=…`,
+//! then its own, e.g. `finetune.seed=0,snapshot=0.5,posterior=vrnn`; job names start with the
+//! stage name. An own axis whose key the parent stage also has picks parents instead of adding a
+//! dimension (`seed = [0]` finetunes only seed 0). `exclude` rules may name the inherited keys
+//! and `snapshot`. `snapshot` takes fractions from the parent's `train.snapshots` — the
+//! checkpoint `model-step<N>` with N = `train::snapshot_update(fraction, train.updates)`, the
+//! trainer's own rounding — or `"final"` (`model-final`); the default is `["final"]`.
+//!
+//! A dependent train job's config is its parent's (seed, model sizes, `[set]` keys included)
+//! with the stage's `set` and axis values written over it; it trains its own `train.updates`, or
+//! with `updates = "remaining"` the parent's minus the snapshot's update (so pre-training plus
+//! finetuning make one full budget). It runs `train … --init-from <parent
+//! run>/checkpoints/<snapshot>` and records that in `runs/<job>/init_from.json`. An eval job
+//! (`kind = "eval"`, `posteriors` = SPECs; `exclude` but no `axes` or `set`) runs `eval --checkpoint <parent
+//! run>/checkpoints/<snapshot> --posterior P… --out <out>/evals/<job>`, which also evaluates
+//! the checkpoint under its own posterior. Top-level `[set]` applies to every root stage; a
+//! stage's `set` and axes win over it. A dependent job waits until its parent is done; a parent
+//! that fails marks it `skipped` with the reason (unrelated jobs go on), and a restart retries
+//! both.
+//!
 //! # The output folder
 //! ```text
 //! <out>/jobs/<job>.toml      the job's full config (its `name` is the job name)
 //!       runs/<job>/…         the run folder of `lvrnn train` (checkpoints, metrics, figures)
+//!       evals/<job>/…        an eval job's `lvrnn eval --out` folder (config.toml, source.json, tables)
 //!       logs/<job>.log       the worker's output, every attempt appended
-//!       status/<job>.json    written after the worker exits: done / failed (+ error tail)
+//!       status/<job>.json    written after the worker exits: done / failed (+ error tail), or
+//!                            skipped (+ reason) when the job it starts from failed
 //!       status/<job>.pid     while a worker runs
 //!       attempts.jsonl       one line per worker start and end
 //!       sweep.lock           while a sweep runs here
 //! ```
-//! Every job runs `lvrnn --threads 1 train --config <out>/jobs/<job>.toml --runs <out>/runs
-//! --name <job> --resume`, locally ([`runner`]) or as a Slurm array task ([`slurm`]).
-//!
-//! Not yet supported: jobs that start from another job's snapshot (`train --init-from`) and so
-//! must wait for it.
+//! Every train job runs `lvrnn --threads 1 train --config <out>/jobs/<job>.toml --runs
+//! <out>/runs --name <job> --resume [--init-from CKPT]`, every eval job `lvrnn --threads 1 eval
+//! …`, locally ([`runner`]) or as Slurm array tasks, one array per stage ([`slurm`]).
 
 pub mod layout;
 pub mod runner;
@@ -47,7 +89,7 @@ pub mod slurm;
 pub mod spec;
 
 pub use layout::{JobStatus, Outcome, SweepDir};
-pub use spec::{Axis, Job, Sweep};
+pub use spec::{Action, After, Axis, Job, Stage, StageKind, Sweep};
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -87,8 +129,31 @@ pub fn run(opts: &SweepOptions) -> Result<()> {
             sweep.excluded,
             dir.root.display()
         );
+        if sweep.is_staged() {
+            for st in &sweep.stages {
+                let what = match st.kind {
+                    spec::StageKind::Train => "train",
+                    spec::StageKind::Eval => "eval",
+                };
+                let from = st
+                    .from
+                    .as_ref()
+                    .map(|f| format!(", each after its job of stage `{f}`"))
+                    .unwrap_or_default();
+                println!("stage {}: {} {what} jobs{from}", st.name, st.jobs);
+            }
+        }
         for job in &sweep.jobs {
             println!("{}", job.name);
+            if let Some(a) = &job.after {
+                println!(
+                    "    after {} (snapshot {}: update {}, {})",
+                    a.job,
+                    a.snapshot,
+                    a.update,
+                    dir.checkpoint(a).display()
+                );
+            }
             println!("    {}", layout::shell_line(&dir.command(&bin, job)));
         }
         return Ok(());
@@ -101,12 +166,22 @@ pub fn run(opts: &SweepOptions) -> Result<()> {
             bail!("--emit `{kind}` is not supported; allowed values: slurm");
         }
         let files = slurm::emit(&sweep, &dir, std::path::Path::new(to), &bin)?;
-        println!(
-            "sweep {}: {} jobs as a Slurm array; submit with `sbatch {}`",
-            sweep.name,
-            sweep.jobs.len(),
-            files[0].display()
-        );
+        if sweep.is_staged() {
+            println!(
+                "sweep {}: {} jobs as {} Slurm arrays, one per stage; submit with `sh {}`",
+                sweep.name,
+                sweep.jobs.len(),
+                sweep.stages.len(),
+                files[0].display()
+            );
+        } else {
+            println!(
+                "sweep {}: {} jobs as a Slurm array; submit with `sbatch {}`",
+                sweep.name,
+                sweep.jobs.len(),
+                files[0].display()
+            );
+        }
         for f in files {
             println!("  {}", f.display());
         }

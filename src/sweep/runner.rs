@@ -7,6 +7,13 @@
 //! `done` jobs and runs every other one with `--resume`, which continues from the run's latest
 //! checkpoint; failed jobs are retried.
 //!
+//! Dependencies. A job with a parent (`after`: it starts from the parent's checkpoint) waits
+//! until the parent is done, this time or before. When the parent fails (or is itself skipped)
+//! the job is not run: its status is `skipped` with the reason, and unrelated jobs go on. A
+//! restart treats skipped jobs like failed ones: the parent is retried, then its dependants run.
+//! An eval job writes its `evals/<job>` folder whole each time it runs, so a killed one simply
+//! runs again.
+//!
 //! Orphans. A sweep killed with SIGKILL cannot stop its workers, so on Linux (glibc) each worker
 //! asks the kernel to SIGKILL it when the sweep dies (`prctl(PR_SET_PDEATHSIG)`, set between fork
 //! and exec, with a check that the sweep had not already died). As a second line of defence the
@@ -25,7 +32,7 @@ use super::spec::{Job, Sweep};
 use crate::util::{JsonlAppender, read_jsonl, write_atomic, write_json_atomic};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -88,47 +95,107 @@ pub fn run_local(sweep: &Sweep, dir: &SweepDir, opts: &LocalOptions) -> Result<(
             }
         }
     }
-    let mut pending = VecDeque::new();
+    // Where each job stands in this sweep: done before or now, failed, or skipped now.
+    let mut state: BTreeMap<&str, Outcome> = BTreeMap::new();
+    let mut pending: Vec<&Job> = vec![];
     for job in &sweep.jobs {
-        if !dir.is_done(&job.name)? {
+        if dir.is_done(&job.name)? {
+            state.insert(&job.name, Outcome::Done);
+        } else {
             wait_for_orphan(dir, &job.name)?;
-            pending.push_back(job);
+            pending.push(job);
         }
     }
     let total = sweep.jobs.len();
     let done_before = total - pending.len();
     let mut log = JsonlAppender::open(&dir.attempts())?;
     let bar = progress_bar(opts.progress, total, done_before, &sweep.name);
+    let waiting = pending.iter().filter(|j| j.after.is_some()).count();
     say(
         &bar,
         format!(
-            "sweep {}: {total} jobs, {done_before} already done, {} to run with {} workers → {}",
+            "sweep {}: {total} jobs, {done_before} already done, {} to run with {} workers{} → {}",
             sweep.name,
             pending.len(),
             opts.jobs.min(pending.len().max(1)),
+            if waiting > 0 {
+                format!(" ({waiting} of them after the job they start from)")
+            } else {
+                String::new()
+            },
             dir.root.display()
         ),
     );
 
     let mut running: Vec<Running> = vec![];
     let mut failed: Vec<(String, String)> = vec![];
+    let mut skipped: Vec<(String, String)> = vec![];
     let mut done_now = 0;
     loop {
-        while running.len() < opts.jobs
-            && let Some(job) = pending.pop_front()
-        {
-            let attempt = attempts.get(&job.name).copied().unwrap_or(0) + 1;
-            let r = spawn(dir, &opts.bin, job, attempt)?;
-            log.write(&event(&job.name, "start", attempt, r.child.id(), None))?;
-            running.push(r);
+        // Dependants of failed or skipped jobs are skipped (in order, so a chain goes at once);
+        // the others start, in file order, once their parent is done and a worker is free.
+        let mut i = 0;
+        while i < pending.len() {
+            let job = pending[i];
+            let parent = job
+                .after
+                .as_ref()
+                .map(|a| (a, state.get(a.job.as_str()).copied()));
+            match parent {
+                Some((a, Some(why @ (Outcome::Failed | Outcome::Skipped)))) => {
+                    pending.remove(i);
+                    let reason = format!(
+                        "not run: it starts from job `{}`, which {} (see {})",
+                        a.job,
+                        if why == Outcome::Failed {
+                            "failed"
+                        } else {
+                            "was skipped"
+                        },
+                        dir.status(&a.job).display()
+                    );
+                    write_json_atomic(
+                        &dir.status(&job.name),
+                        &JobStatus {
+                            job: job.name.clone(),
+                            status: Outcome::Skipped,
+                            exit_code: None,
+                            runner: "local".into(),
+                            attempt: None,
+                            wall_seconds: None,
+                            error: Some(reason.clone()),
+                        },
+                    )?;
+                    state.insert(&job.name, Outcome::Skipped);
+                    say(&bar, format!("SKIPPED {} ({reason})", job.name));
+                    skipped.push((job.name.clone(), reason));
+                }
+                Some((_, None)) => i += 1,
+                _ if running.len() < opts.jobs => {
+                    pending.remove(i);
+                    let attempt = attempts.get(&job.name).copied().unwrap_or(0) + 1;
+                    let r = spawn(dir, &opts.bin, job, attempt)?;
+                    log.write(&event(&job.name, "start", attempt, r.child.id(), None))?;
+                    running.push(r);
+                }
+                _ => i += 1,
+            }
         }
         if running.is_empty() {
+            if let Some(job) = pending.first() {
+                bail!(
+                    "job `{}` waits for a job that is neither done nor in this sweep (a bug in the sweep's order)",
+                    job.name
+                );
+            }
             break;
         }
         bar.set_message(format!(
-            "{} running, {} failed",
+            "{} running, {} waiting, {} failed, {} skipped",
             running.len(),
-            failed.len()
+            pending.len(),
+            failed.len(),
+            skipped.len()
         ));
         std::thread::sleep(POLL);
         let mut i = 0;
@@ -160,6 +227,7 @@ pub fn run_local(sweep: &Sweep, dir: &SweepDir, opts: &LocalOptions) -> Result<(
                     error: error.clone(),
                 },
             )?;
+            state.insert(&r.job.name, outcome);
             let _ = std::fs::remove_file(dir.pid_file(&r.job.name));
             let name = if outcome == Outcome::Done {
                 "done"
@@ -192,20 +260,30 @@ pub fn run_local(sweep: &Sweep, dir: &SweepDir, opts: &LocalOptions) -> Result<(
     }
     bar.finish_and_clear();
     eprintln!(
-        "sweep {}: {} of {total} jobs done ({done_now} this time), {} failed; runs in {}",
+        "sweep {}: {} of {total} jobs done ({done_now} this time), {} failed, {} skipped; runs in {}",
         sweep.name,
-        total - failed.len(),
+        total - failed.len() - skipped.len(),
         failed.len(),
+        skipped.len(),
         dir.runs().display()
     );
-    if !failed.is_empty() {
+    if !failed.is_empty() || !skipped.is_empty() {
         let list: Vec<String> = failed
             .iter()
+            .chain(&skipped)
             .map(|(n, why)| format!("  {n}: {why}"))
             .collect();
         bail!(
-            "{} of {total} jobs failed (status in {}, output in {}; run the sweep again to retry them):\n{}",
+            "{} of {total} jobs failed{} (status in {}, output in {}; run the sweep again to retry them):\n{}",
             failed.len(),
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " and {} were skipped because a job they start from failed",
+                    skipped.len()
+                )
+            },
             dir.status_dir().display(),
             dir.logs().display(),
             list.join("\n")

@@ -1,10 +1,12 @@
 //! The sweep file: parsing, validation and expansion into jobs (format in the module doc of
 //! [`crate::sweep`]).
 //!
-//! Each job's configuration is the base config's TOML value tree with the `[set]` keys and the
-//! job's axis values written in at their dotted keys, then parsed by the ordinary
-//! [`ExperimentConfig`] parser, so every job is checked before anything runs and a bad value
-//! gets the usual error (prefixed with the job's name).
+//! Each job's configuration is the base config's TOML value tree (a dependent train job: its
+//! parent job's config) with the `[set]` keys and the job's axis values written in at their
+//! dotted keys, then parsed by the ordinary [`ExperimentConfig`] parser, so every job is checked
+//! before anything runs and a bad value gets the usual error (prefixed with the job's name). A
+//! sweep without `[[stage]]` tables is one unnamed stage; stages are expanded in file order, each
+//! dependent one over the jobs of its `from` stage, so parents always come before their jobs.
 
 use crate::config::ExperimentConfig;
 use crate::posterior::PosteriorConfig;
@@ -19,6 +21,12 @@ const POSTERIOR: &str = "model.posterior";
 /// Longest job name accepted (it is a folder and a file name).
 const MAX_NAME: usize = 200;
 
+/// The pseudo-key of a dependent stage's snapshot axis (in job names and `exclude` rules).
+const SNAPSHOT: &str = "snapshot";
+
+/// The snapshot value naming a run's final model.
+const FINAL: &str = "final";
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SweepFile {
@@ -26,9 +34,48 @@ struct SweepFile {
     base: Value,
     #[serde(default)]
     set: Table,
+    axes: Option<Table>,
+    #[serde(default)]
+    exclude: Vec<Table>,
+    #[serde(default)]
+    stage: Vec<StageFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageFile {
+    name: String,
+    #[serde(default)]
+    kind: StageKind,
+    from: Option<FromFile>,
+    #[serde(default)]
+    set: Table,
+    #[serde(default)]
     axes: Table,
     #[serde(default)]
     exclude: Vec<Table>,
+    #[serde(default)]
+    posteriors: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FromFile {
+    stage: String,
+    #[serde(default)]
+    snapshot: Vec<Value>,
+    updates: Option<String>,
+}
+
+/// What the jobs of a stage do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    /// `lvrnn train` (from scratch, or `--init-from` a checkpoint of the parent job).
+    #[default]
+    Train,
+    /// `lvrnn eval` of a checkpoint of the parent job under `posteriors`, post hoc.
+    Eval,
 }
 
 /// One axis: a config key and the values it takes.
@@ -45,23 +92,73 @@ pub struct Axis {
     pub labels: Vec<String>,
 }
 
-/// One training job: a point of the grid.
+/// A stage of an expanded sweep (a one-stage sweep has one, named "").
+#[derive(Clone, Debug)]
+pub struct Stage {
+    /// "" for a sweep without `[[stage]]` tables.
+    pub name: String,
+    pub kind: StageKind,
+    /// The stage whose jobs this stage's jobs start from (`from.stage`).
+    pub from: Option<String>,
+    /// The stage's own axes (without the inherited ones and the snapshot axis).
+    pub axes: Vec<Axis>,
+    /// Jobs of this stage in the sweep.
+    pub jobs: usize,
+    /// Grid points of this stage dropped by its `exclude` rules.
+    pub excluded: usize,
+}
+
+/// What a job runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// `lvrnn train --config jobs/<job>.toml …` (with `--init-from` when the job has a parent).
+    Train,
+    /// `lvrnn eval --checkpoint <parent checkpoint> --posterior P… --out evals/<job>`.
+    Eval { posteriors: Vec<String> },
+}
+
+/// The parent of a dependent job: the job whose checkpoint it starts from, and which must be
+/// done first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct After {
+    /// The parent job's name.
+    pub job: String,
+    /// The snapshot as written in the sweep file: a fraction such as `0.5`, or `final`.
+    pub snapshot: String,
+    /// The update the checkpoint is taken at (`train::snapshot_update`, or `train.updates`).
+    pub update: usize,
+    /// Its file name in the parent run's `checkpoints/` folder.
+    pub file: String,
+}
+
+/// One job: a point of a stage's grid.
 #[derive(Clone, Debug)]
 pub struct Job {
-    /// `short=label` pairs in axis order, joined by commas; also the run name.
+    /// `short=label` pairs in axis order, joined by commas (prefixed by `<stage>.` in a staged
+    /// sweep); also the run name.
     pub name: String,
-    /// The validated configuration (`name` is the job name).
+    /// The stage's name ("" in a one-stage sweep).
+    pub stage: String,
+    /// The validated configuration (`name` is the job name). An eval job's is its parent's.
     pub config: ExperimentConfig,
+    pub action: Action,
+    /// The job this one starts from and waits for.
+    pub after: Option<After>,
+    /// The job's axis values as (key, value), inherited ones and `snapshot` included.
+    pub point: Vec<(String, Value)>,
+    /// The `short=label` parts of the name.
+    pub parts: Vec<String>,
 }
 
 /// An expanded sweep.
 #[derive(Clone, Debug)]
 pub struct Sweep {
     pub name: String,
-    pub axes: Vec<Axis>,
-    /// Jobs in grid order (the first axis varies slowest).
+    pub stages: Vec<Stage>,
+    /// Jobs stage by stage, each stage in grid order (the first axis varies slowest; a
+    /// dependent stage's jobs by parent job, then snapshot, then its own axes).
     pub jobs: Vec<Job>,
-    /// Grid points dropped by `[[exclude]]` rules.
+    /// Grid points dropped by `exclude` rules, over all stages.
     pub excluded: usize,
 }
 
@@ -81,6 +178,16 @@ impl Sweep {
             .map_err(|e| anyhow::anyhow!("invalid sweep file {origin}: {e}"))?;
         file.expand(base_dir)
             .with_context(|| format!("invalid sweep file {origin}"))
+    }
+
+    /// Whether the file has `[[stage]]` tables (job names then start with `<stage>.`).
+    pub fn is_staged(&self) -> bool {
+        self.stages.iter().any(|s| !s.name.is_empty())
+    }
+
+    /// The jobs of stage `name`, in order.
+    pub fn stage_jobs<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Job> + 'a {
+        self.jobs.iter().filter(move |j| j.stage == name)
     }
 }
 
@@ -106,165 +213,582 @@ impl SweepFile {
                 "base must be a path to a config file (relative to the sweep file) or an inline [base] table (got `{other}`)"
             ),
         };
+        let stage_files = if self.stage.is_empty() {
+            let Some(axes) = self.axes else {
+                bail!(
+                    "the sweep has neither [axes] nor [[stage]] tables; give at least one axis, e.g. `seed = {{ range = [0, 4] }}`"
+                );
+            };
+            vec![StageFile {
+                name: String::new(),
+                kind: StageKind::Train,
+                from: None,
+                set: Table::new(),
+                axes,
+                exclude: self.exclude,
+                posteriors: vec![],
+            }]
+        } else {
+            if self.axes.is_some() || !self.exclude.is_empty() {
+                bail!(
+                    "[axes] and [[exclude]] at the top level are for a sweep without stages; with [[stage]] tables give each stage its own `axes` and `exclude`"
+                );
+            }
+            self.stage
+        };
         let mut set = vec![];
         for (key, value) in &self.set {
             check_key(key, &known, "[set]")?;
-            if self.axes.contains_key(key) {
+            if stage_files.len() == 1 && stage_files[0].axes.contains_key(key) {
                 bail!("`{key}` is both in [set] and in [axes]; keep one");
             }
             set.push((key.clone(), normalize(key, value)?));
         }
-        let axes = self.axes(&known)?;
-        let rules = self.exclusions(&axes)?;
+        let mut stages: Vec<Stage> = vec![];
+        let mut jobs: Vec<Job> = vec![];
+        for file in stage_files {
+            let name = file.name.clone();
+            let (stage, new) = if name.is_empty() {
+                file.expand(&base, &set, &known, &stages, &jobs)?
+            } else {
+                file.expand(&base, &set, &known, &stages, &jobs)
+                    .with_context(|| format!("stage `{name}`"))?
+            };
+            stages.push(stage);
+            jobs.extend(new);
+        }
+        let mut names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            bail!(
+                "two jobs are named `{}`; give the axes of different stages different keys",
+                w[0]
+            );
+        }
+        Ok(Sweep {
+            name: self.name,
+            excluded: stages.iter().map(|s| s.excluded).sum(),
+            stages,
+            jobs,
+        })
+    }
+}
 
+/// A snapshot of a parent job: a fraction of its training, or its final model.
+#[derive(Clone, Copy, PartialEq)]
+enum Snap {
+    Fraction(f64),
+    Final,
+}
+
+impl Snap {
+    fn parse(v: &Value) -> Result<Self> {
+        match v {
+            Value::String(s) if s == FINAL => Ok(Snap::Final),
+            Value::Float(f) => Ok(Snap::Fraction(*f)),
+            Value::Integer(i) => Ok(Snap::Fraction(*i as f64)),
+            other => bail!(
+                "from.snapshot value {other} is neither a fraction of training (one of the parent stage's train.snapshots, e.g. 0.5) nor \"final\""
+            ),
+        }
+    }
+    fn value(self) -> Value {
+        match self {
+            Snap::Fraction(f) => Value::Float(f),
+            Snap::Final => Value::String(FINAL.into()),
+        }
+    }
+    fn label(self) -> String {
+        match self {
+            Snap::Fraction(f) => label("", &Value::Float(f)).unwrap_or_else(|_| f.to_string()),
+            Snap::Final => FINAL.into(),
+        }
+    }
+    /// The checkpoint of `parent` this names: (update, file name), or an error listing the
+    /// snapshots the parent writes.
+    fn of(self, parent: &Job) -> Result<(usize, String)> {
+        let total = parent.config.train.updates;
+        let Snap::Fraction(f) = self else {
+            return Ok((total, crate::run::FINAL_MODEL.to_string()));
+        };
+        let snaps = &parent.config.train.snapshots;
+        if !snaps.iter().any(|s| (s - f).abs() < 1e-12) {
+            let mut allowed: Vec<String> = snaps.iter().map(|s| s.to_string()).collect();
+            allowed.push(format!("\"{FINAL}\""));
+            bail!(
+                "from.snapshot {f} is not a snapshot of job `{}`; allowed values: {} (its train.snapshots, or its final model)",
+                parent.name,
+                allowed.join(", ")
+            );
+        }
+        let update = crate::train::snapshot_update(f, total);
+        if update >= total {
+            bail!(
+                "from.snapshot {f} of job `{}` falls on its last update ({total} of train.updates = {total}), where no snapshot is written; use \"{FINAL}\"",
+                parent.name
+            );
+        }
+        Ok((update, crate::run::snapshot_file(update)))
+    }
+}
+
+impl StageFile {
+    /// The stage's jobs; `earlier` and `done` are the stages and jobs before it.
+    fn expand(
+        self,
+        base: &Table,
+        top_set: &[(String, Value)],
+        known: &[String],
+        earlier: &[Stage],
+        done: &[Job],
+    ) -> Result<(Stage, Vec<Job>)> {
+        let staged = !self.name.is_empty();
+        if staged {
+            if !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+            {
+                bail!(
+                    "the stage name must be letters, digits, `_` and `-` (got `{}`)",
+                    self.name
+                );
+            }
+            if earlier.iter().any(|s| s.name == self.name) {
+                bail!("two stages are named `{}`; name each once", self.name);
+            }
+        }
+        // The parent stage and the snapshots taken from its jobs.
+        let parent = match &self.from {
+            None => None,
+            Some(f) => {
+                let trains: Vec<&str> = earlier
+                    .iter()
+                    .filter(|s| s.kind == StageKind::Train)
+                    .map(|s| s.name.as_str())
+                    .collect();
+                match earlier.iter().find(|s| s.name == f.stage) {
+                    Some(s) if s.kind == StageKind::Train => Some(s),
+                    found => bail!(
+                        "from.stage `{}` is not {}; allowed values: {}",
+                        f.stage,
+                        if found.is_some() {
+                            "a train stage (an eval stage writes no checkpoints)"
+                        } else {
+                            "an earlier train stage"
+                        },
+                        if trains.is_empty() {
+                            "none (a stage can only start from a train stage listed before it)"
+                                .to_string()
+                        } else {
+                            trains.join(", ")
+                        }
+                    ),
+                }
+            }
+        };
+        let snaps: Vec<Snap> = match &self.from {
+            None => vec![],
+            Some(f) if f.snapshot.is_empty() => vec![Snap::Final],
+            Some(f) => f.snapshot.iter().map(Snap::parse).collect::<Result<_>>()?,
+        };
+        for (i, s) in snaps.iter().enumerate() {
+            if snaps[..i].contains(s) {
+                bail!(
+                    "from.snapshot lists {} twice; list each snapshot once",
+                    s.label()
+                );
+            }
+        }
+        let remaining = match self.from.as_ref().and_then(|f| f.updates.as_deref()) {
+            None => false,
+            Some("remaining") => true,
+            Some(other) => bail!(
+                "from.updates = \"{other}\" is not supported; allowed values: \"remaining\" (train for the parent's train.updates minus the snapshot's update), or leave it out (the stage's own train.updates)"
+            ),
+        };
+        match self.kind {
+            StageKind::Eval => {
+                if parent.is_none() {
+                    bail!(
+                        "a stage with kind = \"eval\" needs `from = {{ stage = \"…\", snapshot = [0.5, \"final\"] }}`: it evaluates the checkpoints of another stage's jobs"
+                    );
+                }
+                if !self.axes.is_empty() || !self.set.is_empty() {
+                    bail!(
+                        "`axes` and `set` are for train stages; a stage with kind = \"eval\" takes `from`, `posteriors` and `exclude`"
+                    );
+                }
+                if remaining {
+                    bail!("from.updates is for train stages; an eval stage does not train");
+                }
+                if self.posteriors.is_empty() {
+                    bail!(
+                        "`posteriors` is empty; list the posterior SPECs to evaluate post hoc, e.g. [\"laplace:window=1,accumulate=sigma\"]"
+                    );
+                }
+                for spec in &self.posteriors {
+                    spec.parse::<PosteriorConfig>()
+                        .with_context(|| format!("posteriors: `{spec}`"))?;
+                }
+            }
+            StageKind::Train => {
+                if !self.posteriors.is_empty() {
+                    bail!(
+                        "`posteriors` is for stages with kind = \"eval\"; a train stage sets `model.posterior` in its `axes` or `set`"
+                    );
+                }
+                if remaining && snaps.contains(&Snap::Final) {
+                    bail!(
+                        "from.updates = \"remaining\" with snapshot \"final\": no updates remain after the final model"
+                    );
+                }
+            }
+        }
+        if self.axes.is_empty() && parent.is_none() {
+            if staged {
+                bail!(
+                    "the stage has neither `axes` nor `from`; give at least one axis, e.g. axes = {{ seed = {{ range = [0, 4] }} }}"
+                );
+            }
+            bail!("[axes] is empty; give at least one axis, e.g. `seed = {{ range = [0, 4] }}`");
+        }
+        let mut set = vec![];
+        for (key, value) in &self.set {
+            check_key(key, known, "the stage's `set`")?;
+            if self.axes.contains_key(key) {
+                bail!("`{key}` is both in the stage's `set` and in its `axes`; keep one");
+            }
+            if remaining && key == "train.updates" {
+                bail!("`train.updates` is set while from.updates = \"remaining\"; keep one");
+            }
+            set.push((key.clone(), normalize(key, value)?));
+        }
+        let axes = axes(&self.axes, known)?;
+        if remaining && axes.iter().any(|a| a.key == "train.updates") {
+            bail!("`train.updates` is an axis while from.updates = \"remaining\"; keep one");
+        }
+        let parents: Vec<&Job> = match parent {
+            Some(p) => done.iter().filter(|j| j.stage == p.name).collect(),
+            None => vec![],
+        };
+        // Axes the parent stage has too select its jobs instead of adding a dimension.
+        let inherited: Vec<&str> = parents
+            .first()
+            .map(|j| j.point.iter().map(|(k, _)| k.as_str()).collect())
+            .unwrap_or_default();
+        let (shared, own): (Vec<&Axis>, Vec<&Axis>) = axes
+            .iter()
+            .partition(|a| inherited.contains(&a.key.as_str()));
+        let value_of = |j: &Job, key: &str| -> Option<Value> {
+            j.point
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        for a in &shared {
+            let mut theirs: Vec<Value> = vec![];
+            for j in &parents {
+                if let Some(v) = value_of(j, &a.key)
+                    && !theirs.iter().any(|w| same(w, &v))
+                {
+                    theirs.push(v);
+                }
+            }
+            if let Some(v) = a.values.iter().find(|v| !theirs.iter().any(|w| same(w, v))) {
+                bail!(
+                    "axis `{}` is also an axis of stage `{}`, so it picks that stage's jobs; its value {v} is not among them; allowed values: {}",
+                    a.key,
+                    parent.map_or("", |p| p.name.as_str()),
+                    list(&theirs)
+                );
+            }
+        }
+        let parents: Vec<Option<&Job>> = if parent.is_some() {
+            parents
+                .into_iter()
+                .filter(|j| {
+                    shared.iter().all(|a| {
+                        value_of(j, &a.key).is_some_and(|v| a.values.iter().any(|w| same(w, &v)))
+                    })
+                })
+                .map(Some)
+                .collect()
+        } else {
+            vec![None]
+        };
+        let snap_points: Vec<Option<Snap>> = if parent.is_some() {
+            snaps.iter().copied().map(Some).collect()
+        } else {
+            vec![None]
+        };
+
+        // What `exclude` rules may name: every key of the jobs' points, with its values.
+        let mut choices: Vec<(String, Vec<Value>)> = vec![];
+        for j in parents.iter().flatten() {
+            for (k, v) in &j.point {
+                match choices.iter_mut().find(|(c, _)| c == k) {
+                    Some((_, vs)) => {
+                        if !vs.iter().any(|w| same(w, v)) {
+                            vs.push(v.clone())
+                        }
+                    }
+                    None => choices.push((k.clone(), vec![v.clone()])),
+                }
+            }
+        }
+        if parent.is_some() {
+            choices.push((SNAPSHOT.into(), snaps.iter().map(|s| s.value()).collect()));
+        }
+        for a in &own {
+            choices.push((a.key.clone(), a.values.clone()));
+        }
+        let rules = exclusions(&self.exclude, &choices)?;
+
+        let prefix = if staged {
+            format!("{}.", self.name)
+        } else {
+            String::new()
+        };
         let mut jobs = vec![];
         let mut excluded = 0;
-        let mut index = vec![0usize; axes.len()];
-        loop {
-            if rules.iter().any(|rule| {
-                rule.iter()
-                    .all(|(a, v)| same(&axes[*a].values[index[*a]], v))
-            }) {
-                excluded += 1;
-            } else {
-                jobs.push(job(&base, &set, &axes, &index)?);
+        for parent_job in &parents {
+            for snap in &snap_points {
+                let mut index = vec![0usize; own.len()];
+                loop {
+                    let mut point = parent_job.map(|p| p.point.clone()).unwrap_or_default();
+                    let mut parts = parent_job.map(|p| p.parts.clone()).unwrap_or_default();
+                    if let Some(s) = snap {
+                        point.push((SNAPSHOT.into(), s.value()));
+                        parts.push(format!("{SNAPSHOT}={}", s.label()));
+                    }
+                    for (a, &i) in own.iter().zip(&index) {
+                        point.push((a.key.clone(), a.values[i].clone()));
+                        parts.push(format!("{}={}", a.short, a.labels[i]));
+                    }
+                    let dropped = rules.iter().any(|rule| {
+                        rule.iter()
+                            .all(|(k, v)| point.iter().any(|(pk, pv)| pk == k && same(pv, v)))
+                    });
+                    if dropped {
+                        excluded += 1;
+                    } else {
+                        let name = format!("{prefix}{}", parts.join(","));
+                        if name.len() > MAX_NAME {
+                            bail!(
+                                "job name `{name}` is longer than {MAX_NAME} characters; use fewer axes or shorter values"
+                            );
+                        }
+                        let after = match (parent_job, snap) {
+                            (Some(p), Some(s)) => {
+                                let (update, file) = s.of(p)?;
+                                Some(After {
+                                    job: p.name.clone(),
+                                    snapshot: s.label(),
+                                    update,
+                                    file,
+                                })
+                            }
+                            _ => None,
+                        };
+                        let (config, action) = match (self.kind, parent_job) {
+                            (StageKind::Eval, Some(p)) => {
+                                check_posthoc(&self.posteriors, p)?;
+                                (
+                                    p.config.clone(),
+                                    Action::Eval {
+                                        posteriors: self.posteriors.clone(),
+                                    },
+                                )
+                            }
+                            _ => {
+                                let table = match parent_job {
+                                    Some(p) => match Value::try_from(&p.config)
+                                        .context("serialising a parent job's config")?
+                                    {
+                                        Value::Table(t) => t,
+                                        _ => bail!("a config serialises to a table"),
+                                    },
+                                    None => base.clone(),
+                                };
+                                let mut assignments: Vec<(String, Value)> = match parent_job {
+                                    Some(_) => vec![],
+                                    None => top_set.to_vec(),
+                                };
+                                assignments.extend(set.iter().cloned());
+                                for (a, &i) in own.iter().zip(&index) {
+                                    assignments.push((a.key.clone(), a.values[i].clone()));
+                                }
+                                if let (true, Some(p), Some(a)) = (remaining, parent_job, &after) {
+                                    let left = p.config.train.updates - a.update;
+                                    assignments.push((
+                                        "train.updates".into(),
+                                        Value::Integer(left as i64),
+                                    ));
+                                }
+                                (job_config(&table, assignments, &name)?, Action::Train)
+                            }
+                        };
+                        jobs.push(Job {
+                            name,
+                            stage: self.name.clone(),
+                            config,
+                            action,
+                            after,
+                            point,
+                            parts,
+                        });
+                    }
+                    // Odometer: the last axis varies fastest.
+                    let Some(a) = (0..own.len())
+                        .rev()
+                        .find(|&a| index[a] + 1 < own[a].values.len())
+                    else {
+                        break;
+                    };
+                    index[a] += 1;
+                    index[a + 1..].iter_mut().for_each(|i| *i = 0);
+                }
             }
-            // Odometer: the last axis varies fastest.
-            let Some(a) = (0..axes.len())
-                .rev()
-                .find(|&a| index[a] + 1 < axes[a].values.len())
-            else {
-                break;
-            };
-            index[a] += 1;
-            index[a + 1..].iter_mut().for_each(|i| *i = 0);
         }
         if jobs.is_empty() {
             bail!("every combination of the axes is excluded by an [[exclude]] rule");
         }
-        Ok(Sweep {
+        let stage = Stage {
             name: self.name,
+            kind: self.kind,
+            from: parent.map(|p| p.name.clone()),
             axes,
-            jobs,
+            jobs: jobs.len(),
             excluded,
-        })
-    }
-
-    fn axes(&self, known: &[String]) -> Result<Vec<Axis>> {
-        if self.axes.is_empty() {
-            bail!("[axes] is empty; give at least one axis, e.g. `seed = {{ range = [0, 4] }}`");
-        }
-        let mut axes = vec![];
-        for (key, spec) in &self.axes {
-            check_key(key, known, "[axes]")?;
-            let values = axis_values(key, spec)?
-                .iter()
-                .map(|v| normalize(key, v))
-                .collect::<Result<Vec<_>>>()?;
-            if values.is_empty() {
-                bail!("axis `{key}` is empty; give at least one value");
-            }
-            let labels = values
-                .iter()
-                .map(|v| label(key, v))
-                .collect::<Result<Vec<_>>>()?;
-            for (i, l) in labels.iter().enumerate() {
-                if let Some(j) = labels[..i].iter().position(|m| m == l) {
-                    bail!(
-                        "axis `{key}`: values {} and {} both give the job-name part `{l}`; list each value once",
-                        values[j],
-                        values[i]
-                    );
-                }
-            }
-            axes.push(Axis {
-                key: key.clone(),
-                short: String::new(),
-                values,
-                labels,
-            });
-        }
-        let last = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
-        let shorts: Vec<String> = axes.iter().map(|a| last(&a.key)).collect();
-        for (a, short) in axes.iter_mut().zip(&shorts) {
-            let shared = shorts.iter().filter(|s| *s == short).count() > 1;
-            a.short = if shared { a.key.clone() } else { short.clone() };
-        }
-        Ok(axes)
-    }
-
-    /// Each `[[exclude]]` rule as (axis index, value) pairs, checked against the axes.
-    fn exclusions(&self, axes: &[Axis]) -> Result<Vec<Vec<(usize, Value)>>> {
-        let axis_keys = || {
-            axes.iter()
-                .map(|a| a.key.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
         };
-        let mut rules = vec![];
-        for (i, rule) in self.exclude.iter().enumerate() {
-            let n = i + 1;
-            if rule.is_empty() {
-                bail!("[[exclude]] rule {n} is empty; give axis keys and the values to drop");
-            }
-            let mut pairs = vec![];
-            for (key, value) in rule {
-                let Some(a) = axes.iter().position(|a| &a.key == key) else {
-                    bail!(
-                        "[[exclude]] rule {n}: `{key}` is not an axis; allowed keys: {}",
-                        axis_keys()
-                    );
-                };
-                let v = normalize(key, value)?;
-                if !axes[a].values.iter().any(|w| same(w, &v)) {
-                    bail!(
-                        "[[exclude]] rule {n}: `{key}` = {value} is not one of the axis values; allowed values: {}",
-                        axes[a]
-                            .values
-                            .iter()
-                            .map(|w| w.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                }
-                pairs.push((a, v));
-            }
-            rules.push(pairs);
-        }
-        Ok(rules)
+        Ok((stage, jobs))
     }
 }
 
-/// Builds and validates the job at grid point `index`: the `[set]` and axis values are written
-/// into the base, whole tables before the keys inside them (so `model.posterior.jitter` applies
-/// to every posterior of a `model.posterior` axis).
-fn job(base: &Table, set: &[(String, Value)], axes: &[Axis], index: &[usize]) -> Result<Job> {
-    let name = axes
+/// Fails where a post-hoc posterior needs parameters `parent`'s network lacks: a VRNN head
+/// exists only in a network trained as a VRNN.
+fn check_posthoc(posteriors: &[String], parent: &Job) -> Result<()> {
+    let trained_vrnn = matches!(parent.config.model.posterior, PosteriorConfig::Vrnn { .. });
+    for spec in posteriors {
+        let p: PosteriorConfig = spec.parse()?;
+        if matches!(p, PosteriorConfig::Vrnn { .. }) && !trained_vrnn {
+            bail!(
+                "posteriors: `{spec}` needs a VRNN head, which job `{}` ({}) does not train; evaluate `rnn` or `laplace:…` post hoc, or finetune under `vrnn` in a train stage",
+                parent.name,
+                parent.config.model.posterior.label()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn list(values: &[Value]) -> String {
+    values
         .iter()
-        .zip(index)
-        .map(|(a, &i)| format!("{}={}", a.short, a.labels[i]))
+        .map(|w| w.to_string())
         .collect::<Vec<_>>()
-        .join(",");
-    if name.len() > MAX_NAME {
-        bail!(
-            "job name `{name}` is longer than {MAX_NAME} characters; use fewer axes or shorter values"
-        );
+        .join(", ")
+}
+
+/// A stage's axes, in file order (possibly none).
+fn axes(table: &Table, known: &[String]) -> Result<Vec<Axis>> {
+    let mut axes = vec![];
+    for (key, spec) in table {
+        check_key(key, known, "[axes]")?;
+        let values = axis_values(key, spec)?
+            .iter()
+            .map(|v| normalize(key, v))
+            .collect::<Result<Vec<_>>>()?;
+        if values.is_empty() {
+            bail!("axis `{key}` is empty; give at least one value");
+        }
+        let labels = values
+            .iter()
+            .map(|v| label(key, v))
+            .collect::<Result<Vec<_>>>()?;
+        for (i, l) in labels.iter().enumerate() {
+            if let Some(j) = labels[..i].iter().position(|m| m == l) {
+                bail!(
+                    "axis `{key}`: values {} and {} both give the job-name part `{l}`; list each value once",
+                    values[j],
+                    values[i]
+                );
+            }
+        }
+        axes.push(Axis {
+            key: key.clone(),
+            short: String::new(),
+            values,
+            labels,
+        });
     }
-    let mut assignments: Vec<(&str, &Value)> = set.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    assignments.extend(
-        axes.iter()
-            .zip(index)
-            .map(|(a, &i)| (a.key.as_str(), &a.values[i])),
-    );
+    let last = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
+    let shorts: Vec<String> = axes.iter().map(|a| last(&a.key)).collect();
+    for (a, short) in axes.iter_mut().zip(&shorts) {
+        let shared = shorts.iter().filter(|s| *s == short).count() > 1;
+        a.short = if shared { a.key.clone() } else { short.clone() };
+    }
+    Ok(axes)
+}
+
+/// Each `[[exclude]]` rule as (key, value) pairs, checked against `choices` (the keys a job's
+/// point has, with their values).
+fn exclusions(
+    rules: &[Table],
+    choices: &[(String, Vec<Value>)],
+) -> Result<Vec<Vec<(String, Value)>>> {
+    let keys = || {
+        choices
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = vec![];
+    for (i, rule) in rules.iter().enumerate() {
+        let n = i + 1;
+        if rule.is_empty() {
+            bail!("[[exclude]] rule {n} is empty; give axis keys and the values to drop");
+        }
+        let mut pairs = vec![];
+        for (key, value) in rule {
+            let Some((_, values)) = choices.iter().find(|(k, _)| k == key) else {
+                bail!(
+                    "[[exclude]] rule {n}: `{key}` is not an axis; allowed keys: {}",
+                    keys()
+                );
+            };
+            let v = normalize(key, value)?;
+            if !values.iter().any(|w| same(w, &v)) {
+                bail!(
+                    "[[exclude]] rule {n}: `{key}` = {value} is not one of the axis values; allowed values: {}",
+                    list(values)
+                );
+            }
+            pairs.push((key.clone(), v));
+        }
+        out.push(pairs);
+    }
+    Ok(out)
+}
+
+/// Builds and validates a job's config: `assignments` written into `table`, whole tables before
+/// the keys inside them (so `model.posterior.jitter` applies to every posterior of a
+/// `model.posterior` axis), later assignments of one key winning.
+fn job_config(
+    table: &Table,
+    mut assignments: Vec<(String, Value)>,
+    name: &str,
+) -> Result<ExperimentConfig> {
     assignments.sort_by_key(|(k, _)| k.matches('.').count());
-    let mut table = base.clone();
+    let mut table = table.clone();
     for (key, value) in assignments {
-        set_dotted(&mut table, key, value.clone())?;
+        set_dotted(&mut table, &key, value)?;
     }
-    table.insert("name".into(), Value::String(name.clone()));
+    table.insert("name".into(), Value::String(name.to_string()));
     let text = toml::to_string(&table).context("serialising a job config")?;
-    let config = ExperimentConfig::from_toml_str(&text, &format!("(sweep job `{name}`)"))?;
-    Ok(Job { name, config })
+    ExperimentConfig::from_toml_str(&text, &format!("(sweep job `{name}`)"))
 }
 
 /// The values of an axis: a list, or `{ range = [start, end] }` (integers, end excluded).

@@ -9,7 +9,7 @@ pub mod supervised;
 
 use crate::config::ExperimentConfig;
 use crate::nn::Params;
-use crate::run::{RunDir, load_checkpoint, save_checkpoint};
+use crate::run::{Checkpoint, RunDir, load_checkpoint, save_checkpoint};
 use crate::util::{JsonlAppender, truncate_jsonl};
 use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
@@ -76,7 +76,12 @@ pub struct FitSummary {
 /// Loads a model checkpoint's weights into `params` for finetuning under (possibly) another
 /// posterior family; parameters absent from the checkpoint keep their fresh initialisation.
 pub fn init_from(params: &Params, path: &Path) -> Result<Vec<String>> {
-    let ck = load_checkpoint(path)?;
+    load_weights(params, load_checkpoint(path)?, path)
+}
+
+/// The model tensors of `ck` (read from `path`) loaded into `params`, non-strictly; returns the
+/// parameters the checkpoint did not have.
+fn load_weights(params: &Params, ck: Checkpoint, path: &Path) -> Result<Vec<String>> {
     let model_tensors: BTreeMap<String, Tensor> = ck
         .tensors
         .into_iter()
@@ -104,11 +109,15 @@ pub fn open_run(
     RunDir::open(runs, &cfg.name, opts.resume, overwrite)
 }
 
-/// Finetuning start: loads `init` (if any) into `params` and reports which parameters the
-/// checkpoint did not have (they keep their fresh initialisation).
-pub fn init_from_reporting(params: &Params, init: Option<&Path>) -> Result<()> {
+/// Finetuning start: loads `init` (if any) into `params`, records it in the run's
+/// `init_from.json` (see [`record_init_from`]) and reports which parameters the checkpoint did
+/// not have (they keep their fresh initialisation).
+pub fn init_from_reporting(params: &Params, init: Option<&Path>, run: &RunDir) -> Result<()> {
     if let Some(path) = init {
-        let missing = init_from(params, path)?;
+        let ck = load_checkpoint(path)?;
+        let update = ck.update;
+        let missing = load_weights(params, ck, path)?;
+        record_init_from(run, path, update)?;
         eprintln!(
             "initialised from {} ({} parameters kept fresh: {:?})",
             path.display(),
@@ -117,6 +126,26 @@ pub fn init_from_reporting(params: &Params, init: Option<&Path>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes `<run>/init_from.json` = `{"checkpoint": ABS_PATH, "update": U}` atomically: the
+/// checkpoint a finetuned run started from and the update stored in it (`lvrnn report` labels
+/// such runs as finetuned). Written at every start of the run, so a resumed run keeps it.
+pub fn record_init_from(run: &RunDir, checkpoint: &Path, update: usize) -> Result<()> {
+    let path = std::fs::canonicalize(checkpoint)
+        .with_context(|| format!("resolving --init-from {}", checkpoint.display()))?;
+    let record = serde_json::json!({
+        "checkpoint": path.display().to_string(),
+        "update": update,
+    });
+    crate::util::write_json_atomic(&run.init_from_record(), &record)
+}
+
+/// The update after which a snapshot at `fraction` of `total` updates is taken: the nearest
+/// update, at least 1. `fit` writes it only when it falls before `total` (the end of training
+/// writes `model-final` instead).
+pub fn snapshot_update(fraction: f64, total: usize) -> usize {
+    ((fraction * total as f64).round() as usize).clamp(1, total)
 }
 
 /// What, if anything, forbids resuming a run written with `old` under `new`: everything that
@@ -189,7 +218,7 @@ pub fn fit(
         .train
         .snapshots
         .iter()
-        .map(|f| ((f * total as f64).round() as usize).clamp(1, total))
+        .map(|&f| snapshot_update(f, total))
         .collect();
     let mut log = JsonlAppender::open(&run.train_metrics())?;
     let bar = progress_bar(opts.progress, total, start, &cfg.name);
