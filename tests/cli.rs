@@ -1,26 +1,10 @@
 //! The `lvrnn` binary end to end on a tiny configuration: train, eval (post hoc), inspect,
 //! reference, and clear errors for bad input.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn lvrnn(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lvrnn"))
-        .arg("--threads")
-        .arg("1")
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{lvrnn, text};
+use std::process::Output;
 
 const TINY: &str = r#"
 name = "tiny"

@@ -5,25 +5,10 @@
 
 use lvrnn::report::collect::split_csv;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn lvrnn(args: &[&str], cwd: &Path) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_lvrnn"))
-        .arg("--threads")
-        .arg("1")
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("runs");
-    assert!(
-        o.status.success(),
-        "lvrnn {args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
+use common::lvrnn_ok as lvrnn;
+use std::process::Command;
 
 const TINY: &str = r#"
 name = "tiny"

@@ -8,7 +8,10 @@ use lvrnn::run::load_checkpoint;
 use lvrnn::sweep::{Action, Job, Sweep};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use common::{lvrnn, text};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lvrnn");
@@ -50,23 +53,6 @@ base = "base.toml"
 "train.lr" = [1e-3, 3e-3]
 seed = { range = [0, 2] }
 "#;
-
-fn lvrnn(args: &[&str], cwd: &Path) -> Output {
-    Command::new(BIN)
-        .args(["--threads", "1"])
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn setup(sweep: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
