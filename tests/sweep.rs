@@ -480,7 +480,7 @@ fn every_shipped_sweep_file_expands() {
             let ph: Vec<&Job> = s.stage_jobs("posthoc").collect();
             assert_eq!(ph.len(), 3 * seeds, "{file}");
             assert!(ph.iter().all(|j| matches!(&j.action,
-                Action::Eval { posteriors } if posteriors.iter().all(|p| p.starts_with("laplace")))));
+                Action::Eval { posteriors, .. } if posteriors.iter().all(|p| p.starts_with("laplace")))));
             // The families trained as such from scratch.
             let scratch = s.stage_jobs("scratch").count();
             assert_eq!(scratch, families.len() * seeds, "{file}");
@@ -513,6 +513,7 @@ name = "posthoc"
 kind = "eval"
 from = { stage = "pretrain", snapshot = [0.75] }
 posteriors = ["laplace:window=1,accumulate=sigma"]
+tune_prior = true
 exclude = [{ seed = 1 }]
 "#;
 
@@ -598,6 +599,10 @@ fn a_staged_sweep_finetunes_and_evaluates_the_right_snapshots_and_a_restart_does
     // The eval job evaluated seed 0's ¾ snapshot, update round(22.5) = 23, as the trainer wrote it.
     let ev_dir = out.join("evals/posthoc.seed=0,snapshot=0.75");
     let source = json(&ev_dir.join("source.json"));
+    assert!(
+        ev_dir.join("prior_tuning.csv").is_file(),
+        "tune_prior = true runs eval --tune-prior"
+    );
     let snapshot = out.join("runs/pretrain.seed=0/checkpoints/model-step000023.safetensors");
     assert_eq!(
         source["checkpoint"].as_str().unwrap(),

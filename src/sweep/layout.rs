@@ -103,11 +103,20 @@ impl SweepDir {
     pub fn command(&self, bin: &Path, job: &Job) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![bin.into(), "--threads".into(), "1".into()];
         match (&job.action, &job.after) {
-            (Action::Eval { posteriors }, Some(after)) => {
+            (
+                Action::Eval {
+                    posteriors,
+                    tune_prior,
+                },
+                Some(after),
+            ) => {
                 args.extend(["eval".into(), "--checkpoint".into()]);
                 args.push(self.checkpoint(after).into());
                 for p in posteriors {
                     args.extend(["--posterior".into(), p.into()]);
+                }
+                if *tune_prior {
+                    args.push("--tune-prior".into());
                 }
                 args.extend(["--out".into(), self.eval(&job.name).into()]);
             }
@@ -129,7 +138,13 @@ impl SweepDir {
     /// checkpoint and posteriors (a record, and what a restart compares).
     pub fn job_text(&self, job: &Job) -> Result<String> {
         match (&job.action, &job.after) {
-            (Action::Eval { posteriors }, Some(after)) => {
+            (
+                Action::Eval {
+                    posteriors,
+                    tune_prior,
+                },
+                Some(after),
+            ) => {
                 let mut t = toml::Table::new();
                 t.insert("kind".into(), "eval".into());
                 t.insert("after".into(), after.job.clone().into());
@@ -141,6 +156,9 @@ impl SweepDir {
                     "posteriors".into(),
                     toml::Value::Array(posteriors.iter().map(|p| p.clone().into()).collect()),
                 );
+                if *tune_prior {
+                    t.insert("tune_prior".into(), true.into());
+                }
                 toml::to_string(&t).context("serialising an eval job")
             }
             _ => job.config.to_toml(),

@@ -56,6 +56,10 @@ struct StageFile {
     exclude: Vec<Table>,
     #[serde(default)]
     posteriors: Vec<String>,
+    /// Eval stages: also evaluate each Laplace variant with its prior tuned on held-out tasks
+    /// (`lvrnn eval --tune-prior`).
+    #[serde(default)]
+    tune_prior: bool,
 }
 
 #[derive(Deserialize)]
@@ -113,8 +117,12 @@ pub struct Stage {
 pub enum Action {
     /// `lvrnn train --config jobs/<job>.toml …` (with `--init-from` when the job has a parent).
     Train,
-    /// `lvrnn eval --checkpoint <parent checkpoint> --posterior P… --out evals/<job>`.
-    Eval { posteriors: Vec<String> },
+    /// `lvrnn eval --checkpoint <parent checkpoint> --posterior P… --out evals/<job>`, with
+    /// `--tune-prior` when `tune_prior`.
+    Eval {
+        posteriors: Vec<String>,
+        tune_prior: bool,
+    },
 }
 
 /// The parent of a dependent job: the job whose checkpoint it starts from, and which must be
@@ -227,6 +235,7 @@ impl SweepFile {
                 axes,
                 exclude: self.exclude,
                 posteriors: vec![],
+                tune_prior: false,
             }]
         } else {
             if self.axes.is_some() || !self.exclude.is_empty() {
@@ -433,6 +442,11 @@ impl StageFile {
                 }
             }
             StageKind::Train => {
+                if self.tune_prior {
+                    bail!(
+                        "`tune_prior` is for stages with kind = \"eval\" (it adds --tune-prior to their lvrnn eval)"
+                    );
+                }
                 if !self.posteriors.is_empty() {
                     bail!(
                         "`posteriors` is for stages with kind = \"eval\"; a train stage sets `model.posterior` in its `axes` or `set`"
@@ -598,6 +612,7 @@ impl StageFile {
                                     p.config.clone(),
                                     Action::Eval {
                                         posteriors: self.posteriors.clone(),
+                                        tune_prior: self.tune_prior,
                                     },
                                 )
                             }
