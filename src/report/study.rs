@@ -484,7 +484,11 @@ fn family(model: &str) -> (String, Option<String>) {
 }
 
 /// Post hoc vs finetuned vs trained as such: one metric at one x, per family (x axis), one
-/// series per provenance, dots with 99% error bars.
+/// series per provenance, dots with 99% error bars. Only the comparison the paper makes is
+/// drawn: each run's own evaluation (or, for an `lvrnn eval` folder, that of the final model),
+/// and post-hoc posteriors of point-estimate networks (`post-hoc on rnn`); post-hoc variants of
+/// Bayesian networks stay in the tables. Groups that differ only in other keys (e.g. the
+/// snapshot a finetuned run started from) are dots side by side in their series.
 fn provenance_figure(
     agg: &Aggregate,
     section: Section,
@@ -493,40 +497,37 @@ fn provenance_figure(
     what: &str,
     dir: &Path,
 ) -> Result<Option<(String, String)>> {
+    let headline = |g: &GroupKey| {
+        let final_model = g.evaluation == "run" || g.evaluation.ends_with("model-final");
+        let base_ok = match family(&g.model).1 {
+            Some(base) => base == "rnn",
+            None => true,
+        };
+        g.provenance != Provenance::Reference && final_model && base_ok
+    };
+    let mut seen = BTreeSet::new();
     let rows: Vec<&Row> = agg
         .rows
         .iter()
+        .filter(|r| r.group.section == section && r.metric == metric && r.x == x)
+        .filter(|r| headline(&r.group))
+        // The same numbers can arrive twice (a run's own evaluation and an eval folder of its
+        // final model): keep the first of each (model, provenance, other keys).
         .filter(|r| {
-            r.group.section == section
-                && r.metric == metric
-                && r.x == x
-                && r.group.provenance != Provenance::Reference
+            seen.insert((
+                r.group.model.clone(),
+                r.group.provenance,
+                r.group.values.clone(),
+            ))
         })
         .collect();
     if rows.is_empty() {
         return Ok(None);
     }
-    // Category: the family plus the other grouping values; series: provenance (+ base network,
-    // + evaluation folder).
-    let keys = agg.by.get(&section).cloned().unwrap_or_default();
-    let category = |g: &GroupKey| {
-        let mut c = family(&g.model).0;
-        for (k, v) in keys.iter().zip(&g.values) {
-            if k != "model.posterior" && !v.is_empty() {
-                c += &format!(", {}={v}", super::aggregate::short_key(k));
-            }
-        }
-        c
-    };
-    let series_name = |g: &GroupKey| {
-        let mut s = match family(&g.model).1 {
-            Some(base) if g.provenance == Provenance::PostHoc => format!("post-hoc on {base}"),
-            _ => g.provenance.as_str().to_string(),
-        };
-        if g.evaluation != "run" {
-            s += &format!(" [{}]", g.evaluation);
-        }
-        s
+    let category = |g: &GroupKey| family(&g.model).0;
+    let series_name = |g: &GroupKey| match family(&g.model).1 {
+        Some(base) if g.provenance == Provenance::PostHoc => format!("post-hoc on {base}"),
+        _ => g.provenance.as_str().to_string(),
     };
     let cats: Vec<String> = rows
         .iter()
@@ -553,11 +554,15 @@ fn provenance_figure(
     let n = by_series.len();
     for (i, (name, rs)) in by_series.into_iter().enumerate() {
         let offset = (i as f64 - (n as f64 - 1.0) / 2.0) * 0.12;
+        let mut per_cat: BTreeMap<String, usize> = BTreeMap::new();
         let x: Vec<f64> = rs
             .iter()
             .map(|r| {
                 let c = category(&r.group);
-                cats.iter().position(|k| *k == c).unwrap_or(0) as f64 + 1.0 + offset
+                let k = per_cat.entry(c.clone()).or_default();
+                *k += 1;
+                let within = (*k - 1) as f64 * 0.04;
+                cats.iter().position(|k| *k == c).unwrap_or(0) as f64 + 1.0 + offset + within
             })
             .collect();
         let y: Vec<f64> = rs.iter().map(|r| r.mean).collect();
