@@ -226,7 +226,15 @@ fn run(cmd: Cmd) -> Result<()> {
                 overwrite,
                 None,
                 false,
-            )
+            )?;
+            let ck = runs
+                .join(&cfg.name)
+                .join("checkpoints/model-final.safetensors");
+            println!(
+                "\nnext: the post-hoc Laplace prior above is untuned (Λ_0 = I); tune it on held-out tasks:\n  lvrnn eval --checkpoint {} --posterior laplace:window=1,accumulate=sigma --tune-prior",
+                ck.display()
+            );
+            Ok(())
         }
         Cmd::Train {
             config,
