@@ -82,13 +82,8 @@ pub fn init_from(params: &Params, path: &Path) -> Result<Vec<String>> {
 /// The model tensors of `ck` (read from `path`) loaded into `params`, non-strictly; returns the
 /// parameters the checkpoint did not have.
 fn load_weights(params: &Params, ck: Checkpoint, path: &Path) -> Result<Vec<String>> {
-    let model_tensors: BTreeMap<String, Tensor> = ck
-        .tensors
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("adam."))
-        .collect();
     params
-        .load_from(&model_tensors, false)
+        .load_from(&ck.model_tensors(), false)
         .with_context(|| format!("initialising from {}", path.display()))
 }
 
@@ -195,13 +190,7 @@ pub fn fit(
                 latest.display()
             );
         }
-        let model: BTreeMap<String, Tensor> = ck
-            .tensors
-            .iter()
-            .filter(|(k, _)| !k.starts_with("adam."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        learner.params().load_from(&model, true)?;
+        learner.params().load_from(&ck.model_tensors(), true)?;
         opt.load_state(&ck.tensors, ck.update)?;
         start = ck.update;
         truncate_jsonl(&run.train_metrics(), |v| {
