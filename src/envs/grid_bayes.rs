@@ -62,6 +62,19 @@ impl OptimalSearch {
     }
 }
 
+/// Manhattan distance from `pos` to the nearest cell of the bitset `cells` (bit i = cell
+/// (i / cols, i % cols)); `usize::MAX` when it is empty. Shared by both grid searches.
+pub(crate) fn nearest_in(cells: u64, cols: usize, pos: Cell) -> usize {
+    let mut rest = cells;
+    let mut best = usize::MAX;
+    while rest != 0 {
+        let i = rest.trailing_zeros() as usize;
+        rest &= rest - 1;
+        best = best.min(manhattan(pos, (i / cols, i % cols)));
+    }
+    best
+}
+
 /// R(g) = 1 + floor((T − τ)/d): the return of a task whose goal, d steps from the start, is
 /// found at time τ ≤ T (shortest paths afterwards).
 pub fn return_if_found(d: usize, tau: usize, horizon: usize) -> u64 {
@@ -223,14 +236,7 @@ impl Search {
     }
 
     fn nearest_unvisited(&self, pos: Cell, mask: u64) -> usize {
-        let mut rest = self.full & !mask;
-        let mut best = usize::MAX;
-        while rest != 0 {
-            let i = rest.trailing_zeros() as usize;
-            rest &= rest - 1;
-            best = best.min(manhattan(pos, self.cell(i)));
-        }
-        best
+        nearest_in(self.full & !mask, self.p.cols, pos)
     }
 
     fn dfs(&mut self, pos: Cell, mask: u64, t: usize, val: u64) {

@@ -437,14 +437,7 @@ impl Search {
     }
 
     fn nearest_unvisited(&self, pos: Cell, mask: u64) -> usize {
-        let mut rest = self.full & !mask;
-        let mut best = usize::MAX;
-        while rest != 0 {
-            let i = rest.trailing_zeros() as usize;
-            rest &= rest - 1;
-            best = best.min(manhattan(pos, self.cell(i)));
-        }
-        best
+        grid_bayes::nearest_in(self.full & !mask, self.cols, pos)
     }
 
     fn dfs(&mut self, pos: Cell, mask: u64, tau: usize, val: u32) {
