@@ -5,7 +5,8 @@
 //! * **Slice kernels** ([`cholesky_in_place`], [`solve_lower`], [`solve_upper_t`],
 //!   [`inverse_in_place`]) on row-major `f64` data. Other modules use them outside the autograd
 //!   graph (e.g. the Laplace precision, which carries no gradient).
-//! * **Tensor ops** ([`cholesky`], [`solve_triangular`], [`inverse`], [`logdet_spd`]) as candle
+//! * **Tensor ops** ([`cholesky`], [`solve_triangular`], [`inverse`], [`logdet_spd`], and the
+//!   VRNN's Cayley map [`cayley_lower`]) as candle
 //!   custom ops. They accept `f32` (and `f64`) CPU tensors of shape `(B, n, n)` or `(n, n)`, compute
 //!   internally in `f64` and return the input dtype. Non-contiguous inputs are accepted. Batches of
 //!   at least [`PAR_MIN_BATCH`] items are processed in parallel with rayon; every batch item is
@@ -511,6 +512,40 @@ fn inverse_batched<T: WithDType>(
     })
 }
 
+/// U = 2(I + A)⁻¹ − I for A = L − Lᵀ, L the strictly lower part of each item (in f64).
+fn cayley_batched<T: WithDType>(
+    data: &[T],
+    layout: &Layout,
+    b: usize,
+    n: usize,
+) -> candle_core::Result<Vec<T>> {
+    let x = logical(data, layout);
+    let nn = n * n;
+    map_items(b, nn, |i, out| {
+        let raw = &x[i * nn..(i + 1) * nn];
+        let mut work = vec![0.0; nn];
+        for r in 0..n {
+            for c in 0..n {
+                work[r * n + c] = match r.cmp(&c) {
+                    std::cmp::Ordering::Greater => raw[r * n + c].to_f64(),
+                    std::cmp::Ordering::Less => -raw[c * n + r].to_f64(),
+                    std::cmp::Ordering::Equal => 1.0,
+                };
+            }
+        }
+        let mut piv = vec![0usize; n];
+        let mut prow = vec![0.0; n];
+        // I + A is invertible for every finite skew-symmetric A (its eigenvalues are 1 + iλ).
+        gauss_jordan(&mut work, n, &mut piv, &mut prow)
+            .map_err(|_| format!("cayley: batch element {i} (of {b}) has non-finite entries"))?;
+        for (k, o) in out.iter_mut().enumerate() {
+            let diag = if k / n == k % n { 1.0 } else { 0.0 };
+            *o = T::from_f64(2.0 * work[k] - diag);
+        }
+        Ok(())
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn tri_solve_batched<T: WithDType>(
     t: &[T],
@@ -611,6 +646,31 @@ impl CustomOp1 for InverseOp {
         let inv_t = inv.t()?;
         let ga = inv_t.matmul(&g.contiguous()?)?.matmul(&inv_t)?.neg()?;
         Ok(Some(ga))
+    }
+}
+
+struct CayleyOp;
+
+impl CustomOp1 for CayleyOp {
+    fn name(&self) -> &'static str {
+        "lvrnn-cayley"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, n) = batch_square(l, "cayley")?;
+        let out = dispatch_float!(s, "cayley", |v| cayley_batched(v, l, b, n)?);
+        Ok((out, Shape::from((b, n, n))))
+    }
+
+    /// With M = (I + A)⁻¹ = (I + U)/2: dU = 2 dM = −2 M dA M, so Ā = −½ (I + U)ᵀ G (I + U)ᵀ;
+    /// the raw input's gradient is the strictly lower part of Ā − Āᵀ (A = L − Lᵀ).
+    fn bwd(&self, _raw: &Tensor, u: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let n = u.dim(2)?;
+        let eye = Tensor::eye(n, u.dtype(), u.device())?;
+        let p = u.broadcast_add(&eye)?.t()?;
+        let ga = (p.matmul(&g.contiguous()?)?.matmul(&p)? * -0.5)?;
+        let strict = (Tensor::tril2(n, u.dtype(), u.device())? - eye)?;
+        Ok(Some((&ga - ga.t()?)?.broadcast_mul(&strict)?))
     }
 }
 
@@ -782,6 +842,14 @@ pub fn solve_triangular(
 /// the gradient flows on to whatever produced `A`.
 pub fn inverse(a: &Tensor) -> candle_core::Result<Tensor> {
     with_batch(a, "inverse", |a| a.apply_op1(InverseOp))
+}
+
+/// The VRNN's Cayley map (paper App. B.2) of a batch `(B, n, n)`: with L the strictly lower
+/// part of `raw` (the rest is ignored) and A = L − Lᵀ skew-symmetric,
+/// `U = (I − A)(I + A)⁻¹ = 2(I + A)⁻¹ − I`, an orthogonal matrix. One fused op: the graph keeps
+/// only U, and the backward needs nothing else (I + U = 2(I + A)⁻¹). The inverse runs in `f64`.
+pub fn cayley_lower(raw: &Tensor) -> candle_core::Result<Tensor> {
+    with_batch(raw, "cayley", |a| a.apply_op1(CayleyOp))
 }
 
 /// Batched log-determinant of symmetric positive definite matrices via Cholesky:

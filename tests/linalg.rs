@@ -7,7 +7,7 @@
 //! analytic gradient as used in training (tolerance 1e-4 max abs; gradients here are O(1)).
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor, Var};
-use lvrnn::linalg::{cholesky, inverse, logdet_spd, solve_triangular};
+use lvrnn::linalg::{cayley_lower, cholesky, inverse, logdet_spd, solve_triangular};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -552,6 +552,49 @@ fn cayley_map_backward() {
         check_grad(&format!("cayley n = {n}"), &[(l, vec![b, n, n])], &|x| {
             wsum(&cayley(&x[0])?)
         });
+    }
+}
+
+#[test]
+fn fused_cayley_matches_the_composed_map() {
+    lvrnn::init_threads(1);
+    for (b, n, scale) in [(3, 1, 1.0), (2, 5, 1.0), (4, 64, 0.1), (2, 16, 3.0)] {
+        let raw =
+            (tensor(&uniform(&mut rng(53), b * n * n), &[b, n, n], DType::F64) * scale).unwrap();
+        let reference = values(&cayley(&raw).unwrap());
+        for dtype in [DType::F64, DType::F32] {
+            let fused = values(&cayley_lower(&raw.to_dtype(dtype).unwrap()).unwrap());
+            let err = max_abs_diff(&fused, &reference);
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+            assert!(
+                err < tol,
+                "n = {n}, {dtype:?}: |fused − composed| = {err:e}"
+            );
+        }
+    }
+    // A non-finite input is an error naming the batch element, not a NaN matrix.
+    let mut bad = vec![0.0; 2 * 9];
+    bad[9 + 3] = f64::NAN;
+    let e = cayley_lower(&tensor(&bad, &[2, 3, 3], DType::F32)).unwrap_err();
+    assert!(e.to_string().contains("batch element 1"), "{e}");
+}
+
+#[test]
+fn fused_cayley_backward() {
+    lvrnn::init_threads(1);
+    let mut r = rng(54);
+    for n in [1, 3, 5] {
+        let b = 2;
+        let l = uniform(&mut r, b * n * n);
+        check_grad(
+            &format!("fused cayley n = {n}"),
+            &[(l, vec![b, n, n])],
+            &|x| {
+                let u = cayley_lower(&x[0])?;
+                // A second use of U, so the gradients of two paths accumulate.
+                wsum(&(&u + u.sqr()?)?)
+            },
+        );
     }
 }
 

@@ -153,14 +153,13 @@ impl Gaussian {
             (Covariance::Spectral { u, log_s }, Covariance::Spectral { u: up, log_s: lsp }) => {
                 let lsp = lsp.detach();
                 let inv_sp = lsp.neg()?.exp()?; // (B, n)
-                // tr(Σp⁻¹ Σ) = Σ_ij R_ij² exp(s_j − sp_i) with R = Upᵀ U.
+                // tr(Σp⁻¹ Σ) = Σ_ij R_ij² exp(s_j − sp_i) with R = Upᵀ U, summed as
+                // Σ_i exp(−sp_i) (R∘R · exp s)_i: two (B, n, n) tensors in the graph, not four.
                 let trace = match (u, up) {
                     (Some(u), Some(up)) => {
                         let r = up.detach().transpose(1, 2)?.matmul(u)?; // (B, n, n)
-                        let w = inv_sp
-                            .unsqueeze(2)?
-                            .broadcast_mul(&log_s.exp()?.unsqueeze(1)?)?;
-                        r.sqr()?.mul(&w)?.sum(D::Minus1)?.sum(D::Minus1)?
+                        let weighted = r.sqr()?.matmul(&log_s.exp()?.unsqueeze(2)?)?; // (B, n, 1)
+                        weighted.squeeze(2)?.mul(&inv_sp)?.sum(D::Minus1)?
                     }
                     (None, None) => log_s.exp()?.mul(&inv_sp)?.sum(D::Minus1)?,
                     _ => anyhow::bail!("KL between a full and a diagonal VRNN posterior"),

@@ -11,7 +11,7 @@ use crate::linalg;
 use crate::nn::Params;
 use crate::nn::mlp::Linear;
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
 
 /// Initial log-variance of the VRNN posterior (bias of `vrnn.log_s`).
@@ -21,9 +21,6 @@ pub struct Vrnn {
     mean: Linear,
     log_s: Linear,
     tri: Option<Linear>,
-    /// Strictly-lower-triangular 0/1 mask (n, n).
-    mask: Tensor,
-    eye: Tensor,
     pub diagonal: bool,
 }
 
@@ -53,17 +50,10 @@ impl Vrnn {
                 rng,
             )?)
         };
-        let mask: Vec<f32> = (0..n * n)
-            .map(|k| if k / n > k % n { 1.0 } else { 0.0 })
-            .collect();
-        let mask = Tensor::from_vec(mask, (n, n), &Device::Cpu)?;
-        let eye = Tensor::eye(n, candle_core::DType::F32, &Device::Cpu)?;
         Ok(Self {
             mean,
             log_s,
             tri,
-            mask,
-            eye,
             diagonal,
         })
     }
@@ -76,12 +66,10 @@ impl Vrnn {
             None => None,
             Some(tri) => {
                 let (b, n) = phi.dims2()?;
-                let l = tri
-                    .forward(phi)?
-                    .reshape((b, n, n))?
-                    .broadcast_mul(&self.mask)?;
-                let a = l.sub(&l.transpose(1, 2)?)?;
-                Some(cayley(&a, &self.eye)?)
+                // The fused op reads only the strictly lower part of the head's output.
+                Some(linalg::cayley_lower(
+                    &tri.forward(phi)?.reshape((b, n, n))?,
+                )?)
             }
         };
         Ok(Gaussian {
@@ -92,6 +80,8 @@ impl Vrnn {
 }
 
 /// The Cayley map U = (I − A)(I + A)⁻¹ of a batch of skew-symmetric A (B, n, n): orthogonal.
+/// Composed of plain tensor ops: the reference the fused [`linalg::cayley_lower`] (which the
+/// head uses) is tested against.
 pub fn cayley(a: &Tensor, eye: &Tensor) -> Result<Tensor> {
     let inv = linalg::inverse(&a.broadcast_add(eye)?)?;
     Ok(a.neg()?.broadcast_add(eye)?.matmul(&inv)?)
