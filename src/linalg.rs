@@ -546,6 +546,92 @@ fn cayley_batched<T: WithDType>(
     })
 }
 
+/// As [`cayley_batched`] for f32, inverting I + A in f32 by Gauss–Jordan without pivoting.
+///
+/// No pivoting is needed: the symmetric part of I + A is I, so every pivot of the elimination
+/// is at least 1 (each Schur complement again has a symmetric part ⪰ I) and the elimination is
+/// stable without row exchanges. Agrees with the f64 kernel to f32 rounding
+/// (`tests/linalg.rs`).
+fn cayley_batched_f32(
+    data: &[f32],
+    layout: &Layout,
+    b: usize,
+    n: usize,
+) -> candle_core::Result<Vec<f32>> {
+    let x = logical(data, layout);
+    let nn = n * n;
+    map_items(b, nn, |i, out| {
+        let raw = &x[i * nn..(i + 1) * nn];
+        for r in 0..n {
+            for c in 0..n {
+                out[r * n + c] = match r.cmp(&c) {
+                    std::cmp::Ordering::Greater => raw[r * n + c],
+                    std::cmp::Ordering::Less => -raw[c * n + r],
+                    std::cmp::Ordering::Equal => 1.0,
+                };
+            }
+        }
+        let mut prow = vec![0.0f32; n];
+        if !gauss_jordan_unpivoted_f32(out, n, &mut prow) {
+            return Err(format!(
+                "cayley: batch element {i} (of {b}) has non-finite entries"
+            ));
+        }
+        for (k, o) in out.iter_mut().enumerate() {
+            let diag = if k / n == k % n { 1.0 } else { 0.0 };
+            *o = 2.0 * *o - diag;
+        }
+        Ok(())
+    })
+}
+
+/// In-place f32 Gauss–Jordan inverse without pivoting; false when a pivot is zero or not
+/// finite. Compiled a second time with AVX2 and chosen at run time (same operations, no FMA,
+/// so both give the same bits).
+fn gauss_jordan_unpivoted_f32(a: &mut [f32], n: usize, prow: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { gauss_jordan_unpivoted_f32_avx2(a, n, prow) };
+        }
+    }
+    gauss_jordan_unpivoted_f32_generic(a, n, prow)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gauss_jordan_unpivoted_f32_avx2(a: &mut [f32], n: usize, prow: &mut [f32]) -> bool {
+    gauss_jordan_unpivoted_f32_generic(a, n, prow)
+}
+
+#[inline(always)]
+fn gauss_jordan_unpivoted_f32_generic(a: &mut [f32], n: usize, prow: &mut [f32]) -> bool {
+    for k in 0..n {
+        let pivot = a[k * n + k];
+        if !(pivot != 0.0 && pivot.is_finite()) {
+            return false;
+        }
+        let inv = 1.0 / pivot;
+        a[k * n + k] = 1.0;
+        for x in &mut a[k * n..(k + 1) * n] {
+            *x *= inv;
+        }
+        prow.copy_from_slice(&a[k * n..(k + 1) * n]);
+        for (i, row) in a.chunks_exact_mut(n).enumerate() {
+            if i == k {
+                continue;
+            }
+            let f = row[k];
+            row[k] = 0.0;
+            for (x, &y) in row.iter_mut().zip(prow.iter()) {
+                *x -= f * y;
+            }
+        }
+    }
+    a.iter().all(|v| v.is_finite())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn tri_solve_batched<T: WithDType>(
     t: &[T],
@@ -658,7 +744,11 @@ impl CustomOp1 for CayleyOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, n) = batch_square(l, "cayley")?;
-        let out = dispatch_float!(s, "cayley", |v| cayley_batched(v, l, b, n)?);
+        let out = match s {
+            // f32 (training) inverts in f32 without pivoting; f64 keeps the pivoted f64 kernel.
+            CpuStorage::F32(v) => CpuStorage::F32(cayley_batched_f32(v, l, b, n)?),
+            s => dispatch_float!(s, "cayley", |v| cayley_batched(v, l, b, n)?),
+        };
         Ok((out, Shape::from((b, n, n))))
     }
 

@@ -379,6 +379,60 @@ fn fused_layer_norm_and_leaky_relu_equal_their_candle_compositions_with_gradient
     }
 }
 
+#[test]
+fn fused_affine_layers_equal_their_candle_compositions_with_gradients() {
+    use lvrnn::nn::mlp::Linear;
+    lvrnn::init_threads(1);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut p = Params::new();
+    let layer = Linear::new(&mut p, "lin", 5, 7, &mut rng).unwrap();
+    for (name, var) in p.vars() {
+        let noise = lvrnn::agent::randn(&mut rng, var.as_tensor().dims()).unwrap();
+        var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
+        if name == "lin.bias" {
+            let mut b: Vec<f32> = var.as_tensor().to_vec1().unwrap();
+            b[0] = 0.0;
+            var.set(&Tensor::new(b.as_slice(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    // (2, 3, 5) inputs (a leading batch shape) with a row of zeros: with the zero bias entry,
+    // one output sits exactly on the leaky-ReLU kink.
+    let mut x = lvrnn::agent::randn(&mut rng, &[2, 3, 5]).unwrap();
+    x = x
+        .broadcast_mul(&Tensor::new(&[[[1f32], [10.0], [0.0]]], &Device::Cpu).unwrap())
+        .unwrap();
+    let x = Var::from_tensor(&x).unwrap();
+    let w = lvrnn::agent::randn(&mut rng, &[2, 3, 7]).unwrap();
+    for leaky in [false, true] {
+        let loss = |fused: bool| {
+            let y = match (fused, leaky) {
+                (true, false) => layer.forward(x.as_tensor()).unwrap(),
+                (true, true) => layer.forward_leaky(x.as_tensor()).unwrap(),
+                (false, _) => layer.forward_composed(x.as_tensor(), leaky).unwrap(),
+            };
+            y.mul(&w).unwrap().sum_all().unwrap()
+        };
+        let (fast, slow) = (loss(true), loss(false));
+        assert_close("value", &values(&fast), &values(&slow), 1e-6);
+        let (gf, gs) = (fast.backward().unwrap(), slow.backward().unwrap());
+        assert_close(
+            &format!("dx (leaky = {leaky})"),
+            &values(gf.get(x.as_tensor()).unwrap()),
+            &values(gs.get(x.as_tensor()).unwrap()),
+            1e-6,
+        );
+        for (name, var) in p.vars() {
+            assert_close(
+                &format!("d{name} (leaky = {leaky})"),
+                &values(gf.get(var.as_tensor()).unwrap()),
+                &values(gs.get(var.as_tensor()).unwrap()),
+                1e-6,
+            );
+        }
+    }
+}
+
 /// The point estimate and the VRNN formed a few steps at a time (as the full-covariance VRNN is
 /// at paper size) give the same samples, KL and gradients as all steps at once.
 #[test]

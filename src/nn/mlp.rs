@@ -2,6 +2,7 @@
 //! ops (candle's fused layer-norm has no backward pass).
 
 use super::Params;
+use super::kernels::{Mat, sgemm};
 use crate::linalg::logical;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
@@ -120,18 +121,141 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
-    /// Applies the layer to (…, in) inputs.
+    /// Applies the layer to (…, in) inputs: x W + b.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, false)
+    }
+
+    /// leaky_relu(x W + b), as one node of the graph.
+    pub fn forward_leaky(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, true)
+    }
+
+    /// x W + b (then leaky-ReLU when `leaky`) through the fused [`Affine`] op.
+    fn apply(&self, x: &Tensor, leaky: bool) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let d_in = *dims.last().unwrap();
         let lead: usize = dims[..dims.len() - 1].iter().product();
         let y = x
             .reshape((lead, d_in))?
-            .matmul(&self.weight)?
-            .broadcast_add(&self.bias)?;
+            .apply_op3(&self.weight, &self.bias, Affine { leaky })?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.weight.dim(1)?;
         Ok(y.reshape(out)?)
+    }
+
+    /// The same as [`Linear::forward`] / [`Linear::forward_leaky`] composed of candle's ops
+    /// (matmul, broadcast add, leaky-ReLU): the reference the fused op is tested against.
+    pub fn forward_composed(&self, x: &Tensor, leaky: bool) -> Result<Tensor> {
+        let y = x
+            .broadcast_matmul(&self.weight)?
+            .broadcast_add(&self.bias)?;
+        Ok(if leaky { leaky_relu(&y)? } else { y })
+    }
+}
+
+/// y = x W + b, optionally followed by leaky-ReLU, as one op for f32 (lead, in) inputs.
+///
+/// candle's backward adds every node's gradient into a fresh zero tensor, and reduces a
+/// broadcast bias by a strided sum: the composition matmul → add → leaky-ReLU cost three such
+/// nodes on every (rows, width) activation of the heads. Here the forward is the same gemm
+/// followed by one pass for the bias and the activation, and the backward, with
+/// δz = δy ∘ leaky′(z), is δx = δz Wᵀ, δW = xᵀ δz, δb = Σ_rows δz. leaky′ is read from the
+/// output (y has the sign of z), with the same value at the kink as [`leaky_relu`]'s.
+struct Affine {
+    leaky: bool,
+}
+
+impl candle_core::CustomOp3 for Affine {
+    fn name(&self) -> &'static str {
+        "affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (k2, n) = l2.shape().dims2()?;
+        if k != k2 || l3.shape().elem_count() != n {
+            candle_core::bail!(
+                "affine: shapes {:?} · {:?} + {:?} do not match",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let x = logical(s1.as_slice::<f32>()?, l1);
+        let w = logical(s2.as_slice::<f32>()?, l2);
+        let b = logical(s3.as_slice::<f32>()?, l3);
+        let mut y = vec![0f32; m * n];
+        sgemm(
+            m,
+            n,
+            k,
+            Mat::rows(&x, k),
+            Mat::rows(&w, n),
+            &mut y,
+            false,
+            true,
+        );
+        let slope = LEAKY_SLOPE as f32;
+        for row in y.chunks_mut(n.max(1)) {
+            for (v, bias) in row.iter_mut().zip(b.iter()) {
+                let z = *v + bias;
+                *v = if self.leaky && z <= 0.0 { z * slope } else { z };
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (m, k) = x.dims2()?;
+        let n = w.dim(1)?;
+        let mut gz: Vec<f32> = grad.flatten_all()?.to_vec1()?;
+        if self.leaky {
+            let slope = LEAKY_SLOPE as f32;
+            let kink = (1.0 + slope) / 2.0;
+            let yv: Vec<f32> = y.flatten_all()?.to_vec1()?;
+            for (g, y) in gz.iter_mut().zip(&yv) {
+                *g *= if *y > 0.0 {
+                    1.0
+                } else if *y < 0.0 {
+                    slope
+                } else {
+                    kink
+                };
+            }
+        }
+        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let mut gx = vec![0f32; m * k];
+        let mut gw = vec![0f32; k * n];
+        let mut gb = vec![0f32; n];
+        let gzm = Mat::rows(&gz, n);
+        sgemm(m, k, n, gzm, Mat::rows_t(&wv, n), &mut gx, false, true);
+        sgemm(k, n, m, Mat::rows_t(&xv, k), gzm, &mut gw, false, true);
+        for row in gz.chunks(n.max(1)) {
+            gb.iter_mut().zip(row).for_each(|(s, g)| *s += g);
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(gx, (m, k), dev)?),
+            Some(Tensor::from_vec(gw, (k, n), dev)?),
+            Some(Tensor::from_vec(gb, n, dev)?),
+        ))
     }
 }
 
@@ -277,12 +401,18 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, false)
+    }
+
+    /// As [`Mlp::forward`], with leaky-ReLU after the output layer too when `leaky_out`.
+    pub fn forward_with(&self, x: &Tensor, leaky_out: bool) -> Result<Tensor> {
         let mut h = x.clone();
         for (i, l) in self.layers.iter().enumerate() {
-            h = l.forward(&h)?;
-            if i + 1 < self.layers.len() {
-                h = leaky_relu(&h)?;
-            }
+            h = if i + 1 < self.layers.len() || leaky_out {
+                l.forward_leaky(&h)?
+            } else {
+                l.forward(&h)?
+            };
         }
         Ok(h)
     }
@@ -310,7 +440,7 @@ impl Embedding {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = leaky_relu(&self.mlp.forward(x)?)?;
+        let h = self.mlp.forward_with(x, true)?;
         self.norm.forward(&h)
     }
 }
