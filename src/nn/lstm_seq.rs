@@ -17,7 +17,7 @@
 //! The gates are recomputed in the backward pass from the saved outputs with one large matrix
 //! product, so the op keeps no state. Checked against the per-step graph in `tests/fast_path.rs`.
 
-use super::kernels::{Mat, activate_gates, sgemm};
+use super::kernels::{Mat, activate_gates, sgemm, tanh};
 use crate::linalg::logical;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
@@ -87,7 +87,7 @@ pub fn lstm_step(
         for j in 0..hidden {
             let k = b * hidden + j;
             c[k] = zb[hidden + j] * c[k] + zb[j] * zb[2 * hidden + j];
-            h[k] = zb[3 * hidden + j] * c[k].tanh();
+            h[k] = zb[3 * hidden + j] * tanh(c[k]);
         }
     }
 }
@@ -196,7 +196,7 @@ impl CustomOp2 for LstmSequence {
                     } else {
                         0.0
                     };
-                    let tc = c.tanh();
+                    let tc = tanh(c);
                     let dh = gh[j] + dh_next[b * hidden + j];
                     let dc = gc[j] + dc_next[b * hidden + j] + dh * o * (1.0 - tc * tc);
                     dc_next[b * hidden + j] = dc * f;

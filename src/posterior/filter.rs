@@ -22,7 +22,7 @@
 use super::HALF_LN_2PI_E;
 use super::config::{Accumulate, LaplaceConfig};
 use crate::linalg;
-use crate::nn::kernels::{Mat, activate_gates, sgemm};
+use crate::nn::kernels::{Mat, activate_gates, sgemm, tanh};
 use anyhow::{Result, anyhow};
 use rayon::prelude::*;
 
@@ -334,7 +334,7 @@ fn jacobian_terms(
             for j in 0..hd {
                 let (ig, fg, gg, og) = (z[j], z[hd + j], z[2 * hd + j], z[3 * hd + j]);
                 let c_new = fg * c[j] + ig * gg;
-                let tc = c_new.tanh();
+                let tc = tanh(c_new);
                 let kk = og * (1.0 - tc * tc);
                 let a = [
                     kk * gg * ig * (1.0 - ig),
