@@ -1131,7 +1131,12 @@ fn check_laplace_variant(cfg: LaplaceConfig, seed: u64) -> Result<f64> {
         let Covariance::Precision(p) = &q.cov else {
             panic!("a Laplace posterior has a precision")
         };
-        assert_eq!(p.diagonal, cfg.diagonal);
+        let dims = if cfg.diagonal {
+            vec![LB, LN]
+        } else {
+            vec![LB, LN, LN]
+        };
+        assert_eq!(p.shape.dims(LB, LN), dims);
         assert_eq!(
             p.values.len(),
             if cfg.diagonal { LB * LN } else { LB * LN * LN }

@@ -21,7 +21,7 @@
 
 use super::HALF_LN_2PI_E;
 use super::config::{Accumulate, LaplaceConfig};
-use crate::linalg;
+use super::shape::{self, PrecisionShape};
 use crate::nn::kernels::{Mat, activate_gates, sgemm, tanh};
 use anyhow::{Result, anyhow};
 use rayon::prelude::*;
@@ -59,9 +59,9 @@ impl JacobianWeights {
 
 /// One task's filter state.
 struct TaskState {
-    /// Λ without jitter: n·n (full) or n (diagonal).
+    /// Λ without jitter: `shape.size(n)` numbers (n·n full, n diagonal).
     lambda: Vec<f64>,
-    /// Cholesky factor of Λ + jitter·I (full), or √(λ + jitter) (diagonal).
+    /// The factor of Λ + jitter·I (`posterior::shape`).
     chol: Vec<f64>,
     logdet: f64,
     mean: Vec<f32>,
@@ -96,10 +96,11 @@ impl LaplaceFilter {
         w: &JacobianWeights,
     ) -> Result<Self> {
         let n = w.features;
-        let size = if cfg.diagonal { n } else { n * n };
+        let shape = shape::of(cfg.diagonal);
+        let size = shape.size(n);
         let tasks = (0..batch)
             .map(|b| {
-                let lambda = scaled_identity(n, cfg.diagonal, cfg.prior_precision);
+                let lambda = shape.scaled_identity(n, cfg.prior_precision);
                 let mut t = TaskState {
                     chol: vec![0.0; size],
                     lambda,
@@ -107,7 +108,7 @@ impl LaplaceFilter {
                     mean: phi0[b * n..(b + 1) * n].to_vec(),
                     window: vec![],
                 };
-                factorise(&mut t, n, cfg.diagonal, cfg.jitter).map(|_| t)
+                factorise(&mut t, n, shape, cfg.jitter).map(|_| t)
             })
             .collect::<Result<Vec<_>, String>>()
             .map_err(|e| anyhow!("Laplace prior: {e}"))?;
@@ -144,7 +145,7 @@ impl LaplaceFilter {
     pub fn sample_offsets(&self, eps: &[f32]) -> Vec<f32> {
         let (n, b) = (self.n, self.tasks.len());
         let mut out = vec![0f32; eps.len()];
-        let diagonal = self.cfg.diagonal;
+        let shape = shape::of(self.cfg.diagonal);
         out.par_chunks_mut(n)
             .with_min_len(64)
             .zip(eps.par_chunks(n))
@@ -152,11 +153,7 @@ impl LaplaceFilter {
             .for_each(|(row, (o, e))| {
                 let task = &self.tasks[row % b];
                 let mut x: Vec<f64> = e.iter().map(|v| *v as f64).collect();
-                if diagonal {
-                    x.iter_mut().zip(&task.chol).for_each(|(v, s)| *v /= s);
-                } else {
-                    linalg::solve_upper_t(&task.chol, n, &mut x);
-                }
+                shape.solve_factor_t(&task.chol, n, &mut x);
                 o.iter_mut().zip(x).for_each(|(o, v)| *o = v as f32);
             });
         out
@@ -204,7 +201,7 @@ impl LaplaceFilter {
         let chunk = (JACOBIAN_COLUMNS / (k * hd)).max(1);
         let jacobians = |(ci, tasks): (usize, &[TaskState])| {
             let (c, hw) = (&c[ci * chunk * hd..], &hw[ci * chunk * g4..]);
-            jacobian_terms(tasks, w, c, hw, cfg.diagonal)
+            jacobian_terms(tasks, w, c, hw, shape::of(cfg.diagonal))
         };
         let terms: Vec<Vec<f32>> = if parallel {
             let chunks: Vec<_> = self
@@ -261,12 +258,13 @@ fn update_task(
     phi: &[f32],
 ) -> Result<(Vec<f32>, f64, f64), String> {
     let n = phi.len();
+    let shape = shape::of(cfg.diagonal);
     // Previous posterior (for the KL), then the new precision.
     let prev_lambda = std::mem::take(&mut task.lambda);
     let prev_chol = task.chol.clone();
     let prev_logdet = task.logdet;
     let mut lambda = match cfg.accumulate {
-        Accumulate::None => scaled_identity(n, cfg.diagonal, cfg.damping),
+        Accumulate::None => shape.scaled_identity(n, cfg.damping),
         _ => prev_lambda.clone(),
     };
     lambda
@@ -274,7 +272,7 @@ fn update_task(
         .zip(term)
         .for_each(|(l, t)| *l += *t as f64);
     task.lambda = lambda;
-    factorise(task, n, cfg.diagonal, cfg.jitter)?;
+    factorise(task, n, shape, cfg.jitter)?;
     let prev_mean = std::mem::take(&mut task.mean);
     task.mean = match cfg.accumulate {
         Accumulate::MuSigma => phi.iter().zip(&prev_mean).map(|(p, m)| p + m).collect(),
@@ -287,17 +285,9 @@ fn update_task(
         .zip(&prev_mean)
         .map(|(a, b)| a - b)
         .collect();
-    let v = jittered_times(&prev_lambda, &d, n, cfg.diagonal, cfg.jitter);
+    let v = shape.jittered_times(&prev_lambda, &d, n, cfg.jitter);
     let quad: f64 = v.iter().zip(&d).map(|(v, d)| *v as f64 * *d as f64).sum();
-    let trace = if cfg.diagonal {
-        prev_chol
-            .iter()
-            .zip(&task.chol)
-            .map(|(p, c)| (p / c).powi(2))
-            .sum::<f64>()
-    } else {
-        linalg::frobenius_sq_lower_solve(&task.chol, &prev_chol, n)
-    };
+    let trace = shape.trace_ratio(&task.chol, &prev_chol, n);
     let constant = 0.5 * (trace - n as f64 + task.logdet - prev_logdet);
     Ok((v, 0.5 * quad + constant, task.logdet))
 }
@@ -315,7 +305,7 @@ fn jacobian_terms(
     w: &JacobianWeights,
     c: &[f32],
     hw: &[f32],
-    diagonal: bool,
+    shape: &dyn PrecisionShape,
 ) -> Vec<Vec<f32>> {
     let (hd, n, g4) = (w.hidden, w.features, 4 * w.hidden);
     let k = tasks[0].window.len();
@@ -356,87 +346,19 @@ fn jacobian_terms(
     let pt = Mat::rows_t(&w.proj, n);
     sgemm(n, cols, hd, pt, Mat::rows(&m, cols), &mut j, false, false);
     (0..tasks.len())
-        .map(|ti| {
-            let jt = &j[ti * k * hd..];
-            if diagonal {
-                (0..n)
-                    .map(|r| {
-                        let row = &jt[r * cols..r * cols + k * hd];
-                        row.iter().map(|v| v * v).sum::<f32>()
-                    })
-                    .collect()
-            } else {
-                let mut term = vec![0f32; n * n];
-                let (rows, t) = (
-                    Mat {
-                        data: jt,
-                        rs: cols as isize,
-                        cs: 1,
-                    },
-                    Mat {
-                        data: jt,
-                        rs: 1,
-                        cs: cols as isize,
-                    },
-                );
-                sgemm(n, n, k * hd, rows, t, &mut term, false, false);
-                term
-            }
-        })
+        .map(|ti| shape.gram_rows(&j[ti * k * hd..], n, cols, k * hd))
         .collect()
 }
 
-/// Cholesky factor and ln det of Λ + jitter·I into the task state.
-fn factorise(t: &mut TaskState, n: usize, diagonal: bool, jitter: f64) -> Result<(), String> {
-    if diagonal {
-        for (c, l) in t.chol.iter_mut().zip(&t.lambda) {
-            let x = l + jitter;
-            if x.is_nan() || x <= 0.0 {
-                return Err("a diagonal entry is not positive (non-finite Jacobian?)".into());
-            }
-            *c = x.sqrt();
-        }
-    } else {
-        t.chol.copy_from_slice(&t.lambda);
-        for i in 0..n {
-            t.chol[i * n + i] += jitter;
-        }
-        linalg::cholesky_in_place(&mut t.chol, n).map_err(|e| e.to_string())?;
-    }
-    t.logdet = if diagonal {
-        t.chol.iter().map(|x| 2.0 * x.ln()).sum()
-    } else {
-        (0..n).map(|i| 2.0 * t.chol[i * n + i].ln()).sum()
-    };
+/// The factor and ln det of Λ + jitter·I into the task state.
+fn factorise(
+    t: &mut TaskState,
+    n: usize,
+    shape: &dyn PrecisionShape,
+    jitter: f64,
+) -> Result<(), String> {
+    t.logdet = shape.factorise(&t.lambda, n, jitter, &mut t.chol)?;
     Ok(())
-}
-
-/// (Λ + jitter·I) d in f32, as the reference's quadratic form multiplies.
-fn jittered_times(lambda: &[f64], d: &[f32], n: usize, diagonal: bool, jitter: f64) -> Vec<f32> {
-    if diagonal {
-        return lambda
-            .iter()
-            .zip(d)
-            .map(|(l, d)| (*l as f32 + jitter as f32) * d)
-            .collect();
-    }
-    (0..n)
-        .map(|i| {
-            let row = &lambda[i * n..(i + 1) * n];
-            let mut s: f32 = row.iter().zip(d).map(|(l, d)| *l as f32 * d).sum();
-            s += jitter as f32 * d[i];
-            s
-        })
-        .collect()
-}
-
-fn scaled_identity(n: usize, diagonal: bool, scale: f64) -> Vec<f64> {
-    if diagonal {
-        return vec![scale; n];
-    }
-    let mut v = vec![0.0; n * n];
-    (0..n).for_each(|i| v[i * n + i] = scale);
-    v
 }
 
 /// The filter run over a whole replayed sequence (the supervised loss): per step t = 1..T its

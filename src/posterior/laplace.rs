@@ -13,10 +13,11 @@
 //! code), so it is computed outside the autograd graph.
 
 use super::config::{Accumulate, LaplaceConfig};
+use super::shape::{self, PrecisionShape};
 use super::{Covariance, Gaussian, PosteriorFamily, StepInput};
 use crate::linalg;
 use anyhow::{Result, bail};
-use candle_core::{D, Device, Tensor};
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -36,11 +37,7 @@ impl Laplace {
         let mut acc: Option<Tensor> = None;
         for x in window {
             let j = input.lstm.output_jacobian(x, input.carry, input.proj)?; // (B, n, H)
-            let term = if self.cfg.diagonal {
-                j.sqr()?.sum(D::Minus1)?
-            } else {
-                j.matmul(&j.t()?)?
-            };
+            let term = shape::of(self.cfg.diagonal).gram(&j)?;
             acc = Some(match acc {
                 None => term,
                 Some(a) => (a + term)?,
@@ -91,7 +88,7 @@ impl PosteriorFamily for Laplace {
                 values.iter_mut().zip(prior).for_each(|(v, p)| *v += p);
             }
             (_, Covariance::Precision(p)) => {
-                if p.diagonal != self.cfg.diagonal || p.values.len() != values.len() {
+                if p.values.len() != values.len() {
                     bail!("previous Laplace precision has another shape");
                 }
                 values
@@ -113,29 +110,22 @@ impl PosteriorFamily for Laplace {
     }
 }
 
+/// scale·I for each of `b` tasks.
 fn identity_values(b: usize, n: usize, diagonal: bool, scale: f64) -> Vec<f64> {
-    if diagonal {
-        return vec![scale; b * n];
-    }
-    let mut v = vec![0.0; b * n * n];
-    for k in 0..b {
-        for i in 0..n {
-            v[k * n * n + i * n + i] = scale;
-        }
-    }
-    v
+    shape::of(diagonal).scaled_identity(n, scale).repeat(b)
 }
 
-/// A batch of precision matrices Λ (no gradient), with the Cholesky factor of Λ + jitter·I.
+/// A batch of precision matrices Λ (no gradient), with the factor of Λ + jitter·I.
 #[derive(Clone)]
 pub struct Precision {
     pub batch: usize,
     pub n: usize,
-    pub diagonal: bool,
+    /// Full n×n matrices or their diagonals.
+    pub shape: &'static dyn PrecisionShape,
     pub jitter: f64,
-    /// Λ without jitter: B·n·n row-major (full) or B·n (diagonal).
+    /// Λ without jitter: `shape.size(n)` numbers per task.
     pub values: Arc<Vec<f64>>,
-    /// Lower Cholesky factor of Λ + jitter·I (full), or √(λ + jitter) (diagonal).
+    /// The factor of Λ + jitter·I per task (see `posterior::shape`).
     chol: Arc<Vec<f64>>,
     logdet: Arc<Vec<f64>>,
 }
@@ -148,60 +138,37 @@ impl Precision {
         diagonal: bool,
         jitter: f64,
     ) -> Result<Self> {
-        let (chol, logdet): (Vec<f64>, Vec<f64>) = if diagonal {
-            let mut bad = None;
-            let chol: Vec<f64> = values
-                .iter()
-                .enumerate()
-                .map(|(k, v)| {
-                    let x = v + jitter;
-                    if (x.is_nan() || x <= 0.0) && bad.is_none() {
-                        bad = Some(k / n);
-                    }
-                    x.sqrt()
-                })
-                .collect();
-            if let Some(b) = bad {
-                bail!("Laplace precision of task {b} is not positive (non-finite Jacobian?)");
-            }
-            let logdet = chol
-                .chunks(n)
-                .map(|c| c.iter().map(|x| 2.0 * x.ln()).sum())
-                .collect();
-            (chol, logdet)
-        } else {
-            let nn = n * n;
-            let results: Vec<Result<(Vec<f64>, f64)>> = values
-                .par_chunks(nn)
-                .with_min_len(8)
-                .enumerate()
-                .map(|(k, m)| {
-                    let mut a = m.to_vec();
-                    for i in 0..n {
-                        a[i * n + i] += jitter;
-                    }
-                    linalg::cholesky_in_place(&mut a, n).map_err(|e| {
-                        anyhow::anyhow!(
-                            "Laplace precision of task {k} is not positive definite: {e}"
-                        )
-                    })?;
-                    let ld = (0..n).map(|i| 2.0 * a[i * n + i].ln()).sum();
-                    Ok((a, ld))
-                })
-                .collect();
-            let mut chol = Vec::with_capacity(values.len());
-            let mut logdet = Vec::with_capacity(batch);
-            for r in results {
-                let (c, ld) = r?;
-                chol.extend(c);
-                logdet.push(ld);
-            }
-            (chol, logdet)
-        };
+        let shape = shape::of(diagonal);
+        let size = shape.size(n);
+        if values.len() != batch * size {
+            bail!(
+                "{} precision numbers for {batch} tasks of {size} each",
+                values.len()
+            );
+        }
+        let results: Vec<Result<(Vec<f64>, f64)>> = values
+            .par_chunks(size.max(1))
+            .with_min_len(8)
+            .enumerate()
+            .map(|(k, m)| {
+                let mut factor = vec![0.0; size];
+                let ld = shape.factorise(m, n, jitter, &mut factor).map_err(|e| {
+                    anyhow::anyhow!("Laplace precision of task {k} is not positive definite: {e}")
+                })?;
+                Ok((factor, ld))
+            })
+            .collect();
+        let mut chol = Vec::with_capacity(values.len());
+        let mut logdet = Vec::with_capacity(batch);
+        for r in results {
+            let (c, ld) = r?;
+            chol.extend(c);
+            logdet.push(ld);
+        }
         Ok(Self {
             batch,
             n,
-            diagonal,
+            shape,
             jitter,
             values: Arc::new(values),
             chol: Arc::new(chol),
@@ -214,20 +181,29 @@ impl Precision {
         &self.logdet
     }
 
-    /// Λ + jitter·I as a dense (B, n, n) f32 tensor (constant), or (B, n) for the diagonal.
+    /// Task k's numbers of Λ and of its factor.
+    fn task(&self, k: usize) -> (&[f64], &[f64]) {
+        let size = self.shape.size(self.n);
+        (
+            &self.values[k * size..(k + 1) * size],
+            &self.chol[k * size..(k + 1) * size],
+        )
+    }
+
+    /// Λ + jitter·I as a constant f32 tensor of `shape.dims` ((B, n, n), or (B, n)).
     pub fn jittered_tensor(&self) -> Result<Tensor> {
-        let n = self.n;
+        let (n, size) = (self.n, self.shape.size(self.n));
         let mut v: Vec<f32> = self.values.iter().map(|x| *x as f32).collect();
-        if self.diagonal {
-            v.iter_mut().for_each(|x| *x += self.jitter as f32);
-            return Ok(Tensor::from_vec(v, (self.batch, n), &Device::Cpu)?);
-        }
         for k in 0..self.batch {
             for i in 0..n {
-                v[k * n * n + i * n + i] += self.jitter as f32;
+                v[k * size + self.shape.diagonal_index(n, i)] += self.jitter as f32;
             }
         }
-        Ok(Tensor::from_vec(v, (self.batch, n, n), &Device::Cpu)?)
+        Ok(Tensor::from_vec(
+            v,
+            self.shape.dims(self.batch, n),
+            &Device::Cpu,
+        )?)
     }
 
     /// The noise part of reparameterised samples, L^{−T} ε, for ε of shape (n_Z, B, n).
@@ -248,15 +224,8 @@ impl Precision {
             .zip(e.par_chunks(n))
             .enumerate()
             .for_each(|(row, (o, e))| {
-                let k = row % b;
                 let mut x: Vec<f64> = e.iter().map(|v| *v as f64).collect();
-                if self.diagonal {
-                    x.iter_mut()
-                        .zip(&self.chol[k * n..(k + 1) * n])
-                        .for_each(|(v, s)| *v /= s);
-                } else {
-                    linalg::solve_upper_t(&self.chol[k * n * n..(k + 1) * n * n], n, &mut x);
-                }
+                self.shape.solve_factor_t(self.task(row % b).1, n, &mut x);
                 o.iter_mut().zip(x).for_each(|(o, v)| *o = v as f32);
             });
         Ok(Tensor::from_vec(out, (nz, b, n), &Device::Cpu)?)
@@ -264,45 +233,21 @@ impl Precision {
 
     /// dᵀ(Λ + jitter·I)d per task for d (B, n), differentiable in d.
     pub fn quadratic_form(&self, d: &Tensor) -> Result<Tensor> {
-        let lam = self.jittered_tensor()?;
-        if self.diagonal {
-            return Ok(d.sqr()?.mul(&lam)?.sum(D::Minus1)?);
-        }
-        let ld = d.unsqueeze(1)?.matmul(&lam)?.squeeze(1)?; // (B, n)
-        Ok(ld.mul(d)?.sum(D::Minus1)?)
+        self.shape.quadratic_form(d, &self.jittered_tensor()?)
     }
 
     /// The θ-independent part of KL(self ‖ prev): ½[tr(Λ_prev Λ⁻¹) − n + ln det Λ − ln det Λ_prev].
+    /// Both precisions have the same shape (`Laplace::step` refuses anything else).
     pub fn kl_constant_part(&self, prev: &Precision) -> Vec<f64> {
         let n = self.n;
         (0..self.batch)
             .into_par_iter()
             .with_min_len(8)
             .map(|k| {
-                let trace = if self.diagonal && prev.diagonal {
-                    (0..n)
-                        .map(|i| (prev.chol[k * n + i] / self.chol[k * n + i]).powi(2))
-                        .sum::<f64>()
-                } else {
-                    // tr(Λp Λ⁻¹) = ‖L⁻¹ Lp‖²_F with Λ = L Lᵀ, Λp = Lp Lpᵀ.
-                    linalg::frobenius_sq_lower_solve(&self.dense_chol(k), &prev.dense_chol(k), n)
-                };
+                let trace = self.shape.trace_ratio(self.task(k).1, prev.task(k).1, n);
                 0.5 * (trace - n as f64 + self.logdet[k] - prev.logdet[k])
             })
             .collect()
-    }
-
-    /// The Cholesky factor of task k as a dense n×n matrix.
-    fn dense_chol(&self, k: usize) -> Vec<f64> {
-        let n = self.n;
-        if !self.diagonal {
-            return self.chol[k * n * n..(k + 1) * n * n].to_vec();
-        }
-        let mut m = vec![0.0; n * n];
-        for i in 0..n {
-            m[i * n + i] = self.chol[k * n + i];
-        }
-        m
     }
 
     /// Σ = (Λ + jitter·I)⁻¹ per task, dense row-major.
@@ -310,7 +255,7 @@ impl Precision {
         let n = self.n;
         (0..self.batch)
             .map(|k| {
-                let l = self.dense_chol(k);
+                let l = self.shape.dense(self.task(k).1, n);
                 let mut sigma = vec![0.0; n * n];
                 let mut col = vec![0.0; n];
                 for j in 0..n {
@@ -330,14 +275,6 @@ impl Precision {
 
     /// The precision of task k as a dense n×n matrix (without jitter).
     pub fn dense(&self, k: usize) -> Vec<f64> {
-        let n = self.n;
-        if !self.diagonal {
-            return self.values[k * n * n..(k + 1) * n * n].to_vec();
-        }
-        let mut m = vec![0.0; n * n];
-        for i in 0..n {
-            m[i * n + i] = self.values[k * n + i];
-        }
-        m
+        self.shape.dense(self.task(k).0, self.n)
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod filter;
 pub mod laplace;
 pub mod point;
+pub mod shape;
 pub mod vrnn;
 
 pub use config::{Accumulate, LaplaceConfig, PosteriorConfig};
