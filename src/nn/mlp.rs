@@ -8,6 +8,18 @@ use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
 
+/// The f32 values of a CPU tensor's storage in logical order, borrowed when contiguous (the
+/// fused ops' backward passes read their inputs and gradients without copying them).
+fn f32_values<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &Layout,
+) -> candle_core::Result<std::borrow::Cow<'a, [f32]>> {
+    match storage {
+        candle_core::Storage::Cpu(cpu) => Ok(logical(cpu.as_slice::<f32>()?, layout)),
+        _ => candle_core::bail!("the fused layers run on the CPU only"),
+    }
+}
+
 /// Slope of the leaky-ReLU used throughout (flax's default).
 pub const LEAKY_SLOPE: f64 = 0.01;
 
@@ -224,12 +236,14 @@ impl candle_core::CustomOp3 for Affine {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (m, k) = x.dims2()?;
         let n = w.dim(1)?;
-        let mut gz: Vec<f32> = grad.flatten_all()?.to_vec1()?;
+        let (gs, gl) = grad.storage_and_layout();
+        let mut gz = f32_values(&gs, gl)?.into_owned();
+        drop(gs);
         if self.leaky {
             let slope = LEAKY_SLOPE as f32;
             let kink = (1.0 + slope) / 2.0;
-            let yv: Vec<f32> = y.flatten_all()?.to_vec1()?;
-            for (g, y) in gz.iter_mut().zip(&yv) {
+            let (ys, yl) = y.storage_and_layout();
+            for (g, y) in gz.iter_mut().zip(f32_values(&ys, yl)?.iter()) {
                 *g *= if *y > 0.0 {
                     1.0
                 } else if *y < 0.0 {
@@ -239,8 +253,8 @@ impl candle_core::CustomOp3 for Affine {
                 };
             }
         }
-        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let ((xs, xl), (ws, wl)) = (x.storage_and_layout(), w.storage_and_layout());
+        let (xv, wv) = (f32_values(&xs, xl)?, f32_values(&ws, wl)?);
         let mut gx = vec![0f32; m * k];
         let mut gw = vec![0f32; k * n];
         let mut gb = vec![0f32; n];
@@ -350,9 +364,10 @@ impl candle_core::CustomOp3 for FusedLayerNorm {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = x.dim(D::Minus1)?;
-        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let gv: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
-        let gam: Vec<f32> = gamma.to_vec1()?;
+        let ((xs, xl), (gs, gl)) = (x.storage_and_layout(), grad.storage_and_layout());
+        let (xv, gv) = (f32_values(&xs, xl)?, f32_values(&gs, gl)?);
+        let (gams, gaml) = gamma.storage_and_layout();
+        let gam = f32_values(&gams, gaml)?;
         let (xhat, inv) = normalise_rows(&xv, d);
         let mut dx = vec![0f32; xv.len()];
         let (mut dgamma, mut dbeta) = (vec![0f32; d], vec![0f32; d]);
