@@ -327,26 +327,7 @@ fn gauss_jordan_generic(
             top[k * n..(k + 1) * n].swap_with_slice(&mut bottom[..n]);
         }
         piv[k] = p;
-        // Scale the pivot row; column k is replaced by the corresponding column of the inverse.
-        let inv = 1.0 / a[k * n + k];
-        a[k * n + k] = 1.0;
-        for x in &mut a[k * n..(k + 1) * n] {
-            *x *= inv;
-        }
-        prow.copy_from_slice(&a[k * n..(k + 1) * n]);
-        for (i, row) in a.chunks_exact_mut(n).enumerate() {
-            if i == k {
-                continue;
-            }
-            let f = row[k];
-            if f == 0.0 {
-                continue;
-            }
-            row[k] = 0.0;
-            for (x, &y) in row.iter_mut().zip(prow.iter()) {
-                *x -= f * y;
-            }
-        }
+        jordan_step(a, n, k, 1.0 / a[k * n + k], 1.0, 0.0, prow);
     }
     // Row swaps of A are column swaps of A⁻¹, undone in reverse order.
     for k in (0..n).rev() {
@@ -522,17 +503,8 @@ fn cayley_batched<T: WithDType>(
     let x = logical(data, layout);
     let nn = n * n;
     map_items(b, nn, |i, out| {
-        let raw = &x[i * nn..(i + 1) * nn];
         let mut work = vec![0.0; nn];
-        for r in 0..n {
-            for c in 0..n {
-                work[r * n + c] = match r.cmp(&c) {
-                    std::cmp::Ordering::Greater => raw[r * n + c].to_f64(),
-                    std::cmp::Ordering::Less => -raw[c * n + r].to_f64(),
-                    std::cmp::Ordering::Equal => 1.0,
-                };
-            }
-        }
+        identity_plus_skew(&x[i * nn..(i + 1) * nn], n, &mut work, |v| v.to_f64(), 1.0);
         let mut piv = vec![0usize; n];
         let mut prow = vec![0.0; n];
         // I + A is invertible for every finite skew-symmetric A (its eigenvalues are 1 + iλ).
@@ -544,6 +516,26 @@ fn cayley_batched<T: WithDType>(
         }
         Ok(())
     })
+}
+
+/// I + A with A = L − Lᵀ, L the strictly lower part of the n×n `raw`, into `out` (converted by
+/// `to`).
+fn identity_plus_skew<T: Copy, F: Copy + std::ops::Neg<Output = F>>(
+    raw: &[T],
+    n: usize,
+    out: &mut [F],
+    to: impl Fn(T) -> F,
+    one: F,
+) {
+    for r in 0..n {
+        for c in 0..n {
+            out[r * n + c] = match r.cmp(&c) {
+                std::cmp::Ordering::Greater => to(raw[r * n + c]),
+                std::cmp::Ordering::Less => -to(raw[c * n + r]),
+                std::cmp::Ordering::Equal => one,
+            };
+        }
+    }
 }
 
 /// As [`cayley_batched`] for f32, inverting I + A in f32 by Gauss–Jordan without pivoting.
@@ -561,16 +553,7 @@ fn cayley_batched_f32(
     let x = logical(data, layout);
     let nn = n * n;
     map_items(b, nn, |i, out| {
-        let raw = &x[i * nn..(i + 1) * nn];
-        for r in 0..n {
-            for c in 0..n {
-                out[r * n + c] = match r.cmp(&c) {
-                    std::cmp::Ordering::Greater => raw[r * n + c],
-                    std::cmp::Ordering::Less => -raw[c * n + r],
-                    std::cmp::Ordering::Equal => 1.0,
-                };
-            }
-        }
+        identity_plus_skew(&x[i * nn..(i + 1) * nn], n, out, |v| v, 1.0);
         let mut prow = vec![0.0f32; n];
         if !gauss_jordan_unpivoted_f32(out, n, &mut prow) {
             return Err(format!(
@@ -612,24 +595,34 @@ fn gauss_jordan_unpivoted_f32_generic(a: &mut [f32], n: usize, prow: &mut [f32])
         if !(pivot != 0.0 && pivot.is_finite()) {
             return false;
         }
-        let inv = 1.0 / pivot;
-        a[k * n + k] = 1.0;
-        for x in &mut a[k * n..(k + 1) * n] {
-            *x *= inv;
-        }
-        prow.copy_from_slice(&a[k * n..(k + 1) * n]);
-        for (i, row) in a.chunks_exact_mut(n).enumerate() {
-            if i == k {
-                continue;
-            }
-            let f = row[k];
-            row[k] = 0.0;
-            for (x, &y) in row.iter_mut().zip(prow.iter()) {
-                *x -= f * y;
-            }
-        }
+        jordan_step(a, n, k, 1.0 / pivot, 1.0, 0.0, prow);
     }
     a.iter().all(|v| v.is_finite())
+}
+
+/// One Gauss–Jordan step at pivot (k, k), row exchanges done: row k is scaled by `inv` = 1/pivot
+/// (its column k becomes the corresponding column of the inverse), then column k is removed from
+/// every other row (rows whose entry is already zero are skipped).
+#[inline(always)]
+fn jordan_step<F>(a: &mut [F], n: usize, k: usize, inv: F, one: F, zero: F, prow: &mut [F])
+where
+    F: Copy + PartialEq + std::ops::MulAssign + std::ops::SubAssign + std::ops::Mul<Output = F>,
+{
+    a[k * n + k] = one;
+    for x in &mut a[k * n..(k + 1) * n] {
+        *x *= inv;
+    }
+    prow.copy_from_slice(&a[k * n..(k + 1) * n]);
+    for (i, row) in a.chunks_exact_mut(n).enumerate() {
+        let f = row[k];
+        if i == k || f == zero {
+            continue;
+        }
+        row[k] = zero;
+        for (x, &y) in row.iter_mut().zip(prow.iter()) {
+            *x -= f * y;
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
