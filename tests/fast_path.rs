@@ -84,7 +84,9 @@ fn jitter_biases(params: &Params) {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for (name, var) in params.vars() {
         if name.ends_with("bias") {
-            let noise = lvrnn::agent::randn(&mut rng, var.as_tensor().dims()).unwrap();
+            let noise =
+                lvrnn::agent::randn(&mut rng, var.as_tensor().dims(), &candle_core::Device::Cpu)
+                    .unwrap();
             var.set(&(var.as_tensor() + (noise * 0.3).unwrap()).unwrap())
                 .unwrap();
         }
@@ -237,16 +239,20 @@ fn fused_lstm_sequence_equals_the_per_step_cell_with_gradients() {
     let mut p = Params::new();
     let lstm = Lstm::new(&mut p, d_in, hidden, &mut rng).unwrap();
     let b = p.get("core.b").unwrap();
-    b.set(&lvrnn::agent::randn(&mut rng, &[4 * hidden]).unwrap())
+    b.set(&lvrnn::agent::randn(&mut rng, &[4 * hidden], &candle_core::Device::Cpu).unwrap())
         .unwrap();
-    let x =
-        Var::from_tensor(&lvrnn::agent::randn(&mut rng, &[steps, batch, d_in]).unwrap()).unwrap();
+    let x = Var::from_tensor(
+        &lvrnn::agent::randn(&mut rng, &[steps, batch, d_in], &candle_core::Device::Cpu).unwrap(),
+    )
+    .unwrap();
     // A loss that weighs every h_t and c_t differently.
-    let wh_out = lvrnn::agent::randn(&mut rng, &[steps, batch, hidden]).unwrap();
-    let wc_out = lvrnn::agent::randn(&mut rng, &[steps, batch, hidden]).unwrap();
+    let wh_out =
+        lvrnn::agent::randn(&mut rng, &[steps, batch, hidden], &candle_core::Device::Cpu).unwrap();
+    let wc_out =
+        lvrnn::agent::randn(&mut rng, &[steps, batch, hidden], &candle_core::Device::Cpu).unwrap();
 
     // Reference: the per-step cell.
-    let mut carry = Carry::zeros(batch, hidden).unwrap();
+    let mut carry = Carry::zeros(batch, hidden, &candle_core::Device::Cpu).unwrap();
     let mut terms = vec![];
     for t in 0..steps {
         carry = lstm.step(&x.as_tensor().get(t).unwrap(), &carry).unwrap();
@@ -335,17 +341,19 @@ fn fused_layer_norm_and_leaky_relu_equal_their_candle_compositions_with_gradient
     let mut p = Params::new();
     let norm = LayerNorm::new(&mut p, "ln", 6).unwrap();
     for (name, var) in p.vars() {
-        let noise = lvrnn::agent::randn(&mut rng, var.as_tensor().dims()).unwrap();
+        let noise =
+            lvrnn::agent::randn(&mut rng, var.as_tensor().dims(), &candle_core::Device::Cpu)
+                .unwrap();
         var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
         let _ = name;
     }
     // Rows of mixed scale, one with exact zeros (the leaky-ReLU kink).
-    let mut x = lvrnn::agent::randn(&mut rng, &[4, 6]).unwrap();
+    let mut x = lvrnn::agent::randn(&mut rng, &[4, 6], &candle_core::Device::Cpu).unwrap();
     x = x
         .broadcast_mul(&Tensor::new(&[[1f32], [10.0], [0.01], [0.0]], &Device::Cpu).unwrap())
         .unwrap();
     let x = Var::from_tensor(&x).unwrap();
-    let w = lvrnn::agent::randn(&mut rng, &[4, 6]).unwrap();
+    let w = lvrnn::agent::randn(&mut rng, &[4, 6], &candle_core::Device::Cpu).unwrap();
     let loss = |fused: bool| {
         let (y, a) = if fused {
             (
@@ -387,7 +395,9 @@ fn fused_affine_layers_equal_their_candle_compositions_with_gradients() {
     let mut p = Params::new();
     let layer = Linear::new(&mut p, "lin", 5, 7, &mut rng).unwrap();
     for (name, var) in p.vars() {
-        let noise = lvrnn::agent::randn(&mut rng, var.as_tensor().dims()).unwrap();
+        let noise =
+            lvrnn::agent::randn(&mut rng, var.as_tensor().dims(), &candle_core::Device::Cpu)
+                .unwrap();
         var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
         if name == "lin.bias" {
             let mut b: Vec<f32> = var.as_tensor().to_vec1().unwrap();
@@ -398,12 +408,12 @@ fn fused_affine_layers_equal_their_candle_compositions_with_gradients() {
     }
     // (2, 3, 5) inputs (a leading batch shape) with a row of zeros: with the zero bias entry,
     // one output sits exactly on the leaky-ReLU kink.
-    let mut x = lvrnn::agent::randn(&mut rng, &[2, 3, 5]).unwrap();
+    let mut x = lvrnn::agent::randn(&mut rng, &[2, 3, 5], &candle_core::Device::Cpu).unwrap();
     x = x
         .broadcast_mul(&Tensor::new(&[[[1f32], [10.0], [0.0]]], &Device::Cpu).unwrap())
         .unwrap();
     let x = Var::from_tensor(&x).unwrap();
-    let w = lvrnn::agent::randn(&mut rng, &[2, 3, 7]).unwrap();
+    let w = lvrnn::agent::randn(&mut rng, &[2, 3, 7], &candle_core::Device::Cpu).unwrap();
     for leaky in [false, true] {
         let loss = |fused: bool| {
             let y = match (fused, leaky) {
@@ -445,7 +455,8 @@ fn chunked_posterior_sequence_equals_all_steps_at_once() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let (steps, batch) = (7, 3);
         let (xs, ys) = sample_batch(&mut rng, batch, steps);
-        let noise = lvrnn::agent::randn(&mut rng, &[steps, 2, batch, 4]).unwrap();
+        let noise = lvrnn::agent::randn(&mut rng, &[steps, 2, batch, 4], &candle_core::Device::Cpu)
+            .unwrap();
         let loss = |per_chunk: usize| {
             let inputs = SequenceInputs {
                 steps,

@@ -101,7 +101,7 @@ fn check_file(path: &std::path::Path) -> usize {
             prior_precision: prior,
         };
         let family = Laplace::new(cfg.clone());
-        let mut carry = Carry::zeros(1, hidden).unwrap();
+        let mut carry = Carry::zeros(1, hidden, &candle_core::Device::Cpu).unwrap();
         let mut q = family.init(&proj.forward(&carry.h).unwrap()).unwrap();
         let mut window: Vec<Tensor> = vec![];
         for (t, step) in v["steps"].as_array().unwrap().iter().enumerate() {

@@ -420,7 +420,7 @@ fn laplace_diagonal_equals_full_with_diagonal_matrices() -> Result<()> {
     for k in 0..b {
         assert!(max_abs_diff(&cd[k], &cf[k]) < 1e-6);
     }
-    let eps = randn(&mut rng, &[5, b, n])?;
+    let eps = randn(&mut rng, &[5, b, n], &candle_core::Device::Cpu)?;
     assert!(max_abs_diff(&values(&q1d.sample(&eps)?), &values(&q1f.sample(&eps)?)) < 1e-6);
     // Both against the 1-D formula per coordinate.
     let kl = kl_values(&q1d, &q0d)?;
@@ -551,7 +551,7 @@ fn sample_moments_match_the_posterior() -> Result<()> {
     // Laplace, full: Σ = (Λ + jitter)⁻¹ from the explicit inverse.
     let lam: Vec<f64> = (0..b).flat_map(|_| random_spd(&mut rng, n)).collect();
     let q = laplace_gaussian(&mean, b, n, lam.clone(), false, 1e-6)?;
-    let eps = randn(&mut rng, &[nz, b, n])?;
+    let eps = randn(&mut rng, &[nz, b, n], &candle_core::Device::Cpu)?;
     let z = q.sample(&eps)?;
     assert_eq!(z.dims(), &[nz, b, n]);
     let sigma: Vec<Vec<f64>> = (0..b)
@@ -566,7 +566,7 @@ fn sample_moments_match_the_posterior() -> Result<()> {
         .map(|k| inverse(&jittered(&d, k, n, true, 1e-6), n))
         .collect();
     let w = check_moments(
-        &values(&q.sample(&randn(&mut rng, &[nz, b, n])?)?),
+        &values(&q.sample(&randn(&mut rng, &[nz, b, n], &candle_core::Device::Cpu)?)?),
         nz,
         b,
         n,
@@ -582,7 +582,7 @@ fn sample_moments_match_the_posterior() -> Result<()> {
         .map(|k| spectral_cov(&u[k * n * n..(k + 1) * n * n], &s[k * n..(k + 1) * n]))
         .collect();
     let w = check_moments(
-        &values(&q.sample(&randn(&mut rng, &[nz, b, n])?)?),
+        &values(&q.sample(&randn(&mut rng, &[nz, b, n], &candle_core::Device::Cpu)?)?),
         nz,
         b,
         n,
@@ -596,7 +596,7 @@ fn sample_moments_match_the_posterior() -> Result<()> {
         .map(|k| spectral_cov(&eye(n), &s[k * n..(k + 1) * n]))
         .collect();
     let w = check_moments(
-        &values(&q.sample(&randn(&mut rng, &[nz, b, n])?)?),
+        &values(&q.sample(&randn(&mut rng, &[nz, b, n], &candle_core::Device::Cpu)?)?),
         nz,
         b,
         n,
@@ -609,7 +609,7 @@ fn sample_moments_match_the_posterior() -> Result<()> {
         mean: tensor(&mean, &[b, n]),
         cov: Covariance::Point,
     };
-    let z = values(&q.sample(&randn(&mut rng, &[4, b, n])?)?);
+    let z = values(&q.sample(&randn(&mut rng, &[4, b, n], &candle_core::Device::Cpu)?)?);
     assert_eq!(z, [mean.clone(), mean.clone(), mean.clone(), mean].concat());
     assert!(q.entropy()?.is_none() && q.kl_to(&q)?.is_none());
     Ok(())
@@ -625,7 +625,7 @@ fn monte_carlo_kl(
 ) -> Result<f64> {
     let (b, n) = (q1.batch()?, q1.dim()?);
     let nz = 20000;
-    let z = values(&q1.sample(&randn(rng, &[nz, b, n])?)?);
+    let z = values(&q1.sample(&randn(rng, &[nz, b, n], &candle_core::Device::Cpu)?)?);
     let (mu1, mu0) = (values(&q1.mean), values(&q0.mean));
     let kl = kl_values(q1, q0)?;
     let mut worst: f64 = 0.0;
@@ -785,7 +785,7 @@ fn laplace_kl_gradient_and_stop_grad() -> Result<()> {
         // Samples: z = μ + L⁻ᵀε, so ∂(Σ z)/∂μ = n_Z; the previous posterior is untouched.
         let nz = 7;
         let grads = q1
-            .sample(&randn(&mut rng, &[nz, b, n])?)?
+            .sample(&randn(&mut rng, &[nz, b, n], &candle_core::Device::Cpu)?)?
             .sum_all()?
             .backward()?;
         let g = values(grads.get(cur_mean.as_tensor()).unwrap());
@@ -1120,7 +1120,7 @@ fn check_laplace_variant(cfg: LaplaceConfig, seed: u64) -> Result<f64> {
         })
         .collect();
 
-    let mut carry = Carry::zeros(LB, LH)?;
+    let mut carry = Carry::zeros(LB, LH, &candle_core::Device::Cpu)?;
     let mut q = fam.init(&proj.forward(&carry.h)?)?;
     // Reference state per task.
     let (mut c64, mut h64) = (vec![vec![0.0; LH]; LB], vec![vec![0.0; LH]; LB]);
@@ -1289,10 +1289,10 @@ fn laplace_accumulated_increment_is_jjt_of_current_input() -> Result<()> {
     let net = Net::random(&mut rng);
     let (lstm, proj) = net.modules();
     let fam = Laplace::new(LaplaceConfig::default());
-    let mut carry = Carry::zeros(LB, LH)?;
+    let mut carry = Carry::zeros(LB, LH, &candle_core::Device::Cpu)?;
     let mut q = fam.init(&proj.forward(&carry.h)?)?;
     for _ in 0..STEPS {
-        let x = randn(&mut rng, &[LB, LD])?;
+        let x = randn(&mut rng, &[LB, LD], &candle_core::Device::Cpu)?;
         carry = lstm.step(&x, &carry)?;
         let phi = proj.forward(&carry.h)?;
         let window = [x.clone()];
@@ -1499,8 +1499,8 @@ fn core_runs_every_family_end_to_end() -> Result<()> {
         let mut loss = Tensor::zeros((), DType::F32, &Device::Cpu)?;
         for t in 0..STEPS {
             let embedded = [
-                core.embed(0, &randn(&mut rng, &[batch, 2])?)?,
-                core.embed(1, &randn(&mut rng, &[batch, 3])?)?,
+                core.embed(0, &randn(&mut rng, &[batch, 2], &candle_core::Device::Cpu)?)?,
+                core.embed(1, &randn(&mut rng, &[batch, 3], &candle_core::Device::Cpu)?)?,
             ];
             let out = core.step(&state, &embedded)?;
             state = out.state;
@@ -1533,7 +1533,11 @@ fn core_runs_every_family_end_to_end() -> Result<()> {
                 }
                 None => assert!(!posterior.is_bayesian()),
             }
-            let z = state.q.sample(&randn(&mut rng, &[nz, batch, features])?)?;
+            let z = state.q.sample(&randn(
+                &mut rng,
+                &[nz, batch, features],
+                &candle_core::Device::Cpu,
+            )?)?;
             assert_eq!(z.dims(), &[nz, batch, features]);
             assert!(values(&z).iter().all(|x| x.is_finite()));
             loss = (loss + z.mean_all()?)?;

@@ -155,7 +155,12 @@ fn setup_with(
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         for (name, var) in model.params.vars() {
             if name.ends_with("bias") {
-                let noise = lvrnn::agent::randn(&mut rng, var.as_tensor().dims()).unwrap();
+                let noise = lvrnn::agent::randn(
+                    &mut rng,
+                    var.as_tensor().dims(),
+                    &candle_core::Device::Cpu,
+                )
+                .unwrap();
                 var.set(&(var.as_tensor() + (noise * jitter).unwrap()).unwrap())
                     .unwrap();
             }

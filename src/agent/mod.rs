@@ -159,7 +159,7 @@ impl Core {
             features: cfg.features,
             hidden: cfg.hidden,
             posterior_cfg: cfg.posterior.clone(),
-            device: Device::Cpu,
+            device: p.device().clone(),
         })
     }
 
@@ -179,7 +179,7 @@ impl Core {
 
     /// The state before any observation: zero carry and the prior q_0 (from φ_0 = P·0 + p_b).
     pub fn initial(&self, batch: usize) -> Result<CoreState> {
-        let carry = Carry::zeros(batch, self.hidden)?;
+        let carry = Carry::zeros(batch, self.hidden, &self.device)?;
         let phi0 = self.proj.forward(&carry.h)?;
         Ok(CoreState {
             carry,
@@ -219,11 +219,12 @@ impl Core {
     }
 }
 
-/// Standard-normal noise of the given shape from a seeded stream.
-pub fn randn(rng: &mut ChaCha8Rng, shape: &[usize]) -> Result<Tensor> {
+/// Standard-normal noise of the given shape from a seeded stream, on `device` (drawn on the
+/// host, so the numbers do not depend on the device).
+pub fn randn(rng: &mut ChaCha8Rng, shape: &[usize], device: &Device) -> Result<Tensor> {
     let count: usize = shape.iter().product();
     let v: Vec<f32> = (0..count)
         .map(|_| rng.sample::<f32, _>(StandardNormal))
         .collect();
-    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+    Ok(Tensor::from_vec(v, shape, device)?)
 }

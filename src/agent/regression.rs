@@ -6,7 +6,7 @@ use crate::agent::{Core, CoreState, ModelConfig};
 use crate::nn::Params;
 use crate::nn::mlp::Head;
 use anyhow::Result;
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -69,7 +69,7 @@ impl RegressionModel {
     pub fn embed_scalar(&self, kind: usize, v: &[f32]) -> Result<Tensor> {
         self.core.embed(
             kind,
-            &Tensor::from_vec(v.to_vec(), (v.len(), 1), &Device::Cpu)?,
+            &Tensor::from_vec(v.to_vec(), (v.len(), 1), &self.core.device)?,
         )
     }
 

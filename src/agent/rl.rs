@@ -443,7 +443,7 @@ pub fn rollout(
     let mut obs = first_obs;
     for t in 0..horizon {
         let prev = ro.previous(t);
-        let eps = randn(rng, &noise_shape)?;
+        let eps = randn(rng, &noise_shape, &model.core.device)?;
         let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
         let input = model.head_input(&step.embedded[INPUT_OBS], &step.z)?;
         let log_probs: Vec<Vec<f32>> = model.log_probs(&input)?.to_vec2()?;
@@ -474,7 +474,7 @@ pub fn rollout(
         .is_some_and(|d| d.iter().any(|v| *v != 0.0));
     ro.bootstrap = if continues {
         let prev = ro.previous(horizon);
-        let eps = randn(rng, &noise_shape)?;
+        let eps = randn(rng, &noise_shape, &model.core.device)?;
         let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
         let input = model.head_input(&step.embedded[INPUT_OBS], &step.z)?;
         model.values(&input)?.to_vec1()?

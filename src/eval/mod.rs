@@ -112,7 +112,9 @@ pub fn evaluate_regression(
         for k in 0..=horizon {
             if let Some(slot) = cfg.points.iter().position(|p| *p == k) {
                 let entropy = state.q.entropy()?.unwrap_or_else(|| vec![f64::NAN; b]);
-                let z = state.q.sample(&randn(&mut rng, &[m, b, n])?)?; // (m, B, n)
+                let z = state
+                    .q
+                    .sample(&randn(&mut rng, &[m, b, n], &model.core.device)?)?; // (m, B, n)
                 // (m, B, G) predictive means.
                 let means =
                     model.predict_mean(&emb_grid.unsqueeze(0)?.unsqueeze(0)?, &z.unsqueeze(2)?)?;

@@ -28,12 +28,8 @@ pub struct Carry {
 }
 
 impl Carry {
-    pub fn zeros(batch: usize, hidden: usize) -> Result<Self> {
-        let z = Tensor::zeros(
-            (batch, hidden),
-            candle_core::DType::F32,
-            &candle_core::Device::Cpu,
-        )?;
+    pub fn zeros(batch: usize, hidden: usize, device: &candle_core::Device) -> Result<Self> {
+        let z = Tensor::zeros((batch, hidden), candle_core::DType::F32, device)?;
         Ok(Self { c: z.clone(), h: z })
     }
 

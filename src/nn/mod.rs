@@ -16,14 +16,34 @@ use std::path::Path;
 /// Named trainable parameters, kept in name order so that saving, loading and iteration are
 /// deterministic. Initialisation draws from a caller-seeded ChaCha stream (candle's own random
 /// initialisers use a thread-local generator, which would break reproducibility).
-#[derive(Default)]
 pub struct Params {
     vars: BTreeMap<String, Var>,
+    /// Where the parameters live; every model tensor is created on it.
+    device: Device,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self::on(&Device::Cpu)
+    }
 }
 
 impl Params {
+    /// An empty store on the CPU.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store whose parameters live on `device`.
+    pub fn on(device: &Device) -> Self {
+        Self {
+            vars: BTreeMap::new(),
+            device: device.clone(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Creates (or returns the existing) parameter `name` with uniform(−bound, bound) entries.
@@ -41,7 +61,7 @@ impl Params {
         let data: Vec<f32> = (0..count)
             .map(|_| rng.gen_range(-bound..=bound) as f32)
             .collect();
-        self.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?)
+        self.insert(name, Tensor::from_vec(data, shape, &self.device)?)
     }
 
     /// Creates (or returns the existing) parameter `name` filled with `value`.
@@ -51,7 +71,7 @@ impl Params {
         }
         self.insert(
             name,
-            (Tensor::ones(shape, DType::F32, &Device::Cpu)? * value as f64)?,
+            (Tensor::ones(shape, DType::F32, &self.device)? * value as f64)?,
         )
     }
 
@@ -109,7 +129,7 @@ impl Params {
                             var.dims()
                         );
                     }
-                    var.set(&t.to_dtype(DType::F32)?)?;
+                    var.set(&t.to_dtype(DType::F32)?.to_device(var.device())?)?;
                 }
                 None if strict => bail!("checkpoint lacks tensor `{name}`"),
                 None => missing.push(name.clone()),
@@ -119,7 +139,8 @@ impl Params {
     }
 }
 
-/// Reads every tensor of a safetensors file.
+/// Reads every tensor of a safetensors file into host memory ([`Params::load_from`] moves them
+/// to the parameters' device).
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let map = candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("reading checkpoint {}", path.display()))?;

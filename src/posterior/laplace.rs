@@ -190,8 +190,8 @@ impl Precision {
         )
     }
 
-    /// Λ + jitter·I as a constant f32 tensor of `shape.dims` ((B, n, n), or (B, n)).
-    pub fn jittered_tensor(&self) -> Result<Tensor> {
+    /// Λ + jitter·I as a constant f32 tensor of `shape.dims` ((B, n, n), or (B, n)) on `device`.
+    pub fn jittered_tensor(&self, device: &Device) -> Result<Tensor> {
         let (n, size) = (self.n, self.shape.size(self.n));
         let mut v: Vec<f32> = self.values.iter().map(|x| *x as f32).collect();
         for k in 0..self.batch {
@@ -199,11 +199,7 @@ impl Precision {
                 v[k * size + self.shape.diagonal_index(n, i)] += self.jitter as f32;
             }
         }
-        Ok(Tensor::from_vec(
-            v,
-            self.shape.dims(self.batch, n),
-            &Device::Cpu,
-        )?)
+        Ok(Tensor::from_vec(v, self.shape.dims(self.batch, n), device)?)
     }
 
     /// The noise part of reparameterised samples, L^{−T} ε, for ε of shape (n_Z, B, n).
@@ -228,12 +224,13 @@ impl Precision {
                 self.shape.solve_factor_t(self.task(row % b).1, n, &mut x);
                 o.iter_mut().zip(x).for_each(|(o, v)| *o = v as f32);
             });
-        Ok(Tensor::from_vec(out, (nz, b, n), &Device::Cpu)?)
+        Ok(Tensor::from_vec(out, (nz, b, n), eps.device())?)
     }
 
     /// dᵀ(Λ + jitter·I)d per task for d (B, n), differentiable in d.
     pub fn quadratic_form(&self, d: &Tensor) -> Result<Tensor> {
-        self.shape.quadratic_form(d, &self.jittered_tensor()?)
+        self.shape
+            .quadratic_form(d, &self.jittered_tensor(d.device())?)
     }
 
     /// The θ-independent part of KL(self ‖ prev): ½[tr(Λ_prev Λ⁻¹) − n + ln det Λ − ln det Λ_prev].

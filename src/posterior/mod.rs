@@ -17,7 +17,7 @@ pub use config::{Accumulate, LaplaceConfig, PosteriorConfig};
 use crate::nn::lstm::{Carry, Lstm};
 use crate::nn::mlp::Linear;
 use anyhow::Result;
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, Tensor};
 use laplace::Precision;
 
 /// ½·ln(2πe), the per-dimension entropy of a standard normal.
@@ -148,7 +148,7 @@ impl Gaussian {
                     .iter()
                     .map(|v| *v as f32)
                     .collect();
-                let constant = Tensor::from_vec(constant, quad.dims(), &Device::Cpu)?;
+                let constant = Tensor::from_vec(constant, quad.dims(), quad.device())?;
                 Ok(Some(((quad * 0.5)? + constant)?))
             }
             (Covariance::Spectral { u, log_s }, Covariance::Spectral { u: up, log_s: lsp }) => {

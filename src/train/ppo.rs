@@ -41,22 +41,18 @@ use std::collections::BTreeMap;
 // ---------------------------------------------------------------------------------------------
 
 /// One-hot rows (len, k) of `index`.
-fn one_hot(index: &[usize], k: usize) -> Result<Tensor> {
+fn one_hot(index: &[usize], k: usize, device: &Device) -> Result<Tensor> {
     let mut v = vec![0f32; index.len() * k];
     for (row, &i) in index.iter().enumerate() {
         v[row * k + i] = 1.0;
     }
-    Ok(Tensor::from_vec(v, (index.len(), k), &Device::Cpu)?)
+    Ok(Tensor::from_vec(v, (index.len(), k), device)?)
 }
 
 /// A [t][b] table as a (T, B) tensor.
-fn table(rows: &[Vec<f32>]) -> Result<Tensor> {
+fn table(rows: &[Vec<f32>], device: &Device) -> Result<Tensor> {
     let b = rows.first().map_or(0, |r| r.len());
-    Ok(Tensor::from_vec(
-        rows.concat(),
-        (rows.len(), b),
-        &Device::Cpu,
-    )?)
+    Ok(Tensor::from_vec(rows.concat(), (rows.len(), b), device)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -193,10 +189,11 @@ pub fn ppo_objective(
     kl: Option<Tensor>,
 ) -> Result<LossParts> {
     let (horizon, b) = (ro.horizon(), ro.batch());
+    let device = &model.core.device;
     let input = model.head_input(emb_s, z)?;
     let log_probs = model.log_probs(&input)?; // (T, B, A)
     let values = model.values(&input)?; // (T, B)
-    let taken = one_hot(&ro.actions.concat(), model.num_actions)?.reshape((
+    let taken = one_hot(&ro.actions.concat(), model.num_actions, device)?.reshape((
         horizon,
         b,
         model.num_actions,
@@ -209,8 +206,8 @@ pub fn ppo_objective(
     } else {
         advantages.to_vec()
     };
-    let adv = table(&adv)?;
-    let ratio = logp.sub(&table(&ro.log_probs)?)?.exp()?;
+    let adv = table(&adv, device)?;
+    let ratio = logp.sub(&table(&ro.log_probs, device)?)?.exp()?;
     let clipped = ratio.clamp(1.0 - ppo.clip_ratio, 1.0 + ppo.clip_ratio)?;
     let policy_loss = ratio
         .mul(&adv)?
@@ -218,7 +215,7 @@ pub fn ppo_objective(
         .mean_all()?
         .neg()?;
     // Value: semi-gradient towards the fixed λ-return.
-    let value_loss = (values.sub(&table(targets)?)?.sqr()?.mean_all()? * 0.5)?;
+    let value_loss = (values.sub(&table(targets, device)?)?.sqr()?.mean_all()? * 0.5)?;
     // Exact entropy of the averaged policy.
     let entropy = exact_entropy(&log_probs)?.mean_all()?;
     let mut loss = ((policy_loss.affine(ppo.policy_scale, 0.0)?
@@ -241,7 +238,7 @@ pub fn ppo_objective(
     {
         let softplus = (logits.relu()? + logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
         let bce = softplus
-            .sub(&logits.mul(&table(&ro.rewards)?)?)?
+            .sub(&logits.mul(&table(&ro.rewards, device)?)?)?
             .mean_all()?;
         loss = (loss + bce.affine(ppo.reward_loss_scale, 0.0)?)?;
         reward_loss = Some(bce.to_scalar::<f32>()? as f64);

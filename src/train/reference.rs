@@ -11,7 +11,6 @@ use crate::envs::MetaEnv;
 use crate::train::ppo::{LossParts, ppo_objective};
 use crate::train::supervised::{ElboParts, HALF_LN_2PI, elbo_parts};
 use anyhow::Result;
-use candle_core::Device;
 use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
 
@@ -39,7 +38,7 @@ pub fn rollout(
     for t in 0..horizon {
         let prev = ro.previous(t);
         let (step, emb_s) = model.observe(&state, &model.inputs(&obs, prev)?)?;
-        let eps = randn(rng, &noise_shape)?;
+        let eps = randn(rng, &noise_shape, &model.core.device)?;
         let input = model.head_input(&emb_s, &step.state.q.sample(&eps)?)?;
         let log_probs: Vec<Vec<f32>> = model.log_probs(&input)?.to_vec2()?;
         let values: Vec<f32> = model.values(&input)?.to_vec1()?;
@@ -66,7 +65,10 @@ pub fn rollout(
     ro.bootstrap = if continues {
         let prev = ro.previous(horizon);
         let (step, emb_s) = model.observe(&state, &model.inputs(&obs, prev)?)?;
-        let z = step.state.q.sample(&randn(rng, &noise_shape)?)?;
+        let z = step
+            .state
+            .q
+            .sample(&randn(rng, &noise_shape, &model.core.device)?)?;
         model.values(&model.head_input(&emb_s, &z)?)?.to_vec1()?
     } else {
         vec![0.0; b]
@@ -140,9 +142,11 @@ pub fn negative_elbo(
     for (x, y) in xs.iter().zip(ys) {
         let emb_x = model.embed_scalar(0, x)?;
         // Predict y_t from q_{t−1}: averaged mean over the n_Z samples (variance is shared).
-        let z = state.q.sample(&randn(rng, &[nz, b, n])?)?;
+        let z = state
+            .q
+            .sample(&randn(rng, &[nz, b, n], &model.core.device)?)?;
         let mean = model.predict_mean(&emb_x.unsqueeze(0)?, &z)?.mean(0)?; // (B,)
-        let target = Tensor::from_vec(y.clone(), b, &Device::Cpu)?;
+        let target = Tensor::from_vec(y.clone(), b, mean.device())?;
         let sq = mean.sub(&target)?.sqr()?;
         let nll = (sq
             .broadcast_div(&(&sigma2 * 2.0)?)?

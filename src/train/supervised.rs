@@ -46,7 +46,7 @@ pub fn negative_elbo(
     let core = &model.core;
     let device = &core.device;
     let noise = (0..steps)
-        .map(|_| randn(rng, &[nz, b, n]))
+        .map(|_| randn(rng, &[nz, b, n], device))
         .collect::<Result<Vec<_>>>()?;
     let inputs = SequenceInputs {
         steps,
