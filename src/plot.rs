@@ -109,8 +109,8 @@ pub const LINE_PLOT_SIZE: (u32, u32) = (800, 500);
 pub const GRID_PANEL_SIZE: (u32, u32) = (520, 360);
 const GRID_TITLE_HEIGHT: u32 = 44;
 
-/// Tableau-10 palette.
-pub const PALETTE: [RGBColor; 10] = [
+/// Tableau-20 palette: the ten Tableau colours, then their light variants.
+pub const PALETTE: [RGBColor; 20] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -121,7 +121,22 @@ pub const PALETTE: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    RGBColor(174, 199, 232),
+    RGBColor(255, 187, 120),
+    RGBColor(152, 223, 138),
+    RGBColor(255, 152, 150),
+    RGBColor(197, 176, 213),
+    RGBColor(196, 156, 148),
+    RGBColor(247, 182, 210),
+    RGBColor(199, 199, 199),
+    RGBColor(219, 219, 141),
+    RGBColor(158, 218, 229),
 ];
+
+/// Above this many named series a [`line_plot`] lists them beside the chart, not inside it.
+pub const LEGEND_INSIDE_MAX: usize = 8;
+/// Height of one entry of a side legend, in pixels.
+const SIDE_LEGEND_ROW: u32 = 20;
 
 static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
@@ -194,10 +209,81 @@ fn render<F: Figure>(stem: &Path, size: (u32, u32), fig: &F) -> Result<()> {
     commit_temp(&tmp, &png)
 }
 
-/// Draws `plot` into `stem.png` (800×500) and `stem.svg`.
+/// Draws `plot` into `stem.png` (800×500) and `stem.svg`. With more than
+/// [`LEGEND_INSIDE_MAX`] named series the legend becomes a list to the right of the chart (the
+/// figure grows wider, and taller when the list needs it) so that it never covers the data.
 pub fn line_plot(stem: &Path, plot: &LinePlot) -> Result<()> {
-    render(stem, LINE_PLOT_SIZE, &SingleFigure(plot))
-        .with_context(|| format!("line plot {}", stem.display()))
+    let named = plot.series.iter().filter(|s| !s.name.is_empty()).count();
+    let drawn = if named > LEGEND_INSIDE_MAX {
+        let longest = plot
+            .series
+            .iter()
+            .map(|s| s.name.chars().count())
+            .max()
+            .unwrap_or(0) as u32;
+        let width = (48 + 7 * longest).clamp(200, 1000);
+        let height = LINE_PLOT_SIZE.1.max(40 + SIDE_LEGEND_ROW * named as u32);
+        render(
+            stem,
+            (LINE_PLOT_SIZE.0 + width, height),
+            &SideLegendFigure(plot),
+        )
+    } else {
+        render(stem, LINE_PLOT_SIZE, &SingleFigure(plot))
+    };
+    drawn.with_context(|| format!("line plot {}", stem.display()))
+}
+
+/// A chart of [`LINE_PLOT_SIZE`] with its legend listed to the right.
+struct SideLegendFigure<'a>(&'a LinePlot);
+
+impl Figure for SideLegendFigure<'_> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, plotters::coord::Shift>,
+    ) -> Result<()> {
+        let e = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e}");
+        root.fill(&WHITE).map_err(e)?;
+        let (left, right) = root.split_horizontally(LINE_PLOT_SIZE.0);
+        let (chart, _) = left.split_vertically(LINE_PLOT_SIZE.1);
+        // The same chart without names: no legend inside it. Colours follow the series index,
+        // as in the list.
+        let mut unnamed = self.0.clone();
+        unnamed.series.iter_mut().for_each(|s| s.name.clear());
+        draw_panel(&chart, &unnamed, 22)?;
+        let font = ("sans-serif", 13).into_font().color(&BLACK);
+        let named = self
+            .0
+            .series
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.name.is_empty());
+        for (row, (i, s)) in named.enumerate() {
+            let y = 30 + (row as u32 * SIDE_LEGEND_ROW) as i32;
+            let style = ShapeStyle::from(PALETTE[i % PALETTE.len()]).stroke_width(2);
+            let segments: &[(i32, i32)] = if s.dashed {
+                &[(6, 14), (18, 26)]
+            } else {
+                &[(6, 26)]
+            };
+            for (a, b) in segments {
+                right
+                    .draw(&PathElement::new(vec![(*a, y), (*b, y)], style))
+                    .map_err(e)?;
+            }
+            right
+                .draw(&Text::new(
+                    s.name.clone(),
+                    (34, y),
+                    font.clone().pos(text_anchor::Pos::new(
+                        text_anchor::HPos::Left,
+                        text_anchor::VPos::Center,
+                    )),
+                ))
+                .map_err(e)?;
+        }
+        Ok(())
+    }
 }
 
 /// Draws `panels` in a grid with `cols` columns (rows as needed) under a common `title`, into

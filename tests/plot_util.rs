@@ -276,7 +276,36 @@ fn line_plot_survives_nan_inf_empty_and_constant_data() {
     for (i, p) in cases.iter().enumerate() {
         let stem = dir.path().join(format!("case{i}"));
         line_plot(&stem, p).unwrap();
-        assert_eq!(png_dims(&stem.with_extension("png")), (800, 500));
+        let (w, h) = png_dims(&stem.with_extension("png"));
+        let named = p.series.iter().filter(|s| !s.name.is_empty()).count();
+        if named > lvrnn::plot::LEGEND_INSIDE_MAX {
+            // The legend is listed beside the 800×500 chart.
+            assert!(w > 800 && h == 500, "case {i}: {w}×{h}");
+        } else {
+            assert_eq!((w, h), (800, 500), "case {i}");
+        }
+    }
+}
+
+#[test]
+fn a_long_legend_is_listed_beside_the_chart_and_grows_the_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = LinePlot {
+        series: (0..30)
+            .map(|i| Series::new(format!("series {i}"), vec![0.0, 1.0], vec![0.0, i as f64]))
+            .collect(),
+        ..LinePlot::default()
+    };
+    let stem = dir.path().join("long");
+    line_plot(&stem, &plot).unwrap();
+    let (w, h) = png_dims(&stem.with_extension("png"));
+    // 30 entries of 20 px below a 40 px top margin: taller than the 500 px chart.
+    assert!(w > 800, "{w}");
+    assert_eq!(h, 40 + 30 * 20);
+    let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+    for i in 0..30 {
+        let name = format!("series {i}");
+        assert!(svg.lines().any(|l| l.trim() == name), "legend lacks {name}");
     }
 }
 

@@ -417,7 +417,16 @@ fn curve_figure(
     ylabel: &str,
     dir: &Path,
 ) -> Result<Option<(String, String)>> {
-    let curves = agg.curves(section, metric);
+    // The figure draws the comparison the paper makes (see `headline`); every group stays in
+    // the tables. Identical numbers that arrive twice (a run's own evaluation and an eval
+    // folder of its final model) are drawn once.
+    let mut seen = BTreeSet::new();
+    let curves: Vec<_> = agg
+        .curves(section, metric)
+        .into_iter()
+        .filter(|(g, _)| g.provenance == Provenance::Reference || headline(g))
+        .filter(|(g, _)| seen.insert((g.model.clone(), g.provenance, g.values.clone())))
+        .collect();
     if curves.is_empty() {
         return Ok(None);
     }
@@ -472,6 +481,19 @@ fn curve_figure(
     Ok(Some((stem, caption)))
 }
 
+/// Whether a group is part of the comparison the figures draw: each run's own evaluation (or,
+/// for an `lvrnn eval` folder, that of the final model), and post-hoc posteriors of
+/// point-estimate networks (`post-hoc on rnn`). Snapshot evaluations and post-hoc variants of
+/// Bayesian networks stay in the tables.
+fn headline(g: &GroupKey) -> bool {
+    let final_model = g.evaluation == "run" || g.evaluation.ends_with("model-final");
+    let base_ok = match family(&g.model).1 {
+        Some(base) => base == "rnn",
+        None => true,
+    };
+    g.provenance != Provenance::Reference && final_model && base_ok
+}
+
 /// The family of a label: the model without its `(post-hoc on …)` part.
 fn family(model: &str) -> (String, Option<String>) {
     match model.split_once(" (post-hoc on ") {
@@ -497,14 +519,6 @@ fn provenance_figure(
     what: &str,
     dir: &Path,
 ) -> Result<Option<(String, String)>> {
-    let headline = |g: &GroupKey| {
-        let final_model = g.evaluation == "run" || g.evaluation.ends_with("model-final");
-        let base_ok = match family(&g.model).1 {
-            Some(base) => base == "rnn",
-            None => true,
-        };
-        g.provenance != Provenance::Reference && final_model && base_ok
-    };
     let mut seen = BTreeSet::new();
     let rows: Vec<&Row> = agg
         .rows
