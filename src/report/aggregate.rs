@@ -20,7 +20,15 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const LEVEL: f64 = 0.99;
 
 /// Keys never used for default grouping: they tell seeds apart or are bookkeeping.
-const NOT_GROUPED: [&str; 3] = ["seed", "name", "eval.posthoc"];
+/// Keys never grouped by default: identity (`seed`, `name`), the base config's extra post-hoc
+/// list, and keys that only say which files a run writes (they do not change its numbers).
+const NOT_GROUPED: [&str; 5] = [
+    "seed",
+    "name",
+    "eval.posthoc",
+    "train.snapshots",
+    "train.checkpoint_every",
+];
 
 /// Mean and interval of one group's per-seed values.
 #[derive(Clone, Debug, PartialEq)]
@@ -163,8 +171,8 @@ pub const ROW_KEYS: [&str; 3] = ["model", "provenance", "evaluation"];
 
 /// Groups the records. `by`: the grouping config keys for every section (checked against the
 /// folders' keys); `None`: per section, every key whose value differs between its folders,
-/// except `seed`, `name` and `eval.posthoc` (and the `model.posterior.*` leaves where
-/// `model.posterior` differs).
+/// except those of [`NOT_GROUPED`] (and the `model.posterior.*` leaves where `model.posterior`
+/// differs).
 pub fn aggregate(col: &Collection, by: Option<&[String]>) -> Result<Aggregate> {
     let sections: BTreeSet<Section> = col.folders.iter().map(|f| f.section).collect();
     let all_keys: BTreeSet<&String> = col.folders.iter().flat_map(|f| f.keys.keys()).collect();
