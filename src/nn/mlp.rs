@@ -33,16 +33,35 @@ pub fn leaky_relu(x: &Tensor) -> Result<Tensor> {
 
 struct LeakyRelu;
 
+/// max(x, 0) + slope·min(x, 0).
+#[inline]
+fn leaky(x: f32) -> f32 {
+    if x > 0.0 { x } else { x * LEAKY_SLOPE as f32 }
+}
+
+/// The derivative leaky′ at a point of sign `s` (the input, or the output, which has the same
+/// sign): 1 above zero, slope below, (1 + slope)/2 at zero.
+#[inline]
+fn leaky_derivative(s: f32) -> f32 {
+    let slope = LEAKY_SLOPE as f32;
+    if s > 0.0 {
+        1.0
+    } else if s < 0.0 {
+        slope
+    } else {
+        (1.0 + slope) / 2.0
+    }
+}
+
 impl CustomOp1 for LeakyRelu {
     fn name(&self) -> &'static str {
         "leaky-relu"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let slope = LEAKY_SLOPE as f32;
         let y: Vec<f32> = logical(s.as_slice::<f32>()?, l)
             .iter()
-            .map(|&v| if v > 0.0 { v } else { v * slope })
+            .map(|&v| leaky(v))
             .collect();
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -67,21 +86,11 @@ impl CustomOp2 for LeakyReluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let slope = LEAKY_SLOPE as f32;
-        let kink = (1.0 + slope) / 2.0;
         let (x, g) = (s1.as_slice::<f32>()?, s2.as_slice::<f32>()?);
         let out: Vec<f32> = logical(x, l1)
             .iter()
             .zip(logical(g, l2).iter())
-            .map(|(&x, &g)| {
-                g * if x > 0.0 {
-                    1.0
-                } else if x < 0.0 {
-                    slope
-                } else {
-                    kink
-                }
-            })
+            .map(|(&x, &g)| g * leaky_derivative(x))
             .collect();
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -216,11 +225,10 @@ impl candle_core::CustomOp3 for Affine {
             false,
             true,
         );
-        let slope = LEAKY_SLOPE as f32;
         for row in y.chunks_mut(n.max(1)) {
             for (v, bias) in row.iter_mut().zip(b.iter()) {
                 let z = *v + bias;
-                *v = if self.leaky && z <= 0.0 { z * slope } else { z };
+                *v = if self.leaky { leaky(z) } else { z };
             }
         }
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
@@ -240,17 +248,9 @@ impl candle_core::CustomOp3 for Affine {
         let mut gz = f32_values(&gs, gl)?.into_owned();
         drop(gs);
         if self.leaky {
-            let slope = LEAKY_SLOPE as f32;
-            let kink = (1.0 + slope) / 2.0;
             let (ys, yl) = y.storage_and_layout();
             for (g, y) in gz.iter_mut().zip(f32_values(&ys, yl)?.iter()) {
-                *g *= if *y > 0.0 {
-                    1.0
-                } else if *y < 0.0 {
-                    slope
-                } else {
-                    kink
-                };
+                *g *= leaky_derivative(*y);
             }
         }
         let ((xs, xl), (ws, wl)) = (x.storage_and_layout(), w.storage_and_layout());
