@@ -417,15 +417,14 @@ fn curve_figure(
     ylabel: &str,
     dir: &Path,
 ) -> Result<Option<(String, String)>> {
-    // The figure draws the comparison the paper makes (see `headline`); every group stays in
-    // the tables. Identical numbers that arrive twice (a run's own evaluation and an eval
-    // folder of its final model) are drawn once.
+    // The figure draws the comparison the paper makes (see `headline`), each group once (see
+    // `drawn_as`); every group stays in the tables.
     let mut seen = BTreeSet::new();
     let curves: Vec<_> = agg
         .curves(section, metric)
         .into_iter()
         .filter(|(g, _)| g.provenance == Provenance::Reference || headline(g))
-        .filter(|(g, _)| seen.insert((g.model.clone(), g.provenance, g.values.clone())))
+        .filter(|(g, _)| seen.insert(drawn_as(g)))
         .collect();
     if curves.is_empty() {
         return Ok(None);
@@ -494,6 +493,13 @@ fn headline(g: &GroupKey) -> bool {
     g.provenance != Provenance::Reference && final_model && base_ok
 }
 
+/// What a figure draws a group as: the same numbers can arrive twice (a run's own evaluation
+/// and an eval folder of its final model), and the figures keep the first of each (model,
+/// provenance, other keys).
+fn drawn_as(g: &GroupKey) -> (String, Provenance, Vec<String>) {
+    (g.model.clone(), g.provenance, g.values.clone())
+}
+
 /// The family of a label: the model without its `(post-hoc on …)` part.
 fn family(model: &str) -> (String, Option<String>) {
     match model.split_once(" (post-hoc on ") {
@@ -525,15 +531,7 @@ fn provenance_figure(
         .iter()
         .filter(|r| r.group.section == section && r.metric == metric && r.x == x)
         .filter(|r| headline(&r.group))
-        // The same numbers can arrive twice (a run's own evaluation and an eval folder of its
-        // final model): keep the first of each (model, provenance, other keys).
-        .filter(|r| {
-            seen.insert((
-                r.group.model.clone(),
-                r.group.provenance,
-                r.group.values.clone(),
-            ))
-        })
+        .filter(|r| seen.insert(drawn_as(&r.group)))
         .collect();
     if rows.is_empty() {
         return Ok(None);
