@@ -25,6 +25,7 @@ use super::shape::{self, PrecisionShape};
 use crate::nn::kernels::{Mat, activate_gates, sgemm, tanh};
 use anyhow::{Result, anyhow};
 use rayon::prelude::*;
+use std::collections::VecDeque;
 
 /// The network weights the Jacobian needs, as plain row-major values.
 pub struct JacobianWeights {
@@ -63,10 +64,12 @@ struct TaskState {
     lambda: Vec<f64>,
     /// The factor of Λ + jitter·I (`posterior::shape`).
     chol: Vec<f64>,
+    /// The previous step's factor (kept for the KL; its buffer is reused).
+    prev_chol: Vec<f64>,
     logdet: f64,
     mean: Vec<f32>,
     /// The window's input projections xw_i (4H each), oldest first.
-    window: Vec<Vec<f32>>,
+    window: VecDeque<Vec<f32>>,
 }
 
 /// What one filter step gives per task (row-major over the batch).
@@ -103,10 +106,11 @@ impl LaplaceFilter {
                 let lambda = shape.scaled_identity(n, cfg.prior_precision);
                 let mut t = TaskState {
                     chol: vec![0.0; size],
+                    prev_chol: vec![0.0; size],
                     lambda,
                     logdet: 0.0,
                     mean: phi0[b * n..(b + 1) * n].to_vec(),
-                    window: vec![],
+                    window: VecDeque::new(),
                 };
                 factorise(&mut t, n, shape, cfg.jitter).map(|_| t)
             })
@@ -189,10 +193,15 @@ impl LaplaceFilter {
             self.cfg.window
         };
         for (b, task) in self.tasks.iter_mut().enumerate() {
-            task.window.push(xw[b * g4..(b + 1) * g4].to_vec());
-            if task.window.len() > keep {
-                task.window.remove(0);
-            }
+            let row = &xw[b * g4..(b + 1) * g4];
+            let mut slot = if task.window.len() == keep {
+                task.window.pop_front().unwrap_or_default()
+            } else {
+                Vec::with_capacity(g4)
+            };
+            slot.clear();
+            slot.extend_from_slice(row);
+            task.window.push_back(slot);
         }
         let cfg = &self.cfg;
         let parallel = candle_core::utils::get_num_threads() > 1;
@@ -259,35 +268,28 @@ fn update_task(
 ) -> Result<(Vec<f32>, f64, f64), String> {
     let n = phi.len();
     let shape = shape::of(cfg.diagonal);
-    // Previous posterior (for the KL), then the new precision.
-    let prev_lambda = std::mem::take(&mut task.lambda);
-    let prev_chol = task.chol.clone();
-    let prev_logdet = task.logdet;
-    let mut lambda = match cfg.accumulate {
-        Accumulate::None => shape.scaled_identity(n, cfg.damping),
-        _ => prev_lambda.clone(),
+    // The new mean, and the KL's quadratic part against the previous posterior (Λ_{t−1}, μ_{t−1}).
+    let mean: Vec<f32> = match cfg.accumulate {
+        Accumulate::MuSigma => phi.iter().zip(&task.mean).map(|(p, m)| p + m).collect(),
+        _ => phi.to_vec(),
     };
-    lambda
+    let d: Vec<f32> = mean.iter().zip(&task.mean).map(|(a, b)| a - b).collect();
+    task.mean = mean;
+    let v = shape.jittered_times(&task.lambda, &d, n, cfg.jitter);
+    let quad: f64 = v.iter().zip(&d).map(|(v, d)| *v as f64 * *d as f64).sum();
+    // The new precision Λ_t = prior_t + Σ J Jᵀ and its factor; the previous factor is kept.
+    if cfg.accumulate == Accumulate::None {
+        task.lambda = shape.scaled_identity(n, cfg.damping);
+    }
+    task.lambda
         .iter_mut()
         .zip(term)
         .for_each(|(l, t)| *l += *t as f64);
-    task.lambda = lambda;
+    std::mem::swap(&mut task.chol, &mut task.prev_chol);
+    let prev_logdet = task.logdet;
     factorise(task, n, shape, cfg.jitter)?;
-    let prev_mean = std::mem::take(&mut task.mean);
-    task.mean = match cfg.accumulate {
-        Accumulate::MuSigma => phi.iter().zip(&prev_mean).map(|(p, m)| p + m).collect(),
-        _ => phi.to_vec(),
-    };
     // KL(q_t ‖ q_{t−1}) = ½ dᵀΛ̃_{t−1}d + ½[tr(Λ̃_{t−1}Λ̃_t⁻¹) − n + ln det Λ̃_t − ln det Λ̃_{t−1}].
-    let d: Vec<f32> = task
-        .mean
-        .iter()
-        .zip(&prev_mean)
-        .map(|(a, b)| a - b)
-        .collect();
-    let v = shape.jittered_times(&prev_lambda, &d, n, cfg.jitter);
-    let quad: f64 = v.iter().zip(&d).map(|(v, d)| *v as f64 * *d as f64).sum();
-    let trace = shape.trace_ratio(&task.chol, &prev_chol, n);
+    let trace = shape.trace_ratio(&task.chol, &task.prev_chol, n);
     let constant = 0.5 * (trace - n as f64 + task.logdet - prev_logdet);
     Ok((v, 0.5 * quad + constant, task.logdet))
 }
@@ -307,10 +309,39 @@ fn jacobian_terms(
     hw: &[f32],
     shape: &dyn PrecisionShape,
 ) -> Vec<Vec<f32>> {
-    let (hd, n, g4) = (w.hidden, w.features, 4 * w.hidden);
+    let (hd, n) = (w.hidden, w.features);
     let k = tasks[0].window.len();
     let cols = tasks.len() * k * hd;
-    let mut m = vec![0f32; hd * cols];
+    SCRATCH.with_borrow_mut(|(m, j)| {
+        m.resize(hd * cols, 0.0);
+        j.resize(n * cols, 0.0);
+        fill_derivatives(tasks, w, c, hw, m, cols);
+        // J = Pᵀ M, (n, cols).
+        let pt = Mat::rows_t(&w.proj, n);
+        sgemm(n, cols, hd, pt, Mat::rows(m, cols), j, false, false);
+        (0..tasks.len())
+            .map(|ti| shape.gram_rows(&j[ti * k * hd..], n, cols, k * hd))
+            .collect()
+    })
+}
+
+thread_local! {
+    /// The matrices M and J of [`jacobian_terms`], kept between calls (one pair per thread).
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = Default::default();
+}
+
+/// M[j, (task·k + i)·H + m] = D_i[j, m] = Σ_gate a_gate[j] W_gateᵀ[j, m] for every task of the
+/// chunk and input i of its window (every entry of M is written).
+fn fill_derivatives(
+    tasks: &[TaskState],
+    w: &JacobianWeights,
+    c: &[f32],
+    hw: &[f32],
+    m: &mut [f32],
+    cols: usize,
+) {
+    let (hd, g4) = (w.hidden, 4 * w.hidden);
+    let k = tasks[0].window.len();
     let mut z = vec![0f32; g4];
     for (ti, task) in tasks.iter().enumerate() {
         let (c, hw) = (&c[ti * hd..(ti + 1) * hd], &hw[ti * g4..(ti + 1) * g4]);
@@ -334,20 +365,14 @@ fn jacobian_terms(
                 ];
                 // D[j, :] = Σ_gate a_gate[j] · W_gateᵀ[j, :].
                 let row = &mut m[j * cols + col..j * cols + col + hd];
-                for (gate, a) in a.iter().enumerate() {
-                    let src = &w.wh_t[(gate * hd + j) * hd..(gate * hd + j + 1) * hd];
-                    row.iter_mut().zip(src).for_each(|(r, s)| *r += a * s);
+                let src = |gate: usize| &w.wh_t[(gate * hd + j) * hd..(gate * hd + j + 1) * hd];
+                row.iter_mut().zip(src(0)).for_each(|(r, s)| *r = a[0] * s);
+                for (gate, a) in a.iter().enumerate().skip(1) {
+                    row.iter_mut().zip(src(gate)).for_each(|(r, s)| *r += a * s);
                 }
             }
         }
     }
-    // J = Pᵀ M, (n, cols).
-    let mut j = vec![0f32; n * cols];
-    let pt = Mat::rows_t(&w.proj, n);
-    sgemm(n, cols, hd, pt, Mat::rows(&m, cols), &mut j, false, false);
-    (0..tasks.len())
-        .map(|ti| shape.gram_rows(&j[ti * k * hd..], n, cols, k * hd))
-        .collect()
 }
 
 /// The factor and ln det of Λ + jitter·I into the task state.

@@ -15,7 +15,7 @@
 use super::config::{Accumulate, LaplaceConfig};
 use super::shape::{self, PrecisionShape};
 use super::{Covariance, Gaussian, PosteriorFamily, StepInput};
-use crate::linalg;
+use crate::linalg::upper;
 use anyhow::{Result, bail};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -252,15 +252,16 @@ impl Precision {
         let n = self.n;
         (0..self.batch)
             .map(|k| {
-                let l = self.shape.dense(self.task(k).1, n);
+                let u = self.shape.dense(self.task(k).1, n);
                 let mut sigma = vec![0.0; n * n];
                 let mut col = vec![0.0; n];
                 for j in 0..n {
                     col.iter_mut()
                         .enumerate()
                         .for_each(|(i, v)| *v = if i == j { 1.0 } else { 0.0 });
-                    linalg::solve_lower(&l, n, &mut col);
-                    linalg::solve_upper_t(&l, n, &mut col);
+                    // Σ e_j = U⁻¹ U⁻ᵀ e_j.
+                    upper::solve_upper_transposed(&u, n, &mut col);
+                    upper::solve_upper(&u, n, &mut col);
                     for i in 0..n {
                         sigma[i * n + j] = col[i];
                     }

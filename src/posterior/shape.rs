@@ -4,9 +4,10 @@
 //! sample offsets, the KL's trace and quadratic form — so neither of them tests a flag.
 //!
 //! Per task the precision is stored as plain f64 numbers (n² row-major, or n), and so is the
-//! factor of Λ̃ = Λ + jitter·I: the lower Cholesky factor L (Λ̃ = L Lᵀ), or √(λ + jitter).
+//! factor of Λ̃ = Λ + jitter·I: the Cholesky factor in upper form U = Lᵀ (Λ̃ = Uᵀ U, row-major,
+//! see `linalg::upper`), or √(λ + jitter).
 
-use crate::linalg;
+use crate::linalg::upper;
 use crate::nn::kernels::{Mat, sgemm};
 use anyhow::Result;
 use candle_core::{D, Tensor};
@@ -35,7 +36,7 @@ pub trait PrecisionShape: Send + Sync {
         factor: &mut [f64],
     ) -> Result<f64, String>;
 
-    /// x ← L^{−T} x: turns standard-normal noise into a sample offset of N(0, Λ̃⁻¹).
+    /// x ← U⁻¹ x = L^{−T} x: turns standard-normal noise into a sample offset of N(0, Λ̃⁻¹).
     fn solve_factor_t(&self, factor: &[f64], n: usize, x: &mut [f64]);
 
     /// tr(Λ̃_prev Λ̃⁻¹) from the factors of Λ̃ and Λ̃_prev (the KL's trace term).
@@ -48,7 +49,7 @@ pub trait PrecisionShape: Send + Sync {
     /// differentiable in d.
     fn quadratic_form(&self, d: &Tensor, jittered: &Tensor) -> Result<Tensor>;
 
-    /// One task's numbers (Λ or its factor) as a dense n×n row-major matrix.
+    /// One task's numbers (Λ, or its factor U) as a dense n×n row-major matrix.
     fn dense(&self, values: &[f64], n: usize) -> Vec<f64>;
 
     /// J Jᵀ (B, n, n) or its diagonal (B, n) for a batch of Jacobians J (B, n, H).
@@ -96,30 +97,30 @@ impl PrecisionShape for Full {
         jitter: f64,
         factor: &mut [f64],
     ) -> Result<f64, String> {
-        factor.copy_from_slice(lambda);
-        for i in 0..n {
-            factor[i * n + i] += jitter;
-        }
-        linalg::cholesky_in_place(factor, n).map_err(|e| e.to_string())?;
+        upper::cholesky_upper(lambda, jitter, n, factor).map_err(|e| e.to_string())?;
         Ok((0..n).map(|i| 2.0 * factor[i * n + i].ln()).sum())
     }
 
     fn solve_factor_t(&self, factor: &[f64], n: usize, x: &mut [f64]) {
-        linalg::solve_upper_t(factor, n, x);
+        upper::solve_upper(factor, n, x);
     }
 
-    /// ‖L⁻¹ L_prev‖²_F with Λ̃ = L Lᵀ and Λ̃_prev = L_prev L_prevᵀ.
+    /// ‖U_prev U⁻¹‖²_F = ‖L⁻¹ L_prev‖²_F with Λ̃ = UᵀU and Λ̃_prev = U_prevᵀU_prev.
     fn trace_ratio(&self, factor: &[f64], prev_factor: &[f64], n: usize) -> f64 {
-        linalg::frobenius_sq_lower_solve(factor, prev_factor, n)
+        upper::frobenius_sq_upper_solve(factor, prev_factor, n)
     }
 
     fn jittered_times(&self, lambda: &[f64], d: &[f32], n: usize, jitter: f64) -> Vec<f32> {
         (0..n)
             .map(|i| {
+                // Eight interleaved partial sums, so that the products vectorise.
                 let row = &lambda[i * n..(i + 1) * n];
-                let mut s: f32 = row.iter().zip(d).map(|(l, d)| *l as f32 * d).sum();
-                s += jitter as f32 * d[i];
-                s
+                let mut lanes = [0f32; 8];
+                row.iter()
+                    .zip(d)
+                    .enumerate()
+                    .for_each(|(k, (l, d))| lanes[k % 8] += *l as f32 * d);
+                lanes.iter().sum::<f32>() + jitter as f32 * d[i]
             })
             .collect()
     }

@@ -4,7 +4,8 @@
 //! Two layers:
 //! * **Slice kernels** ([`cholesky_in_place`], [`solve_lower`], [`solve_upper_t`],
 //!   [`inverse_in_place`]) on row-major `f64` data. Other modules use them outside the autograd
-//!   graph (e.g. the Laplace precision, which carries no gradient).
+//!   graph. The Laplace precision, which carries no gradient, keeps its factor in upper form
+//!   (U = Lᵀ) and uses the blocked kernels of [`upper`], checked against these simple ones.
 //! * **Tensor ops** ([`cholesky`], [`solve_triangular`], [`inverse`], [`logdet_spd`], and the
 //!   VRNN's Cayley map [`cayley_lower`]) as candle
 //!   custom ops. They accept `f32` (and `f64`) CPU tensors of shape `(B, n, n)` or `(n, n)`, compute
@@ -13,6 +14,8 @@
 //!   computed independently by the same sequential kernel, so results do not depend on the number
 //!   of threads. Backward passes are written with ordinary tensor ops (so they compose with the
 //!   rest of the graph) and are checked against finite differences in `tests/linalg.rs`.
+
+pub mod upper;
 
 use std::borrow::Cow;
 use std::fmt;
