@@ -557,42 +557,135 @@ fn cayley_batched_f32(
     let nn = n * n;
     map_items(b, nn, |i, out| {
         identity_plus_skew(&x[i * nn..(i + 1) * nn], n, out, |v| v, 1.0);
-        let mut prow = vec![0.0f32; n];
-        if !gauss_jordan_unpivoted_f32(out, n, &mut prow) {
+        let mut snapshots = vec![0.0f32; JORDAN_BLOCK * n];
+        if !gauss_jordan_unpivoted_f32(out, n, &mut snapshots) {
             return Err(format!(
                 "cayley: batch element {i} (of {b}) has non-finite entries"
             ));
         }
-        for (k, o) in out.iter_mut().enumerate() {
-            let diag = if k / n == k % n { 1.0 } else { 0.0 };
-            *o = 2.0 * *o - diag;
-        }
+        out.iter_mut().for_each(|o| *o *= 2.0);
+        (0..n).for_each(|d| out[d * n + d] -= 1.0);
         Ok(())
     })
 }
 
+/// Pivots eliminated together by [`gauss_jordan_unpivoted_f32`].
+const JORDAN_BLOCK: usize = 4;
+
 /// In-place f32 Gauss–Jordan inverse without pivoting; false when a pivot is zero or not
-/// finite. Compiled a second time with AVX2 and chosen at run time (same operations, no FMA,
-/// so both give the same bits).
-fn gauss_jordan_unpivoted_f32(a: &mut [f32], n: usize, prow: &mut [f32]) -> bool {
+/// finite. `snapshots` holds [`JORDAN_BLOCK`]·n numbers.
+///
+/// The steps run [`JORDAN_BLOCK`] pivots at a time: first on the block's own rows (keeping a
+/// copy of each pivot row as its step uses it), then on every other row, whose multipliers
+/// come from a short recurrence on the block's columns, and whose other columns then receive
+/// the block's updates in one pass, in the same order as one step at a time. Each row is thus
+/// read and written once per block instead of once per pivot, with the same IEEE operations
+/// on every entry (up to the sign of an exact zero) as [`gauss_jordan_unpivoted_f32_simple`]
+/// (checked in the tests). Compiled a second time with AVX2 and chosen at run time (no FMA, so
+/// both give the same bits).
+fn gauss_jordan_unpivoted_f32(a: &mut [f32], n: usize, snapshots: &mut [f32]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { gauss_jordan_unpivoted_f32_avx2(a, n, prow) };
+            return unsafe { gauss_jordan_unpivoted_f32_avx2(a, n, snapshots) };
         }
     }
-    gauss_jordan_unpivoted_f32_generic(a, n, prow)
+    gauss_jordan_unpivoted_f32_blocked(a, n, snapshots)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn gauss_jordan_unpivoted_f32_avx2(a: &mut [f32], n: usize, prow: &mut [f32]) -> bool {
-    gauss_jordan_unpivoted_f32_generic(a, n, prow)
+fn gauss_jordan_unpivoted_f32_avx2(a: &mut [f32], n: usize, snapshots: &mut [f32]) -> bool {
+    gauss_jordan_unpivoted_f32_blocked(a, n, snapshots)
 }
 
 #[inline(always)]
-fn gauss_jordan_unpivoted_f32_generic(a: &mut [f32], n: usize, prow: &mut [f32]) -> bool {
+fn gauss_jordan_unpivoted_f32_blocked(a: &mut [f32], n: usize, snapshots: &mut [f32]) -> bool {
+    for k0 in (0..n).step_by(JORDAN_BLOCK) {
+        let size = JORDAN_BLOCK.min(n - k0);
+        // The block's own rows, one step at a time.
+        for q in 0..size {
+            let k = k0 + q;
+            let pivot = a[k * n + k];
+            if !(pivot != 0.0 && pivot.is_finite()) {
+                return false;
+            }
+            a[k * n + k] = 1.0;
+            let inv = 1.0 / pivot;
+            a[k * n..(k + 1) * n].iter_mut().for_each(|x| *x *= inv);
+            let snap = &mut snapshots[q * n..(q + 1) * n];
+            snap.copy_from_slice(&a[k * n..(k + 1) * n]);
+            for i in (k0..k0 + size).filter(|&i| i != k) {
+                let row = &mut a[i * n..(i + 1) * n];
+                let f = row[k];
+                if f != 0.0 {
+                    row[k] = 0.0;
+                    row.iter_mut().zip(&*snap).for_each(|(x, y)| *x -= f * y);
+                }
+            }
+        }
+        // Every other row: the multipliers, step by step on the block's columns …
+        let snaps = &snapshots[..size * n];
+        for (i, row) in a.chunks_exact_mut(n).enumerate() {
+            if (k0..k0 + size).contains(&i) {
+                continue;
+            }
+            let mut f = [0.0f32; JORDAN_BLOCK];
+            for q in 0..size {
+                f[q] = row[k0 + q];
+                row[k0 + q] = 0.0;
+                for c in k0..k0 + size {
+                    row[c] -= f[q] * snaps[q * n + c];
+                }
+            }
+            // … then the other columns in one pass, subtracting in step order.
+            let (left, rest) = row.split_at_mut(k0);
+            let right = &mut rest[size..];
+            if size == JORDAN_BLOCK {
+                let col = |q: usize, range: std::ops::Range<usize>| &snaps[q * n..][range];
+                for (part, range) in [(left, 0..k0), (right, k0 + size..n)] {
+                    let (s0, s1) = (col(0, range.clone()), col(1, range.clone()));
+                    let (s2, s3) = (col(2, range.clone()), col(3, range));
+                    let rows = s0.iter().zip(s1).zip(s2).zip(s3);
+                    for (x, (((a, b), c), d)) in part.iter_mut().zip(rows) {
+                        let mut v = *x;
+                        v -= f[0] * a;
+                        v -= f[1] * b;
+                        v -= f[2] * c;
+                        v -= f[3] * d;
+                        *x = v;
+                    }
+                }
+            } else {
+                for (q, f) in f[..size].iter().enumerate() {
+                    let s = &snaps[q * n..(q + 1) * n];
+                    left.iter_mut().zip(&s[..k0]).for_each(|(x, y)| *x -= f * y);
+                    right
+                        .iter_mut()
+                        .zip(&s[k0 + size..])
+                        .for_each(|(x, y)| *x -= f * y);
+                }
+            }
+        }
+    }
+    all_finite(a)
+}
+
+/// Whether every value is finite, as one integer reduction (which vectorises, unlike a
+/// short-circuiting `all`).
+#[inline(always)]
+fn all_finite(a: &[f32]) -> bool {
+    const EXPONENT: u32 = 0x7f80_0000;
+    a.iter().fold(0u32, |bad, v| {
+        bad | u32::from(v.to_bits() & EXPONENT == EXPONENT)
+    }) == 0
+}
+
+/// The plain f32 Gauss–Jordan without pivoting, one step at a time: the reference the blocked
+/// kernel is tested against.
+#[cfg(test)]
+fn gauss_jordan_unpivoted_f32_simple(a: &mut [f32], n: usize, prow: &mut [f32]) -> bool {
     for k in 0..n {
         let pivot = a[k * n + k];
         if !(pivot != 0.0 && pivot.is_finite()) {
@@ -1176,6 +1269,39 @@ mod tests {
         // SAFETY: AVX2 support checked above.
         unsafe { gauss_jordan_avx2(&mut y, n, &mut piv, &mut prow) }.unwrap();
         assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()));
+    }
+
+    #[test]
+    fn blocked_unpivoted_f32_inverse_equals_the_one_step_at_a_time_kernel() {
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        for n in [1, 2, 3, 4, 5, 7, 8, 9, 17, 64] {
+            // I + A with A skew-symmetric (the Cayley map's matrix), plus a general matrix with
+            // a dominant diagonal.
+            let raw: Vec<f32> = random(&mut rng, n * n).iter().map(|v| *v as f32).collect();
+            let mut skew = vec![0f32; n * n];
+            identity_plus_skew(&raw, n, &mut skew, |v| v, 1.0);
+            let mut general = raw.clone();
+            (0..n).for_each(|d| general[d * n + d] += n as f32);
+            for a in [skew, general] {
+                let (mut simple, mut blocked) = (a.clone(), a);
+                assert!(gauss_jordan_unpivoted_f32_simple(
+                    &mut simple,
+                    n,
+                    &mut vec![0.0; n]
+                ));
+                let mut snapshots = vec![0.0; JORDAN_BLOCK * n];
+                assert!(gauss_jordan_unpivoted_f32(&mut blocked, n, &mut snapshots));
+                // The same operations on every entry: equal values (an exact zero may differ
+                // in sign).
+                assert!(simple.iter().zip(&blocked).all(|(p, q)| p == q), "n = {n}");
+            }
+        }
+        let mut zero_pivot = vec![0f32, 1.0, 1.0, 0.0];
+        assert!(!gauss_jordan_unpivoted_f32(
+            &mut zero_pivot,
+            2,
+            &mut [0.0; 8]
+        ));
     }
 
     #[test]
