@@ -598,6 +598,33 @@ fn fused_cayley_backward() {
     }
 }
 
+/// The f32 backward (per-item matrix products) against candle's autograd through the composed
+/// map, at the VRNN's size.
+#[test]
+fn fused_cayley_backward_in_f32_matches_the_composed_map() {
+    lvrnn::init_threads(1);
+    let (b, n) = (3, 64);
+    let raw = (tensor(&uniform(&mut rng(55), b * n * n), &[b, n, n], DType::F32) * 0.1).unwrap();
+    let weights = tensor(&uniform(&mut rng(56), b * n * n), &[b, n, n], DType::F32);
+    let grad = |f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Vec<f64> {
+        let x = candle_core::Var::from_tensor(&raw).unwrap();
+        let loss = f(x.as_tensor())
+            .unwrap()
+            .mul(&weights)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        values(loss.backward().unwrap().get(&x).unwrap())
+    };
+    let (fused, composed) = (grad(&|x| cayley_lower(x)), grad(&|x| cayley(x)));
+    let scale = composed.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let err = max_abs_diff(&fused, &composed);
+    assert!(
+        err <= 1e-5 * scale,
+        "|fused − composed| = {err:e} (max {scale:e})"
+    );
+}
+
 #[test]
 fn cayley_map_backward_through_linear_head() {
     lvrnn::init_threads(1);

@@ -18,6 +18,7 @@
 use super::Core;
 use crate::nn::kernels::dedup_rows;
 use crate::nn::lstm_seq::{hidden_states, lstm_sequence};
+use crate::posterior::spectral_kl::spectral_kl_terms;
 use crate::posterior::{Accumulate, Covariance, Gaussian, PosteriorConfig};
 use anyhow::{Result, bail};
 use candle_core::{D, DType, Device, Tensor};
@@ -305,7 +306,11 @@ impl PosteriorSequence {
                     let steps = q.batch()? / batch - 1;
                     let cur = rows(q, *batch, steps * batch)?;
                     let prev = rows(q, 0, steps * batch)?;
-                    if let Some(kl) = cur.kl_to(&prev)? {
+                    let kl = match full_vrnn_kl(&cur, &prev)? {
+                        Some(kl) => Some(kl),
+                        None => cur.kl_to(&prev)?,
+                    };
+                    if let Some(kl) = kl {
                         parts.push(kl.reshape((steps, *batch))?);
                     }
                 }
@@ -313,6 +318,30 @@ impl PosteriorSequence {
             }
         }
     }
+}
+
+/// KL(cur ‖ stop_grad prev) of full-covariance VRNN posteriors in f32 through the fused
+/// `spectral_kl_terms` op (the same value as `Gaussian::kl_to`, without its (rows, n, n)
+/// intermediates in the graph); None for any other pair, which `kl_to` handles.
+fn full_vrnn_kl(cur: &Gaussian, prev: &Gaussian) -> Result<Option<Tensor>> {
+    let (
+        Covariance::Spectral { u: Some(u), log_s },
+        Covariance::Spectral {
+            u: Some(up),
+            log_s: lsp,
+        },
+    ) = (&cur.cov, &prev.cov)
+    else {
+        return Ok(None);
+    };
+    if u.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let n = cur.dim()? as f64;
+    let d = cur.mean.sub(&prev.mean.detach())?;
+    let terms = spectral_kl_terms(u, log_s, &d, up, lsp)?;
+    let logdet = lsp.detach().sum(D::Minus1)?.sub(&log_s.sum(D::Minus1)?)?;
+    Ok(Some((terms + logdet)?.affine(0.5, -0.5 * n)?))
 }
 
 /// Rows [start, start + len) of a batch of Gaussians.

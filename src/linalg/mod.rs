@@ -379,7 +379,7 @@ pub(crate) fn logical<'a, T: Copy>(data: &'a [T], layout: &Layout) -> Cow<'a, [T
 
 /// Runs `f(item, out_chunk)` for every batch item, in parallel when `batch >= PAR_MIN_BATCH`.
 /// Returns the error of the lowest failing item (deterministic).
-fn map_items<T, F>(batch: usize, out_size: usize, f: F) -> candle_core::Result<Vec<T>>
+pub(crate) fn map_items<T, F>(batch: usize, out_size: usize, f: F) -> candle_core::Result<Vec<T>>
 where
     T: WithDType,
     F: Fn(usize, &mut [T]) -> Result<(), String> + Sync,
@@ -556,17 +556,29 @@ fn cayley_batched_f32(
     let x = logical(data, layout);
     let nn = n * n;
     map_items(b, nn, |i, out| {
-        identity_plus_skew(&x[i * nn..(i + 1) * nn], n, out, |v| v, 1.0);
-        let mut snapshots = vec![0.0f32; JORDAN_BLOCK * n];
-        if !gauss_jordan_unpivoted_f32(out, n, &mut snapshots) {
-            return Err(format!(
-                "cayley: batch element {i} (of {b}) has non-finite entries"
-            ));
-        }
-        out.iter_mut().for_each(|o| *o *= 2.0);
-        (0..n).for_each(|d| out[d * n + d] -= 1.0);
-        Ok(())
+        cayley_item_f32(&x[i * nn..(i + 1) * nn], n, out, i, b)
     })
+}
+
+/// One item of [`cayley_batched_f32`]: U = 2(I + A)⁻¹ − I into `out` from the strictly lower
+/// part of `raw` (item `i` of `b`, for the error message).
+pub(crate) fn cayley_item_f32(
+    raw: &[f32],
+    n: usize,
+    out: &mut [f32],
+    i: usize,
+    b: usize,
+) -> Result<(), String> {
+    identity_plus_skew(raw, n, out, |v| v, 1.0);
+    let mut snapshots = vec![0.0f32; JORDAN_BLOCK * n];
+    if !gauss_jordan_unpivoted_f32(out, n, &mut snapshots) {
+        return Err(format!(
+            "cayley: batch element {i} (of {b}) has non-finite entries"
+        ));
+    }
+    out.iter_mut().for_each(|o| *o *= 2.0);
+    (0..n).for_each(|d| out[d * n + d] -= 1.0);
+    Ok(())
 }
 
 /// Pivots eliminated together by [`gauss_jordan_unpivoted_f32`].
@@ -843,13 +855,106 @@ impl CustomOp1 for CayleyOp {
 
     /// With M = (I + A)⁻¹ = (I + U)/2: dU = 2 dM = −2 M dA M, so Ā = −½ (I + U)ᵀ G (I + U)ᵀ;
     /// the raw input's gradient is the strictly lower part of Ā − Āᵀ (A = L − Lᵀ).
+    ///
+    /// Computed per batch item into one output (a composition of tensor ops holds about six
+    /// (B, n, n) temporaries at once, the largest allocation of a full-covariance VRNN update).
     fn bwd(&self, _raw: &Tensor, u: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let n = u.dim(2)?;
-        let eye = Tensor::eye(n, u.dtype(), u.device())?;
-        let p = u.broadcast_add(&eye)?.t()?;
-        let ga = (p.matmul(&g.contiguous()?)?.matmul(&p)? * -0.5)?;
-        let strict = (Tensor::tril2(n, u.dtype(), u.device())? - eye)?;
-        Ok(Some((&ga - ga.t()?)?.broadcast_mul(&strict)?))
+        let (b, n, _) = u.dims3()?;
+        let ((us, ul), (gs, gl)) = (u.storage_and_layout(), g.storage_and_layout());
+        let grad = match (&*us, &*gs) {
+            (
+                candle_core::Storage::Cpu(CpuStorage::F32(uv)),
+                candle_core::Storage::Cpu(CpuStorage::F32(gv)),
+            ) => {
+                let (uv, gv) = (logical(uv, ul), logical(gv, gl));
+                let out = map_items(b, n * n, |i, out| {
+                    let item = i * n * n..(i + 1) * n * n;
+                    cayley_backward_f32(&uv[item.clone()], &gv[item], n, out);
+                    Ok(())
+                })?;
+                Tensor::from_vec(out, (b, n, n), u.device())?
+            }
+            (
+                candle_core::Storage::Cpu(CpuStorage::F64(uv)),
+                candle_core::Storage::Cpu(CpuStorage::F64(gv)),
+            ) => {
+                let (uv, gv) = (logical(uv, ul), logical(gv, gl));
+                let out = map_items(b, n * n, |i, out| {
+                    let item = i * n * n..(i + 1) * n * n;
+                    cayley_backward_f64(&uv[item.clone()], &gv[item], n, out);
+                    Ok(())
+                })?;
+                Tensor::from_vec(out, (b, n, n), u.device())?
+            }
+            _ => candle_core::bail!("cayley backward: f32 or f64 CPU tensors of one dtype"),
+        };
+        Ok(Some(grad))
+    }
+}
+
+/// One item of the Cayley backward: `out` = strictly lower part of Ā − Āᵀ with
+/// Ā = −½ Pᵀ G Pᵀ, P = I + U (n×n row-major each).
+pub(crate) fn cayley_backward_f32(u: &[f32], g: &[f32], n: usize, out: &mut [f32]) {
+    use crate::nn::kernels::{Mat, sgemm};
+    let mut p = u.to_vec();
+    (0..n).for_each(|d| p[d * n + d] += 1.0);
+    let (mut pg, mut a) = (vec![0f32; n * n], vec![0f32; n * n]);
+    sgemm(
+        n,
+        n,
+        n,
+        Mat::rows_t(&p, n),
+        Mat::rows(g, n),
+        &mut pg,
+        false,
+        false,
+    );
+    sgemm(
+        n,
+        n,
+        n,
+        Mat::rows(&pg, n),
+        Mat::rows_t(&p, n),
+        &mut a,
+        false,
+        false,
+    );
+    strict_lower_skew(&a, n, -0.5, out);
+}
+
+/// [`cayley_backward_f32`] in f64 with plain loops.
+fn cayley_backward_f64(u: &[f64], g: &[f64], n: usize, out: &mut [f64]) {
+    let p = |i: usize, j: usize| u[i * n + j] + if i == j { 1.0 } else { 0.0 };
+    // Pᵀ G, then (Pᵀ G) Pᵀ.
+    let mut pg = vec![0.0; n * n];
+    for i in 0..n {
+        for k in 0..n {
+            let pki = p(k, i);
+            (0..n).for_each(|j| pg[i * n + j] += pki * g[k * n + j]);
+        }
+    }
+    let mut a = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            a[i * n + j] = (0..n).map(|k| pg[i * n + k] * p(j, k)).sum();
+        }
+    }
+    strict_lower_skew(&a, n, -0.5, out);
+}
+
+/// out[i][j] = scale·(a[i][j] − a[j][i]) below the diagonal, 0 on and above it.
+fn strict_lower_skew<F>(a: &[F], n: usize, scale: F, out: &mut [F])
+where
+    F: WithDType,
+{
+    for i in 0..n {
+        for j in 0..n {
+            out[i * n + j] = if j < i {
+                scale * (a[i * n + j] - a[j * n + i])
+            } else {
+                F::from_f64(0.0)
+            };
+        }
     }
 }
 
@@ -1025,8 +1130,9 @@ pub fn inverse(a: &Tensor) -> candle_core::Result<Tensor> {
 
 /// The VRNN's Cayley map (paper App. B.2) of a batch `(B, n, n)`: with L the strictly lower
 /// part of `raw` (the rest is ignored) and A = L − Lᵀ skew-symmetric,
-/// `U = (I − A)(I + A)⁻¹ = 2(I + A)⁻¹ − I`, an orthogonal matrix. One fused op: the graph keeps
-/// only U, and the backward needs nothing else (I + U = 2(I + A)⁻¹). The inverse runs in `f64`.
+/// `U = (I − A)(I + A)⁻¹ = 2(I + A)⁻¹ − I`, an orthogonal matrix. One fused op whose backward
+/// needs only U (I + U = 2(I + A)⁻¹). The inverse runs in `f64` for f64 input and in f32
+/// without pivoting for f32 input.
 pub fn cayley_lower(raw: &Tensor) -> candle_core::Result<Tensor> {
     with_batch(raw, "cayley", |a| a.apply_op1(CayleyOp))
 }

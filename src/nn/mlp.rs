@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 /// The f32 values of a CPU tensor's storage in logical order, borrowed when contiguous (the
 /// fused ops' backward passes read their inputs and gradients without copying them).
-fn f32_values<'a>(
+pub(crate) fn f32_values<'a>(
     storage: &'a candle_core::Storage,
     layout: &Layout,
 ) -> candle_core::Result<std::borrow::Cow<'a, [f32]>> {

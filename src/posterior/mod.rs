@@ -10,6 +10,7 @@ pub mod filter;
 pub mod laplace;
 pub mod point;
 pub mod shape;
+pub mod spectral_kl;
 pub mod vrnn;
 
 pub use config::{Accumulate, LaplaceConfig, PosteriorConfig};

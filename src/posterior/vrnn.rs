@@ -7,11 +7,12 @@
 //! (n→n·n, of which only the strictly-lower entries of the reshaped (n, n) output are used).
 
 use super::{Covariance, Gaussian, PosteriorFamily, StepInput};
-use crate::linalg;
+use crate::linalg::{self, logical, map_items};
 use crate::nn::Params;
-use crate::nn::mlp::Linear;
+use crate::nn::kernels::{Mat, sgemm};
+use crate::nn::mlp::{Linear, f32_values};
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
 
 /// Initial log-variance of the VRNN posterior (bias of `vrnn.log_s`).
@@ -64,6 +65,7 @@ impl Vrnn {
         let log_s = self.log_s.forward(phi)?;
         let u = match &self.tri {
             None => None,
+            Some(tri) if phi.dtype() == DType::F32 => Some(cayley_head(phi, tri)?),
             Some(tri) => {
                 let (b, n) = phi.dims2()?;
                 // The fused op reads only the strictly lower part of the head's output.
@@ -76,6 +78,101 @@ impl Vrnn {
             mean,
             cov: Covariance::Spectral { u, log_s },
         })
+    }
+}
+
+/// U = cayley_lower(φ W + b) for the `vrnn.tri` layer (W, b) as one op (f32): the same as the
+/// layer followed by [`linalg::cayley_lower`], but the graph keeps φ and U only, not the
+/// layer's (B, n²) output, which a separate Cayley op would hold as its input (a (B, n, n)
+/// tensor per posterior row: the largest at the paper's n = 64). The backward forms the
+/// layer's output gradient T̄ from U alone (`linalg::cayley_backward_f32`) and then
+/// φ̄ = T̄ Wᵀ, W̄ = φᵀ T̄, b̄ = Σ_rows T̄.
+pub fn cayley_head(phi: &Tensor, tri: &Linear) -> Result<Tensor> {
+    Ok(phi.apply_op3(&tri.weight, &tri.bias, CayleyHead)?)
+}
+
+struct CayleyHead;
+
+impl CustomOp3 for CayleyHead {
+    fn name(&self) -> &'static str {
+        "vrnn-cayley-head"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, d) = l1.shape().dims2()?;
+        let (d2, nn) = l2.shape().dims2()?;
+        let n = (nn as f64).sqrt().round() as usize;
+        if d != d2 || n * n != nn || l3.shape().elem_count() != nn {
+            candle_core::bail!(
+                "vrnn cayley head: φ {:?} · W {:?} + b {:?} is not (B, n²) for a square n",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let x = logical(s1.as_slice::<f32>()?, l1);
+        let w = logical(s2.as_slice::<f32>()?, l2);
+        let b = logical(s3.as_slice::<f32>()?, l3);
+        let mut t = vec![0f32; rows * nn];
+        sgemm(
+            rows,
+            nn,
+            d,
+            Mat::rows(&x, d),
+            Mat::rows(&w, nn),
+            &mut t,
+            false,
+            true,
+        );
+        t.chunks_mut(nn)
+            .for_each(|row| row.iter_mut().zip(b.iter()).for_each(|(v, c)| *v += c));
+        let u = map_items(rows, nn, |i, out| {
+            linalg::cayley_item_f32(&t[i * nn..(i + 1) * nn], n, out, i, rows)
+        })?;
+        Ok((CpuStorage::F32(u), Shape::from((rows, n, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        u: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, d) = x.dims2()?;
+        let (_, n, _) = u.dims3()?;
+        let nn = n * n;
+        let ((us, ul), (gs, gl)) = (u.storage_and_layout(), grad.storage_and_layout());
+        let (uv, gv) = (f32_values(&us, ul)?, f32_values(&gs, gl)?);
+        let gt = map_items(rows, nn, |i, out| {
+            let item = i * nn..(i + 1) * nn;
+            linalg::cayley_backward_f32(&uv[item.clone()], &gv[item], n, out);
+            Ok(())
+        })?;
+        let ((xs, xl), (ws, wl)) = (x.storage_and_layout(), w.storage_and_layout());
+        let (xv, wv) = (f32_values(&xs, xl)?, f32_values(&ws, wl)?);
+        let (mut gx, mut gw, mut gb) = (vec![0f32; rows * d], vec![0f32; d * nn], vec![0f32; nn]);
+        let gtm = Mat::rows(&gt, nn);
+        sgemm(rows, d, nn, gtm, Mat::rows_t(&wv, nn), &mut gx, false, true);
+        sgemm(d, nn, rows, Mat::rows_t(&xv, d), gtm, &mut gw, false, true);
+        for row in gt.chunks(nn) {
+            gb.iter_mut().zip(row).for_each(|(s, g)| *s += g);
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(gx, (rows, d), dev)?),
+            Some(Tensor::from_vec(gw, (d, nn), dev)?),
+            Some(Tensor::from_vec(gb, nn, dev)?),
+        ))
     }
 }
 
@@ -102,5 +199,56 @@ impl PosteriorFamily for Vrnn {
 
     fn step(&self, input: &StepInput, _prev: &Gaussian) -> Result<Gaussian> {
         self.head(input.phi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use rand::SeedableRng;
+
+    /// The fused head against the layer followed by the Cayley op: values and the gradients of
+    /// φ, W and b.
+    #[test]
+    fn fused_cayley_head_matches_the_layer_then_the_map() -> Result<()> {
+        let (rows, n) = (6, 5);
+        let mut p = Params::new();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let tri = Linear::with_bound(&mut p, "tri", n, n * n, 0.8, &mut rng)?;
+        let bias = Var::from_tensor(&Tensor::randn(0f32, 0.3, n * n, &Device::Cpu)?)?;
+        let tri = Linear {
+            weight: tri.weight.clone(),
+            bias: bias.as_tensor().clone(),
+        };
+        let phi = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, n), &Device::Cpu)?)?;
+        let weights = Tensor::randn(0f32, 1.0, (rows, n, n), &Device::Cpu)?;
+        let fused = cayley_head(phi.as_tensor(), &tri)?;
+        let composed = linalg::cayley_lower(&tri.forward(phi.as_tensor())?.reshape((rows, n, n))?)?;
+        let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
+        let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() <= 2e-5 * y.abs().max(1.0),
+                    "{what}: {x} vs {y}"
+                );
+            }
+        };
+        close(values(&fused)?, values(&composed)?, "U");
+        let gf = fused.mul(&weights)?.sum_all()?.backward()?;
+        let gc = composed.mul(&weights)?.sum_all()?.backward()?;
+        let w = p.get("tri.weight").expect("the layer weight");
+        for (t, what) in [
+            (phi.as_tensor(), "φ"),
+            (w.as_tensor(), "W"),
+            (bias.as_tensor(), "b"),
+        ] {
+            close(
+                values(gf.get(t).expect(what))?,
+                values(gc.get(t).expect(what))?,
+                what,
+            );
+        }
+        Ok(())
     }
 }
