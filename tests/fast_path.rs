@@ -305,6 +305,53 @@ fn fused_lstm_sequence_equals_the_per_step_cell_with_gradients() {
     let _ = Device::Cpu;
 }
 
+/// Regression evaluation steps the core without a graph (`agent::acting`): its posterior
+/// entropy, samples and KL at every step equal the per-step tensor path (`Core::step`).
+#[test]
+fn regression_evaluation_steps_equal_the_per_step_reference() {
+    use lvrnn::agent::acting::Acting;
+    lvrnn::init_threads(1);
+    let (batch, steps, samples) = (5, 6, 3);
+    for posterior in FAMILIES {
+        let model = tiny_regression_model(posterior);
+        let n = model.cfg.features;
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut acting = Acting::new(&model.core, batch).unwrap();
+        let mut state = model.core.initial(batch).unwrap().detach();
+        let none = Tensor::zeros((0, batch, n), DType::F32, &Device::Cpu).unwrap();
+        let optional = |v: Option<Vec<f64>>| v.unwrap_or_default();
+        for t in 0..=steps {
+            let what = format!("regression {posterior}, step {t}");
+            assert_close(
+                &format!("{what}: entropy"),
+                &optional(acting.entropy().unwrap()),
+                &optional(state.q.entropy().unwrap()),
+                1.0,
+            );
+            let eps = lvrnn::agent::randn(&mut rng, &[samples, batch, n], &Device::Cpu).unwrap();
+            assert_close(
+                &format!("{what}: samples"),
+                &values(&acting.sample(&eps).unwrap()),
+                &values(&state.q.sample(&eps).unwrap()),
+                1.0,
+            );
+            if t == steps {
+                break;
+            }
+            let x: Vec<f32> = (0..batch)
+                .map(|b| ((b + 3 * t) as f32 * 0.37).sin())
+                .collect();
+            let y: Vec<f32> = x.iter().map(|v| (2.0 * v).cos()).collect();
+            let fast = acting.observe(&[x.clone(), y.clone()], &none).unwrap();
+            let emb_x = model.embed_scalar(0, &x).unwrap();
+            let slow = model.observe(&state, &emb_x, &y).unwrap();
+            let slow_kl = slow.kl.as_ref().map(values).unwrap_or_default();
+            assert_close(&format!("{what}: KL"), &optional(fast.kl), &slow_kl, 1.0);
+            state = slow.state.detach();
+        }
+    }
+}
+
 #[test]
 fn supervised_elbo_and_gradients_equal_the_per_step_reference() {
     use lvrnn::train::supervised::{negative_elbo, sample_batch};

@@ -140,4 +140,28 @@ impl<'a> Acting<'a> {
             }
         })
     }
+
+    /// n_Z samples of the current posterior q_t with the standard-normal noise `eps`
+    /// (n_Z, B, n), without stepping.
+    pub fn sample(&self, eps: &Tensor) -> Result<Tensor> {
+        match &self.posterior {
+            Posterior::Laplace(filter) => {
+                let (b, n) = (self.batch, self.core.features);
+                let eps_v: Vec<f32> = eps.flatten_all()?.to_vec1()?;
+                let device = &self.core.device;
+                let offsets = Tensor::from_vec(filter.sample_offsets(&eps_v), eps.shape(), device)?;
+                let means = Tensor::from_vec(filter.means(), (1, b, n), device)?;
+                Ok(means.broadcast_add(&offsets)?)
+            }
+            Posterior::Graph(q) => q.sample(eps),
+        }
+    }
+
+    /// Differential entropy of the current posterior q_t per task (None for a point estimate).
+    pub fn entropy(&self) -> Result<Option<Vec<f64>>> {
+        match &self.posterior {
+            Posterior::Laplace(filter) => Ok(Some(filter.entropy())),
+            Posterior::Graph(q) => q.entropy(),
+        }
+    }
 }

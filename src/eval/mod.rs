@@ -10,6 +10,7 @@ pub mod request;
 pub mod rl;
 pub mod tune;
 
+use crate::agent::acting::Acting;
 use crate::agent::randn;
 use crate::agent::regression::RegressionModel;
 use crate::config::EvalConfig;
@@ -17,6 +18,7 @@ use crate::envs::regression::{FourierTask, sample_x};
 use crate::posterior::PosteriorConfig;
 use crate::stats::{finite_mean_ci99, mean_ci99};
 use anyhow::{Result, bail};
+use candle_core::{DType, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -107,14 +109,13 @@ pub fn evaluate_regression(
         let idx: Vec<usize> = (start..(start + chunk).min(tasks.len())).collect();
         let b = idx.len();
         let truth: Vec<Vec<f32>> = idx.iter().map(|&i| tasks[i].eval_many(&grid)).collect();
-        let mut state = model.core.initial(b)?.detach();
+        let mut acting = Acting::new(&model.core, b)?;
+        let no_samples = Tensor::zeros((0, b, n), DType::F32, &model.core.device)?;
         let mut last_kl: Vec<f64> = vec![f64::NAN; b];
         for k in 0..=horizon {
             if let Some(slot) = cfg.points.iter().position(|p| *p == k) {
-                let entropy = state.q.entropy()?.unwrap_or_else(|| vec![f64::NAN; b]);
-                let z = state
-                    .q
-                    .sample(&randn(&mut rng, &[m, b, n], &model.core.device)?)?; // (m, B, n)
+                let entropy = acting.entropy()?.unwrap_or_else(|| vec![f64::NAN; b]);
+                let z = acting.sample(&randn(&mut rng, &[m, b, n], &model.core.device)?)?; // (m, B, n)
                 // (m, B, G) predictive means.
                 let means =
                     model.predict_mean(&emb_grid.unsqueeze(0)?.unsqueeze(0)?, &z.unsqueeze(2)?)?;
@@ -143,15 +144,11 @@ pub fn evaluate_regression(
             if k == horizon {
                 break;
             }
+            // Input kinds 0 = x, 1 = y (`RegressionModel`).
             let x: Vec<f32> = idx.iter().map(|&i| xs[i][k]).collect();
             let y: Vec<f32> = idx.iter().map(|&i| tasks[i].eval(xs[i][k])).collect();
-            let emb_x = model.embed_scalar(0, &x)?;
-            let step = model.observe(&state, &emb_x, &y)?;
-            last_kl = match &step.kl {
-                Some(t) => t.to_vec1::<f32>()?.iter().map(|v| *v as f64).collect(),
-                None => vec![f64::NAN; b],
-            };
-            state = step.state.detach();
+            let step = acting.observe(&[x, y], &no_samples)?;
+            last_kl = step.kl.unwrap_or_else(|| vec![f64::NAN; b]);
         }
     }
     let rows = cfg
