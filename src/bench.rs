@@ -11,6 +11,7 @@ use crate::agent::rl::{RlModel, rollout};
 use crate::config::{ExperimentConfig, Task};
 use crate::nn::kernels::{Mat, sgemm};
 use crate::posterior::PosteriorConfig;
+use crate::posterior::filter::WINDOW_GRAM_FROM;
 use crate::train::optim::AdamW;
 use crate::train::ppo::{Ppo, gae, ppo_loss};
 use crate::train::supervised::{negative_elbo, sample_batch};
@@ -332,13 +333,20 @@ pub fn update_flops(task: Task, m: &ModelConfig, batch: usize, steps: usize) -> 
                 0 => (steps as f64 + 1.0) / 2.0,
                 k => (k.min(steps)) as f64,
             };
-            let per_input = 4.0 * h * h + n * h * h + if c.diagonal { n * h } else { n * n * h };
+            let gram = if c.diagonal { n * h } else { n * n * h };
+            // Explicit Jacobians for short windows, the window Gram Pᵀ(Σ_gg' K ∘ ĀĀᵀ)P from
+            // WINDOW_GRAM_FROM inputs on (`posterior::filter`).
+            let jacobians = if window >= WINDOW_GRAM_FROM as f64 {
+                16.0 * window * h * h + 16.0 * h * h + n * h * h + gram
+            } else {
+                window * (4.0 * h * h + n * h * h + gram)
+            };
             let factor = if c.diagonal {
                 0.0
             } else {
                 n * n * n / 3.0 + n * n * n / 6.0 + nz * n * n / 2.0
             };
-            4.0 * h * h + window * per_input + factor
+            4.0 * h * h + jacobians + factor
         }
         _ => 0.0,
     };

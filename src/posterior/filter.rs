@@ -37,6 +37,8 @@ pub struct JacobianWeights {
     wh_t: Vec<f32>,
     /// P (H, n), stored (in, out).
     pub proj: Vec<f32>,
+    /// K = W_hᵀ W_h (4H, 4H), whose (g, g') block of H×H is W_gᵀ W_g' ([`window_gram`]).
+    k_gates: Vec<f32>,
 }
 
 impl JacobianWeights {
@@ -48,12 +50,17 @@ impl JacobianWeights {
                 wh_t[col * hidden + m] = wh[m * g4 + col];
             }
         }
+        // K = W_hᵀ W_h: K[gH + j, g'H + j'] = Σ_m W_h[m, gH + j] W_h[m, g'H + j'].
+        let mut k_gates = vec![0f32; g4 * g4];
+        let (wt, w) = (Mat::rows(&wh_t, hidden), Mat::rows(&wh, g4));
+        sgemm(g4, g4, hidden, wt, w, &mut k_gates, false, false);
         Self {
             hidden,
             features,
             wh,
             wh_t,
             proj,
+            k_gates,
         }
     }
 }
@@ -299,10 +306,38 @@ fn update_task(
 const JACOBIAN_COLUMNS: usize = 4096;
 
 /// Σ_{i ∈ window} J_i J_iᵀ (n·n) or its diagonal (n) for each task of a chunk; `c` (H) and
-/// `hw` (4H) rows start at the chunk's first task. D_i = ∂h'/∂h of every (task, window input)
-/// is laid side by side, M[j, (task·k + i)·H + m] = D_i[j, m], so that all J_i = Pᵀ D_i come
-/// from one product Pᵀ M; then per task JJᵀ = [J_1 … J_k][J_1 … J_k]ᵀ.
+/// `hw` (4H) rows start at the chunk's first task. Short windows form the Jacobians: D_i =
+/// ∂h'/∂h of every (task, window input) is laid side by side, M[j, (task·k + i)·H + m] =
+/// D_i[j, m], so that all J_i = Pᵀ D_i come from one product Pᵀ M; then per task JJᵀ =
+/// [J_1 … J_k][J_1 … J_k]ᵀ. From [`WINDOW_GRAM_FROM`] inputs on, [`window_gram`] sums the
+/// window before projecting and never forms a J_i.
 fn jacobian_terms(
+    tasks: &[TaskState],
+    w: &JacobianWeights,
+    c: &[f32],
+    hw: &[f32],
+    shape: &dyn PrecisionShape,
+) -> Vec<Vec<f32>> {
+    let hd = w.hidden;
+    let k = tasks[0].window.len();
+    if k >= WINDOW_GRAM_FROM {
+        return tasks
+            .iter()
+            .enumerate()
+            .map(|(ti, task)| {
+                let (c, hw) = (
+                    &c[ti * hd..(ti + 1) * hd],
+                    &hw[ti * 4 * hd..(ti + 1) * 4 * hd],
+                );
+                window_gram(task, w, c, hw, shape)
+            })
+            .collect();
+    }
+    explicit_terms(tasks, w, c, hw, shape)
+}
+
+/// [`jacobian_terms`] through the explicit Jacobians (short windows).
+fn explicit_terms(
     tasks: &[TaskState],
     w: &JacobianWeights,
     c: &[f32],
@@ -375,38 +410,104 @@ fn fill_derivatives_generic(
 ) {
     let (hd, g4) = (w.hidden, 4 * w.hidden);
     let k = tasks[0].window.len();
-    let mut z = vec![0f32; g4];
+    let (mut z, mut a) = (vec![0f32; g4], vec![0f32; g4]);
     for (ti, task) in tasks.iter().enumerate() {
         let (c, hw) = (&c[ti * hd..(ti + 1) * hd], &hw[ti * g4..(ti + 1) * g4]);
         for (i, x) in task.window.iter().enumerate() {
-            // Gates of one step applied to x_i from (c_t, h_t).
-            z.iter_mut()
-                .zip(x.iter().zip(hw))
-                .for_each(|(z, (a, b))| *z = a + b);
-            activate_gates(&mut z, hd);
+            gate_derivatives(x, hw, c, &mut z, &mut a);
             let col = (ti * k + i) * hd;
             for j in 0..hd {
-                let (ig, fg, gg, og) = (z[j], z[hd + j], z[2 * hd + j], z[3 * hd + j]);
-                let c_new = fg * c[j] + ig * gg;
-                let tc = tanh(c_new);
-                let kk = og * (1.0 - tc * tc);
-                let a = [
-                    kk * gg * ig * (1.0 - ig),
-                    kk * c[j] * fg * (1.0 - fg),
-                    kk * ig * (1.0 - gg * gg),
-                    tc * og * (1.0 - og),
-                ];
                 // D[j, :] = Σ_gate a_gate[j] · W_gateᵀ[j, :], the gates summed in order in one
                 // pass over the row.
                 let row = &mut m[j * cols + col..j * cols + col + hd];
                 let src = |gate: usize| &w.wh_t[(gate * hd + j) * hd..(gate * hd + j + 1) * hd];
                 let sources = src(0).iter().zip(src(1)).zip(src(2)).zip(src(3));
+                let (a0, a1, a2, a3) = (a[j], a[hd + j], a[2 * hd + j], a[3 * hd + j]);
                 for (r, (((s0, s1), s2), s3)) in row.iter_mut().zip(sources) {
-                    *r = a[0] * s0 + a[1] * s1 + a[2] * s2 + a[3] * s3;
+                    *r = a0 * s0 + a1 * s1 + a2 * s2 + a3 * s3;
                 }
             }
         }
     }
+}
+
+/// The diagonal factors of ∂h'/∂h = Σ_gate diag(a_gate) W_gateᵀ for one LSTM step applied to
+/// the input projection `x` (4H) from the carry (c, h), given `hw` = h W_h (4H): writes
+/// a = [a_i, a_f, a_g, a_o] (4H, gate-major), with the gates' values in `z` (DESIGN "The
+/// model": a_o = tanh(c')∘o∘(1−o), and o∘(1−tanh²c') times c∘f∘(1−f), g∘i∘(1−i), i∘(1−g²)).
+#[inline(always)]
+fn gate_derivatives(x: &[f32], hw: &[f32], c: &[f32], z: &mut [f32], a: &mut [f32]) {
+    let hd = c.len();
+    z.iter_mut()
+        .zip(x.iter().zip(hw))
+        .for_each(|(z, (x, h))| *z = x + h);
+    activate_gates(z, hd);
+    for j in 0..hd {
+        let (ig, fg, gg, og) = (z[j], z[hd + j], z[2 * hd + j], z[3 * hd + j]);
+        let c_new = fg * c[j] + ig * gg;
+        let tc = tanh(c_new);
+        let kk = og * (1.0 - tc * tc);
+        a[j] = kk * gg * ig * (1.0 - ig);
+        a[hd + j] = kk * c[j] * fg * (1.0 - fg);
+        a[2 * hd + j] = kk * ig * (1.0 - gg * gg);
+        a[3 * hd + j] = tc * og * (1.0 - og);
+    }
+}
+
+/// Window length from which [`window_gram`] replaces the explicit Jacobians: k products
+/// J_i = Pᵀ D_i and their Gram cost k·(nH² + n²H) multiply-adds per task and step, the window
+/// Gram 16·kH² + 16H² + nH² + n²H, fewer from k = 3 on at the paper's sizes.
+pub const WINDOW_GRAM_FROM: usize = 3;
+
+/// Σ_{i ∈ window} J_i J_iᵀ = Pᵀ S P (or its diagonal) for one task without forming any J_i:
+/// with D_i = A_i W_hᵀ, A_i = [diag(a_i,g)]_g (H × 4H), S = Σ_i D_i D_iᵀ = Σ_i A_i K A_iᵀ,
+/// K = W_hᵀ W_h (fixed for the update, `JacobianWeights`). Entry by entry, S[j, j'] is the sum
+/// over the 4×4 gate blocks of K ∘ B with B = Ā Āᵀ, Ā = [a_i,g[j]] (4H × k, one product).
+/// 16kH² + 32H² + nH² + n²H multiply-adds against the explicit k(nH² + n²H); the same value
+/// (tested).
+fn window_gram(
+    task: &TaskState,
+    w: &JacobianWeights,
+    c: &[f32],
+    hw: &[f32],
+    shape: &dyn PrecisionShape,
+) -> Vec<f32> {
+    let (hd, k) = (w.hidden, task.window.len());
+    let g4 = 4 * hd;
+    // Ā[gH + j, i]: gate g's factor at j for input i of the window.
+    let mut stacked = vec![0f32; g4 * k];
+    let (mut z, mut a) = (vec![0f32; g4], vec![0f32; g4]);
+    for (i, x) in task.window.iter().enumerate() {
+        gate_derivatives(x, hw, c, &mut z, &mut a);
+        for (gj, v) in a.iter().enumerate() {
+            stacked[gj * k + i] = *v;
+        }
+    }
+    GRAM_SCRATCH.with_borrow_mut(|b| {
+        b.resize(g4 * g4, 0.0);
+        let (sa, sat) = (Mat::rows(&stacked, k), Mat::rows_t(&stacked, k));
+        sgemm(g4, g4, k, sa, sat, b, false, false);
+        let mut s = vec![0f32; hd * hd];
+        for (r, (krow, brow)) in w
+            .k_gates
+            .chunks_exact(g4)
+            .zip(b.chunks_exact(g4))
+            .enumerate()
+        {
+            let srow = &mut s[(r % hd) * hd..(r % hd + 1) * hd];
+            for (kb, bb) in krow.chunks_exact(hd).zip(brow.chunks_exact(hd)) {
+                srow.iter_mut()
+                    .zip(kb.iter().zip(bb))
+                    .for_each(|(s, (kv, bv))| *s += kv * bv);
+            }
+        }
+        shape.sandwich(&s, &w.proj, hd, w.features)
+    })
+}
+
+thread_local! {
+    /// B = Ā Āᵀ (4H × 4H) of [`window_gram`], kept between calls.
+    static GRAM_SCRATCH: std::cell::RefCell<Vec<f32>> = Default::default();
 }
 
 /// The factor and ln det of Λ + jitter·I into the task state.
@@ -487,6 +588,36 @@ pub fn filter_sequence(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The window Gram S = Σ_gg' K_gg' ∘ B_gg' projected as Pᵀ S P equals the explicit
+    /// Σ_i J_i J_iᵀ, full and diagonal, for windows below and above the switch.
+    #[test]
+    fn window_gram_equals_the_explicit_jacobians() {
+        let (hd, n) = (16, 5);
+        let val = |i: usize, s: f32| (i as f32 * 0.7123 + s).sin() * 0.5;
+        let rows = |len: usize, s: f32| -> Vec<f32> { (0..len).map(|i| val(i, s)).collect() };
+        let w = JacobianWeights::new(rows(hd * 4 * hd, 0.1), rows(hd * n, 0.2), hd, n);
+        for k in [1, 3, 7] {
+            let task = TaskState {
+                lambda: vec![],
+                chol: vec![],
+                prev_chol: vec![],
+                logdet: 0.0,
+                mean: vec![],
+                window: (0..k).map(|i| rows(4 * hd, 3.0 + i as f32)).collect(),
+            };
+            let (c, hw) = (rows(hd, 1.0), rows(4 * hd, 2.0));
+            for shape in [shape::of(false), shape::of(true)] {
+                let explicit =
+                    explicit_terms(std::slice::from_ref(&task), &w, &c, &hw, shape).remove(0);
+                let summed = window_gram(&task, &w, &c, &hw, shape);
+                let scale = explicit.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                for (a, b) in summed.iter().zip(&explicit) {
+                    assert!((a - b).abs() <= 1e-5 * scale, "k = {k}: {a} vs {b}");
+                }
+            }
+        }
+    }
 
     /// The Jacobian products run in chunks of tasks: a batch spanning several chunks gives the
     /// same statistics as each task filtered on its own.

@@ -58,6 +58,26 @@ pub trait PrecisionShape: Send + Sync {
     /// The same for one task's J given as plain values: row r of J is
     /// `j[r·stride .. r·stride + width]`; returns `size(n)` numbers.
     fn gram_rows(&self, j: &[f32], n: usize, stride: usize, width: usize) -> Vec<f32>;
+
+    /// Pᵀ S P (or its diagonal) for S (H×H, row-major) and P (H×n, row-major): the Gram term
+    /// Σ_i J_i J_iᵀ when S = Σ_i D_i D_iᵀ and J_i = Pᵀ D_i; returns `size(n)` numbers.
+    fn sandwich(&self, s: &[f32], p: &[f32], hidden: usize, n: usize) -> Vec<f32>;
+}
+
+/// S P (H×n) for S (H×H) and P (H×n), row-major.
+fn times_proj(s: &[f32], p: &[f32], hidden: usize, n: usize) -> Vec<f32> {
+    let mut sp = vec![0f32; hidden * n];
+    sgemm(
+        hidden,
+        n,
+        hidden,
+        Mat::rows(s, hidden),
+        Mat::rows(p, n),
+        &mut sp,
+        false,
+        false,
+    );
+    sp
 }
 
 /// A dense n×n precision per task.
@@ -153,6 +173,14 @@ impl PrecisionShape for Full {
         sgemm(n, n, width, rows, cols, &mut term, false, false);
         term
     }
+
+    fn sandwich(&self, s: &[f32], p: &[f32], hidden: usize, n: usize) -> Vec<f32> {
+        let sp = times_proj(s, p, hidden, n);
+        let mut term = vec![0f32; n * n];
+        let pt = Mat::rows_t(p, n);
+        sgemm(n, n, hidden, pt, Mat::rows(&sp, n), &mut term, false, false);
+        term
+    }
 }
 
 impl PrecisionShape for Diagonal {
@@ -231,5 +259,17 @@ impl PrecisionShape for Diagonal {
                 row.iter().map(|v| v * v).sum::<f32>()
             })
             .collect()
+    }
+
+    /// diag(Pᵀ S P)_r = Σ_j P[j, r] (S P)[j, r].
+    fn sandwich(&self, s: &[f32], p: &[f32], hidden: usize, n: usize) -> Vec<f32> {
+        let sp = times_proj(s, p, hidden, n);
+        let mut term = vec![0f32; n];
+        for (prow, sprow) in p.chunks_exact(n).zip(sp.chunks_exact(n)) {
+            for ((t, a), b) in term.iter_mut().zip(prow).zip(sprow) {
+                *t += a * b;
+            }
+        }
+        term
     }
 }
