@@ -62,10 +62,15 @@ struct SpectralKl {
 
 /// One row's numbers, contiguous.
 struct Row<'a> {
+    /// U (n×n).
     u: &'a [f32],
+    /// s, the log-variances (n).
     s: &'a [f32],
+    /// d = μ − μ_p (n).
     d: &'a [f32],
+    /// U_p (n×n), held fixed.
     u_prev: &'a [f32],
+    /// w = e^{−s_p} (n), held fixed.
     inv_prev: Vec<f32>,
 }
 
