@@ -483,25 +483,39 @@ fn window_gram(
             stacked[gj * k + i] = *v;
         }
     }
+    // K and B are symmetric, so the (g', g) block of K ∘ B is the transpose of the (g, g')
+    // one: S = Σ_g (K ∘ B)_gg + U + Uᵀ with U = Σ_{g<g'} (K ∘ B)_gg', from the upper blocks only.
     GRAM_SCRATCH.with_borrow_mut(|b| {
         b.resize(g4 * g4, 0.0);
-        let (sa, sat) = (Mat::rows(&stacked, k), Mat::rows_t(&stacked, k));
-        sgemm(g4, g4, k, sa, sat, b, false, false);
-        let mut s = vec![0f32; hd * hd];
-        for (r, (krow, brow)) in w
-            .k_gates
-            .chunks_exact(g4)
-            .zip(b.chunks_exact(g4))
-            .enumerate()
-        {
-            let srow = &mut s[(r % hd) * hd..(r % hd + 1) * hd];
-            for (kb, bb) in krow.chunks_exact(hd).zip(brow.chunks_exact(hd)) {
-                srow.iter_mut()
-                    .zip(kb.iter().zip(bb))
-                    .for_each(|(s, (kv, bv))| *s += kv * bv);
+        let (mut diag, mut upper) = (vec![0f32; hd * hd], vec![0f32; hd * hd]);
+        for g in 0..4 {
+            // Rows gH..(g+1)H of B, columns gH..4H: (H × (4 − g)H).
+            let width = g4 - g * hd;
+            let rows = Mat::rows(&stacked[g * hd * k..(g + 1) * hd * k], k);
+            let cols = Mat::rows_t(&stacked[g * hd * k..], k);
+            let band = &mut b[..hd * width];
+            sgemm(hd, width, k, rows, cols, band, false, false);
+            for j in 0..hd {
+                let (krow, brow) = (&w.k_gates[(g * hd + j) * g4 + g * hd..], &band[j * width..]);
+                for (q, (kb, bb)) in krow[..width]
+                    .chunks_exact(hd)
+                    .zip(brow[..width].chunks_exact(hd))
+                    .enumerate()
+                {
+                    let target = if q == 0 { &mut diag } else { &mut upper };
+                    target[j * hd..(j + 1) * hd]
+                        .iter_mut()
+                        .zip(kb.iter().zip(bb))
+                        .for_each(|(s, (kv, bv))| *s += kv * bv);
+                }
             }
         }
-        shape.sandwich(&s, &w.proj, hd, w.features)
+        for j in 0..hd {
+            for j2 in 0..hd {
+                diag[j * hd + j2] += upper[j * hd + j2] + upper[j2 * hd + j];
+            }
+        }
+        shape.sandwich(&diag, &w.proj, hd, w.features)
     })
 }
 
