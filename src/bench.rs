@@ -337,7 +337,7 @@ pub fn update_flops(task: Task, m: &ModelConfig, batch: usize, steps: usize) -> 
             // Explicit Jacobians for short windows, the window Gram Pᵀ(Σ_gg' K ∘ ĀĀᵀ)P from
             // WINDOW_GRAM_FROM inputs on (`posterior::filter`).
             let jacobians = if window >= WINDOW_GRAM_FROM as f64 {
-                16.0 * window * h * h + 16.0 * h * h + n * h * h + gram
+                10.0 * window * h * h + 11.0 * h * h + n * h * h + gram
             } else {
                 window * (4.0 * h * h + n * h * h + gram)
             };

@@ -456,14 +456,14 @@ fn gate_derivatives(x: &[f32], hw: &[f32], c: &[f32], z: &mut [f32], a: &mut [f3
 
 /// Window length from which [`window_gram`] replaces the explicit Jacobians: k products
 /// J_i = Pᵀ D_i and their Gram cost k·(nH² + n²H) multiply-adds per task and step, the window
-/// Gram 16·kH² + 16H² + nH² + n²H, fewer from k = 3 on at the paper's sizes.
+/// Gram 10kH² + 11H² + nH² + n²H, fewer from k = 3 on at the paper's sizes.
 pub const WINDOW_GRAM_FROM: usize = 3;
 
 /// Σ_{i ∈ window} J_i J_iᵀ = Pᵀ S P (or its diagonal) for one task without forming any J_i:
 /// with D_i = A_i W_hᵀ, A_i = [diag(a_i,g)]_g (H × 4H), S = Σ_i D_i D_iᵀ = Σ_i A_i K A_iᵀ,
 /// K = W_hᵀ W_h (fixed for the update, `JacobianWeights`). Entry by entry, S[j, j'] is the sum
 /// over the 4×4 gate blocks of K ∘ B with B = Ā Āᵀ, Ā = [a_i,g[j]] (4H × k, one product).
-/// 16kH² + 32H² + nH² + n²H multiply-adds against the explicit k(nH² + n²H); the same value
+/// 10kH² + 11H² + nH² + n²H multiply-adds (the upper gate blocks only, see below) against the explicit k(nH² + n²H); the same value
 /// (tested).
 fn window_gram(
     task: &TaskState,
