@@ -462,9 +462,9 @@ pub const WINDOW_GRAM_FROM: usize = 3;
 /// Σ_{i ∈ window} J_i J_iᵀ = Pᵀ S P (or its diagonal) for one task without forming any J_i:
 /// with D_i = A_i W_hᵀ, A_i = [diag(a_i,g)]_g (H × 4H), S = Σ_i D_i D_iᵀ = Σ_i A_i K A_iᵀ,
 /// K = W_hᵀ W_h (fixed for the update, `JacobianWeights`). Entry by entry, S[j, j'] is the sum
-/// over the 4×4 gate blocks of K ∘ B with B = Ā Āᵀ, Ā = [a_i,g[j]] (4H × k, one product).
-/// 10kH² + 11H² + nH² + n²H multiply-adds (the upper gate blocks only, see below) against the explicit k(nH² + n²H); the same value
-/// (tested).
+/// over the 4×4 gate blocks of K ∘ B with B = Ā Āᵀ, Ā = [a_i,g[j]] (4H × k). Only the upper
+/// gate blocks are formed (see below): 10kH² + 11H² + nH² + n²H multiply-adds against the
+/// explicit k(nH² + n²H), for the same value (tested).
 fn window_gram(
     task: &TaskState,
     w: &JacobianWeights,
