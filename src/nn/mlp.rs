@@ -214,23 +214,11 @@ impl candle_core::CustomOp3 for Affine {
         let x = logical(s1.as_slice::<f32>()?, l1);
         let w = logical(s2.as_slice::<f32>()?, l2);
         let b = logical(s3.as_slice::<f32>()?, l3);
-        let mut y = vec![0f32; m * n];
-        sgemm(
-            m,
-            n,
-            k,
-            Mat::rows(&x, k),
-            Mat::rows(&w, n),
-            &mut y,
-            false,
-            true,
-        );
-        for row in y.chunks_mut(n.max(1)) {
-            for (v, bias) in row.iter_mut().zip(b.iter()) {
-                let z = *v + bias;
-                *v = if self.leaky { leaky(z) } else { z };
-            }
-        }
+        let y = if self.leaky {
+            affine_values(&x, &w, &b, (m, k, n), leaky)
+        } else {
+            affine_values(&x, &w, &b, (m, k, n), |z| z)
+        };
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
@@ -242,8 +230,6 @@ impl candle_core::CustomOp3 for Affine {
         y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (m, k) = x.dims2()?;
-        let n = w.dim(1)?;
         let (gs, gl) = grad.storage_and_layout();
         let mut gz = f32_values(&gs, gl)?.into_owned();
         drop(gs);
@@ -253,24 +239,64 @@ impl candle_core::CustomOp3 for Affine {
                 *g *= leaky_derivative(*y);
             }
         }
-        let ((xs, xl), (ws, wl)) = (x.storage_and_layout(), w.storage_and_layout());
-        let (xv, wv) = (f32_values(&xs, xl)?, f32_values(&ws, wl)?);
-        let mut gx = vec![0f32; m * k];
-        let mut gw = vec![0f32; k * n];
-        let mut gb = vec![0f32; n];
-        let gzm = Mat::rows(&gz, n);
-        sgemm(m, k, n, gzm, Mat::rows_t(&wv, n), &mut gx, false, true);
-        sgemm(k, n, m, Mat::rows_t(&xv, k), gzm, &mut gw, false, true);
-        for row in gz.chunks(n.max(1)) {
-            gb.iter_mut().zip(row).for_each(|(s, g)| *s += g);
-        }
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(gx, (m, k), dev)?),
-            Some(Tensor::from_vec(gw, (k, n), dev)?),
-            Some(Tensor::from_vec(gb, n, dev)?),
-        ))
+        affine_gradients(x, w, &gz)
     }
+}
+
+/// act(x W + b) for x (m×k), W (k×n) and b (n), row-major, with the bias and the activation
+/// applied in one pass after the gemm: the forward of [`Affine`] and of the VRNN's Cayley head.
+pub(crate) fn affine_values(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    act: impl Fn(f32) -> f32,
+) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    sgemm(
+        m,
+        n,
+        k,
+        Mat::rows(x, k),
+        Mat::rows(w, n),
+        &mut y,
+        false,
+        true,
+    );
+    for row in y.chunks_mut(n.max(1)) {
+        for (v, bias) in row.iter_mut().zip(b.iter()) {
+            *v = act(*v + bias);
+        }
+    }
+    y
+}
+
+/// The gradients of z = x W + b given δz (m×n, row-major): δx = δz Wᵀ, δW = xᵀ δz,
+/// δb = Σ_rows δz, as tensors on x's device.
+pub(crate) fn affine_gradients(
+    x: &Tensor,
+    w: &Tensor,
+    gz: &[f32],
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (m, k) = x.dims2()?;
+    let n = w.dim(1)?;
+    let ((xs, xl), (ws, wl)) = (x.storage_and_layout(), w.storage_and_layout());
+    let (xv, wv) = (f32_values(&xs, xl)?, f32_values(&ws, wl)?);
+    let mut gx = vec![0f32; m * k];
+    let mut gw = vec![0f32; k * n];
+    let mut gb = vec![0f32; n];
+    let gzm = Mat::rows(gz, n);
+    sgemm(m, k, n, gzm, Mat::rows_t(&wv, n), &mut gx, false, true);
+    sgemm(k, n, m, Mat::rows_t(&xv, k), gzm, &mut gw, false, true);
+    for row in gz.chunks(n.max(1)) {
+        gb.iter_mut().zip(row).for_each(|(s, g)| *s += g);
+    }
+    let dev = x.device();
+    Ok((
+        Some(Tensor::from_vec(gx, (m, k), dev)?),
+        Some(Tensor::from_vec(gw, (k, n), dev)?),
+        Some(Tensor::from_vec(gb, n, dev)?),
+    ))
 }
 
 /// Layer norm over the last axis with learned scale and offset: (x − mean)/√(var + 1e-6)·γ + β.

@@ -9,8 +9,7 @@
 use super::{Covariance, Gaussian, PosteriorFamily, StepInput};
 use crate::linalg::{self, logical, map_items};
 use crate::nn::Params;
-use crate::nn::kernels::{Mat, sgemm};
-use crate::nn::mlp::{Linear, f32_values};
+use crate::nn::mlp::{Linear, affine_gradients, affine_values, f32_values};
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
@@ -121,19 +120,7 @@ impl CustomOp3 for CayleyHead {
         let x = logical(s1.as_slice::<f32>()?, l1);
         let w = logical(s2.as_slice::<f32>()?, l2);
         let b = logical(s3.as_slice::<f32>()?, l3);
-        let mut t = vec![0f32; rows * nn];
-        sgemm(
-            rows,
-            nn,
-            d,
-            Mat::rows(&x, d),
-            Mat::rows(&w, nn),
-            &mut t,
-            false,
-            true,
-        );
-        t.chunks_mut(nn)
-            .for_each(|row| row.iter_mut().zip(b.iter()).for_each(|(v, c)| *v += c));
+        let t = affine_values(&x, &w, &b, (rows, d, nn), |z| z);
         let u = map_items(rows, nn, |i, out| {
             linalg::cayley_item_f32(&t[i * nn..(i + 1) * nn], n, out, i, rows)
         })?;
@@ -148,7 +135,7 @@ impl CustomOp3 for CayleyHead {
         u: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (rows, d) = x.dims2()?;
+        let rows = x.dim(0)?;
         let (_, n, _) = u.dims3()?;
         let nn = n * n;
         let ((us, ul), (gs, gl)) = (u.storage_and_layout(), grad.storage_and_layout());
@@ -158,21 +145,7 @@ impl CustomOp3 for CayleyHead {
             linalg::cayley_backward_f32(&uv[item.clone()], &gv[item], n, out);
             Ok(())
         })?;
-        let ((xs, xl), (ws, wl)) = (x.storage_and_layout(), w.storage_and_layout());
-        let (xv, wv) = (f32_values(&xs, xl)?, f32_values(&ws, wl)?);
-        let (mut gx, mut gw, mut gb) = (vec![0f32; rows * d], vec![0f32; d * nn], vec![0f32; nn]);
-        let gtm = Mat::rows(&gt, nn);
-        sgemm(rows, d, nn, gtm, Mat::rows_t(&wv, nn), &mut gx, false, true);
-        sgemm(d, nn, rows, Mat::rows_t(&xv, d), gtm, &mut gw, false, true);
-        for row in gt.chunks(nn) {
-            gb.iter_mut().zip(row).for_each(|(s, g)| *s += g);
-        }
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(gx, (rows, d), dev)?),
-            Some(Tensor::from_vec(gw, (d, nn), dev)?),
-            Some(Tensor::from_vec(gb, nn, dev)?),
-        ))
+        affine_gradients(x, w, &gt)
     }
 }
 
