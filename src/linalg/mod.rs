@@ -9,11 +9,12 @@
 //! * **Tensor ops** ([`cholesky`], [`solve_triangular`], [`inverse`], [`logdet_spd`], and the
 //!   VRNN's Cayley map [`cayley_lower`]) as candle
 //!   custom ops. They accept `f32` (and `f64`) CPU tensors of shape `(B, n, n)` or `(n, n)`, compute
-//!   internally in `f64` and return the input dtype. Non-contiguous inputs are accepted. Batches of
-//!   at least [`PAR_MIN_BATCH`] items are processed in parallel with rayon; every batch item is
-//!   computed independently by the same sequential kernel, so results do not depend on the number
-//!   of threads. Backward passes are written with ordinary tensor ops (so they compose with the
-//!   rest of the graph) and are checked against finite differences in `tests/linalg.rs`.
+//!   internally in `f64` (the Cayley map of f32 input in f32) and return the input dtype.
+//!   Non-contiguous inputs are accepted. Batches of at least [`PAR_MIN_BATCH`] items are processed
+//!   in parallel with rayon; every batch item is computed independently by the same sequential
+//!   kernel, so results do not depend on the number of threads. Backward passes are written with
+//!   ordinary tensor ops (the Cayley map's: per item, into one buffer) and are checked against
+//!   finite differences in `tests/linalg.rs`.
 
 pub mod upper;
 
@@ -865,31 +866,34 @@ impl CustomOp1 for CayleyOp {
             (
                 candle_core::Storage::Cpu(CpuStorage::F32(uv)),
                 candle_core::Storage::Cpu(CpuStorage::F32(gv)),
-            ) => {
-                let (uv, gv) = (logical(uv, ul), logical(gv, gl));
-                let out = map_items(b, n * n, |i, out| {
-                    let item = i * n * n..(i + 1) * n * n;
-                    cayley_backward_f32(&uv[item.clone()], &gv[item], n, out);
-                    Ok(())
-                })?;
-                Tensor::from_vec(out, (b, n, n), u.device())?
-            }
+            ) => per_item_grad((uv, ul), (gv, gl), b, n, cayley_backward_f32, u.device())?,
             (
                 candle_core::Storage::Cpu(CpuStorage::F64(uv)),
                 candle_core::Storage::Cpu(CpuStorage::F64(gv)),
-            ) => {
-                let (uv, gv) = (logical(uv, ul), logical(gv, gl));
-                let out = map_items(b, n * n, |i, out| {
-                    let item = i * n * n..(i + 1) * n * n;
-                    cayley_backward_f64(&uv[item.clone()], &gv[item], n, out);
-                    Ok(())
-                })?;
-                Tensor::from_vec(out, (b, n, n), u.device())?
-            }
+            ) => per_item_grad((uv, ul), (gv, gl), b, n, cayley_backward_f64, u.device())?,
             _ => candle_core::bail!("cayley backward: f32 or f64 CPU tensors of one dtype"),
         };
         Ok(Some(grad))
     }
+}
+
+/// `kernel(u_i, g_i, n, out_i)` for every item i of a batch of n×n matrices u and g (given as
+/// storage and layout), as one (b, n, n) tensor on `device`.
+fn per_item_grad<T: WithDType>(
+    (u, ul): (&[T], &Layout),
+    (g, gl): (&[T], &Layout),
+    b: usize,
+    n: usize,
+    kernel: fn(&[T], &[T], usize, &mut [T]),
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    let (u, g) = (logical(u, ul), logical(g, gl));
+    let nn = n * n;
+    let out = map_items(b, nn, |i, out| {
+        kernel(&u[i * nn..(i + 1) * nn], &g[i * nn..(i + 1) * nn], n, out);
+        Ok(())
+    })?;
+    Tensor::from_vec(out, (b, n, n), device)
 }
 
 /// One item of the Cayley backward: `out` = strictly lower part of Ā − Āᵀ with

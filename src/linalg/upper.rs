@@ -233,20 +233,13 @@ pub fn solve_upper(u: &[f64], n: usize, x: &mut [f64]) {
     }
 }
 
-/// x ← U⁻ᵀ x for one right-hand side (forward substitution with Uᵀ, row by row of U).
+/// x ← U⁻ᵀ x for one right-hand side (forward substitution with Uᵀ; not on a hot path).
 pub fn solve_upper_transposed(u: &[f64], n: usize, x: &mut [f64]) {
     assert!(
         u.len() == n * n && x.len() == n,
         "solve_upper_transposed: n·n and n numbers"
     );
-    for i in 0..n {
-        let v = x[i] / u[i * n + i];
-        x[i] = v;
-        x[i + 1..]
-            .iter_mut()
-            .zip(&u[i * n + i + 1..(i + 1) * n])
-            .for_each(|(x, c)| *x -= v * c);
-    }
+    super::tri_solve(u, n, 1, x, false, true);
 }
 
 #[cfg(test)]
