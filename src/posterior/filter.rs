@@ -37,8 +37,9 @@ pub struct JacobianWeights {
     wh_t: Vec<f32>,
     /// P (H, n), stored (in, out).
     pub proj: Vec<f32>,
-    /// K = W_hᵀ W_h (4H, 4H), whose (g, g') block of H×H is W_gᵀ W_g' ([`window_gram`]).
-    k_gates: Vec<f32>,
+    /// K = W_hᵀ W_h (4H, 4H), whose (g, g') block of H×H is W_gᵀ W_g', formed on first use
+    /// (only windows of [`WINDOW_GRAM_FROM`] inputs or more need it, see [`window_gram`]).
+    k_gates: std::sync::OnceLock<Vec<f32>>,
 }
 
 impl JacobianWeights {
@@ -50,18 +51,25 @@ impl JacobianWeights {
                 wh_t[col * hidden + m] = wh[m * g4 + col];
             }
         }
-        // K = W_hᵀ W_h: K[gH + j, g'H + j'] = Σ_m W_h[m, gH + j] W_h[m, g'H + j'].
-        let mut k_gates = vec![0f32; g4 * g4];
-        let (wt, w) = (Mat::rows(&wh_t, hidden), Mat::rows(&wh, g4));
-        sgemm(g4, g4, hidden, wt, w, &mut k_gates, false, false);
         Self {
             hidden,
             features,
             wh,
             wh_t,
             proj,
-            k_gates,
+            k_gates: Default::default(),
         }
+    }
+
+    /// K = W_hᵀ W_h: K[gH + j, g'H + j'] = Σ_m W_h[m, gH + j] W_h[m, g'H + j'].
+    fn k_gates(&self) -> &[f32] {
+        self.k_gates.get_or_init(|| {
+            let g4 = 4 * self.hidden;
+            let mut k = vec![0f32; g4 * g4];
+            let (wt, w) = (Mat::rows(&self.wh_t, self.hidden), Mat::rows(&self.wh, g4));
+            sgemm(g4, g4, self.hidden, wt, w, &mut k, false, false);
+            k
+        })
     }
 }
 
@@ -485,6 +493,7 @@ fn window_gram(
     }
     // K and B are symmetric, so the (g', g) block of K ∘ B is the transpose of the (g, g')
     // one: S = Σ_g (K ∘ B)_gg + U + Uᵀ with U = Σ_{g<g'} (K ∘ B)_gg', from the upper blocks only.
+    let k_gates = w.k_gates();
     GRAM_SCRATCH.with_borrow_mut(|b| {
         b.resize(g4 * g4, 0.0);
         let (mut diag, mut upper) = (vec![0f32; hd * hd], vec![0f32; hd * hd]);
@@ -496,7 +505,7 @@ fn window_gram(
             let band = &mut b[..hd * width];
             sgemm(hd, width, k, rows, cols, band, false, false);
             for j in 0..hd {
-                let (krow, brow) = (&w.k_gates[(g * hd + j) * g4 + g * hd..], &band[j * width..]);
+                let (krow, brow) = (&k_gates[(g * hd + j) * g4 + g * hd..], &band[j * width..]);
                 for (q, (kb, bb)) in krow[..width]
                     .chunks_exact(hd)
                     .zip(brow[..width].chunks_exact(hd))
