@@ -104,14 +104,7 @@ impl<'a> Acting<'a> {
         Ok(match &mut self.posterior {
             Posterior::Laplace(filter) => {
                 let stats = filter.step(&self.weights, &self.c, &self.h, &xw, &phi)?;
-                let eps_v: Vec<f32> = eps.flatten_all()?.to_vec1()?;
-                let offsets = filter.sample_offsets(&eps_v);
-                let means = Tensor::from_vec(filter.means(), (1, b, n), device)?;
-                let z = means.broadcast_add(&Tensor::from_vec(
-                    offsets.clone(),
-                    eps.shape(),
-                    device,
-                )?)?;
+                let (z, offsets) = laplace_samples(filter, eps, device)?;
                 ActStep {
                     z,
                     embedded,
@@ -145,14 +138,7 @@ impl<'a> Acting<'a> {
     /// (n_Z, B, n), without stepping.
     pub fn sample(&self, eps: &Tensor) -> Result<Tensor> {
         match &self.posterior {
-            Posterior::Laplace(filter) => {
-                let (b, n) = (self.batch, self.core.features);
-                let eps_v: Vec<f32> = eps.flatten_all()?.to_vec1()?;
-                let device = &self.core.device;
-                let offsets = Tensor::from_vec(filter.sample_offsets(&eps_v), eps.shape(), device)?;
-                let means = Tensor::from_vec(filter.means(), (1, b, n), device)?;
-                Ok(means.broadcast_add(&offsets)?)
-            }
+            Posterior::Laplace(filter) => Ok(laplace_samples(filter, eps, &self.core.device)?.0),
             Posterior::Graph(q) => q.sample(eps),
         }
     }
@@ -164,4 +150,18 @@ impl<'a> Acting<'a> {
             Posterior::Graph(q) => q.entropy(),
         }
     }
+}
+
+/// Samples z = μ_t + L_t^{−T} ε of the filter's current posteriors for the noise ε (n_Z, B, n),
+/// with the offsets L_t^{−T} ε as plain values (n_Z·B·n).
+fn laplace_samples(
+    filter: &LaplaceFilter,
+    eps: &Tensor,
+    device: &candle_core::Device,
+) -> Result<(Tensor, Vec<f32>)> {
+    let (_, b, n) = eps.dims3()?;
+    let offsets = filter.sample_offsets(&eps.flatten_all()?.to_vec1::<f32>()?);
+    let means = Tensor::from_vec(filter.means(), (1, b, n), device)?;
+    let z = means.broadcast_add(&Tensor::from_vec(offsets.clone(), eps.shape(), device)?)?;
+    Ok((z, offsets))
 }
