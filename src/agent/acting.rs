@@ -1,8 +1,8 @@
 //! The core stepped online without an autograd graph: what a rollout or an evaluation needs to
 //! act, one observation at a time (the counterpart of the time-batched [`super::replay`]).
 //!
-//! Per step: the input stage of the replay on B rows (deduplicated embeddings, x W_x + b), one
-//! LSTM step on plain buffers, φ_t = P h_t + p_b, then the posterior: the point estimate and the
+//! Per step: the input stage of the replay on B rows (embeddings and x W_x + b, computed once per
+//! distinct input row of the whole run: see [`InputCache`]), one LSTM step on plain buffers, φ_t = P h_t + p_b, then the posterior: the point estimate and the
 //! VRNN head run as small tensor programs, the Laplace VRNN as the filter of
 //! `posterior::filter`, whose statistics (sample offsets, KL parts) the PPO loss reuses so that
 //! they are computed once per update.
@@ -14,6 +14,7 @@ use crate::posterior::filter::{JacobianWeights, LaplaceFilter};
 use crate::posterior::{Gaussian, PosteriorConfig};
 use anyhow::Result;
 use candle_core::Tensor;
+use std::collections::HashMap;
 
 /// The posterior's part of an acting state.
 enum Posterior {
@@ -47,6 +48,7 @@ pub struct Acting<'a> {
     c: Vec<f32>,
     h: Vec<f32>,
     posterior: Posterior,
+    inputs: InputCache,
 }
 
 impl<'a> Acting<'a> {
@@ -74,6 +76,7 @@ impl<'a> Acting<'a> {
             c: vec![0.0; batch * hd],
             h: vec![0.0; batch * hd],
             posterior,
+            inputs: InputCache::default(),
         })
     }
 
@@ -81,8 +84,7 @@ impl<'a> Acting<'a> {
     /// draws n_Z samples of q_t with the standard-normal noise `eps` (n_Z, B, n).
     pub fn observe(&mut self, kinds: &[Vec<f32>], eps: &Tensor) -> Result<ActStep> {
         let (b, hd, n) = (self.batch, self.core.hidden, self.core.features);
-        let stage = self.core.project_inputs(kinds, b)?;
-        let xw: Vec<f32> = stage.xw.flatten_all()?.to_vec1()?;
+        let (xw, embedded) = self.inputs.project(self.core, kinds, b)?;
         lstm_step(&xw, &self.weights.wh, &mut self.c, &mut self.h, b, hd);
         let mut phi: Vec<f32> = (0..b)
             .flat_map(|_| self.proj_bias.iter().copied())
@@ -97,10 +99,14 @@ impl<'a> Acting<'a> {
             true,
             true,
         );
-        let embedded = (0..kinds.len())
-            .map(|k| stage.embedding(k))
-            .collect::<Result<Vec<_>>>()?;
         let device = &self.core.device;
+        let embedded = embedded
+            .into_iter()
+            .map(|e| {
+                let width = e.len() / b;
+                Ok(Tensor::from_vec(e, (b, width), device)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(match &mut self.posterior {
             Posterior::Laplace(filter) => {
                 let stats = filter.step(&self.weights, &self.c, &self.h, &xw, &phi)?;
@@ -149,6 +155,98 @@ impl<'a> Acting<'a> {
             Posterior::Laplace(filter) => Ok(Some(filter.entropy())),
             Posterior::Graph(q) => q.entropy(),
         }
+    }
+}
+
+/// The most distinct input rows an [`InputCache`] keeps (≈ 20 MB at the paper's sizes).
+const CACHE_ROWS: usize = 4096;
+
+/// The input stage (embeddings and x W_x + b, `Core::project_inputs`) of every distinct input
+/// row seen so far in one acting run. The parameters do not change while acting, and discrete
+/// inputs (bandit, gridworld) take a few hundred joint values over a whole rollout, so each is
+/// embedded and projected once per run instead of once per step. Continuous inputs
+/// (regression) never repeat: once the cache holds [`CACHE_ROWS`] rows, rows it lacks are
+/// projected per step as before, without being stored.
+#[derive(Default)]
+struct InputCache {
+    /// Bit pattern of a joint input row → its slot.
+    slots: HashMap<Vec<u32>, usize>,
+    /// x W_x + b per slot, (slots, 4H).
+    xw: Vec<f32>,
+    /// Embedding per input kind and slot, (slots, E) each.
+    embedded: Vec<Vec<f32>>,
+}
+
+impl InputCache {
+    /// x W_x + b (B·4H) and the embeddings of every input kind (B·E each) of one step's rows
+    /// (one row-major (B, d_k) block per input kind).
+    fn project(
+        &mut self,
+        core: &Core,
+        kinds: &[Vec<f32>],
+        b: usize,
+    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let dims: Vec<usize> = kinds.iter().map(|k| k.len() / b.max(1)).collect();
+        let keys: Vec<Vec<u32>> = (0..b)
+            .map(|r| {
+                (kinds.iter().zip(&dims))
+                    .flat_map(|(k, d)| k[r * d..(r + 1) * d].iter().map(|v| v.to_bits()))
+                    .collect()
+            })
+            .collect();
+        // Rows not seen before, each distinct one once.
+        let mut new_rows: Vec<usize> = vec![];
+        let mut new_keys: HashMap<&[u32], ()> = HashMap::new();
+        for (r, key) in keys.iter().enumerate() {
+            if !self.slots.contains_key(key) && new_keys.insert(key, ()).is_none() {
+                new_rows.push(r);
+            }
+        }
+        if self.slots.len() + new_rows.len() > CACHE_ROWS {
+            let stage = core.project_inputs(kinds, b)?;
+            let embedded = (0..kinds.len())
+                .map(|k| Ok(stage.embedding(k)?.flatten_all()?.to_vec1()?))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok((stage.xw.flatten_all()?.to_vec1()?, embedded));
+        }
+        if !new_rows.is_empty() {
+            let part: Vec<Vec<f32>> = (kinds.iter().zip(&dims))
+                .map(|(k, d)| {
+                    new_rows
+                        .iter()
+                        .flat_map(|r| k[r * d..(r + 1) * d].iter().copied())
+                        .collect()
+                })
+                .collect();
+            let stage = core.project_inputs(&part, new_rows.len())?;
+            self.xw.extend(stage.xw.flatten_all()?.to_vec1::<f32>()?);
+            self.embedded.resize(kinds.len(), vec![]);
+            for (k, store) in self.embedded.iter_mut().enumerate() {
+                store.extend(stage.embedding(k)?.flatten_all()?.to_vec1::<f32>()?);
+            }
+            for r in new_rows {
+                let slot = self.slots.len();
+                self.slots.insert(keys[r].clone(), slot);
+            }
+        }
+        let g = 4 * core.hidden;
+        let slots: Vec<usize> = keys.iter().map(|k| self.slots[k]).collect();
+        let xw = slots
+            .iter()
+            .flat_map(|s| self.xw[s * g..(s + 1) * g].iter().copied())
+            .collect();
+        let embedded = self
+            .embedded
+            .iter()
+            .map(|store| {
+                let e = store.len() / self.slots.len();
+                slots
+                    .iter()
+                    .flat_map(|s| store[s * e..(s + 1) * e].iter().copied())
+                    .collect()
+            })
+            .collect();
+        Ok((xw, embedded))
     }
 }
 

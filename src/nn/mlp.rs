@@ -2,7 +2,7 @@
 //! ops (candle's fused layer-norm has no backward pass).
 
 use super::Params;
-use super::kernels::{Mat, sgemm};
+use super::kernels::{Mat, lane_dot, lane_sum, sgemm};
 use crate::linalg::logical;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
@@ -345,9 +345,9 @@ fn normalise_rows(x: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
     let mut xhat = vec![0f32; x.len()];
     let mut inv = Vec::with_capacity(x.len() / d.max(1));
     for (row, out) in x.chunks(d).zip(xhat.chunks_mut(d)) {
-        let mean = row.iter().sum::<f32>() / d as f32;
+        let mean = lane_sum(row) / d as f32;
         out.iter_mut().zip(row).for_each(|(o, v)| *o = v - mean);
-        let var = out.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let var = lane_dot(out, out) / d as f32;
         let s = 1.0 / (var + LN_EPS as f32).sqrt();
         out.iter_mut().for_each(|o| *o *= s);
         inv.push(s);
@@ -399,21 +399,16 @@ impl candle_core::CustomOp3 for FusedLayerNorm {
         let (mut dgamma, mut dbeta) = (vec![0f32; d], vec![0f32; d]);
         for (r, s) in inv.iter().enumerate() {
             let (xh, g) = (&xhat[r * d..(r + 1) * d], &gv[r * d..(r + 1) * d]);
-            let mut mean_g = 0f32;
-            let mut mean_gx = 0f32;
-            for k in 0..d {
-                let gh = g[k] * gam[k];
-                mean_g += gh;
-                mean_gx += gh * xh[k];
-                dgamma[k] += g[k] * xh[k];
-                dbeta[k] += g[k];
-            }
-            mean_g /= d as f32;
-            mean_gx /= d as f32;
             let out = &mut dx[r * d..(r + 1) * d];
-            for k in 0..d {
-                out[k] = (g[k] * gam[k] - mean_g - xh[k] * mean_gx) * s;
-            }
+            // ĝ = ∂L/∂y ∘ γ, kept in the output row until it is replaced by ∂L/∂x.
+            out.iter_mut()
+                .zip(g.iter().zip(gam.iter()))
+                .for_each(|(o, (gk, gm))| *o = gk * gm);
+            let mean_g = lane_sum(out) / d as f32;
+            let mean_gx = lane_dot(out, xh) / d as f32;
+            (out.iter_mut().zip(xh)).for_each(|(o, xk)| *o = (*o - mean_g - xk * mean_gx) * s);
+            (dgamma.iter_mut().zip(g.iter().zip(xh))).for_each(|(dg, (gk, xk))| *dg += gk * xk);
+            dbeta.iter_mut().zip(g).for_each(|(db, gk)| *db += gk);
         }
         let dev = x.device();
         Ok((
