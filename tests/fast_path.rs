@@ -490,6 +490,56 @@ fn fused_affine_layers_equal_their_candle_compositions_with_gradients() {
     }
 }
 
+#[test]
+fn fused_head_equals_its_chain_of_layers_with_gradients() {
+    use lvrnn::nn::head::Head;
+    lvrnn::init_threads(1);
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let mut p = Params::new();
+    let head = Head::new(&mut p, "head", 6, &[8, 5], 3, &mut rng).unwrap();
+    // Perturb every parameter (layer norm's γ = 1, β = 0 and the zero biases included).
+    for (_, var) in p.vars() {
+        let noise =
+            lvrnn::agent::randn(&mut rng, var.as_tensor().dims(), &candle_core::Device::Cpu)
+                .unwrap();
+        var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
+    }
+    // (2, 4, 6) inputs (a leading batch shape) with rows of mixed scale.
+    let mut x = lvrnn::agent::randn(&mut rng, &[2, 4, 6], &candle_core::Device::Cpu).unwrap();
+    x = x
+        .broadcast_mul(&Tensor::new(&[[[1f32], [10.0], [0.01], [3.0]]], &Device::Cpu).unwrap())
+        .unwrap();
+    let x = Var::from_tensor(&x).unwrap();
+    let w = lvrnn::agent::randn(&mut rng, &[2, 4, 3], &candle_core::Device::Cpu).unwrap();
+    let loss = |fused: bool| {
+        let y = if fused {
+            head.forward(x.as_tensor()).unwrap()
+        } else {
+            head.forward_layers(x.as_tensor()).unwrap()
+        };
+        assert_eq!(y.dims(), &[2, 4, 3]);
+        // Used twice, so the node's gradient is a sum of two contributions.
+        (y.mul(&w).unwrap().sum_all().unwrap() + y.sqr().unwrap().sum_all().unwrap()).unwrap()
+    };
+    let (fast, slow) = (loss(true), loss(false));
+    assert_close("value", &values(&fast), &values(&slow), 1e-6);
+    let (gf, gs) = (fast.backward().unwrap(), slow.backward().unwrap());
+    assert_close(
+        "dx",
+        &values(gf.get(x.as_tensor()).unwrap()),
+        &values(gs.get(x.as_tensor()).unwrap()),
+        1e-5,
+    );
+    for (name, var) in p.vars() {
+        assert_close(
+            &format!("d{name}"),
+            &values(gf.get(var.as_tensor()).unwrap()),
+            &values(gs.get(var.as_tensor()).unwrap()),
+            1e-5,
+        );
+    }
+}
+
 /// The point estimate and the VRNN formed a few steps at a time (as the full-covariance VRNN is
 /// at paper size) give the same samples, KL and gradients as all steps at once.
 #[test]

@@ -4,7 +4,7 @@
 
 use crate::agent::{Core, CoreState, ModelConfig};
 use crate::nn::Params;
-use crate::nn::mlp::Head;
+use crate::nn::head::Head;
 use anyhow::Result;
 use candle_core::{D, Tensor};
 use rand::SeedableRng;

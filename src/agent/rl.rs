@@ -14,7 +14,7 @@ use crate::agent::{Core, CoreState, CoreStep, ModelConfig, randn};
 use crate::config::{ExperimentConfig, Task};
 use crate::envs::{EnvKind, MetaEnv, Step, make_env};
 use crate::nn::Params;
-use crate::nn::mlp::Head;
+use crate::nn::head::Head;
 use crate::posterior::PosteriorConfig;
 use anyhow::{Result, bail};
 use candle_core::{D, Tensor};

@@ -181,13 +181,73 @@ pub fn tanh(x: f32) -> f32 {
 
 /// Turns pre-activations z = [z_i, z_f, z_g, z_o] (one row of 4H) into gate activations
 /// in place: i, f, o = σ(·), g = tanh(·).
-#[inline]
+#[inline(always)]
 pub fn activate_gates(z: &mut [f32], hidden: usize) {
     let (ifg, o) = z.split_at_mut(3 * hidden);
     let (if_, g) = ifg.split_at_mut(2 * hidden);
     if_.iter_mut().for_each(|v| *v = sigmoid(*v));
     g.iter_mut().for_each(|v| *v = tanh(*v));
     o.iter_mut().for_each(|v| *v = sigmoid(*v));
+}
+
+/// [`activate_gates`] on every row of `z` (rows of 4H).
+pub fn activate_gate_rows(z: &mut [f32], hidden: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { activate_gate_rows_avx2(z, hidden) };
+        }
+    }
+    activate_gate_rows_generic(z, hidden)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn activate_gate_rows_avx2(z: &mut [f32], hidden: usize) {
+    activate_gate_rows_generic(z, hidden)
+}
+
+#[inline(always)]
+fn activate_gate_rows_generic(z: &mut [f32], hidden: usize) {
+    z.chunks_mut(4 * hidden)
+        .for_each(|row| activate_gates(row, hidden));
+}
+
+/// The elementwise part of one LSTM step for B rows, given the pre-activations
+/// z = xw + h W_h (B×4H, overwritten by the gates): c ← f∘c + i∘g, h ← o∘tanh(c).
+pub fn lstm_cells(z: &mut [f32], c: &mut [f32], h: &mut [f32], hidden: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { lstm_cells_avx2(z, c, h, hidden) };
+        }
+    }
+    lstm_cells_generic(z, c, h, hidden)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lstm_cells_avx2(z: &mut [f32], c: &mut [f32], h: &mut [f32], hidden: usize) {
+    lstm_cells_generic(z, c, h, hidden)
+}
+
+#[inline(always)]
+fn lstm_cells_generic(z: &mut [f32], c: &mut [f32], h: &mut [f32], hidden: usize) {
+    let rows = z
+        .chunks_mut(4 * hidden)
+        .zip(c.chunks_mut(hidden).zip(h.chunks_mut(hidden)));
+    for (zb, (cb, hb)) in rows {
+        activate_gates(zb, hidden);
+        let (ifg, o) = zb.split_at(3 * hidden);
+        let (i, fg) = ifg.split_at(hidden);
+        let (f, g) = fg.split_at(hidden);
+        for j in 0..hidden {
+            cb[j] = f[j] * cb[j] + i[j] * g[j];
+            hb[j] = o[j] * tanh(cb[j]);
+        }
+    }
 }
 
 /// Distinct rows of a row-major matrix (compared bit for bit): returns the distinct rows in

@@ -17,7 +17,7 @@
 //! The gates are recomputed in the backward pass from the saved outputs with one large matrix
 //! product, so the op keeps no state. Checked against the per-step graph in `tests/fast_path.rs`.
 
-use super::kernels::{Mat, activate_gates, sgemm, tanh};
+use super::kernels::{Mat, activate_gate_rows, lstm_cells, sgemm, tanh};
 use crate::linalg::logical;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
@@ -81,15 +81,7 @@ pub fn lstm_step(
         true,
         true,
     );
-    for b in 0..batch {
-        let zb = &mut z[b * g4..(b + 1) * g4];
-        activate_gates(zb, hidden);
-        for j in 0..hidden {
-            let k = b * hidden + j;
-            c[k] = zb[hidden + j] * c[k] + zb[j] * zb[2 * hidden + j];
-            h[k] = zb[3 * hidden + j] * tanh(c[k]);
-        }
-    }
+    lstm_cells(&mut z[..batch * g4], c, h, hidden);
 }
 
 impl CustomOp2 for LstmSequence {
@@ -170,9 +162,7 @@ impl CustomOp2 for LstmSequence {
             true,
             true,
         );
-        gates
-            .chunks_mut(g4)
-            .for_each(|row| activate_gates(row, hidden));
+        activate_gate_rows(&mut gates, hidden);
         // Backward through time; dz overwrites the gates step by step.
         let mut dh_next = vec![0f32; batch * hidden];
         let mut dc_next = vec![0f32; batch * hidden];

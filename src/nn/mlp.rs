@@ -35,14 +35,14 @@ struct LeakyRelu;
 
 /// max(x, 0) + slope·min(x, 0).
 #[inline]
-fn leaky(x: f32) -> f32 {
+pub(crate) fn leaky(x: f32) -> f32 {
     if x > 0.0 { x } else { x * LEAKY_SLOPE as f32 }
 }
 
 /// The derivative leaky′ at a point of sign `s` (the input, or the output, which has the same
 /// sign): 1 above zero, slope below, (1 + slope)/2 at zero.
 #[inline]
-fn leaky_derivative(s: f32) -> f32 {
+pub(crate) fn leaky_derivative(s: f32) -> f32 {
     let slope = LEAKY_SLOPE as f32;
     if s > 0.0 {
         1.0
@@ -282,21 +282,33 @@ pub(crate) fn affine_gradients(
     let n = w.dim(1)?;
     let ((xs, xl), (ws, wl)) = (x.storage_and_layout(), w.storage_and_layout());
     let (xv, wv) = (f32_values(&xs, xl)?, f32_values(&ws, wl)?);
-    let mut gx = vec![0f32; m * k];
-    let mut gw = vec![0f32; k * n];
-    let mut gb = vec![0f32; n];
-    let gzm = Mat::rows(gz, n);
-    sgemm(m, k, n, gzm, Mat::rows_t(&wv, n), &mut gx, false, true);
-    sgemm(k, n, m, Mat::rows_t(&xv, k), gzm, &mut gw, false, true);
-    for row in gz.chunks(n.max(1)) {
-        gb.iter_mut().zip(row).for_each(|(s, g)| *s += g);
-    }
+    let (gx, gw, gb) = affine_gradient_values(&xv, &wv, gz, (m, k, n));
     let dev = x.device();
     Ok((
         Some(Tensor::from_vec(gx, (m, k), dev)?),
         Some(Tensor::from_vec(gw, (k, n), dev)?),
         Some(Tensor::from_vec(gb, n, dev)?),
     ))
+}
+
+/// [`affine_gradients`] on plain row-major values: (δx, δW, δb) for x (m×k), W (k×n) and
+/// δz (m×n).
+pub(crate) fn affine_gradient_values(
+    x: &[f32],
+    w: &[f32],
+    gz: &[f32],
+    (m, k, n): (usize, usize, usize),
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut gx = vec![0f32; m * k];
+    let mut gw = vec![0f32; k * n];
+    let mut gb = vec![0f32; n];
+    let gzm = Mat::rows(gz, n);
+    sgemm(m, k, n, gzm, Mat::rows_t(w, n), &mut gx, false, true);
+    sgemm(k, n, m, Mat::rows_t(x, k), gzm, &mut gw, false, true);
+    for row in gz.chunks(n.max(1)) {
+        gb.iter_mut().zip(row).for_each(|(s, g)| *s += g);
+    }
+    (gx, gw, gb)
 }
 
 /// Layer norm over the last axis with learned scale and offset: (x − mean)/√(var + 1e-6)·γ + β.
@@ -355,6 +367,43 @@ fn normalise_rows(x: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
     (xhat, inv)
 }
 
+/// y = x̂∘γ + β for every row of x (rows of d).
+pub(crate) fn layer_norm_values(x: &[f32], gamma: &[f32], beta: &[f32], d: usize) -> Vec<f32> {
+    let (mut y, _) = normalise_rows(x, d);
+    for row in y.chunks_mut(d) {
+        row.iter_mut()
+            .zip(gamma.iter().zip(beta.iter()))
+            .for_each(|(v, (g, b))| *v = *v * g + b);
+    }
+    y
+}
+
+/// The gradients (∂L/∂x, ∂L/∂γ, ∂L/∂β) of layer norm given ∂L/∂y (see [`FusedLayerNorm`]).
+pub(crate) fn layer_norm_gradients(
+    x: &[f32],
+    gamma: &[f32],
+    grad: &[f32],
+    d: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (xhat, inv) = normalise_rows(x, d);
+    let mut dx = vec![0f32; x.len()];
+    let (mut dgamma, mut dbeta) = (vec![0f32; d], vec![0f32; d]);
+    for (r, s) in inv.iter().enumerate() {
+        let (xh, g) = (&xhat[r * d..(r + 1) * d], &grad[r * d..(r + 1) * d]);
+        let out = &mut dx[r * d..(r + 1) * d];
+        // ĝ = ∂L/∂y ∘ γ, kept in the output row until it is replaced by ∂L/∂x.
+        out.iter_mut()
+            .zip(g.iter().zip(gamma.iter()))
+            .for_each(|(o, (gk, gm))| *o = gk * gm);
+        let mean_g = lane_sum(out) / d as f32;
+        let mean_gx = lane_dot(out, xh) / d as f32;
+        (out.iter_mut().zip(xh)).for_each(|(o, xk)| *o = (*o - mean_g - xk * mean_gx) * s);
+        (dgamma.iter_mut().zip(g.iter().zip(xh))).for_each(|(dg, (gk, xk))| *dg += gk * xk);
+        dbeta.iter_mut().zip(g).for_each(|(db, gk)| *db += gk);
+    }
+    (dx, dgamma, dbeta)
+}
+
 impl candle_core::CustomOp3 for FusedLayerNorm {
     fn name(&self) -> &'static str {
         "layer-norm"
@@ -372,12 +421,7 @@ impl candle_core::CustomOp3 for FusedLayerNorm {
         let d = *l1.shape().dims().last().unwrap_or(&1);
         let gamma = logical(s2.as_slice::<f32>()?, l2);
         let beta = logical(s3.as_slice::<f32>()?, l3);
-        let (mut y, _) = normalise_rows(&logical(s1.as_slice::<f32>()?, l1), d);
-        for row in y.chunks_mut(d) {
-            row.iter_mut()
-                .zip(gamma.iter().zip(beta.iter()))
-                .for_each(|(v, (g, b))| *v = *v * g + b);
-        }
+        let y = layer_norm_values(&logical(s1.as_slice::<f32>()?, l1), &gamma, &beta, d);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -394,22 +438,7 @@ impl candle_core::CustomOp3 for FusedLayerNorm {
         let (xv, gv) = (f32_values(&xs, xl)?, f32_values(&gs, gl)?);
         let (gams, gaml) = gamma.storage_and_layout();
         let gam = f32_values(&gams, gaml)?;
-        let (xhat, inv) = normalise_rows(&xv, d);
-        let mut dx = vec![0f32; xv.len()];
-        let (mut dgamma, mut dbeta) = (vec![0f32; d], vec![0f32; d]);
-        for (r, s) in inv.iter().enumerate() {
-            let (xh, g) = (&xhat[r * d..(r + 1) * d], &gv[r * d..(r + 1) * d]);
-            let out = &mut dx[r * d..(r + 1) * d];
-            // ĝ = ∂L/∂y ∘ γ, kept in the output row until it is replaced by ∂L/∂x.
-            out.iter_mut()
-                .zip(g.iter().zip(gam.iter()))
-                .for_each(|(o, (gk, gm))| *o = gk * gm);
-            let mean_g = lane_sum(out) / d as f32;
-            let mean_gx = lane_dot(out, xh) / d as f32;
-            (out.iter_mut().zip(xh)).for_each(|(o, xk)| *o = (*o - mean_g - xk * mean_gx) * s);
-            (dgamma.iter_mut().zip(g.iter().zip(xh))).for_each(|(dg, (gk, xk))| *dg += gk * xk);
-            dbeta.iter_mut().zip(g).for_each(|(db, gk)| *db += gk);
-        }
+        let (dx, dgamma, dbeta) = layer_norm_gradients(&xv, &gam, &gv, d);
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), dev)?),
@@ -478,37 +507,5 @@ impl Embedding {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.mlp.forward_with(x, true)?;
         self.norm.forward(&h)
-    }
-}
-
-/// A prediction head (paper App. B.1): layer norm of the input, MLP (256, 256, 64) with
-/// leaky-ReLU, then a linear output.
-#[derive(Clone)]
-pub struct Head {
-    norm: LayerNorm,
-    mlp: Mlp,
-}
-
-impl Head {
-    pub fn new(
-        p: &mut Params,
-        name: &str,
-        d_in: usize,
-        hidden: &[usize],
-        d_out: usize,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<Self> {
-        let norm = LayerNorm::new(p, &format!("{name}.norm"), d_in)?;
-        let mut sizes = vec![d_in];
-        sizes.extend_from_slice(hidden);
-        sizes.push(d_out);
-        Ok(Self {
-            norm,
-            mlp: Mlp::new(p, &format!("{name}.mlp"), &sizes, rng)?,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.mlp.forward(&self.norm.forward(x)?)
     }
 }

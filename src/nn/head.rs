@@ -1,0 +1,195 @@
+//! A prediction head (paper App. B.1): layer norm of the input, an MLP (256, 256, 64) with
+//! leaky-ReLU, then a linear output, run as one graph node.
+//!
+//! The heads see every row of a loss pass (T·B·n_Z of them), and candle's backward adds each
+//! node's gradient into a fresh zero tensor: as a chain of five nodes (layer norm, four affine
+//! layers) a head cost five (rows × width) zero-fills and additions per backward pass, ~10% of
+//! an update. [`HeadOp`] is the same computation as one node whose backward applies the chain
+//! rule through the layers in reverse:
+//!
+//!   y_0 = LN(x),  y_l = act_l(y_{l−1} W_l + b_l)  (act = leaky-ReLU, identity for the last),
+//!   δz_l = δy_l ∘ act_l′,  δW_l = y_{l−1}ᵀ δz_l,  δb_l = Σ_rows δz_l,  δy_{l−1} = δz_l W_lᵀ,
+//!
+//! then layer norm's backward on δy_0. [`Head::forward_layers`] composes the one-layer ops and
+//! is the reference the fused node is tested against.
+
+use super::Params;
+use super::mlp::{
+    LayerNorm, Mlp, affine_gradient_values, affine_values, f32_values, layer_norm_gradients,
+    layer_norm_values, leaky, leaky_derivative,
+};
+use crate::linalg::logical;
+use anyhow::Result;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rand_chacha::ChaCha8Rng;
+use std::sync::Mutex;
+
+/// Layer norm of the input, then an MLP with leaky-ReLU hidden layers and a linear output.
+#[derive(Clone)]
+pub struct Head {
+    norm: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Head {
+    pub fn new(
+        p: &mut Params,
+        name: &str,
+        d_in: usize,
+        hidden: &[usize],
+        d_out: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self> {
+        let norm = LayerNorm::new(p, &format!("{name}.norm"), d_in)?;
+        let mut sizes = vec![d_in];
+        sizes.extend_from_slice(hidden);
+        sizes.push(d_out);
+        Ok(Self {
+            norm,
+            mlp: Mlp::new(p, &format!("{name}.mlp"), &sizes, rng)?,
+        })
+    }
+
+    /// The head on (…, d_in) inputs as one node ([`HeadOp`]).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut parts = vec![self.norm.scale.clone(), self.norm.offset.clone()];
+        let mut sizes = vec![self.norm.scale.dim(0)?];
+        for layer in &self.mlp.layers {
+            parts.push(layer.weight.flatten_all()?);
+            parts.push(layer.bias.clone());
+            sizes.push(layer.weight.dim(1)?);
+        }
+        let packed = Tensor::cat(&parts, 0)?;
+        let dims = x.dims().to_vec();
+        let lead: usize = dims[..dims.len() - 1].iter().product();
+        let op = HeadOp {
+            sizes: sizes.clone(),
+            saved: Mutex::new(vec![]),
+        };
+        let y = x.reshape((lead, sizes[0]))?.apply_op2(&packed, op)?;
+        let mut out = dims;
+        *out.last_mut().unwrap() = *sizes.last().unwrap();
+        Ok(y.reshape(out)?)
+    }
+
+    /// The same head as a chain of one-layer nodes (layer norm, then the affine layers): the
+    /// reference for [`Head::forward`].
+    pub fn forward_layers(&self, x: &Tensor) -> Result<Tensor> {
+        self.mlp.forward(&self.norm.forward(x)?)
+    }
+}
+
+/// The head of [`Head::forward`] as one op on (rows, d_in) inputs and the parameters packed as
+/// [γ, β, W_1, b_1, …, W_L, b_L] (row-major W_l of shape (d_{l−1}, d_l)).
+struct HeadOp {
+    /// [d_in, d_1, …, d_L].
+    sizes: Vec<usize>,
+    /// The forward's layer inputs y_0 … y_{L−1} (rows × d_l each), for the backward.
+    saved: Mutex<Vec<Vec<f32>>>,
+}
+
+impl HeadOp {
+    /// Offsets of γ, β and each (W_l, b_l) in the packed parameters.
+    fn offsets(&self) -> (usize, Vec<(usize, usize)>, usize) {
+        let d = self.sizes[0];
+        let mut at = 2 * d;
+        let mut layers = vec![];
+        for w in self.sizes.windows(2) {
+            layers.push((at, at + w[0] * w[1]));
+            at += w[0] * w[1] + w[1];
+        }
+        (d, layers, at)
+    }
+}
+
+impl CustomOp2 for HeadOp {
+    fn name(&self) -> &'static str {
+        "head"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, d) = l1.shape().dims2()?;
+        let (_, layers, total) = self.offsets();
+        if d != self.sizes[0] || l2.shape().elem_count() != total {
+            candle_core::bail!(
+                "head: input {:?} and {} packed parameters do not fit the sizes {:?}",
+                l1.dims(),
+                l2.shape().elem_count(),
+                self.sizes
+            );
+        }
+        let p = logical(s2.as_slice::<f32>()?, l2);
+        let mut y = layer_norm_values(
+            &logical(s1.as_slice::<f32>()?, l1),
+            &p[..d],
+            &p[d..2 * d],
+            d,
+        );
+        let mut saved = Vec::with_capacity(layers.len());
+        for (l, &(w, b)) in layers.iter().enumerate() {
+            let (k, n) = (self.sizes[l], self.sizes[l + 1]);
+            let (w, b) = (&p[w..w + k * n], &p[b..b + n]);
+            let next = if l + 1 < layers.len() {
+                affine_values(&y, w, b, (rows, k, n), leaky)
+            } else {
+                affine_values(&y, w, b, (rows, k, n), |z| z)
+            };
+            saved.push(std::mem::replace(&mut y, next));
+        }
+        *self.saved.lock().expect("head: saved activations") = saved;
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((rows, *self.sizes.last().unwrap())),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows, d) = x.dims2()?;
+        let (_, layers, total) = self.offsets();
+        let saved = self.saved.lock().expect("head: saved activations");
+        if saved.len() != layers.len() {
+            candle_core::bail!("head: the backward ran before the forward");
+        }
+        let (ps, pl) = packed.storage_and_layout();
+        let p = f32_values(&ps, pl)?;
+        let mut dp = vec![0f32; total];
+        let (gs, gl) = grad.storage_and_layout();
+        let mut g = f32_values(&gs, gl)?.into_owned();
+        for (l, &(w, b)) in layers.iter().enumerate().rev() {
+            let (k, n) = (self.sizes[l], self.sizes[l + 1]);
+            if l + 1 < layers.len() {
+                // y_l = leaky(z_l) has the sign of z_l, so act′ is read from the output.
+                let out = &saved[l + 1];
+                g.iter_mut()
+                    .zip(out.iter())
+                    .for_each(|(g, y)| *g *= leaky_derivative(*y));
+            }
+            let (gx, gw, gb) =
+                affine_gradient_values(&saved[l], &p[w..w + k * n], &g, (rows, k, n));
+            dp[w..w + k * n].copy_from_slice(&gw);
+            dp[b..b + n].copy_from_slice(&gb);
+            g = gx;
+        }
+        let (xs, xl) = x.storage_and_layout();
+        let (dx, dgamma, dbeta) = layer_norm_gradients(&f32_values(&xs, xl)?, &p[..d], &g, d);
+        dp[..d].copy_from_slice(&dgamma);
+        dp[d..2 * d].copy_from_slice(&dbeta);
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (rows, d), dev)?),
+            Some(Tensor::from_vec(dp, total, dev)?),
+        ))
+    }
+}
