@@ -84,6 +84,78 @@ pub fn lstm_step(
     lstm_cells(&mut z[..batch * g4], c, h, hidden);
 }
 
+/// The elementwise part of one backward step for B rows (see the module docs): from the
+/// gates (B×4H, overwritten by δz_t), ∂L/∂[h_t, c_t] and [h_t, c_t] (B×2H each), [h_{t−1}, c_{t−1}]
+/// (None at t = 0: zero), δz_{t+1} W_hᵀ (`dh_next`) and δc_{t+1}∘f_{t+1} (`dc_next`,
+/// overwritten by δc_t∘f_t).
+fn bptt_cells(
+    gates: &mut [f32],
+    grad: &[f32],
+    out: &[f32],
+    prev: Option<&[f32]>,
+    dh_next: &[f32],
+    dc_next: &mut [f32],
+    hidden: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { bptt_cells_avx2(gates, grad, out, prev, dh_next, dc_next, hidden) };
+        }
+    }
+    bptt_cells_generic(gates, grad, out, prev, dh_next, dc_next, hidden)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn bptt_cells_avx2(
+    gates: &mut [f32],
+    grad: &[f32],
+    out: &[f32],
+    prev: Option<&[f32]>,
+    dh_next: &[f32],
+    dc_next: &mut [f32],
+    hidden: usize,
+) {
+    bptt_cells_generic(gates, grad, out, prev, dh_next, dc_next, hidden)
+}
+
+#[inline(always)]
+fn bptt_cells_generic(
+    gates: &mut [f32],
+    grad: &[f32],
+    out: &[f32],
+    prev: Option<&[f32]>,
+    dh_next: &[f32],
+    dc_next: &mut [f32],
+    hidden: usize,
+) {
+    let zero = vec![0f32; hidden];
+    for (b, zb) in gates.chunks_mut(4 * hidden).enumerate() {
+        let row = b * 2 * hidden;
+        let (gh, gc) = grad[row..row + 2 * hidden].split_at(hidden);
+        let cs = &out[row + hidden..row + 2 * hidden];
+        let c_prev = prev.map_or(&zero[..], |p| &p[row + hidden..row + 2 * hidden]);
+        let dh_next = &dh_next[b * hidden..(b + 1) * hidden];
+        let dc_next = &mut dc_next[b * hidden..(b + 1) * hidden];
+        let (zi, rest) = zb.split_at_mut(hidden);
+        let (zf, rest) = rest.split_at_mut(hidden);
+        let (zg, zo) = rest.split_at_mut(hidden);
+        for j in 0..hidden {
+            let (i, f, g, o) = (zi[j], zf[j], zg[j], zo[j]);
+            let tc = tanh(cs[j]);
+            let dh = gh[j] + dh_next[j];
+            let dc = gc[j] + dc_next[j] + dh * o * (1.0 - tc * tc);
+            dc_next[j] = dc * f;
+            zi[j] = dc * g * i * (1.0 - i);
+            zf[j] = dc * c_prev[j] * f * (1.0 - f);
+            zg[j] = dc * i * (1.0 - g * g);
+            zo[j] = dh * tc * o * (1.0 - o);
+        }
+    }
+}
+
 impl CustomOp2 for LstmSequence {
     fn name(&self) -> &'static str {
         "lstm-sequence"
@@ -167,35 +239,17 @@ impl CustomOp2 for LstmSequence {
         let mut dh_next = vec![0f32; batch * hidden];
         let mut dc_next = vec![0f32; batch * hidden];
         for t in (0..t_len).rev() {
-            for b in 0..batch {
-                let row = t * batch + b;
-                let zb = &mut gates[row * g4..(row + 1) * g4];
-                let gh = &grad[row * h2..row * h2 + hidden];
-                let gc = &grad[row * h2 + hidden..(row + 1) * h2];
-                let cs = &out[row * h2 + hidden..(row + 1) * h2];
-                for j in 0..hidden {
-                    let (i, f, g, o) = (
-                        zb[j],
-                        zb[hidden + j],
-                        zb[2 * hidden + j],
-                        zb[3 * hidden + j],
-                    );
-                    let c = cs[j];
-                    let c_prev = if t > 0 {
-                        out[((t - 1) * batch + b) * h2 + hidden + j]
-                    } else {
-                        0.0
-                    };
-                    let tc = tanh(c);
-                    let dh = gh[j] + dh_next[b * hidden + j];
-                    let dc = gc[j] + dc_next[b * hidden + j] + dh * o * (1.0 - tc * tc);
-                    dc_next[b * hidden + j] = dc * f;
-                    zb[j] = dc * g * i * (1.0 - i);
-                    zb[hidden + j] = dc * c_prev * f * (1.0 - f);
-                    zb[2 * hidden + j] = dc * i * (1.0 - g * g);
-                    zb[3 * hidden + j] = dh * tc * o * (1.0 - o);
-                }
-            }
+            let rows = t * batch..(t + 1) * batch;
+            let prev = (t > 0).then(|| &out[(t - 1) * batch * h2..t * batch * h2]);
+            bptt_cells(
+                &mut gates[rows.start * g4..rows.end * g4],
+                &grad[rows.start * h2..rows.end * h2],
+                &out[rows.start * h2..rows.end * h2],
+                prev,
+                &dh_next,
+                &mut dc_next,
+                hidden,
+            );
             if t > 0 {
                 // δh_{t−1} (recurrent part) = δz_t W_hᵀ.
                 let dz = &gates[t * batch * g4..(t + 1) * batch * g4];
