@@ -7,7 +7,7 @@
 
 use crate::agent::ModelConfig;
 use crate::agent::regression::RegressionModel;
-use crate::agent::rl::{RlModel, rollout};
+use crate::agent::rl::{Keep, RlModel, rollout};
 use crate::config::{ExperimentConfig, Task};
 use crate::nn::kernels::{Mat, sgemm};
 use crate::posterior::PosteriorConfig;
@@ -194,7 +194,13 @@ fn bench_one(
             let mut rng = update_rng(cfg.seed, rep);
             let t0 = Instant::now();
             let first = learner.env.reset(&mut rng);
-            let ro = rollout(&learner.model, learner.env.as_mut(), first, &mut rng, false)?;
+            let ro = rollout(
+                &learner.model,
+                learner.env.as_mut(),
+                first,
+                &mut rng,
+                Keep::TRAINING,
+            )?;
             let (adv, targets) = gae(
                 &ro.rewards,
                 &ro.values,

@@ -4,7 +4,7 @@
 //! gridworld (small sizes). Also the fused LSTM sequence op against the per-step cell graph.
 
 use candle_core::{DType, Device, Tensor, Var};
-use lvrnn::agent::rl::{RlModel, env_kind, rollout};
+use lvrnn::agent::rl::{Keep, RlModel, env_kind, rollout};
 use lvrnn::config::ExperimentConfig;
 use lvrnn::envs::make_env;
 use lvrnn::nn::Params;
@@ -148,12 +148,16 @@ fn ppo_rollout_loss_and_gradients_equal_the_per_step_reference() {
                 let mut rng = ChaCha8Rng::seed_from_u64(11);
                 let first = env.reset(&mut rng);
                 if fast {
-                    rollout(&model, env.as_mut(), first, &mut rng, true).unwrap()
+                    let keep = Keep {
+                        posterior: true,
+                        heads: true,
+                    };
+                    rollout(&model, env.as_mut(), first, &mut rng, keep).unwrap()
                 } else {
                     reference::rollout(&model, env.as_mut(), first, &mut rng, true).unwrap()
                 }
             };
-            let (ro, ro_ref) = (run(true), run(false));
+            let (mut ro, ro_ref) = (run(true), run(false));
             assert_eq!(ro.actions, ro_ref.actions, "{what}: actions differ");
             let flat = |t: &[Vec<f32>]| t.iter().flatten().map(|v| *v as f64).collect::<Vec<_>>();
             let flat64 = |t: &[Vec<f64>]| t.iter().flatten().copied().collect::<Vec<_>>();
@@ -227,6 +231,20 @@ fn ppo_rollout_loss_and_gradients_equal_the_per_step_reference() {
             );
             assert_eq!(fast.kl.is_some(), slow.kl.is_some());
             assert_same_gradients(&what, &model.params, &fast.loss, &slow.loss);
+            // The loss above reused the rollout's head activations; without them the heads run
+            // forward in the loss pass, with the same result.
+            assert!(
+                ro.heads.take().is_some(),
+                "{what}: the rollout kept no head traces"
+            );
+            let untraced = ppo_loss(&model, &ro, &adv, &targets, &ppo, beta).unwrap();
+            assert_close(
+                &format!("{what}: loss parts without the traces"),
+                &scalars(&untraced),
+                &scalars(&slow),
+                1.0,
+            );
+            assert_same_gradients(&what, &model.params, &untraced.loss, &slow.loss);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! determinism and resume, the RL evaluation outputs, and the shipped RL configs.
 
 use candle_core::{Device, Tensor};
-use lvrnn::agent::rl::{RlModel, average_log_probs, env_kind, exact_entropy, rollout};
+use lvrnn::agent::rl::{Keep, RlModel, average_log_probs, env_kind, exact_entropy, rollout};
 use lvrnn::commands::rl::{eval as eval_rl_checkpoint, train as train_and_eval_rl};
 use lvrnn::config::{ExperimentConfig, PpoConfig, Task};
 use lvrnn::envs::make_env;
@@ -169,7 +169,7 @@ fn setup_with(
     let mut env = make_env(env_kind(cfg.task).unwrap(), 6, cfg.env.alpha_train as f32);
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let first = env.reset(&mut rng);
-    let ro = rollout(&model, env.as_mut(), first, &mut rng, false).unwrap();
+    let ro = rollout(&model, env.as_mut(), first, &mut rng, Keep::TRAINING).unwrap();
     (cfg, model, ro)
 }
 
@@ -266,6 +266,37 @@ fn ratio_is_one_at_the_rollout_and_the_policy_gradient_has_the_right_sign() {
                 "{task}, A = {sign}: log π(a) changed by {change}"
             );
         }
+    }
+}
+
+/// The loss reuses the rollout's head activations only at the parameters they were computed
+/// at: after a parameter step it runs the heads again, exactly as for a rollout that kept none.
+#[test]
+fn rollout_head_activations_are_not_reused_after_the_parameters_change() {
+    lvrnn::init_threads(1);
+    for task in ["bandit", "gridworld"] {
+        let (cfg, model, mut ro) = setup(task, "rnn");
+        let (adv, targets) = gae(
+            &ro.rewards,
+            &ro.values,
+            &ro.discounts,
+            &ro.bootstrap,
+            0.9,
+            0.9,
+        );
+        let loss = |ro: &lvrnn::agent::rl::Rollout| {
+            ppo_loss(&model, ro, &adv, &targets, &cfg.ppo, cfg.train.beta).unwrap()
+        };
+        let before = loss(&ro);
+        sgd(&model, &before.loss, 1e-2);
+        let stale = scalar(&loss(&ro).loss);
+        assert!(ro.heads.take().is_some());
+        let fresh = scalar(&loss(&ro).loss);
+        assert_eq!(stale, fresh, "{task}: the stale activations were used");
+        assert!(
+            (stale - scalar(&before.loss)).abs() > 1e-6,
+            "{task}: the step did not change the loss"
+        );
     }
 }
 

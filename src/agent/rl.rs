@@ -14,12 +14,13 @@ use crate::agent::{Core, CoreState, CoreStep, ModelConfig, randn};
 use crate::config::{ExperimentConfig, Task};
 use crate::envs::{EnvKind, MetaEnv, Step, make_env};
 use crate::nn::Params;
-use crate::nn::head::Head;
+use crate::nn::head::{Head, HeadTrace};
 use crate::posterior::PosteriorConfig;
 use anyhow::{Result, bail};
 use candle_core::{D, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------------
 // Settings resolved from the experiment config
@@ -271,6 +272,25 @@ impl RlModel {
             .mean(input.rank() - 3)?)
     }
 
+    /// [`RlModel::log_probs`] and [`RlModel::values`] together; with `traces` (the rollout's,
+    /// at these parameters and for these inputs) the heads' forward values are taken from them
+    /// and only their backward runs.
+    pub fn log_probs_and_values(
+        &self,
+        input: &Tensor,
+        traces: Option<&HeadTraces>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (logits, values) = match traces {
+            Some(t) => (
+                self.policy.forward_traced(input, t.policy.clone())?,
+                self.value.forward_traced(input, t.value.clone())?,
+            ),
+            None => (self.policy.forward(input)?, self.value.forward(input)?),
+        };
+        let values = values.squeeze(D::Minus1)?.mean(input.rank() - 3)?;
+        Ok((average_log_probs(&logits)?, values))
+    }
+
     /// The reward model's logit for the taken actions, averaged over the samples, (…, B), from
     /// samples z (…, n_Z, B, n) and one-hot actions (…, B, A). None without a reward head.
     pub fn reward_logits(&self, z: &Tensor, actions: &Tensor) -> Result<Option<Tensor>> {
@@ -349,6 +369,41 @@ pub struct Rollout {
     pub posterior_kl: Vec<Vec<f64>>,
     /// Laplace VRNN: the filter's statistics of every step (empty for the other families).
     pub laplace: Vec<LaplaceRecord>,
+    /// The policy and value heads' forward on every step (kept for training only).
+    pub heads: Option<HeadTraces>,
+}
+
+/// What a rollout keeps besides the trajectory.
+#[derive(Clone, Copy, Debug)]
+pub struct Keep {
+    /// The entropy of q_t and KL(q_t ‖ q_{t−1}) per step and task.
+    pub posterior: bool,
+    /// The policy and value heads' activations on every step ([`HeadTraces`]).
+    pub heads: bool,
+}
+
+impl Keep {
+    /// What a PPO update needs: the heads' activations, which the loss pass reuses.
+    pub const TRAINING: Keep = Keep {
+        posterior: false,
+        heads: true,
+    };
+    /// What an evaluation reports: the posterior's entropy and KL per step.
+    pub const EVALUATION: Keep = Keep {
+        posterior: true,
+        heads: false,
+    };
+}
+
+/// The policy and value heads' forward on every step of a rollout, rows t-major (step t's rows
+/// are its (n_Z, B) head inputs, as in the loss pass's (T, n_Z, B, d) input), and the
+/// [`crate::nn::Params::fingerprint`] of the parameters they were computed at. With one
+/// gradient step per rollout, the PPO loss is evaluated at exactly these parameters, so it
+/// reuses them instead of running the heads forward a second time (`train::ppo::ppo_loss`).
+pub struct HeadTraces {
+    pub params: u64,
+    pub policy: Arc<HeadTrace>,
+    pub value: Arc<HeadTrace>,
 }
 
 /// The Laplace statistics of one rollout step, reused by the loss (no gradient).
@@ -422,8 +477,8 @@ impl Rollout {
 /// Runs the policy on the tasks `env` holds (already reset; `first_obs` is s_0) for the env
 /// horizon, without gradients (the core is stepped by `agent::acting`). Per step, in this
 /// order: the noise ε, one uniform per task for the action, then the env's own draws, all from
-/// `rng`. With `record_posterior`, also the entropy of q_t and KL(q_t ‖ q_{t−1}) per step and
-/// task. For the Laplace VRNN the filter's statistics are kept for [`ppo_loss`].
+/// `rng`. What is kept besides the trajectory is set by `keep` ([`Keep`]). For the Laplace VRNN
+/// the filter's statistics are kept for [`ppo_loss`].
 ///
 /// Bootstrap: the task continues past T in the environment's dynamics (only the meta-episode
 /// is cut), so the value of the state after the last transition, V(x_T), is computed with one
@@ -434,25 +489,45 @@ pub fn rollout(
     env: &mut dyn MetaEnv,
     first_obs: Vec<f32>,
     rng: &mut ChaCha8Rng,
-    record_posterior: bool,
+    keep: Keep,
 ) -> Result<Rollout> {
-    let (b, horizon) = (env.batch(), env.horizon());
-    let noise_shape = [model.samples(), b, model.cfg.features];
+    let (b, horizon, nz) = (env.batch(), env.horizon(), model.samples());
+    let noise_shape = [nz, b, model.cfg.features];
+    let device = &model.core.device;
     let mut ro = Rollout::default();
     let mut acting = Acting::new(&model.core, b)?;
+    let weights = (model.policy.packed_values()?, model.value.packed_values()?);
+    let (mut policy_trace, mut value_trace) = (HeadTrace::default(), HeadTrace::default());
     let mut obs = first_obs;
     for t in 0..horizon {
         let prev = ro.previous(t);
-        let eps = randn(rng, &noise_shape, &model.core.device)?;
+        let eps = randn(rng, &noise_shape, device)?;
         let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
-        let input = model.head_input(&step.embedded[INPUT_OBS], &step.z)?;
-        let log_probs: Vec<Vec<f32>> = model.log_probs(&input)?.to_vec2()?;
-        let values: Vec<f32> = model.values(&input)?.to_vec1()?;
+        // The heads on the (n_Z, B) inputs, as `RlModel::log_probs` / `values` compute them.
+        let input: Vec<f32> = model
+            .head_input(&step.embedded[INPUT_OBS], &step.z)?
+            .flatten_all()?
+            .to_vec1()?;
+        let policy = model.policy.trace(&weights.0, &input, nz * b)?;
+        let value = model.value.trace(&weights.1, &input, nz * b)?;
+        let logits = Tensor::from_vec(policy.output.clone(), (nz, b, model.num_actions), device)?;
+        let log_probs: Vec<Vec<f32>> = average_log_probs(&logits)?.to_vec2()?;
+        let values: Vec<f32> = Tensor::from_vec(value.output.clone(), (nz, b), device)?
+            .mean(0)?
+            .to_vec1()?;
+        if keep.heads {
+            policy_trace.append(policy);
+            value_trace.append(value);
+            if t == 0 {
+                policy_trace.reserve_rows(horizon * nz * b);
+                value_trace.reserve_rows(horizon * nz * b);
+            }
+        }
         let actions: Vec<usize> = log_probs
             .iter()
             .map(|lp| sample_categorical(lp, rng))
             .collect();
-        if record_posterior {
+        if keep.posterior {
             ro.posterior_entropy
                 .push(step.entropy.clone().unwrap_or_else(|| vec![f64::NAN; b]));
             ro.posterior_kl
@@ -474,12 +549,19 @@ pub fn rollout(
         .is_some_and(|d| d.iter().any(|v| *v != 0.0));
     ro.bootstrap = if continues {
         let prev = ro.previous(horizon);
-        let eps = randn(rng, &noise_shape, &model.core.device)?;
+        let eps = randn(rng, &noise_shape, device)?;
         let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
         let input = model.head_input(&step.embedded[INPUT_OBS], &step.z)?;
         model.values(&input)?.to_vec1()?
     } else {
         vec![0.0; b]
     };
+    if keep.heads {
+        ro.heads = Some(HeadTraces {
+            params: model.params.fingerprint()?,
+            policy: Arc::new(policy_trace),
+            value: Arc::new(value_trace),
+        });
+    }
     Ok(ro)
 }

@@ -7,7 +7,7 @@
 //! Laplace prior by held-out return.
 
 use super::tune::{Tuned, log_grid, tune_prior};
-use crate::agent::rl::{RlModel, rollout};
+use crate::agent::rl::{Keep, RlModel, rollout};
 use crate::config::EvalConfig;
 use crate::envs::bandit::{Bandit, NUM_ARMS};
 use crate::envs::gridworld::Gridworld;
@@ -121,7 +121,7 @@ pub fn evaluate_rl(
     for first in (0..eval.tasks).step_by(EVAL_CHUNK) {
         let count = EVAL_CHUNK.min(eval.tasks - first);
         let (mut env, obs) = test_env(kind, alpha_test, first, count, eval.seed);
-        let ro = rollout(model, env.as_mut(), obs, &mut rng, true)?;
+        let ro = rollout(model, env.as_mut(), obs, &mut rng, Keep::EVALUATION)?;
         let mut cum = vec![0f64; count];
         for t in 0..horizon {
             for (c, r) in cum.iter_mut().zip(&ro.regrets[t]) {

@@ -12,6 +12,11 @@
 //!
 //! then layer norm's backward on δy_0. [`Head::forward_layers`] composes the one-layer ops and
 //! is the reference the fused node is tested against.
+//!
+//! A rollout runs the heads on every step's rows at the parameters the following gradient step
+//! differentiates at, so [`Head::trace`] keeps that forward's layer inputs ([`HeadTrace`]) and
+//! [`Head::forward_traced`] builds the loss pass's node from them: the loss pass then runs only
+//! the heads' backward (`train::ppo`).
 
 use super::Params;
 use super::mlp::{
@@ -22,7 +27,7 @@ use crate::linalg::logical;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Layer norm of the input, then an MLP with leaky-ReLU hidden layers and a linear output.
 #[derive(Clone)]
@@ -52,24 +57,7 @@ impl Head {
 
     /// The head on (…, d_in) inputs as one node ([`HeadOp`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut parts = vec![self.norm.scale.clone(), self.norm.offset.clone()];
-        let mut sizes = vec![self.norm.scale.dim(0)?];
-        for layer in &self.mlp.layers {
-            parts.push(layer.weight.flatten_all()?);
-            parts.push(layer.bias.clone());
-            sizes.push(layer.weight.dim(1)?);
-        }
-        let packed = Tensor::cat(&parts, 0)?;
-        let dims = x.dims().to_vec();
-        let lead: usize = dims[..dims.len() - 1].iter().product();
-        let op = HeadOp {
-            sizes: sizes.clone(),
-            saved: Mutex::new(vec![]),
-        };
-        let y = x.reshape((lead, sizes[0]))?.apply_op2(&packed, op)?;
-        let mut out = dims;
-        *out.last_mut().unwrap() = *sizes.last().unwrap();
-        Ok(y.reshape(out)?)
+        self.apply(x, None)
     }
 
     /// The same head as a chain of one-layer nodes (layer norm, then the affine layers): the
@@ -77,6 +65,117 @@ impl Head {
     pub fn forward_layers(&self, x: &Tensor) -> Result<Tensor> {
         self.mlp.forward(&self.norm.forward(x)?)
     }
+
+    /// [`Head::forward`] whose forward values are taken from `trace`, a [`Head::trace`] of the
+    /// same inputs at the same parameters (the caller's responsibility): only the backward runs.
+    pub fn forward_traced(&self, x: &Tensor, trace: Arc<HeadTrace>) -> Result<Tensor> {
+        self.apply(x, Some(trace))
+    }
+
+    fn apply(&self, x: &Tensor, trace: Option<Arc<HeadTrace>>) -> Result<Tensor> {
+        let mut parts = vec![self.norm.scale.clone(), self.norm.offset.clone()];
+        for layer in &self.mlp.layers {
+            parts.push(layer.weight.flatten_all()?);
+            parts.push(layer.bias.clone());
+        }
+        let packed = Tensor::cat(&parts, 0)?;
+        let sizes = self.sizes()?;
+        let dims = x.dims().to_vec();
+        let lead: usize = dims[..dims.len() - 1].iter().product();
+        let op = HeadOp {
+            sizes: sizes.clone(),
+            saved: Mutex::new(trace),
+        };
+        let y = x.reshape((lead, sizes[0]))?.apply_op2(&packed, op)?;
+        let mut out = dims;
+        *out.last_mut().unwrap() = *sizes.last().unwrap();
+        Ok(y.reshape(out)?)
+    }
+
+    /// [d_in, d_1, …, d_L].
+    fn sizes(&self) -> Result<Vec<usize>> {
+        let mut sizes = vec![self.norm.scale.dim(0)?];
+        for layer in &self.mlp.layers {
+            sizes.push(layer.weight.dim(1)?);
+        }
+        Ok(sizes)
+    }
+
+    /// The parameters as plain values, packed as [`HeadOp`] reads them (for [`Head::trace`]).
+    pub fn packed_values(&self) -> Result<Vec<f32>> {
+        let mut p: Vec<f32> = self.norm.scale.to_vec1()?;
+        p.extend(self.norm.offset.to_vec1::<f32>()?);
+        for layer in &self.mlp.layers {
+            p.extend(layer.weight.flatten_all()?.to_vec1::<f32>()?);
+            p.extend(layer.bias.to_vec1::<f32>()?);
+        }
+        Ok(p)
+    }
+
+    /// The head's forward on `rows` rows of plain values x (rows × d_in), without a graph,
+    /// given its [`Head::packed_values`]: the output and the layer inputs.
+    pub fn trace(&self, packed: &[f32], x: &[f32], rows: usize) -> Result<HeadTrace> {
+        let sizes = self.sizes()?;
+        let (layer_inputs, output) = forward_values(&sizes, packed, x, rows);
+        Ok(HeadTrace {
+            rows,
+            layer_inputs,
+            output,
+        })
+    }
+}
+
+/// A head's forward on some rows as plain values: the layer inputs y_0 … y_{L−1} (rows × d_l
+/// each) and the output (rows × d_L).
+#[derive(Default)]
+pub struct HeadTrace {
+    pub rows: usize,
+    pub layer_inputs: Vec<Vec<f32>>,
+    pub output: Vec<f32>,
+}
+
+impl HeadTrace {
+    /// Makes room for `rows` rows in all (a no-op before the first rows are in).
+    pub fn reserve_rows(&mut self, rows: usize) {
+        let have = self.rows.max(1);
+        for v in self.layer_inputs.iter_mut().chain([&mut self.output]) {
+            v.reserve((v.len() / have) * rows.saturating_sub(self.rows));
+        }
+    }
+
+    /// Appends the rows of `other` (a trace of the same head) after this trace's rows.
+    pub fn append(&mut self, other: HeadTrace) {
+        if self.layer_inputs.is_empty() {
+            *self = other;
+            return;
+        }
+        for (mine, theirs) in self.layer_inputs.iter_mut().zip(other.layer_inputs) {
+            mine.extend(theirs);
+        }
+        self.output.extend(other.output);
+        self.rows += other.rows;
+    }
+}
+
+/// The forward of [`HeadOp`] on plain values: the layer inputs y_0 … y_{L−1} and the output.
+fn forward_values(sizes: &[usize], p: &[f32], x: &[f32], rows: usize) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let d = sizes[0];
+    let mut y = layer_norm_values(x, &p[..d], &p[d..2 * d], d);
+    let layers = sizes.len() - 1;
+    let mut saved = Vec::with_capacity(layers);
+    let mut at = 2 * d;
+    for l in 0..layers {
+        let (k, n) = (sizes[l], sizes[l + 1]);
+        let (w, b) = (&p[at..at + k * n], &p[at + k * n..at + k * n + n]);
+        at += k * n + n;
+        let next = if l + 1 < layers {
+            affine_values(&y, w, b, (rows, k, n), leaky)
+        } else {
+            affine_values(&y, w, b, (rows, k, n), |z| z)
+        };
+        saved.push(std::mem::replace(&mut y, next));
+    }
+    (saved, y)
 }
 
 /// The head of [`Head::forward`] as one op on (rows, d_in) inputs and the parameters packed as
@@ -84,8 +183,9 @@ impl Head {
 struct HeadOp {
     /// [d_in, d_1, …, d_L].
     sizes: Vec<usize>,
-    /// The forward's layer inputs y_0 … y_{L−1} (rows × d_l each), for the backward.
-    saved: Mutex<Vec<Vec<f32>>>,
+    /// The forward's values: set by the forward, or given beforehand by
+    /// [`Head::forward_traced`], in which case the forward only returns its output.
+    saved: Mutex<Option<Arc<HeadTrace>>>,
 }
 
 impl HeadOp {
@@ -124,27 +224,33 @@ impl CustomOp2 for HeadOp {
                 self.sizes
             );
         }
-        let p = logical(s2.as_slice::<f32>()?, l2);
-        let mut y = layer_norm_values(
-            &logical(s1.as_slice::<f32>()?, l1),
-            &p[..d],
-            &p[d..2 * d],
-            d,
-        );
-        let mut saved = Vec::with_capacity(layers.len());
-        for (l, &(w, b)) in layers.iter().enumerate() {
-            let (k, n) = (self.sizes[l], self.sizes[l + 1]);
-            let (w, b) = (&p[w..w + k * n], &p[b..b + n]);
-            let next = if l + 1 < layers.len() {
-                affine_values(&y, w, b, (rows, k, n), leaky)
-            } else {
-                affine_values(&y, w, b, (rows, k, n), |z| z)
-            };
-            saved.push(std::mem::replace(&mut y, next));
-        }
-        *self.saved.lock().expect("head: saved activations") = saved;
+        let mut saved = self.saved.lock().expect("head: saved activations");
+        let output = match saved.as_ref() {
+            Some(trace) => {
+                if trace.rows != rows || trace.layer_inputs.len() != layers.len() {
+                    candle_core::bail!(
+                        "head: a trace of {} rows and {} layers given for {rows} rows and {} layers",
+                        trace.rows,
+                        trace.layer_inputs.len(),
+                        layers.len()
+                    );
+                }
+                trace.output.clone()
+            }
+            None => {
+                let p = logical(s2.as_slice::<f32>()?, l2);
+                let x = logical(s1.as_slice::<f32>()?, l1);
+                let (layer_inputs, output) = forward_values(&self.sizes, &p, &x, rows);
+                *saved = Some(Arc::new(HeadTrace {
+                    rows,
+                    layer_inputs,
+                    output: vec![],
+                }));
+                output
+            }
+        };
         Ok((
-            CpuStorage::F32(y),
+            CpuStorage::F32(output),
             Shape::from((rows, *self.sizes.last().unwrap())),
         ))
     }
@@ -158,10 +264,11 @@ impl CustomOp2 for HeadOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (rows, d) = x.dims2()?;
         let (_, layers, total) = self.offsets();
-        let saved = self.saved.lock().expect("head: saved activations");
-        if saved.len() != layers.len() {
+        let guard = self.saved.lock().expect("head: saved activations");
+        let Some(trace) = guard.as_ref() else {
             candle_core::bail!("head: the backward ran before the forward");
-        }
+        };
+        let saved = &trace.layer_inputs;
         let (ps, pl) = packed.storage_and_layout();
         let p = f32_values(&ps, pl)?;
         let mut dp = vec![0f32; total];

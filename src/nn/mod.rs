@@ -103,6 +103,28 @@ impl Params {
         self.vars.values().map(|v| v.elem_count()).sum()
     }
 
+    /// A hash of every parameter's name and value bits: equal fingerprints mean equal
+    /// parameters (up to a 2^−64 chance), so a result computed at some parameters can be
+    /// recognised as still valid (`train::ppo` reuses the rollout's head activations).
+    pub fn fingerprint(&self) -> Result<u64> {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        let mut mix = |word: u64| {
+            hash = (hash ^ word)
+                .wrapping_mul(0x0000_0100_0000_01b3)
+                .rotate_left(5)
+        };
+        for (name, var) in &self.vars {
+            name.bytes().for_each(|c| mix(c as u64));
+            let values = var
+                .as_tensor()
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
+            values.iter().for_each(|v| mix(v.to_bits() as u64));
+        }
+        Ok(hash)
+    }
+
     /// All tensors by name (for checkpoints).
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
         self.vars

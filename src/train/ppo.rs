@@ -26,7 +26,8 @@
 use super::Learner;
 use crate::agent::replay::{LaplaceConstants, PosteriorSequence};
 use crate::agent::rl::{
-    INPUT_OBS, RlModel, Rollout, env_kind, exact_entropy, reward_loss_scale, rollout,
+    HeadTraces, INPUT_OBS, Keep, RlModel, Rollout, env_kind, exact_entropy, reward_loss_scale,
+    rollout,
 };
 use crate::config::{EvalConfig, ExperimentConfig, PpoConfig};
 use crate::envs::{EnvKind, MetaEnv, make_env};
@@ -170,13 +171,32 @@ pub fn ppo_loss(
         .kl(laplace.as_ref())?
         .map(|kl| kl.mean_all())
         .transpose()?;
-    ppo_objective(model, ro, advantages, targets, ppo, beta, &z, &emb_s, kl)
+    // The rollout's head activations, if they were computed at these parameters.
+    let traces = match &ro.heads {
+        Some(t) if t.params == model.params.fingerprint()? => Some(t),
+        _ => None,
+    };
+    let inputs = ObjectiveInputs {
+        z: &z,
+        emb_s: &emb_s,
+        kl,
+        traces,
+    };
+    ppo_objective(model, ro, advantages, targets, ppo, beta, inputs)
 }
 
-/// The PPO objective from the samples z (T, n_Z, B, n), the state embeddings (T, B, E) and the
-/// mean posterior KL (a scalar tensor; None for the point estimate): policy clip, value,
-/// exact entropy, β·KL and the reward model. Shared by the fast and the reference loss.
-#[allow(clippy::too_many_arguments)]
+/// What the loss pass gives [`ppo_objective`]: the samples z (T, n_Z, B, n), the state
+/// embeddings (T, B, E), the mean posterior KL (a scalar tensor; None for the point estimate)
+/// and, where valid, the rollout's head activations ([`HeadTraces`]).
+pub struct ObjectiveInputs<'a> {
+    pub z: &'a Tensor,
+    pub emb_s: &'a Tensor,
+    pub kl: Option<Tensor>,
+    pub traces: Option<&'a HeadTraces>,
+}
+
+/// The PPO objective from what the loss pass computed ([`ObjectiveInputs`]): policy clip,
+/// value, exact entropy, β·KL and the reward model. Shared by the fast and the reference loss.
 pub fn ppo_objective(
     model: &RlModel,
     ro: &Rollout,
@@ -184,15 +204,19 @@ pub fn ppo_objective(
     targets: &[Vec<f32>],
     ppo: &PpoConfig,
     beta: f64,
-    z: &Tensor,
-    emb_s: &Tensor,
-    kl: Option<Tensor>,
+    inputs: ObjectiveInputs,
 ) -> Result<LossParts> {
     let (horizon, b) = (ro.horizon(), ro.batch());
     let device = &model.core.device;
+    let ObjectiveInputs {
+        z,
+        emb_s,
+        kl,
+        traces,
+    } = inputs;
     let input = model.head_input(emb_s, z)?;
-    let log_probs = model.log_probs(&input)?; // (T, B, A)
-    let values = model.values(&input)?; // (T, B)
+    // (T, B, A) and (T, B).
+    let (log_probs, values) = model.log_probs_and_values(&input, traces)?;
     let taken = one_hot(&ro.actions.concat(), model.num_actions, device)?.reshape((
         horizon,
         b,
@@ -353,7 +377,13 @@ impl Learner for Ppo {
             );
         }
         let first_obs = self.env.reset(rng);
-        let ro = rollout(&self.model, self.env.as_mut(), first_obs, rng, false)?;
+        let ro = rollout(
+            &self.model,
+            self.env.as_mut(),
+            first_obs,
+            rng,
+            Keep::TRAINING,
+        )?;
         let (advantages, targets) = gae(
             &ro.rewards,
             &ro.values,

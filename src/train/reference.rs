@@ -8,7 +8,7 @@ use crate::agent::regression::RegressionModel;
 use crate::agent::rl::{RlModel, Rollout, sample_categorical};
 use crate::config::PpoConfig;
 use crate::envs::MetaEnv;
-use crate::train::ppo::{LossParts, ppo_objective};
+use crate::train::ppo::{LossParts, ObjectiveInputs, ppo_objective};
 use crate::train::supervised::{ElboParts, HALF_LN_2PI, elbo_parts};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -118,9 +118,12 @@ pub fn ppo_loss(
         targets,
         ppo,
         beta,
-        &z,
-        &Tensor::stack(&embs, 0)?,
-        kl,
+        ObjectiveInputs {
+            z: &z,
+            emb_s: &Tensor::stack(&embs, 0)?,
+            kl,
+            traces: None,
+        },
     )
 }
 
