@@ -359,11 +359,11 @@ fn explicit_terms(
         m.resize(hd * cols, 0.0);
         j.resize(n * cols, 0.0);
         fill_derivatives(tasks, w, c, hw, m, cols);
-        // J = Pᵀ M, (n, cols).
-        let pt = Mat::rows_t(&w.proj, n);
-        sgemm(n, cols, hd, pt, Mat::rows(m, cols), j, false, false);
+        // Jᵀ = Mᵀ P, (cols, n): each task's k·H rows are contiguous.
+        let mt = Mat::rows_t(m, cols);
+        sgemm(cols, n, hd, mt, Mat::rows(&w.proj, n), j, false, false);
         (0..tasks.len())
-            .map(|ti| shape.gram_rows(&j[ti * k * hd..], n, cols, k * hd))
+            .map(|ti| shape.gram_transposed(&j[ti * k * hd * n..], n, k * hd))
             .collect()
     })
 }

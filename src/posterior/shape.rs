@@ -55,9 +55,9 @@ pub trait PrecisionShape: Send + Sync {
     /// J Jᵀ (B, n, n) or its diagonal (B, n) for a batch of Jacobians J (B, n, H).
     fn gram(&self, j: &Tensor) -> Result<Tensor>;
 
-    /// The same for one task's J given as plain values: row r of J is
-    /// `j[r·stride .. r·stride + width]`; returns `size(n)` numbers.
-    fn gram_rows(&self, j: &[f32], n: usize, stride: usize, width: usize) -> Vec<f32>;
+    /// The same for one task's J (n × width) given as plain values by its transpose `jt`
+    /// (width × n, row-major); returns `size(n)` numbers.
+    fn gram_transposed(&self, jt: &[f32], n: usize, width: usize) -> Vec<f32>;
 
     /// Pᵀ S P (or its diagonal) for S (H×H, row-major) and P (H×n, row-major): the Gram term
     /// Σ_i J_i J_iᵀ when S = Σ_i D_i D_iᵀ and J_i = Pᵀ D_i; returns `size(n)` numbers.
@@ -158,19 +158,19 @@ impl PrecisionShape for Full {
         Ok(j.matmul(&j.t()?)?)
     }
 
-    fn gram_rows(&self, j: &[f32], n: usize, stride: usize, width: usize) -> Vec<f32> {
+    fn gram_transposed(&self, jt: &[f32], n: usize, width: usize) -> Vec<f32> {
         let mut term = vec![0f32; n * n];
-        let rows = Mat {
-            data: j,
-            rs: stride as isize,
-            cs: 1,
-        };
-        let cols = Mat {
-            data: j,
-            rs: 1,
-            cs: stride as isize,
-        };
-        sgemm(n, n, width, rows, cols, &mut term, false, false);
+        let jt = &jt[..width * n];
+        sgemm(
+            n,
+            n,
+            width,
+            Mat::rows_t(jt, n),
+            Mat::rows(jt, n),
+            &mut term,
+            false,
+            false,
+        );
         term
     }
 
@@ -252,13 +252,12 @@ impl PrecisionShape for Diagonal {
         Ok(j.sqr()?.sum(D::Minus1)?)
     }
 
-    fn gram_rows(&self, j: &[f32], n: usize, stride: usize, width: usize) -> Vec<f32> {
-        (0..n)
-            .map(|r| {
-                let row = &j[r * stride..r * stride + width];
-                row.iter().map(|v| v * v).sum::<f32>()
-            })
-            .collect()
+    fn gram_transposed(&self, jt: &[f32], n: usize, width: usize) -> Vec<f32> {
+        let mut term = vec![0f32; n];
+        for row in jt[..width * n].chunks_exact(n) {
+            term.iter_mut().zip(row).for_each(|(t, v)| *t += v * v);
+        }
+        term
     }
 
     /// diag(Pᵀ S P)_r = Σ_j P[j, r] (S P)[j, r].
