@@ -292,8 +292,9 @@ fn mlp_macs(sizes: &[usize]) -> f64 {
 }
 
 /// The model's FLOP count (2 per multiply-add) of one training update, as this implementation
-/// does the work: the rollout's forward pass (RL only), the loss pass's forward, and a backward
-/// pass of twice the forward's matrix work for everything that carries a gradient. Counted:
+/// does the work: the rollout's forward pass (RL only), the loss pass's forward (without the
+/// policy and value heads, whose rollout activations it reuses), and a backward pass of twice
+/// the forward's matrix work for everything that carries a gradient. Counted:
 /// the recurrent product h·W_h, the projection P, the heads on every sample, the input stage
 /// for continuous inputs (discrete inputs are deduplicated to a handful of rows and count as
 /// nothing), the VRNN head, Cayley map and KL, and the Laplace statistics (D, J = PᵀD, JJᵀ,
@@ -312,19 +313,23 @@ pub fn update_flops(task: Task, m: &ModelConfig, batch: usize, steps: usize) -> 
         mlp_macs(&sizes)
     };
     let core = 4.0 * h * h + h * n;
-    let (inputs, heads) = match task {
+    // (inputs, heads, the policy and value heads among them): the RL loss pass reuses the
+    // rollout's policy and value activations (`agent::rl::HeadTraces`) and runs only their
+    // backward.
+    let (inputs, heads, traced) = match task {
         Task::Regression => (
             2.0 * (e + e * e) + 2.0 * e * 4.0 * h,
             head(m.embed_width + m.features, 1),
-        ),
-        Task::Bandit => (
             0.0,
-            head(m.features, 5) + head(m.features, 1) + head(m.features + 5, 1),
         ),
-        Task::Gridworld => (
-            0.0,
-            head(m.embed_width + m.features, 4) + head(m.embed_width + m.features, 1),
-        ),
+        Task::Bandit => {
+            let acting = head(m.features, 5) + head(m.features, 1);
+            (0.0, acting + head(m.features + 5, 1), acting)
+        }
+        Task::Gridworld => {
+            let acting = head(m.embed_width + m.features, 4) + head(m.embed_width + m.features, 1);
+            (0.0, acting, acting)
+        }
     };
     let graph_posterior = match &m.posterior {
         PosteriorConfig::Vrnn { diagonal: false } => {
@@ -362,7 +367,8 @@ pub fn update_flops(task: Task, m: &ModelConfig, batch: usize, steps: usize) -> 
     } else {
         forward
     };
-    2.0 * (rollout + forward + 2.0 * forward + rows * laplace)
+    let loss_forward = forward - rows * nz * traced;
+    2.0 * (rollout + loss_forward + 2.0 * forward + rows * laplace)
 }
 
 fn median(v: &mut [f64]) -> f64 {
