@@ -531,13 +531,16 @@ fn identity_plus_skew<T: Copy, F: Copy + std::ops::Neg<Output = F>>(
     to: impl Fn(T) -> F,
     one: F,
 ) {
+    // Row by row: the lower part (contiguous), the one, then the upper part as the negated
+    // transpose of the rows already written (no branch per entry).
     for r in 0..n {
-        for c in 0..n {
-            out[r * n + c] = match r.cmp(&c) {
-                std::cmp::Ordering::Greater => to(raw[r * n + c]),
-                std::cmp::Ordering::Less => -to(raw[c * n + r]),
-                std::cmp::Ordering::Equal => one,
-            };
+        let row = &mut out[r * n..(r + 1) * n];
+        (row[..r].iter_mut().zip(&raw[r * n..r * n + r])).for_each(|(o, v)| *o = to(*v));
+        row[r] = one;
+    }
+    for r in 0..n {
+        for c in r + 1..n {
+            out[r * n + c] = -out[c * n + r];
         }
     }
 }
@@ -638,51 +641,96 @@ fn gauss_jordan_unpivoted_f32_blocked(a: &mut [f32], n: usize, snapshots: &mut [
                 }
             }
         }
-        // Every other row: the multipliers, step by step on the block's columns …
+        // Every other row: the multipliers, step by step on a copy of the block's columns …
         let snaps = &snapshots[..size * n];
+        // The pivot rows' entries in the block's columns, s[q][c].
+        let mut s = [[0.0f32; JORDAN_BLOCK]; JORDAN_BLOCK];
+        for (q, sq) in s.iter_mut().enumerate().take(size) {
+            sq[..size].copy_from_slice(&snaps[q * n + k0..q * n + k0 + size]);
+        }
         for (i, row) in a.chunks_exact_mut(n).enumerate() {
             if (k0..k0 + size).contains(&i) {
                 continue;
             }
-            let mut f = [0.0f32; JORDAN_BLOCK];
-            for q in 0..size {
-                f[q] = row[k0 + q];
-                row[k0 + q] = 0.0;
-                for c in k0..k0 + size {
-                    row[c] -= f[q] * snaps[q * n + c];
-                }
-            }
-            // … then the other columns in one pass, subtracting in step order.
-            let (left, rest) = row.split_at_mut(k0);
-            let right = &mut rest[size..];
-            if size == JORDAN_BLOCK {
-                let col = |q: usize, range: std::ops::Range<usize>| &snaps[q * n..][range];
-                for (part, range) in [(left, 0..k0), (right, k0 + size..n)] {
-                    let (s0, s1) = (col(0, range.clone()), col(1, range.clone()));
-                    let (s2, s3) = (col(2, range.clone()), col(3, range));
-                    let rows = s0.iter().zip(s1).zip(s2).zip(s3);
-                    for (x, (((a, b), c), d)) in part.iter_mut().zip(rows) {
-                        let mut v = *x;
-                        v -= f[0] * a;
-                        v -= f[1] * b;
-                        v -= f[2] * c;
-                        v -= f[3] * d;
-                        *x = v;
+            let mut block = [0.0f32; JORDAN_BLOCK];
+            block[..size].copy_from_slice(&row[k0..k0 + size]);
+            let f = if size == JORDAN_BLOCK {
+                block_multipliers(&mut block, &s)
+            } else {
+                let mut f = [0.0f32; JORDAN_BLOCK];
+                for q in 0..size {
+                    f[q] = block[q];
+                    block[q] = 0.0;
+                    for c in 0..size {
+                        block[c] -= f[q] * s[q][c];
                     }
+                }
+                f
+            };
+            // … then every column in one pass, subtracting in step order (the block's columns
+            // receive a throw-away update and are then overwritten with the copy: a whole row
+            // of full vectors, with no remainder loops around the block).
+            if size == JORDAN_BLOCK {
+                let (s0, rest) = snaps.split_at(n);
+                let (s1, rest) = rest.split_at(n);
+                let (s2, s3) = rest.split_at(n);
+                let rows = s0.iter().zip(s1).zip(s2).zip(s3);
+                for (x, (((a, b), c), d)) in row.iter_mut().zip(rows) {
+                    let mut v = *x;
+                    v -= f[0] * a;
+                    v -= f[1] * b;
+                    v -= f[2] * c;
+                    v -= f[3] * d;
+                    *x = v;
                 }
             } else {
                 for (q, f) in f[..size].iter().enumerate() {
                     let s = &snaps[q * n..(q + 1) * n];
-                    left.iter_mut().zip(&s[..k0]).for_each(|(x, y)| *x -= f * y);
-                    right
-                        .iter_mut()
-                        .zip(&s[k0 + size..])
-                        .for_each(|(x, y)| *x -= f * y);
+                    row.iter_mut().zip(s).for_each(|(x, y)| *x -= f * y);
                 }
             }
+            row[k0..k0 + size].copy_from_slice(&block[..size]);
         }
     }
     all_finite(a)
+}
+
+/// The multipliers of one row for a full block of [`JORDAN_BLOCK`] pivots, from the row's
+/// entries in the block's columns (`b`, replaced by their final values) and the pivot rows'
+/// entries there (`s`): the loop of [`gauss_jordan_unpivoted_f32_blocked`]'s short blocks,
+/// unrolled so that the recurrence stays in registers (the same operations in the same order).
+#[inline(always)]
+fn block_multipliers(
+    b: &mut [f32; JORDAN_BLOCK],
+    s: &[[f32; JORDAN_BLOCK]; JORDAN_BLOCK],
+) -> [f32; JORDAN_BLOCK] {
+    let [mut b0, mut b1, mut b2, mut b3] = *b;
+    let f0 = b0;
+    b0 = 0.0;
+    b0 -= f0 * s[0][0];
+    b1 -= f0 * s[0][1];
+    b2 -= f0 * s[0][2];
+    b3 -= f0 * s[0][3];
+    let f1 = b1;
+    b1 = 0.0;
+    b0 -= f1 * s[1][0];
+    b1 -= f1 * s[1][1];
+    b2 -= f1 * s[1][2];
+    b3 -= f1 * s[1][3];
+    let f2 = b2;
+    b2 = 0.0;
+    b0 -= f2 * s[2][0];
+    b1 -= f2 * s[2][1];
+    b2 -= f2 * s[2][2];
+    b3 -= f2 * s[2][3];
+    let f3 = b3;
+    b3 = 0.0;
+    b0 -= f3 * s[3][0];
+    b1 -= f3 * s[3][1];
+    b2 -= f3 * s[3][2];
+    b3 -= f3 * s[3][3];
+    *b = [b0, b1, b2, b3];
+    [f0, f1, f2, f3]
 }
 
 /// Whether every value is finite, as one integer reduction (which vectorises, unlike a

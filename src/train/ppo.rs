@@ -11,7 +11,8 @@
 //!    averaged policy; the noise ε of every step is kept.
 //! 3. [`gae`]: generalised advantage estimates and λ-return targets with the env's discounts.
 //! 4. [`ppo_loss`]: the trajectory is re-run with gradients under the stored noise (so the
-//!    probability ratio ρ is exactly 1 at the rollout's parameters), then
+//!    probability ratio ρ is exactly 1 at the rollout's parameters; the policy and value heads'
+//!    forward values are the rollout's own, [`HeadTraces`], and only their backward runs), then
 //!    policy-clip loss + value loss − entropy bonus (exact entropy of the averaged policy)
 //!    + β·mean_t KL(q_t ‖ stop_grad q_{t−1}) (Bayesian families) + reward-prediction loss.
 //! 5. [`Ppo`]: the [`Learner`]: one update = one rollout of fresh tasks + one full-batch gradient
