@@ -157,17 +157,28 @@ impl HeadTrace {
     }
 }
 
+/// Where each layer's (W_l, b_l) starts in the packed parameters [γ, β, W_1, b_1, …] of a head
+/// with layer sizes `sizes`, and the packed length.
+fn param_offsets(sizes: &[usize]) -> (Vec<(usize, usize)>, usize) {
+    let mut at = 2 * sizes[0];
+    let mut layers = vec![];
+    for w in sizes.windows(2) {
+        layers.push((at, at + w[0] * w[1]));
+        at += w[0] * w[1] + w[1];
+    }
+    (layers, at)
+}
+
 /// The forward of [`HeadOp`] on plain values: the layer inputs y_0 … y_{L−1} and the output.
 fn forward_values(sizes: &[usize], p: &[f32], x: &[f32], rows: usize) -> (Vec<Vec<f32>>, Vec<f32>) {
     let d = sizes[0];
     let mut y = layer_norm_values(x, &p[..d], &p[d..2 * d], d);
-    let layers = sizes.len() - 1;
+    let (offsets, _) = param_offsets(sizes);
+    let layers = offsets.len();
     let mut saved = Vec::with_capacity(layers);
-    let mut at = 2 * d;
-    for l in 0..layers {
+    for (l, &(w, b)) in offsets.iter().enumerate() {
         let (k, n) = (sizes[l], sizes[l + 1]);
-        let (w, b) = (&p[at..at + k * n], &p[at + k * n..at + k * n + n]);
-        at += k * n + n;
+        let (w, b) = (&p[w..w + k * n], &p[b..b + n]);
         let next = if l + 1 < layers {
             affine_values(&y, w, b, (rows, k, n), leaky)
         } else {
@@ -188,20 +199,6 @@ struct HeadOp {
     saved: Mutex<Option<Arc<HeadTrace>>>,
 }
 
-impl HeadOp {
-    /// Offsets of γ, β and each (W_l, b_l) in the packed parameters.
-    fn offsets(&self) -> (usize, Vec<(usize, usize)>, usize) {
-        let d = self.sizes[0];
-        let mut at = 2 * d;
-        let mut layers = vec![];
-        for w in self.sizes.windows(2) {
-            layers.push((at, at + w[0] * w[1]));
-            at += w[0] * w[1] + w[1];
-        }
-        (d, layers, at)
-    }
-}
-
 impl CustomOp2 for HeadOp {
     fn name(&self) -> &'static str {
         "head"
@@ -215,7 +212,7 @@ impl CustomOp2 for HeadOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, d) = l1.shape().dims2()?;
-        let (_, layers, total) = self.offsets();
+        let (layers, total) = param_offsets(&self.sizes);
         if d != self.sizes[0] || l2.shape().elem_count() != total {
             candle_core::bail!(
                 "head: input {:?} and {} packed parameters do not fit the sizes {:?}",
@@ -263,7 +260,7 @@ impl CustomOp2 for HeadOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (rows, d) = x.dims2()?;
-        let (_, layers, total) = self.offsets();
+        let (layers, total) = param_offsets(&self.sizes);
         let guard = self.saved.lock().expect("head: saved activations");
         let Some(trace) = guard.as_ref() else {
             candle_core::bail!("head: the backward ran before the forward");
