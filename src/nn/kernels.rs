@@ -45,6 +45,9 @@ pub fn parallelism() -> gemm::Parallelism {
     }
 }
 
+/// Multiply-adds under which [`sgemm`] does not split a product between threads.
+const SMALL_GEMM: usize = 1 << 23;
+
 /// C (m×n, row-major, contiguous) = A (m×k) · B (k×n), or C += A·B with `accumulate`.
 /// `parallel` = false runs on the calling thread (for use inside an outer parallel loop).
 #[allow(clippy::too_many_arguments)]
@@ -74,7 +77,9 @@ pub fn sgemm(
         last(&a, m, k) < a.data.len() as isize && last(&b, k, n) < b.data.len() as isize,
         "sgemm: operand too small"
     );
-    let par = if parallel {
+    // Products below ~8 M multiply-adds (the rollout's small layers) run on the calling thread:
+    // splitting them costs more in synchronisation than it saves.
+    let par = if parallel && m * n * k >= SMALL_GEMM {
         parallelism()
     } else {
         gemm::Parallelism::None
