@@ -654,18 +654,12 @@ fn gauss_jordan_unpivoted_f32_blocked(a: &mut [f32], n: usize, snapshots: &mut [
             }
             let mut block = [0.0f32; JORDAN_BLOCK];
             block[..size].copy_from_slice(&row[k0..k0 + size]);
+            // A full block passes the constant JORDAN_BLOCK, so that after inlining the loops
+            // unroll and the recurrence stays in registers.
             let f = if size == JORDAN_BLOCK {
-                block_multipliers(&mut block, &s)
+                block_multipliers(&mut block, &s, JORDAN_BLOCK)
             } else {
-                let mut f = [0.0f32; JORDAN_BLOCK];
-                for q in 0..size {
-                    f[q] = block[q];
-                    block[q] = 0.0;
-                    for c in 0..size {
-                        block[c] -= f[q] * s[q][c];
-                    }
-                }
-                f
+                block_multipliers(&mut block, &s, size)
             };
             // … then every column in one pass, subtracting in step order (the block's columns
             // receive a throw-away update and are then overwritten with the copy: a whole row
@@ -695,42 +689,24 @@ fn gauss_jordan_unpivoted_f32_blocked(a: &mut [f32], n: usize, snapshots: &mut [
     all_finite(a)
 }
 
-/// The multipliers of one row for a full block of [`JORDAN_BLOCK`] pivots, from the row's
+/// The multipliers of one row for a block of `size` ≤ [`JORDAN_BLOCK`] pivots, from the row's
 /// entries in the block's columns (`b`, replaced by their final values) and the pivot rows'
-/// entries there (`s`): the loop of [`gauss_jordan_unpivoted_f32_blocked`]'s short blocks,
-/// unrolled so that the recurrence stays in registers (the same operations in the same order).
+/// entries there (`s`), one step at a time.
 #[inline(always)]
 fn block_multipliers(
     b: &mut [f32; JORDAN_BLOCK],
     s: &[[f32; JORDAN_BLOCK]; JORDAN_BLOCK],
+    size: usize,
 ) -> [f32; JORDAN_BLOCK] {
-    let [mut b0, mut b1, mut b2, mut b3] = *b;
-    let f0 = b0;
-    b0 = 0.0;
-    b0 -= f0 * s[0][0];
-    b1 -= f0 * s[0][1];
-    b2 -= f0 * s[0][2];
-    b3 -= f0 * s[0][3];
-    let f1 = b1;
-    b1 = 0.0;
-    b0 -= f1 * s[1][0];
-    b1 -= f1 * s[1][1];
-    b2 -= f1 * s[1][2];
-    b3 -= f1 * s[1][3];
-    let f2 = b2;
-    b2 = 0.0;
-    b0 -= f2 * s[2][0];
-    b1 -= f2 * s[2][1];
-    b2 -= f2 * s[2][2];
-    b3 -= f2 * s[2][3];
-    let f3 = b3;
-    b3 = 0.0;
-    b0 -= f3 * s[3][0];
-    b1 -= f3 * s[3][1];
-    b2 -= f3 * s[3][2];
-    b3 -= f3 * s[3][3];
-    *b = [b0, b1, b2, b3];
-    [f0, f1, f2, f3]
+    let mut f = [0.0f32; JORDAN_BLOCK];
+    for q in 0..size {
+        f[q] = b[q];
+        b[q] = 0.0;
+        for c in 0..size {
+            b[c] -= f[q] * s[q][c];
+        }
+    }
+    f
 }
 
 /// Whether every value is finite, as one integer reduction (which vectorises, unlike a

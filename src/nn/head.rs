@@ -73,12 +73,7 @@ impl Head {
     }
 
     fn apply(&self, x: &Tensor, trace: Option<Arc<HeadTrace>>) -> Result<Tensor> {
-        let mut parts = vec![self.norm.scale.clone(), self.norm.offset.clone()];
-        for layer in &self.mlp.layers {
-            parts.push(layer.weight.flatten_all()?);
-            parts.push(layer.bias.clone());
-        }
-        let packed = Tensor::cat(&parts, 0)?;
+        let packed = self.packed()?;
         let sizes = self.sizes()?;
         let dims = x.dims().to_vec();
         let lead: usize = dims[..dims.len() - 1].iter().product();
@@ -101,15 +96,19 @@ impl Head {
         Ok(sizes)
     }
 
-    /// The parameters as plain values, packed as [`HeadOp`] reads them (for [`Head::trace`]).
-    pub fn packed_values(&self) -> Result<Vec<f32>> {
-        let mut p: Vec<f32> = self.norm.scale.to_vec1()?;
-        p.extend(self.norm.offset.to_vec1::<f32>()?);
+    /// The parameters packed as [`HeadOp`] reads them: [γ, β, W_1, b_1, …, W_L, b_L].
+    fn packed(&self) -> Result<Tensor> {
+        let mut parts = vec![self.norm.scale.clone(), self.norm.offset.clone()];
         for layer in &self.mlp.layers {
-            p.extend(layer.weight.flatten_all()?.to_vec1::<f32>()?);
-            p.extend(layer.bias.to_vec1::<f32>()?);
+            parts.push(layer.weight.flatten_all()?);
+            parts.push(layer.bias.clone());
         }
-        Ok(p)
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// The packed parameters as plain values (for [`Head::trace`]).
+    pub fn packed_values(&self) -> Result<Vec<f32>> {
+        Ok(self.packed()?.to_vec1()?)
     }
 
     /// The head's forward on `rows` rows of plain values x (rows × d_in), without a graph,

@@ -369,7 +369,7 @@ fn explicit_terms(
 }
 
 thread_local! {
-    /// The matrices M and J of [`jacobian_terms`], kept between calls (one pair per thread).
+    /// The matrices M and Jᵀ of [`jacobian_terms`], kept between calls (one pair per thread).
     static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = Default::default();
 }
 
