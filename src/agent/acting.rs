@@ -263,3 +263,66 @@ fn laplace_samples(
     let z = means.broadcast_add(&Tensor::from_vec(offsets.clone(), eps.shape(), device)?)?;
     Ok((z, offsets))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::ModelConfig;
+    use crate::nn::Params;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// The cache gives every step the input stage `Core::project_inputs` computes for that
+    /// step: for repeating (discrete) rows, for new rows mixed with cached ones, and once the
+    /// cache is full (continuous rows), where it projects the step's rows directly.
+    #[test]
+    fn input_cache_equals_projecting_each_step() {
+        crate::init_threads(1);
+        let cfg = ModelConfig {
+            embed_width: 8,
+            hidden: 4,
+            features: 3,
+            head_hidden: vec![8],
+            ..ModelConfig::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let core = Core::new(&mut Params::new(), &cfg, &[2, 1], &mut rng).unwrap();
+        let b = 256;
+        let mut cache = InputCache::default();
+        // 4 discrete steps (a handful of distinct rows), then continuous rows until the cache
+        // has overflowed (CACHE_ROWS rows) for a few steps.
+        for step in 0..24 {
+            let continuous = step >= 4;
+            let mut row = |_: usize| -> f32 {
+                if continuous {
+                    rng.r#gen::<f32>()
+                } else {
+                    rng.gen_range(0..3) as f32
+                }
+            };
+            let kinds = vec![
+                (0..2 * b).map(&mut row).collect(),
+                (0..b).map(&mut row).collect(),
+            ];
+            let (xw, embedded) = cache.project(&core, &kinds, b).unwrap();
+            let stage = core.project_inputs(&kinds, b).unwrap();
+            let values = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+            let close = |a: &[f32], w: &[f32]| {
+                a.len() == w.len()
+                    && a.iter()
+                        .zip(w)
+                        .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()))
+            };
+            assert!(close(&xw, &values(stage.xw.clone())), "xw, step {step}");
+            for (k, e) in embedded.iter().enumerate() {
+                let want = values(stage.embedding(k).unwrap());
+                assert!(close(e, &want), "embedding {k}, step {step}");
+            }
+        }
+        assert!(cache.slots.len() <= CACHE_ROWS);
+        assert!(
+            cache.slots.len() + b > CACHE_ROWS,
+            "the cache never filled up"
+        );
+    }
+}
