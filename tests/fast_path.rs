@@ -233,9 +233,11 @@ fn ppo_rollout_loss_and_gradients_equal_the_per_step_reference() {
             assert_same_gradients(&what, &model.params, &fast.loss, &slow.loss);
             // The loss above reused the rollout's head activations; without them the heads run
             // forward in the loss pass, with the same result.
-            assert!(
-                ro.heads.take().is_some(),
-                "{what}: the rollout kept no head traces"
+            let traces = ro.heads.take().expect("the rollout's head traces");
+            assert_eq!(
+                traces.cayley.is_some(),
+                *posterior == "vrnn",
+                "{what}: the full VRNN, and only it, keeps its Cayley factors"
             );
             let untraced = ppo_loss(&model, &ro, &adv, &targets, &ppo, beta).unwrap();
             assert_close(
@@ -572,7 +574,9 @@ fn chunked_posterior_sequence_equals_all_steps_at_once() {
         let (xs, ys) = sample_batch(&mut rng, batch, steps);
         let noise = lvrnn::agent::randn(&mut rng, &[steps, 2, batch, 4], &candle_core::Device::Cpu)
             .unwrap();
-        let loss = |per_chunk: usize| {
+        // `together`: the samples and the KL from `samples_and_kl` (the loss passes' call,
+        // fused for the full VRNN) instead of `samples` and `kl`.
+        let loss = |per_chunk: usize, together: bool| {
             let inputs = SequenceInputs {
                 steps,
                 batch,
@@ -583,23 +587,34 @@ fn chunked_posterior_sequence_equals_all_steps_at_once() {
                 .core
                 .posterior_sequence_in_chunks(&replay.phi, per_chunk)
                 .unwrap();
-            let before = post.samples(0, steps, &noise).unwrap();
-            let after = post.samples(1, steps, &noise).unwrap();
+            let (before, after, kl) = if together {
+                let (before, kl) = post.samples_and_kl(0, steps, &noise, None).unwrap();
+                let (after, _) = post.samples_and_kl(1, steps, &noise, None).unwrap();
+                (before, after, kl)
+            } else {
+                let before = post.samples(0, steps, &noise).unwrap();
+                let after = post.samples(1, steps, &noise).unwrap();
+                (before, after, post.kl(None).unwrap())
+            };
+            assert_eq!(before.dims(), &[steps, 2, batch, 4]);
+            assert_eq!(after.dims(), &[steps, 2, batch, 4]);
             let mut total = (before.sqr().unwrap().sum_all().unwrap()
                 + after.sin().unwrap().sum_all().unwrap())
             .unwrap();
-            if let Some(kl) = post.kl(None).unwrap() {
+            if let Some(kl) = kl {
                 assert_eq!(kl.dims(), &[steps, batch]);
                 total = (total + kl.sum_all().unwrap()).unwrap();
             }
             total
         };
-        let whole = loss(steps + 1);
-        for per_chunk in [1, 2, 3] {
-            let chunked = loss(per_chunk);
-            let what = format!("{posterior}, {per_chunk} steps per chunk");
-            assert_close(&what, &values(&chunked), &values(&whole), 1.0);
-            assert_same_gradients(&what, &model.params, &chunked, &whole);
+        let whole = loss(steps + 1, false);
+        for per_chunk in [1, 2, 3, steps + 1] {
+            for together in [false, true] {
+                let chunked = loss(per_chunk, together);
+                let what = format!("{posterior}, {per_chunk} steps per chunk, together {together}");
+                assert_close(&what, &values(&chunked), &values(&whole), 1.0);
+                assert_same_gradients(&what, &model.params, &chunked, &whole);
+            }
         }
     }
 }

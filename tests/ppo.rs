@@ -269,13 +269,15 @@ fn ratio_is_one_at_the_rollout_and_the_policy_gradient_has_the_right_sign() {
     }
 }
 
-/// The loss reuses the rollout's head activations only at the parameters they were computed
-/// at: after a parameter step it runs the heads again, exactly as for a rollout that kept none.
+/// The loss reuses the rollout's head activations (and the full VRNN's Cayley factors) only at
+/// the parameters they were computed at: after a parameter step it runs the heads again,
+/// exactly as for a rollout that kept none.
 #[test]
 fn rollout_head_activations_are_not_reused_after_the_parameters_change() {
     lvrnn::init_threads(1);
-    for task in ["bandit", "gridworld"] {
-        let (cfg, model, mut ro) = setup(task, "rnn");
+    for (task, posterior) in [("bandit", "rnn"), ("gridworld", "rnn"), ("bandit", "vrnn")] {
+        let what = format!("{task} {posterior}");
+        let (cfg, model, mut ro) = setup(task, posterior);
         let (adv, targets) = gae(
             &ro.rewards,
             &ro.values,
@@ -292,10 +294,10 @@ fn rollout_head_activations_are_not_reused_after_the_parameters_change() {
         let stale = scalar(&loss(&ro).loss);
         assert!(ro.heads.take().is_some());
         let fresh = scalar(&loss(&ro).loss);
-        assert_eq!(stale, fresh, "{task}: the stale activations were used");
+        assert_eq!(stale, fresh, "{what}: the stale activations were used");
         assert!(
             (stale - scalar(&before.loss)).abs() > 1e-6,
-            "{task}: the step did not change the loss"
+            "{what}: the step did not change the loss"
         );
     }
 }

@@ -90,7 +90,11 @@ fn rnn_learns_to_use_the_context() {
 
 #[test]
 fn vrnn_learns_to_use_the_context() {
-    learns_to_use_the_context("vrnn", 600);
+    // 900 updates: at 600 the VRNN is only just past the bar (CE(50) 0.93 against CE(0) 1.18
+    // at seed 7, and seed 8 misses it, 0.99 against 1.18), so float reorderings that change
+    // nothing in the first 100 updates decided the test. At 900 it is 0.80–0.84 against 1.19–1.23
+    // with either float ordering seen.
+    learns_to_use_the_context("vrnn", 900);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use super::Core;
 use crate::nn::kernels::{Mat, sgemm};
 use crate::nn::lstm_seq::lstm_step;
 use crate::posterior::filter::{JacobianWeights, LaplaceFilter};
-use crate::posterior::{Gaussian, PosteriorConfig};
+use crate::posterior::{Covariance, Gaussian, PosteriorConfig};
 use anyhow::Result;
 use candle_core::Tensor;
 use std::collections::HashMap;
@@ -49,6 +49,8 @@ pub struct Acting<'a> {
     h: Vec<f32>,
     posterior: Posterior,
     inputs: InputCache,
+    /// The full VRNN's U of q_0, q_1, … as stepped, when kept ([`Acting::keep_cayley`]).
+    cayley: Option<Vec<f32>>,
 }
 
 impl<'a> Acting<'a> {
@@ -77,7 +79,25 @@ impl<'a> Acting<'a> {
             h: vec![0.0; batch * hd],
             posterior,
             inputs: InputCache::default(),
+            cayley: None,
         })
+    }
+
+    /// From now on, keeps the full VRNN's Cayley factors U of every posterior, the current one
+    /// included (for the loss pass, `agent::rl::HeadTraces`); no-op for other families.
+    pub fn keep_cayley(&mut self) -> Result<()> {
+        if let Posterior::Graph(q) = &self.posterior {
+            let mut kept = vec![];
+            if append_cayley(q, &mut kept)? {
+                self.cayley = Some(kept);
+            }
+        }
+        Ok(())
+    }
+
+    /// The Cayley factors kept since [`Acting::keep_cayley`], step after step.
+    pub fn take_cayley(&mut self) -> Option<Vec<f32>> {
+        self.cayley.take()
     }
 
     /// Observes the raw inputs of one step (one row-major (B, d_k) block per input kind) and
@@ -128,6 +148,9 @@ impl<'a> Acting<'a> {
                     None => None,
                 };
                 let entropy = q.entropy()?;
+                if let Some(kept) = &mut self.cayley {
+                    append_cayley(&q, kept)?;
+                }
                 *prev = q;
                 ActStep {
                     z,
@@ -156,6 +179,19 @@ impl<'a> Acting<'a> {
             Posterior::Graph(q) => q.entropy(),
         }
     }
+}
+
+/// Appends q's Cayley factors U (B·n·n values) to `kept`; false if q has none (not a full
+/// VRNN).
+fn append_cayley(q: &Gaussian, kept: &mut Vec<f32>) -> Result<bool> {
+    let Covariance::Spectral { u: Some(u), .. } = &q.cov else {
+        return Ok(false);
+    };
+    if u.dtype() != candle_core::DType::F32 {
+        return Ok(false);
+    }
+    kept.extend(u.flatten_all()?.to_vec1::<f32>()?);
+    Ok(true)
 }
 
 /// The most distinct input rows an [`InputCache`] keeps (≈ 20 MB at the paper's sizes).

@@ -18,10 +18,11 @@
 use super::Core;
 use crate::nn::kernels::dedup_rows;
 use crate::nn::lstm_seq::{hidden_states, lstm_sequence};
-use crate::posterior::spectral_kl::spectral_kl_terms;
-use crate::posterior::{Accumulate, Covariance, Gaussian, PosteriorConfig};
+use crate::posterior::spectral_kl::{ChunkNoise, spectral_chunk};
+use crate::posterior::{Accumulate, Covariance, Gaussian, KnownCayley, PosteriorConfig};
 use anyhow::{Result, bail};
 use candle_core::{D, DType, Device, Tensor};
+use std::sync::Arc;
 
 /// The raw core inputs of a whole sequence: one row-major (T·B, d_k) block per input kind,
 /// step-major (row t·B + b holds step t of task b).
@@ -138,12 +139,22 @@ impl Core {
     /// over all T·B rows at once each temporary is hundreds of MB, and the update ran 3× slower
     /// than step by step; the other families take all steps at once.
     pub fn posterior_sequence(&self, phi: &Tensor) -> Result<PosteriorSequence> {
+        self.posterior_sequence_known(phi, None)
+    }
+
+    /// [`Core::posterior_sequence`] given the full VRNN's Cayley factors U of q_0..q_T where
+    /// they are known (`agent::rl::HeadTraces::cayley`: the rollout's, at these parameters).
+    pub fn posterior_sequence_known(
+        &self,
+        phi: &Tensor,
+        cayley: Option<&Arc<Vec<f32>>>,
+    ) -> Result<PosteriorSequence> {
         let (steps1, batch, n) = phi.dims3()?;
         let per_chunk = match &self.posterior_cfg {
             PosteriorConfig::Vrnn { diagonal: false } => (CHUNK_ELEMENTS / (batch * n * n)).max(1),
             _ => steps1,
         };
-        self.posterior_sequence_in_chunks(phi, per_chunk)
+        self.chunks(phi, per_chunk, cayley)
     }
 
     /// As [`Core::posterior_sequence`] with the point estimate and the VRNN formed
@@ -153,7 +164,24 @@ impl Core {
         phi: &Tensor,
         per_chunk: usize,
     ) -> Result<PosteriorSequence> {
+        self.chunks(phi, per_chunk, None)
+    }
+
+    fn chunks(
+        &self,
+        phi: &Tensor,
+        per_chunk: usize,
+        cayley: Option<&Arc<Vec<f32>>>,
+    ) -> Result<PosteriorSequence> {
         let (steps1, batch, n) = phi.dims3()?;
+        if let Some(values) = cayley
+            && values.len() != steps1 * batch * n * n
+        {
+            bail!(
+                "{} known Cayley values for {steps1} steps of {batch} rows with n = {n}",
+                values.len()
+            );
+        }
         Ok(match &self.posterior_cfg {
             PosteriorConfig::Laplace(c) => {
                 let means = match c.accumulate {
@@ -188,7 +216,18 @@ impl Core {
                     let last = (first + per_chunk.max(1)).min(steps1 - 1);
                     let len = last - first + 1;
                     let rows = phi.narrow(0, first, len)?.reshape((len * batch, n))?;
-                    chunks.push((first, self.posterior.init(&rows)?));
+                    let q = match cayley {
+                        Some(values) => {
+                            let nn = batch * n * n;
+                            let known = KnownCayley {
+                                values: values.clone(),
+                                range: first * nn..(first + len) * nn,
+                            };
+                            self.posterior.init_known(&rows, known)?
+                        }
+                        None => self.posterior.init(&rows)?,
+                    };
+                    chunks.push((first, q));
                     if last + 1 >= steps1 {
                         break;
                     }
@@ -304,11 +343,11 @@ impl PosteriorSequence {
                 let mut parts = vec![];
                 for (_, q) in chunks {
                     let steps = q.batch()? / batch - 1;
-                    let cur = rows(q, *batch, steps * batch)?;
-                    let prev = rows(q, 0, steps * batch)?;
-                    let kl = match full_vrnn_kl(&cur, &prev)? {
-                        Some(kl) => Some(kl),
-                        None => cur.kl_to(&prev)?,
+                    let kl = match full_vrnn_chunk(q, *batch, ChunkNoise::none())? {
+                        Some((_, kl)) => Some(kl),
+                        None => {
+                            rows(q, *batch, steps * batch)?.kl_to(&rows(q, 0, steps * batch)?)?
+                        }
                     };
                     if let Some(kl) = kl {
                         parts.push(kl.reshape((steps, *batch))?);
@@ -318,30 +357,106 @@ impl PosteriorSequence {
             }
         }
     }
+
+    /// [`PosteriorSequence::samples`] and [`PosteriorSequence::kl`] together: the full VRNN
+    /// computes both from one use of each chunk's U (`posterior::spectral_kl`), the other
+    /// families as the two methods do.
+    pub fn samples_and_kl(
+        &self,
+        first: usize,
+        len: usize,
+        noise: &Tensor,
+        laplace: Option<&LaplaceConstants>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let PosteriorSequence::Graph { chunks, batch } = self else {
+            return Ok((self.samples(first, len, noise)?, self.kl(laplace)?));
+        };
+        if !chunks.iter().all(|(_, q)| is_full_f32(q)) {
+            return Ok((self.samples(first, len, noise)?, self.kl(laplace)?));
+        }
+        let (_, nz, b, n) = noise.dims4()?;
+        let (mut samples, mut kls) = (vec![], vec![]);
+        for (k, (start, q)) in chunks.iter().enumerate() {
+            let own_from = if k == 0 { 0 } else { start + 1 };
+            let own_to = q.batch()? / batch + start;
+            let (from, to) = (own_from.max(first), own_to.min(first + len));
+            let m = to.saturating_sub(from);
+            // The noise of the sampled steps as (step, task, sample, coordinate).
+            let eps = if m > 0 {
+                noise
+                    .narrow(0, from - first, m)?
+                    .permute((0, 2, 1, 3))?
+                    .flatten_all()?
+                    .to_vec1()?
+            } else {
+                vec![]
+            };
+            let sampled = (from.max(*start) - start) * b..(to.max(*start) - start) * b;
+            let chunk_noise = ChunkNoise {
+                rows: if m > 0 { sampled.clone() } else { 0..0 },
+                samples: nz,
+                eps,
+            };
+            let (offsets, kl) =
+                full_vrnn_chunk(q, *batch, chunk_noise)?.expect("a full-covariance f32 chunk");
+            let steps = q.batch()? / batch - 1;
+            kls.push(kl.reshape((steps, *batch))?);
+            if m > 0 {
+                let mean = q.mean.narrow(0, sampled.start, m * b)?;
+                let z = offsets
+                    .narrow(0, sampled.start, m * b)?
+                    .reshape((m * b, nz, n))?
+                    .broadcast_add(&mean.unsqueeze(1)?)?;
+                samples.push(z.reshape((m, b, nz, n))?.permute((0, 2, 1, 3))?);
+            }
+        }
+        Ok((
+            Tensor::cat(&samples, 0)?.contiguous()?,
+            Some(Tensor::cat(&kls, 0)?),
+        ))
+    }
 }
 
-/// KL(cur ‖ stop_grad prev) of full-covariance VRNN posteriors in f32 through the fused
-/// `spectral_kl_terms` op (the same value as `Gaussian::kl_to`, without its (rows, n, n)
-/// intermediates in the graph); None for any other pair, which `kl_to` handles.
-fn full_vrnn_kl(cur: &Gaussian, prev: &Gaussian) -> Result<Option<Tensor>> {
-    let (
-        Covariance::Spectral { u: Some(u), log_s },
-        Covariance::Spectral {
-            u: Some(up),
-            log_s: lsp,
-        },
-    ) = (&cur.cov, &prev.cov)
-    else {
+/// Whether q is a full-covariance VRNN posterior in f32 (what [`full_vrnn_chunk`] takes).
+fn is_full_f32(q: &Gaussian) -> bool {
+    matches!(&q.cov, Covariance::Spectral { u: Some(u), .. } if u.dtype() == DType::F32)
+}
+
+/// For a chunk q of full-covariance VRNN posteriors in f32 (step-major, `batch` rows per step),
+/// through the fused `spectral_chunk` op: the sample offsets of the rows `noise` samples,
+/// (R, n_Z·n) (zero elsewhere), and KL(q_r ‖ stop_grad q_{r−batch}) for the rows after the
+/// first step, (R − batch). The same values as `Gaussian::sample` and `Gaussian::kl_to`
+/// without U's two consumers or the KL's (rows, n, n) intermediates in the graph; None for
+/// any other chunk, which those handle.
+fn full_vrnn_chunk(
+    q: &Gaussian,
+    batch: usize,
+    noise: ChunkNoise,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let Covariance::Spectral { u: Some(u), log_s } = &q.cov else {
         return Ok(None);
     };
     if u.dtype() != DType::F32 {
         return Ok(None);
     }
-    let n = cur.dim()? as f64;
-    let d = cur.mean.sub(&prev.mean.detach())?;
-    let terms = spectral_kl_terms(u, log_s, &d, up, lsp)?;
-    let logdet = lsp.detach().sum(D::Minus1)?.sub(&log_s.sum(D::Minus1)?)?;
-    Ok(Some((terms + logdet)?.affine(0.5, -0.5 * n)?))
+    let (rows, n) = q.mean.dims2()?;
+    let k = rows - batch;
+    let d = Tensor::cat(
+        &[
+            Tensor::zeros((batch, n), DType::F32, q.mean.device())?,
+            q.mean
+                .narrow(0, batch, k)?
+                .sub(&q.mean.narrow(0, 0, k)?.detach())?,
+        ],
+        0,
+    )?;
+    let width = noise.samples * n;
+    let out = spectral_chunk(u, log_s, &d, noise, batch)?;
+    let terms = out.narrow(1, width, 1)?.squeeze(1)?.narrow(0, batch, k)?;
+    let (s_cur, s_prev) = (log_s.narrow(0, batch, k)?, log_s.narrow(0, 0, k)?.detach());
+    let logdet = s_prev.sum(D::Minus1)?.sub(&s_cur.sum(D::Minus1)?)?;
+    let kl = (terms + logdet)?.affine(0.5, -0.5 * n as f64)?;
+    Ok(Some((out.narrow(1, 0, width)?, kl)))
 }
 
 /// Rows [start, start + len) of a batch of Gaussians.

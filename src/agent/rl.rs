@@ -400,10 +400,14 @@ impl Keep {
 /// [`crate::nn::Params::fingerprint`] of the parameters they were computed at. With one
 /// gradient step per rollout, the PPO loss is evaluated at exactly these parameters, so it
 /// reuses them instead of running the heads forward a second time (`train::ppo::ppo_loss`).
+/// The full VRNN's Cayley factors U_0..U_T are kept the same way: its loss pass then runs the
+/// Cayley map's backward only.
 pub struct HeadTraces {
     pub params: u64,
     pub policy: Arc<HeadTrace>,
     pub value: Arc<HeadTrace>,
+    /// The full VRNN's U of q_0..q_T, ((T+1)·B·n·n) values step-major (None otherwise).
+    pub cayley: Option<Arc<Vec<f32>>>,
 }
 
 /// The Laplace statistics of one rollout step, reused by the loss (no gradient).
@@ -496,6 +500,9 @@ pub fn rollout(
     let device = &model.core.device;
     let mut ro = Rollout::default();
     let mut acting = Acting::new(&model.core, b)?;
+    if keep.heads {
+        acting.keep_cayley()?;
+    }
     let weights = (model.policy.packed_values()?, model.value.packed_values()?);
     let (mut policy_trace, mut value_trace) = (HeadTrace::default(), HeadTrace::default());
     let mut obs = first_obs;
@@ -543,6 +550,8 @@ pub fn rollout(
         let out = env.step(&actions, rng);
         obs = ro.push_step(obs, actions, &log_probs, out, eps, values);
     }
+    // U of q_0..q_T (the bootstrap step below is not replayed by the loss).
+    let cayley = acting.take_cayley();
     let continues = ro
         .discounts
         .last()
@@ -561,6 +570,7 @@ pub fn rollout(
             params: model.params.fingerprint()?,
             policy: Arc::new(policy_trace),
             value: Arc::new(value_trace),
+            cayley: cayley.map(Arc::new),
         });
     }
     Ok(ro)

@@ -58,9 +58,23 @@ pub struct StepInput<'a> {
 
 /// One posterior family. `init` gives the prior q_0 from the output at the initial carry;
 /// `step` gives q_t from the current step's input and the previous posterior q_{t−1}.
+/// The full VRNN's U = cayley(L) of some rows, already computed: `values[range]` holds the
+/// rows' (n, n) matrices, row-major, one after the other.
+#[derive(Clone)]
+pub struct KnownCayley {
+    pub values: std::sync::Arc<Vec<f32>>,
+    pub range: std::ops::Range<usize>,
+}
+
 pub trait PosteriorFamily: Send + Sync {
     fn name(&self) -> String;
     fn init(&self, phi0: &Tensor) -> Result<Gaussian>;
+    /// `init` for rows whose Cayley factors U are already known ([`KnownCayley`]: the
+    /// rollout's, computed at the same parameters), so that only the full VRNN's backward runs;
+    /// the other families have none and ignore them.
+    fn init_known(&self, phi0: &Tensor, _known: KnownCayley) -> Result<Gaussian> {
+        self.init(phi0)
+    }
     fn step(&self, input: &StepInput, prev: &Gaussian) -> Result<Gaussian>;
     /// How many past core inputs `step` needs in `StepInput::window` (0: none; usize::MAX: all).
     fn history_window(&self) -> usize {

@@ -6,7 +6,7 @@
 //! Parameters: `vrnn.mean` (n→n), `vrnn.log_s` (n→n) and, for the full variant, `vrnn.tri`
 //! (n→n·n, of which only the strictly-lower entries of the reshaped (n, n) output are used).
 
-use super::{Covariance, Gaussian, PosteriorFamily, StepInput};
+use super::{Covariance, Gaussian, KnownCayley, PosteriorFamily, StepInput};
 use crate::linalg::{self, logical, map_items};
 use crate::nn::Params;
 use crate::nn::mlp::{Linear, affine_gradients, affine_values, f32_values};
@@ -58,13 +58,13 @@ impl Vrnn {
         })
     }
 
-    /// (μ, s, L) ↦ N(μ, U diag(exp s) Uᵀ).
-    fn head(&self, phi: &Tensor) -> Result<Gaussian> {
+    /// (μ, s, L) ↦ N(μ, U diag(exp s) Uᵀ), with U taken from `known` where given.
+    fn head(&self, phi: &Tensor, known: Option<KnownCayley>) -> Result<Gaussian> {
         let mean = self.mean.forward(phi)?;
         let log_s = self.log_s.forward(phi)?;
         let u = match &self.tri {
             None => None,
-            Some(tri) if phi.dtype() == DType::F32 => Some(cayley_head(phi, tri)?),
+            Some(tri) if phi.dtype() == DType::F32 => Some(cayley_head(phi, tri, known)?),
             Some(tri) => {
                 let (b, n) = phi.dims2()?;
                 // The fused op reads only the strictly lower part of the head's output.
@@ -86,11 +86,16 @@ impl Vrnn {
 /// tensor per posterior row: the largest at the paper's n = 64). The backward forms the
 /// layer's output gradient T̄ from U alone (`linalg::cayley_backward_f32`) and then
 /// φ̄ = T̄ Wᵀ, W̄ = φᵀ T̄, b̄ = Σ_rows T̄.
-pub fn cayley_head(phi: &Tensor, tri: &Linear) -> Result<Tensor> {
-    Ok(phi.apply_op3(&tri.weight, &tri.bias, CayleyHead)?)
+///
+/// With `known` U (the rollout's U at the same parameters, `agent::rl::HeadTraces`), the
+/// forward only copies it: the loss pass then runs neither the layer nor the map forward.
+pub fn cayley_head(phi: &Tensor, tri: &Linear, known: Option<KnownCayley>) -> Result<Tensor> {
+    Ok(phi.apply_op3(&tri.weight, &tri.bias, CayleyHead { known })?)
 }
 
-struct CayleyHead;
+struct CayleyHead {
+    known: Option<KnownCayley>,
+}
 
 impl CustomOp3 for CayleyHead {
     fn name(&self) -> &'static str {
@@ -116,6 +121,17 @@ impl CustomOp3 for CayleyHead {
                 l2.dims(),
                 l3.dims()
             );
+        }
+        if let Some(KnownCayley { values, range }) = &self.known {
+            if range.len() != rows * nn || range.end > values.len() {
+                candle_core::bail!(
+                    "vrnn cayley head: {} known values (at {range:?} of {}) for {rows} rows of n = {n}",
+                    range.len(),
+                    values.len()
+                );
+            }
+            let u = values[range.clone()].to_vec();
+            return Ok((CpuStorage::F32(u), Shape::from((rows, n, n))));
         }
         let x = logical(s1.as_slice::<f32>()?, l1);
         let w = logical(s2.as_slice::<f32>()?, l2);
@@ -167,11 +183,15 @@ impl PosteriorFamily for Vrnn {
     }
 
     fn init(&self, phi0: &Tensor) -> Result<Gaussian> {
-        self.head(phi0)
+        self.head(phi0, None)
+    }
+
+    fn init_known(&self, phi0: &Tensor, known: KnownCayley) -> Result<Gaussian> {
+        self.head(phi0, Some(known))
     }
 
     fn step(&self, input: &StepInput, _prev: &Gaussian) -> Result<Gaussian> {
-        self.head(input.phi)
+        self.head(input.phi, None)
     }
 }
 
@@ -196,7 +216,7 @@ mod tests {
         };
         let phi = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, n), &Device::Cpu)?)?;
         let weights = Tensor::randn(0f32, 1.0, (rows, n, n), &Device::Cpu)?;
-        let fused = cayley_head(phi.as_tensor(), &tri)?;
+        let fused = cayley_head(phi.as_tensor(), &tri, None)?;
         let composed = linalg::cayley_lower(&tri.forward(phi.as_tensor())?.reshape((rows, n, n))?)?;
         let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
         let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {

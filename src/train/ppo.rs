@@ -140,7 +140,13 @@ pub fn ppo_loss(
     let (nz, n) = (model.samples(), model.cfg.features);
     let core = &model.core;
     let replay = core.replay(&model.sequence_inputs(ro)?)?;
-    let post = core.posterior_sequence(&replay.phi)?;
+    // The rollout's activations (heads, Cayley factors), if computed at these parameters.
+    let traces = match &ro.heads {
+        Some(t) if t.params == model.params.fingerprint()? => Some(t),
+        _ => None,
+    };
+    let cayley = traces.and_then(|t| t.cayley.as_ref());
+    let post = core.posterior_sequence_known(&replay.phi, cayley)?;
     let device = &core.device;
     let (noise, laplace) = match &post {
         PosteriorSequence::Laplace { .. } => {
@@ -162,21 +168,13 @@ pub fn ppo_loss(
         }
         PosteriorSequence::Graph { .. } => (Tensor::stack(&ro.noise, 0)?, None),
     };
-    let z = post.samples(1, horizon, &noise)?; // (T, n_Z, B, n)
+    let (z, kl) = post.samples_and_kl(1, horizon, &noise, laplace.as_ref())?; // z: (T, n_Z, B, n)
     let width = model.cfg.embed_width;
     let emb_s = replay
         .inputs
         .embedding(INPUT_OBS)?
         .reshape((horizon, b, width))?;
-    let kl = post
-        .kl(laplace.as_ref())?
-        .map(|kl| kl.mean_all())
-        .transpose()?;
-    // The rollout's head activations, if they were computed at these parameters.
-    let traces = match &ro.heads {
-        Some(t) if t.params == model.params.fingerprint()? => Some(t),
-        _ => None,
-    };
+    let kl = kl.map(|kl| kl.mean_all()).transpose()?;
     let inputs = ObjectiveInputs {
         z: &z,
         emb_s: &emb_s,

@@ -79,7 +79,7 @@ pub fn negative_elbo(
         _ => (Tensor::stack(&noise, 0)?, None),
     };
     // Predict y_t from q_{t−1}: the mean over the n_Z samples (the variance is shared).
-    let z = post.samples(0, steps, &noise)?; // (T, n_Z, B, n)
+    let (z, kl) = post.samples_and_kl(0, steps, &noise, laplace.as_ref())?; // z: (T, n_Z, B, n)
     let emb_x = replay
         .inputs
         .embedding(0)?
@@ -94,10 +94,7 @@ pub fn negative_elbo(
         .broadcast_add(&model.log_sigma)?
         + HALF_LN_2PI)?
         .mean_all()?;
-    let kl = post
-        .kl(laplace.as_ref())?
-        .map(|kl| kl.mean_all())
-        .transpose()?;
+    let kl = kl.map(|kl| kl.mean_all()).transpose()?;
     elbo_parts(nll, kl, beta)
 }
 
