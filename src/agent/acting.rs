@@ -49,8 +49,9 @@ pub struct Acting<'a> {
     h: Vec<f32>,
     posterior: Posterior,
     inputs: InputCache,
-    /// The full VRNN's U of q_0, q_1, … as stepped, when kept ([`Acting::keep_cayley`]).
-    cayley: Option<Vec<f32>>,
+    /// The full VRNN's U of q_0, q_1, … as stepped, (B, n, n) each, when kept
+    /// ([`Acting::keep_cayley`]).
+    cayley: Option<Vec<Tensor>>,
 }
 
 impl<'a> Acting<'a> {
@@ -96,7 +97,7 @@ impl<'a> Acting<'a> {
     }
 
     /// The Cayley factors kept since [`Acting::keep_cayley`], step after step.
-    pub fn take_cayley(&mut self) -> Option<Vec<f32>> {
+    pub fn take_cayley(&mut self) -> Option<Vec<Tensor>> {
         self.cayley.take()
     }
 
@@ -181,16 +182,16 @@ impl<'a> Acting<'a> {
     }
 }
 
-/// Appends q's Cayley factors U (B·n·n values) to `kept`; false if q has none (not a full
-/// VRNN).
-fn append_cayley(q: &Gaussian, kept: &mut Vec<f32>) -> Result<bool> {
+/// Appends q's Cayley factors U (B, n, n) to `kept`; false if q has none (not a full VRNN in
+/// f32).
+fn append_cayley(q: &Gaussian, kept: &mut Vec<Tensor>) -> Result<bool> {
     let Covariance::Spectral { u: Some(u), .. } = &q.cov else {
         return Ok(false);
     };
     if u.dtype() != candle_core::DType::F32 {
         return Ok(false);
     }
-    kept.extend(u.flatten_all()?.to_vec1::<f32>()?);
+    kept.push(u.contiguous()?);
     Ok(true)
 }
 

@@ -147,7 +147,7 @@ impl Core {
     pub fn posterior_sequence_known(
         &self,
         phi: &Tensor,
-        cayley: Option<&Arc<Vec<f32>>>,
+        cayley: Option<&Arc<Vec<Tensor>>>,
     ) -> Result<PosteriorSequence> {
         let (steps1, batch, n) = phi.dims3()?;
         let per_chunk = match &self.posterior_cfg {
@@ -171,15 +171,15 @@ impl Core {
         &self,
         phi: &Tensor,
         per_chunk: usize,
-        cayley: Option<&Arc<Vec<f32>>>,
+        cayley: Option<&Arc<Vec<Tensor>>>,
     ) -> Result<PosteriorSequence> {
         let (steps1, batch, n) = phi.dims3()?;
-        if let Some(values) = cayley
-            && values.len() != steps1 * batch * n * n
+        if let Some(known) = cayley
+            && (known.len() != steps1 || known.iter().any(|u| u.dims() != [batch, n, n]))
         {
             bail!(
-                "{} known Cayley values for {steps1} steps of {batch} rows with n = {n}",
-                values.len()
+                "known Cayley factors of {} steps for {steps1} steps of ({batch}, {n}, {n})",
+                known.len()
             );
         }
         Ok(match &self.posterior_cfg {
@@ -217,11 +217,10 @@ impl Core {
                     let len = last - first + 1;
                     let rows = phi.narrow(0, first, len)?.reshape((len * batch, n))?;
                     let q = match cayley {
-                        Some(values) => {
-                            let nn = batch * n * n;
+                        Some(known) => {
                             let known = KnownCayley {
-                                values: values.clone(),
-                                range: first * nn..(first + len) * nn,
+                                steps: known.clone(),
+                                range: first..first + len,
                             };
                             self.posterior.init_known(&rows, known)?
                         }

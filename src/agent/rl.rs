@@ -406,8 +406,8 @@ pub struct HeadTraces {
     pub params: u64,
     pub policy: Arc<HeadTrace>,
     pub value: Arc<HeadTrace>,
-    /// The full VRNN's U of q_0..q_T, ((T+1)·B·n·n) values step-major (None otherwise).
-    pub cayley: Option<Arc<Vec<f32>>>,
+    /// The full VRNN's U of q_0..q_T, (B, n, n) per step (None for other families).
+    pub cayley: Option<Arc<Vec<Tensor>>>,
 }
 
 /// The Laplace statistics of one rollout step, reused by the loss (no gradient).

@@ -58,11 +58,11 @@ pub struct StepInput<'a> {
 
 /// One posterior family. `init` gives the prior q_0 from the output at the initial carry;
 /// `step` gives q_t from the current step's input and the previous posterior q_{t−1}.
-/// The full VRNN's U = cayley(L) of some rows, already computed: `values[range]` holds the
-/// rows' (n, n) matrices, row-major, one after the other.
+/// The full VRNN's U = cayley(L) of some rows, already computed: the rows of steps `range` of
+/// `steps`, each step's U a (B, n, n) f32 tensor.
 #[derive(Clone)]
 pub struct KnownCayley {
-    pub values: std::sync::Arc<Vec<f32>>,
+    pub steps: std::sync::Arc<Vec<Tensor>>,
     pub range: std::ops::Range<usize>,
 }
 

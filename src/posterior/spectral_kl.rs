@@ -142,39 +142,80 @@ impl Row<'_> {
     }
 }
 
+/// The backward's outputs: Ū (R·n·n), s̄ (R·n), d̄ (R·n).
+struct Grads<'a> {
+    u: &'a mut [f32],
+    s: &'a mut [f32],
+    d: &'a mut [f32],
+}
+
 impl SpectralChunk {
+    /// Row k of the chunk given the values of u, s and d.
+    fn row<'a>(
+        &'a self,
+        (u, s, d): (&'a [f32], &'a [f32], &'a [f32]),
+        n: usize,
+        k: usize,
+    ) -> Row<'a> {
+        let (nn, nz, lag) = (n * n, self.noise.samples, self.lag);
+        let sampled = &self.noise.rows;
+        Row {
+            u: &u[k * nn..(k + 1) * nn],
+            s: &s[k * n..(k + 1) * n],
+            d: &d[k * n..(k + 1) * n],
+            eps: sampled.contains(&k).then(|| {
+                let at = (k - sampled.start) * nz * n;
+                &self.noise.eps[at..at + nz * n]
+            }),
+            prev: (k >= lag).then(|| {
+                let p = k - lag;
+                let inv = s[p * n..(p + 1) * n].iter().map(|v| (-v).exp()).collect();
+                (&u[p * nn..(p + 1) * nn], inv)
+            }),
+        }
+    }
+
     /// Runs `f(row index, row, out chunk)` for every row, in parallel when threads allow.
     fn for_rows(
         &self,
-        (u, s, d): (&[f32], &[f32], &[f32]),
+        values: (&[f32], &[f32], &[f32]),
         n: usize,
         out: &mut [f32],
         width: usize,
         f: impl Fn(usize, &Row, &mut [f32]) + Sync,
     ) {
-        let (nn, nz, lag) = (n * n, self.noise.samples, self.lag);
-        let sampled = &self.noise.rows;
-        let work = |(k, o): (usize, &mut [f32])| {
-            let row = Row {
-                u: &u[k * nn..(k + 1) * nn],
-                s: &s[k * n..(k + 1) * n],
-                d: &d[k * n..(k + 1) * n],
-                eps: sampled.contains(&k).then(|| {
-                    let at = (k - sampled.start) * nz * n;
-                    &self.noise.eps[at..at + nz * n]
-                }),
-                prev: (k >= lag).then(|| {
-                    let p = k - lag;
-                    let inv = s[p * n..(p + 1) * n].iter().map(|v| (-v).exp()).collect();
-                    (&u[p * nn..(p + 1) * nn], inv)
-                }),
-            };
-            f(k, &row, o)
-        };
+        let work = |(k, o): (usize, &mut [f32])| f(k, &self.row(values, n, k), o);
         if candle_core::utils::get_num_threads() > 1 {
             out.par_chunks_mut(width).enumerate().for_each(work);
         } else {
             out.chunks_mut(width).enumerate().for_each(work);
+        }
+    }
+
+    /// As [`SpectralChunk::for_rows`], writing row k's Ū, s̄ and d̄.
+    #[allow(clippy::type_complexity)]
+    fn for_rows_grad(
+        &self,
+        values: (&[f32], &[f32], &[f32]),
+        n: usize,
+        out: Grads,
+        f: impl Fn(usize, &Row, (&mut [f32], &mut [f32], &mut [f32])) + Sync,
+    ) {
+        let work = |(k, ((gu, gs), gd)): (usize, ((&mut [f32], &mut [f32]), &mut [f32]))| {
+            f(k, &self.row(values, n, k), (gu, gs, gd))
+        };
+        if candle_core::utils::get_num_threads() > 1 {
+            let u = out.u.par_chunks_mut(n * n);
+            u.zip(out.s.par_chunks_mut(n))
+                .zip(out.d.par_chunks_mut(n))
+                .enumerate()
+                .for_each(work);
+        } else {
+            let u = out.u.chunks_mut(n * n);
+            u.zip(out.s.chunks_mut(n))
+                .zip(out.d.chunks_mut(n))
+                .enumerate()
+                .for_each(work);
         }
     }
 }
@@ -240,14 +281,19 @@ impl CustomOp3 for SpectralChunk {
         let (uv, sv) = (f32_values(&us, ul)?, f32_values(&ss, sl)?);
         let (dv, gv) = (f32_values(&ds, dl)?, f32_values(&gst, gl)?);
         let out_width = self.noise.samples * n + 1;
-        // Per row, packed: Ū (n²), s̄ (n), d̄ (n).
         let nn = n * n;
-        let width = nn + 2 * n;
-        let mut packed = vec![0f32; rows * width];
-        self.for_rows((&uv, &sv, &dv), n, &mut packed, width, |k, row, o| {
+        let (mut gu, mut gsv, mut gdv) = (
+            vec![0f32; rows * nn],
+            vec![0f32; rows * n],
+            vec![0f32; rows * n],
+        );
+        let out = Grads {
+            u: &mut gu,
+            s: &mut gsv,
+            d: &mut gdv,
+        };
+        self.for_rows_grad((&uv, &sv, &dv), n, out, |k, row, (gu, gs, gd)| {
             let (g_offsets, g) = gv[k * out_width..(k + 1) * out_width].split_at(out_width - 1);
-            let (gu, rest) = o.split_at_mut(nn);
-            let (gs, gd) = rest.split_at_mut(n);
             // The offsets U x_k: Ū += g_k x_kᵀ, s̄_j += ½ (Uᵀ g_k)_j x_k,j.
             let x = row.scaled_noise();
             for (gk, xk) in g_offsets.chunks(n).zip(x.chunks(n)) {
@@ -303,16 +349,6 @@ impl CustomOp3 for SpectralChunk {
                         .sum::<f32>();
             }
         });
-        let (mut gu, mut gsv, mut gdv) = (
-            Vec::with_capacity(rows * nn),
-            Vec::with_capacity(rows * n),
-            Vec::with_capacity(rows * n),
-        );
-        for o in packed.chunks_exact(width) {
-            gu.extend_from_slice(&o[..nn]);
-            gsv.extend_from_slice(&o[nn..nn + n]);
-            gdv.extend_from_slice(&o[nn + n..]);
-        }
         let dev = u.device();
         Ok((
             Some(Tensor::from_vec(gu, (rows, n, n), dev)?),

@@ -122,15 +122,20 @@ impl CustomOp3 for CayleyHead {
                 l3.dims()
             );
         }
-        if let Some(KnownCayley { values, range }) = &self.known {
-            if range.len() != rows * nn || range.end > values.len() {
+        if let Some(KnownCayley { steps, range }) = &self.known {
+            let known = steps.get(range.clone()).unwrap_or_default();
+            let count: usize = known.iter().map(|u| u.elem_count()).sum();
+            if known.len() != range.len() || count != rows * nn {
                 candle_core::bail!(
-                    "vrnn cayley head: {} known values (at {range:?} of {}) for {rows} rows of n = {n}",
-                    range.len(),
-                    values.len()
+                    "vrnn cayley head: known U of steps {range:?} of {} ({count} values) for {rows} rows of n = {n}",
+                    steps.len()
                 );
             }
-            let u = values[range.clone()].to_vec();
+            let mut u = Vec::with_capacity(count);
+            for step in known {
+                let (s, l) = step.storage_and_layout();
+                u.extend_from_slice(&f32_values(&s, l)?);
+            }
             return Ok((CpuStorage::F32(u), Shape::from((rows, n, n))));
         }
         let x = logical(s1.as_slice::<f32>()?, l1);
