@@ -52,6 +52,9 @@ pub struct Acting<'a> {
     /// The full VRNN's U of q_0, q_1, … as stepped, (B, n, n) each, when kept
     /// ([`Acting::keep_cayley`]).
     cayley: Option<Vec<Tensor>>,
+    /// Whether [`Acting::observe`] reports the entropy and the KL of the point estimate's and
+    /// the VRNN's posteriors (the Laplace filter computes them anyway).
+    stats: bool,
 }
 
 impl<'a> Acting<'a> {
@@ -81,7 +84,14 @@ impl<'a> Acting<'a> {
             posterior,
             inputs: InputCache::default(),
             cayley: None,
+            stats: true,
         })
+    }
+
+    /// From now on, [`Acting::observe`] leaves out the entropy and the KL of the point
+    /// estimate's and the VRNN's posteriors (a training rollout does not use them).
+    pub fn skip_stats(&mut self) {
+        self.stats = false;
     }
 
     /// From now on, keeps the full VRNN's Cayley factors U of every posterior, the current one
@@ -144,11 +154,13 @@ impl<'a> Acting<'a> {
                 let phi = Tensor::from_vec(phi, (b, n), device)?;
                 let q = self.core.posterior.init(&phi)?.detach();
                 let z = q.sample(eps)?;
-                let kl = match q.kl_to(prev)? {
-                    Some(kl) => Some(kl.to_vec1::<f32>()?.iter().map(|v| *v as f64).collect()),
-                    None => None,
-                };
-                let entropy = q.entropy()?;
+                let (mut kl, mut entropy) = (None, None);
+                if self.stats {
+                    if let Some(v) = q.kl_to(prev)? {
+                        kl = Some(v.to_vec1::<f32>()?.iter().map(|v| *v as f64).collect());
+                    }
+                    entropy = q.entropy()?;
+                }
                 if let Some(kept) = &mut self.cayley {
                     append_cayley(&q, kept)?;
                 }

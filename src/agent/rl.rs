@@ -503,6 +503,9 @@ pub fn rollout(
     if keep.heads {
         acting.keep_cayley()?;
     }
+    if !keep.posterior {
+        acting.skip_stats();
+    }
     let weights = (model.policy.packed_values()?, model.value.packed_values()?);
     let (mut policy_trace, mut value_trace) = (HeadTrace::default(), HeadTrace::default());
     let mut obs = first_obs;
