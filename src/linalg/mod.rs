@@ -531,11 +531,22 @@ fn identity_plus_skew<T: Copy, F: Copy + std::ops::Neg<Output = F>>(
     to: impl Fn(T) -> F,
     one: F,
 ) {
+    identity_plus_skew_from(|r| &raw[r * n..r * n + r], n, out, to, one)
+}
+
+/// [`identity_plus_skew`] given row r's strictly lower entries by `lower(r)` (r values).
+fn identity_plus_skew_from<'a, T: Copy + 'a, F: Copy + std::ops::Neg<Output = F>>(
+    lower: impl Fn(usize) -> &'a [T],
+    n: usize,
+    out: &mut [F],
+    to: impl Fn(T) -> F,
+    one: F,
+) {
     // Row by row: the lower part (contiguous), the one, then the upper part as the negated
     // transpose of the rows already written (no branch per entry).
     for r in 0..n {
         let row = &mut out[r * n..(r + 1) * n];
-        (row[..r].iter_mut().zip(&raw[r * n..r * n + r])).for_each(|(o, v)| *o = to(*v));
+        (row[..r].iter_mut().zip(lower(r))).for_each(|(o, v)| *o = to(*v));
         row[r] = one;
     }
     for r in 0..n {
@@ -574,6 +585,30 @@ pub(crate) fn cayley_item_f32(
     b: usize,
 ) -> Result<(), String> {
     identity_plus_skew(raw, n, out, |v| v, 1.0);
+    cayley_of_identity_plus_skew_f32(n, out, i, b)
+}
+
+/// [`cayley_item_f32`] given only the strictly lower entries of L, row by row (row r's r
+/// entries start at r(r − 1)/2: n(n − 1)/2 numbers in all).
+pub(crate) fn cayley_packed_lower_f32(
+    lower: &[f32],
+    n: usize,
+    out: &mut [f32],
+    i: usize,
+    b: usize,
+) -> Result<(), String> {
+    let start = |r: usize| r * r.saturating_sub(1) / 2;
+    identity_plus_skew_from(|r| &lower[start(r)..start(r) + r], n, out, |v| v, 1.0);
+    cayley_of_identity_plus_skew_f32(n, out, i, b)
+}
+
+/// `out` = I + A ↦ U = (I − A)(I + A)⁻¹ = 2(I + A)⁻¹ − I, in place (f32 Gauss–Jordan).
+fn cayley_of_identity_plus_skew_f32(
+    n: usize,
+    out: &mut [f32],
+    i: usize,
+    b: usize,
+) -> Result<(), String> {
     let mut snapshots = vec![0.0f32; JORDAN_BLOCK * n];
     if !gauss_jordan_unpivoted_f32(out, n, &mut snapshots) {
         return Err(format!(
@@ -948,6 +983,18 @@ pub(crate) fn cayley_backward_f32(u: &[f32], g: &[f32], n: usize, out: &mut [f32
         false,
     );
     strict_lower_skew(&a, n, -0.5, out);
+}
+
+/// [`cayley_backward_f32`] giving only the strictly lower entries, packed row by row as
+/// [`cayley_packed_lower_f32`] takes them (the others are zero).
+pub(crate) fn cayley_backward_packed_lower_f32(u: &[f32], g: &[f32], n: usize, out: &mut [f32]) {
+    let mut full = vec![0f32; n * n];
+    cayley_backward_f32(u, g, n, &mut full);
+    let mut at = 0;
+    for r in 1..n {
+        out[at..at + r].copy_from_slice(&full[r * n..r * n + r]);
+        at += r;
+    }
 }
 
 /// [`cayley_backward_f32`] in f64 with plain loops.

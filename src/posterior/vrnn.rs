@@ -9,7 +9,7 @@
 use super::{Covariance, Gaussian, KnownCayley, PosteriorFamily, StepInput};
 use crate::linalg::{self, logical, map_items};
 use crate::nn::Params;
-use crate::nn::mlp::{Linear, affine_gradients, affine_values, f32_values};
+use crate::nn::mlp::{Linear, affine_gradient_values, affine_values, f32_values};
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
@@ -141,9 +141,17 @@ impl CustomOp3 for CayleyHead {
         let x = logical(s1.as_slice::<f32>()?, l1);
         let w = logical(s2.as_slice::<f32>()?, l2);
         let b = logical(s3.as_slice::<f32>()?, l3);
-        let t = affine_values(&x, &w, &b, (rows, d, nn), |z| z);
+        let lower = LowerColumns::new(n);
+        let m = lower.len();
+        let t = affine_values(
+            &x,
+            &lower.gather(&w, d),
+            &lower.gather(&b, 1),
+            (rows, d, m),
+            |z| z,
+        );
         let u = map_items(rows, nn, |i, out| {
-            linalg::cayley_item_f32(&t[i * nn..(i + 1) * nn], n, out, i, rows)
+            linalg::cayley_packed_lower_f32(&t[i * m..(i + 1) * m], n, out, i, rows)
         })?;
         Ok((CpuStorage::F32(u), Shape::from((rows, n, n))))
     }
@@ -156,17 +164,69 @@ impl CustomOp3 for CayleyHead {
         u: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let rows = x.dim(0)?;
+        let (rows, d) = x.dims2()?;
         let (_, n, _) = u.dims3()?;
         let nn = n * n;
+        let lower = LowerColumns::new(n);
+        let m = lower.len();
         let ((us, ul), (gs, gl)) = (u.storage_and_layout(), grad.storage_and_layout());
         let (uv, gv) = (f32_values(&us, ul)?, f32_values(&gs, gl)?);
-        let gt = map_items(rows, nn, |i, out| {
+        let gt = map_items(rows, m, |i, out| {
             let item = i * nn..(i + 1) * nn;
-            linalg::cayley_backward_f32(&uv[item.clone()], &gv[item], n, out);
+            linalg::cayley_backward_packed_lower_f32(&uv[item.clone()], &gv[item], n, out);
             Ok(())
         })?;
-        affine_gradients(x, w, &gt)
+        let ((xs, xl), (ws, wl)) = (x.storage_and_layout(), w.storage_and_layout());
+        let (xv, wv) = (f32_values(&xs, xl)?, f32_values(&ws, wl)?);
+        let (gx, gw, gb) = affine_gradient_values(&xv, &lower.gather(&wv, d), &gt, (rows, d, m));
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(gx, (rows, d), dev)?),
+            Some(Tensor::from_vec(lower.scatter(&gw, d), (d, nn), dev)?),
+            Some(Tensor::from_vec(lower.scatter(&gb, 1), nn, dev)?),
+        ))
+    }
+}
+
+/// The columns of the `vrnn.tri` layer's (n·n) outputs that the Cayley map reads: the strictly
+/// lower entries (i, j), j < i, row by row, n(n − 1)/2 of them. The head computes only these
+/// (half the layer's multiply-adds); the other columns' gradients are zero.
+struct LowerColumns {
+    n: usize,
+    columns: Vec<usize>,
+}
+
+impl LowerColumns {
+    fn new(n: usize) -> Self {
+        let columns = (0..n)
+            .flat_map(|i| (0..i).map(move |j| i * n + j))
+            .collect();
+        Self { n, columns }
+    }
+
+    fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// The used columns of `rows` rows of n·n values, (rows, n(n − 1)/2).
+    fn gather(&self, full: &[f32], rows: usize) -> Vec<f32> {
+        let nn = self.n * self.n;
+        full[..rows * nn]
+            .chunks(nn.max(1))
+            .flat_map(|row| self.columns.iter().map(move |&c| row[c]))
+            .collect()
+    }
+
+    /// The inverse of [`LowerColumns::gather`]: (rows, n·n) with zeros in the unused columns.
+    fn scatter(&self, packed: &[f32], rows: usize) -> Vec<f32> {
+        let (nn, m) = (self.n * self.n, self.len());
+        let mut full = vec![0f32; rows * nn];
+        if m > 0 {
+            for (row, p) in full.chunks_mut(nn).zip(packed.chunks(m)) {
+                self.columns.iter().zip(p).for_each(|(&c, v)| row[c] = *v);
+            }
+        }
+        full
     }
 }
 
