@@ -240,3 +240,30 @@ fn the_default_and_every_shipped_config_fit_a_sixteen_gigabyte_machine() {
     }
     assert!(n >= 18, "expected the shipped configs in {}", dir.display());
 }
+
+fn posterior_config(model: &str) -> Result<ExperimentConfig, String> {
+    let text = format!("name = \"t\"\ntask = \"regression\"\n[model]\n{model}");
+    ExperimentConfig::from_toml_str(&text, "t.toml").map_err(|e| format!("{e:#}"))
+}
+
+#[test]
+fn a_config_may_give_the_posterior_as_the_spec_string_the_cli_takes() {
+    let spec = "laplace:window=3,accumulate=mu_sigma,diagonal=true";
+    let from_string = posterior_config(&format!("posterior = \"{spec}\"")).unwrap();
+    let table = "[model.posterior]\nfamily = \"laplace\"\nwindow = 3\naccumulate = \"mu_sigma\"\ndiagonal = true";
+    let from_table = posterior_config(table).unwrap();
+    assert_eq!(from_string.model.posterior, spec.parse().unwrap());
+    assert_eq!(from_string.model.posterior, from_table.model.posterior);
+    let vrnn = posterior_config("posterior = \"vrnn\"").unwrap();
+    assert_eq!(vrnn.model.posterior, "vrnn".parse().unwrap());
+}
+
+#[test]
+fn a_bad_posterior_in_a_config_names_what_is_wrong_in_either_form() {
+    let err = posterior_config("posterior = \"laplace:windw=3\"").unwrap_err();
+    assert!(err.contains("windw"), "{err}");
+    let err = posterior_config("[model.posterior]\nfamily = \"laplace\"\nwindw = 3").unwrap_err();
+    assert!(err.contains("windw"), "{err}");
+    let err = posterior_config("posterior = 3").unwrap_err();
+    assert!(err.contains("posterior SPEC"), "{err}");
+}

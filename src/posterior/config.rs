@@ -11,7 +11,8 @@
 //! prior_precision = 1.0     # Λ_0
 //! ```
 //! On the command line the same as `laplace:window=1,accumulate=sigma,diagonal=false`,
-//! `vrnn`, `vrnn:diagonal=true` or `rnn`.
+//! `vrnn`, `vrnn:diagonal=true` or `rnn`; a config may also give that string,
+//! `posterior = "laplace:window=1,accumulate=sigma"` under `[model]`.
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
@@ -134,8 +135,9 @@ impl LaplaceConfig {
     }
 }
 
-/// The three posterior families.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// The three posterior families. Read from a table with `family` (written so) or from a SPEC
+/// string ([`PosteriorConfig::from_str`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(tag = "family", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PosteriorConfig {
     /// Point estimate (the RNN baseline).
@@ -149,6 +151,53 @@ pub enum PosteriorConfig {
     },
     /// Laplace VRNN.
     Laplace(LaplaceConfig),
+}
+
+/// [`PosteriorConfig`]'s table form, as serde derives it.
+#[derive(Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case", deny_unknown_fields)]
+enum PosteriorTable {
+    #[serde(alias = "point")]
+    Rnn,
+    Vrnn {
+        #[serde(default)]
+        diagonal: bool,
+    },
+    Laplace(LaplaceConfig),
+}
+
+impl<'de> Deserialize<'de> for PosteriorConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = PosteriorConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(
+                    f,
+                    "a posterior SPEC such as \"laplace:window=1,accumulate=sigma\", or a table with `family`"
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, spec: &str) -> Result<PosteriorConfig, E> {
+                spec.parse().map_err(|e| E::custom(format!("{e:#}")))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<PosteriorConfig, A::Error> {
+                let table =
+                    PosteriorTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(match table {
+                    PosteriorTable::Rnn => PosteriorConfig::Rnn,
+                    PosteriorTable::Vrnn { diagonal } => PosteriorConfig::Vrnn { diagonal },
+                    PosteriorTable::Laplace(c) => PosteriorConfig::Laplace(c),
+                })
+            }
+        }
+        d.deserialize_any(Either)
+    }
 }
 
 impl PosteriorConfig {
