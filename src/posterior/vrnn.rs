@@ -173,7 +173,11 @@ impl CustomOp3 for CayleyHead {
         let (uv, gv) = (f32_values(&us, ul)?, f32_values(&gs, gl)?);
         let gt = map_items(rows, m, |i, out| {
             let item = i * nn..(i + 1) * nn;
-            linalg::cayley_backward_packed_lower_f32(&uv[item.clone()], &gv[item], n, out);
+            // Rows that only serve as the previous posterior of the next step (the first step
+            // of a replay chunk) have no gradient: T̄ = 0, which `out` already holds.
+            if gv[item.clone()].iter().any(|g| *g != 0.0) {
+                linalg::cayley_backward_packed_lower_f32(&uv[item.clone()], &gv[item], n, out);
+            }
             Ok(())
         })?;
         let ((xs, xl), (ws, wl)) = (x.storage_and_layout(), w.storage_and_layout());
