@@ -11,6 +11,9 @@
 //!    estimate and the VRNN head as batches over many steps (all of them, or a few at a time for
 //!    the full-covariance VRNN's (B, n, n) matrices); the Laplace VRNN as means with gradient plus
 //!    the statistics of `posterior::filter`, which carry none.
+//!    The full VRNN's samples and KL of a chunk come from one fused op
+//!    (`posterior::spectral_kl`), and its Cayley factors U, where the rollout kept them at the
+//!    same parameters, are taken as known (the map then runs backward only).
 //!
 //! The per-step path (`Core::step`, `train::reference`) computes the same numbers one step at a
 //! time; `tests/fast_path.rs` checks the two against each other, gradients included.
