@@ -13,8 +13,9 @@
 //!   layer-norm input and layers before and after their activation (2 × widths), the heads
 //!   once per posterior sample (n_z);
 //! - **posterior buffers**: the full-covariance VRNN keeps (R, n, n) tensors in the graph (the
-//!   Cayley map's U, and the gradients flowing into it), counted as 2 of them (the measured
-//!   peaks of README's performance table correspond to about 3); the diagonal VRNN R × n_z × n samples and 8
+//!   Cayley map's U, kept from the rollout and formed per chunk in the loss pass, and the
+//!   gradients flowing into it), counted as 2 of them (the measured peaks of README's
+//!   performance table correspond to about 2.3); the diagonal VRNN R × n_z × n samples and 8
 //!   R × n vectors; the Laplace filter 3 (B, n, n) f64 matrices per task (Λ_{t−1}, Λ_t, the
 //!   Cholesky factor) and R × (n_z + 1) × n offsets and KL gradients (diagonal: vectors).
 //!
@@ -31,8 +32,9 @@ use anyhow::{Result, bail};
 const BYTES: u128 = 4;
 /// Copies of each parameter during an update: weights, gradient, AdamW m and v.
 const PARAM_COPIES: u128 = 4;
-/// (R, n, n) tensors the full-covariance VRNN keeps alive in one update (measured ~3 with the
-/// fused head and KL ops, `posterior::vrnn::cayley_head`, `posterior::spectral_kl`).
+/// (R, n, n) tensors the full-covariance VRNN keeps alive in one update: the rollout's U, kept
+/// for the loss pass, and the loss pass's chunks with their gradients (measured ~2.3 at the
+/// paper's sizes: bandit peak 813 MB against the RNN's 323 MB, (R, n, n) = 210 MB).
 const VRNN_FULL_MATRICES: u128 = 2;
 /// Where /proc/meminfo cannot be read: no machine this runs on is assumed to have more.
 pub const FALLBACK_AVAILABLE_BYTES: u64 = 256 << 30;
