@@ -197,37 +197,39 @@ impl CustomOp3 for CayleyHead {
 /// (half the layer's multiply-adds); the other columns' gradients are zero.
 struct LowerColumns {
     n: usize,
-    columns: Vec<usize>,
 }
 
 impl LowerColumns {
     fn new(n: usize) -> Self {
-        let columns = (0..n)
-            .flat_map(|i| (0..i).map(move |j| i * n + j))
-            .collect();
-        Self { n, columns }
+        Self { n }
     }
 
     fn len(&self) -> usize {
-        self.columns.len()
+        self.n * self.n.saturating_sub(1) / 2
     }
 
-    /// The used columns of `rows` rows of n·n values, (rows, n(n − 1)/2).
+    /// The used columns of `rows` rows of n·n values, (rows, n(n − 1)/2): row i of each (n, n)
+    /// block contributes its first i entries, a contiguous run.
     fn gather(&self, full: &[f32], rows: usize) -> Vec<f32> {
-        let nn = self.n * self.n;
-        full[..rows * nn]
-            .chunks(nn.max(1))
-            .flat_map(|row| self.columns.iter().map(move |&c| row[c]))
-            .collect()
+        let n = self.n;
+        let mut packed = Vec::with_capacity(rows * self.len());
+        for block in full[..rows * n * n].chunks(n * n) {
+            (1..n).for_each(|i| packed.extend_from_slice(&block[i * n..i * n + i]));
+        }
+        packed
     }
 
     /// The inverse of [`LowerColumns::gather`]: (rows, n·n) with zeros in the unused columns.
     fn scatter(&self, packed: &[f32], rows: usize) -> Vec<f32> {
-        let (nn, m) = (self.n * self.n, self.len());
-        let mut full = vec![0f32; rows * nn];
+        let (n, m) = (self.n, self.len());
+        let mut full = vec![0f32; rows * n * n];
         if m > 0 {
-            for (row, p) in full.chunks_mut(nn).zip(packed.chunks(m)) {
-                self.columns.iter().zip(p).for_each(|(&c, v)| row[c] = *v);
+            for (block, p) in full.chunks_mut(n * n).zip(packed.chunks(m)) {
+                let mut at = 0;
+                for i in 1..n {
+                    block[i * n..i * n + i].copy_from_slice(&p[at..at + i]);
+                    at += i;
+                }
             }
         }
         full
