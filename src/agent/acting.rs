@@ -11,7 +11,7 @@ use super::Core;
 use crate::nn::kernels::{Mat, sgemm};
 use crate::nn::lstm_seq::lstm_step;
 use crate::posterior::filter::{JacobianWeights, LaplaceFilter};
-use crate::posterior::{Covariance, Gaussian, PosteriorConfig};
+use crate::posterior::{Gaussian, PosteriorConfig};
 use anyhow::Result;
 use candle_core::Tensor;
 use std::collections::HashMap;
@@ -197,12 +197,9 @@ impl<'a> Acting<'a> {
 /// Appends q's Cayley factors U (B, n, n) to `kept`; false if q has none (not a full VRNN in
 /// f32).
 fn append_cayley(q: &Gaussian, kept: &mut Vec<Tensor>) -> Result<bool> {
-    let Covariance::Spectral { u: Some(u), .. } = &q.cov else {
+    let Some((u, _)) = q.full_spectral_f32() else {
         return Ok(false);
     };
-    if u.dtype() != candle_core::DType::F32 {
-        return Ok(false);
-    }
     kept.push(u.contiguous()?);
     Ok(true)
 }

@@ -373,7 +373,7 @@ impl PosteriorSequence {
         let PosteriorSequence::Graph { chunks, batch } = self else {
             return Ok((self.samples(first, len, noise)?, self.kl(laplace)?));
         };
-        if !chunks.iter().all(|(_, q)| is_full_f32(q)) {
+        if !chunks.iter().all(|(_, q)| q.full_spectral_f32().is_some()) {
             return Ok((self.samples(first, len, noise)?, self.kl(laplace)?));
         }
         let (_, nz, b, n) = noise.dims4()?;
@@ -419,11 +419,6 @@ impl PosteriorSequence {
     }
 }
 
-/// Whether q is a full-covariance VRNN posterior in f32 (what [`full_vrnn_chunk`] takes).
-fn is_full_f32(q: &Gaussian) -> bool {
-    matches!(&q.cov, Covariance::Spectral { u: Some(u), .. } if u.dtype() == DType::F32)
-}
-
 /// For a chunk q of full-covariance VRNN posteriors in f32 (step-major, `batch` rows per step),
 /// through the fused `spectral_chunk` op: the sample offsets of the rows `noise` samples,
 /// (R, n_Z·n) (zero elsewhere), and KL(q_r ‖ stop_grad q_{r−batch}) for the rows after the
@@ -435,12 +430,9 @@ fn full_vrnn_chunk(
     batch: usize,
     noise: ChunkNoise,
 ) -> Result<Option<(Tensor, Tensor)>> {
-    let Covariance::Spectral { u: Some(u), log_s } = &q.cov else {
+    let Some((u, log_s)) = q.full_spectral_f32() else {
         return Ok(None);
     };
-    if u.dtype() != DType::F32 {
-        return Ok(None);
-    }
     let (rows, n) = q.mean.dims2()?;
     let k = rows - batch;
     let d = Tensor::cat(

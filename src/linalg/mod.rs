@@ -597,8 +597,8 @@ pub(crate) fn cayley_packed_lower_f32(
     i: usize,
     b: usize,
 ) -> Result<(), String> {
-    let start = |r: usize| r * r.saturating_sub(1) / 2;
-    identity_plus_skew_from(|r| &lower[start(r)..start(r) + r], n, out, |v| v, 1.0);
+    let row = |r: usize| &lower[strict_lower_len(r)..strict_lower_len(r) + r];
+    identity_plus_skew_from(row, n, out, |v| v, 1.0);
     cayley_of_identity_plus_skew_f32(n, out, i, b)
 }
 
@@ -990,10 +990,29 @@ pub(crate) fn cayley_backward_f32(u: &[f32], g: &[f32], n: usize, out: &mut [f32
 pub(crate) fn cayley_backward_packed_lower_f32(u: &[f32], g: &[f32], n: usize, out: &mut [f32]) {
     let mut full = vec![0f32; n * n];
     cayley_backward_f32(u, g, n, &mut full);
-    let mut at = 0;
+    pack_strict_lower(&full, n, out);
+}
+
+/// n(n − 1)/2: the entries below the diagonal of an n×n matrix.
+pub(crate) fn strict_lower_len(n: usize) -> usize {
+    n * n.saturating_sub(1) / 2
+}
+
+/// The strictly lower entries of one n×n row-major matrix, packed row by row into `out`
+/// ([`strict_lower_len`] numbers): row r's first r entries, a contiguous run each.
+pub(crate) fn pack_strict_lower(full: &[f32], n: usize, out: &mut [f32]) {
     for r in 1..n {
+        let at = strict_lower_len(r);
         out[at..at + r].copy_from_slice(&full[r * n..r * n + r]);
-        at += r;
+    }
+}
+
+/// The inverse of [`pack_strict_lower`]: writes the packed entries below the diagonal of
+/// `full` and leaves its other entries as they are.
+pub(crate) fn unpack_strict_lower(packed: &[f32], n: usize, full: &mut [f32]) {
+    for r in 1..n {
+        let at = strict_lower_len(r);
+        full[r * n..r * n + r].copy_from_slice(&packed[at..at + r]);
     }
 }
 

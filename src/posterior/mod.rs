@@ -87,6 +87,17 @@ pub trait PosteriorFamily: Send + Sync {
 }
 
 impl Gaussian {
+    /// The full-covariance VRNN's (U, s) when this posterior is one in f32 (what the fused
+    /// replay ops take); None otherwise.
+    pub fn full_spectral_f32(&self) -> Option<(&Tensor, &Tensor)> {
+        match &self.cov {
+            Covariance::Spectral { u: Some(u), log_s } if u.dtype() == candle_core::DType::F32 => {
+                Some((u, log_s))
+            }
+            _ => None,
+        }
+    }
+
     pub fn batch(&self) -> Result<usize> {
         Ok(self.mean.dim(0)?)
     }

@@ -193,8 +193,9 @@ impl CustomOp3 for CayleyHead {
 }
 
 /// The columns of the `vrnn.tri` layer's (n·n) outputs that the Cayley map reads: the strictly
-/// lower entries (i, j), j < i, row by row, n(n − 1)/2 of them. The head computes only these
-/// (half the layer's multiply-adds); the other columns' gradients are zero.
+/// lower entries (i, j), j < i, row by row, n(n − 1)/2 of them (`linalg::pack_strict_lower`).
+/// The head computes only these (half the layer's multiply-adds); the other columns'
+/// gradients are zero.
 struct LowerColumns {
     n: usize,
 }
@@ -205,31 +206,28 @@ impl LowerColumns {
     }
 
     fn len(&self) -> usize {
-        self.n * self.n.saturating_sub(1) / 2
+        linalg::strict_lower_len(self.n)
     }
 
-    /// The used columns of `rows` rows of n·n values, (rows, n(n − 1)/2): row i of each (n, n)
-    /// block contributes its first i entries, a contiguous run.
+    /// The used columns of `rows` rows of n·n values, (rows, n(n − 1)/2).
     fn gather(&self, full: &[f32], rows: usize) -> Vec<f32> {
-        let n = self.n;
-        let mut packed = Vec::with_capacity(rows * self.len());
-        for block in full[..rows * n * n].chunks(n * n) {
-            (1..n).for_each(|i| packed.extend_from_slice(&block[i * n..i * n + i]));
+        let (nn, m) = (self.n * self.n, self.len());
+        let mut packed = vec![0f32; rows * m];
+        if m > 0 {
+            for (p, block) in packed.chunks_mut(m).zip(full.chunks(nn)) {
+                linalg::pack_strict_lower(block, self.n, p);
+            }
         }
         packed
     }
 
     /// The inverse of [`LowerColumns::gather`]: (rows, n·n) with zeros in the unused columns.
     fn scatter(&self, packed: &[f32], rows: usize) -> Vec<f32> {
-        let (n, m) = (self.n, self.len());
-        let mut full = vec![0f32; rows * n * n];
+        let (nn, m) = (self.n * self.n, self.len());
+        let mut full = vec![0f32; rows * nn];
         if m > 0 {
-            for (block, p) in full.chunks_mut(n * n).zip(packed.chunks(m)) {
-                let mut at = 0;
-                for i in 1..n {
-                    block[i * n..i * n + i].copy_from_slice(&p[at..at + i]);
-                    at += i;
-                }
+            for (block, p) in full.chunks_mut(nn).zip(packed.chunks(m)) {
+                linalg::unpack_strict_lower(p, self.n, block);
             }
         }
         full
