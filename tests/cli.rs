@@ -36,6 +36,13 @@ fn train_eval_inspect_round_trip() {
     std::fs::write(d.join("tiny.toml"), TINY).unwrap();
     let o = lvrnn(&["train", "--config", "tiny.toml", "--runs", "runs"], d);
     assert!(o.status.success(), "{}", text(&o));
+    // stderr is not a terminal here: progress comes as plain lines (after the first update and
+    // the last), with the time per update and the headline metric.
+    let err = String::from_utf8_lossy(&o.stderr);
+    for line in ["tiny: update 1/6 (17%)", "tiny: update 6/6 (100%)"] {
+        assert!(err.contains(line), "no '{line}' in: {err}");
+    }
+    assert!(err.contains("s/update") && err.contains("nll "), "{err}");
     let run = d.join("runs/tiny");
     for f in [
         "config.toml",

@@ -17,8 +17,9 @@ use optim::{AdamW, AdamWConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Something trainable by gradient descent on a scalar loss.
 pub trait Learner {
@@ -210,7 +211,7 @@ pub fn fit(
         .map(|&f| snapshot_update(f, total))
         .collect();
     let mut log = JsonlAppender::open(&run.train_metrics())?;
-    let bar = progress_bar(opts.progress, total, start, &cfg.name);
+    let mut progress = Progress::new(opts.progress, total, start, &cfg.name);
     let t0 = Instant::now();
     let mut last = BTreeMap::new();
     let end = match opts.stop_after {
@@ -258,13 +259,10 @@ pub fn fit(
         {
             save_checkpoint(&latest, learner.params(), &opt.state_tensors(), done, cfg)?;
         }
-        if let Some(bar) = &bar {
+        if let Some(progress) = &mut progress {
             let head = learner.headline();
-            bar.set_message(format!(
-                "{head} {:.4}",
-                metrics.get(head).copied().unwrap_or(value)
-            ));
-            bar.inc(1);
+            let shown = metrics.get(head).copied().unwrap_or(value);
+            progress.update(done, end, &format!("{head} {shown:.4}"));
         }
         last = metrics;
     }
@@ -278,7 +276,7 @@ pub fn fit(
             cfg,
         )?;
     }
-    if let Some(bar) = bar {
+    if let Some(Progress::Bar(bar)) = progress {
         bar.finish();
     }
     Ok(FitSummary {
@@ -307,23 +305,101 @@ fn diverged(
     )
 }
 
-fn progress_bar(
-    show: bool,
-    total: usize,
-    start: usize,
-    name: &str,
-) -> Option<indicatif::ProgressBar> {
-    if !show {
-        return None;
+/// Training progress on stderr: a bar on a terminal; otherwise (stderr in a log file, e.g. a
+/// run in the background or a sweep worker) a plain line after the first update, then at most
+/// every [`PROGRESS_LINE_EVERY`], and after the last.
+enum Progress {
+    Bar(indicatif::ProgressBar),
+    Lines {
+        name: String,
+        total: usize,
+        /// The first update of this invocation (a resumed run starts later).
+        start: usize,
+        t0: Instant,
+        last: Option<Instant>,
+    },
+}
+
+/// How often a run whose stderr is not a terminal prints a progress line.
+const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(60);
+
+impl Progress {
+    fn new(show: bool, total: usize, start: usize, name: &str) -> Option<Self> {
+        if !show {
+            return None;
+        }
+        if !std::io::stderr().is_terminal() {
+            return Some(Progress::Lines {
+                name: name.to_string(),
+                total,
+                start,
+                t0: Instant::now(),
+                last: None,
+            });
+        }
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{elapsed_precise}<{eta_precise}] {bar:30} {pos}/{len} updates  {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_prefix(name.to_string());
+        bar.set_position(start as u64);
+        Some(Progress::Bar(bar))
     }
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} [{elapsed_precise}<{eta_precise}] {bar:30} {pos}/{len} updates  {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar.set_prefix(name.to_string());
-    bar.set_position(start as u64);
-    Some(bar)
+
+    /// After update `done` (1-based) of a loop that ends at `end`; `what` is the headline metric.
+    fn update(&mut self, done: usize, end: usize, what: &str) {
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_message(what.to_string());
+                bar.inc(1);
+            }
+            Progress::Lines {
+                name,
+                total,
+                start,
+                t0,
+                last,
+            } => {
+                let now = Instant::now();
+                let due = last.is_none_or(|l| now - l >= PROGRESS_LINE_EVERY) || done == end;
+                if !due {
+                    return;
+                }
+                *last = Some(now);
+                let per = t0.elapsed().as_secs_f64() / (done - *start).max(1) as f64;
+                eprintln!(
+                    "{name}: update {done}/{total} ({:.0}%), {per:.2} s/update, {} to go, {what}",
+                    100.0 * done as f64 / (*total).max(1) as f64,
+                    clock(per * (end - done) as f64)
+                );
+            }
+        }
+    }
+}
+
+/// A duration for people: "45s", "12m05s", "3h07m".
+fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clock;
+
+    #[test]
+    fn clock_reads_like_a_person_would_write_it() {
+        assert_eq!(clock(0.4), "0s");
+        assert_eq!(clock(45.0), "45s");
+        assert_eq!(clock(725.0), "12m05s");
+        assert_eq!(clock(3.0 * 3600.0 + 7.0 * 60.0 + 20.0), "3h07m");
+        assert_eq!(clock(-3.0), "0s");
+    }
 }
