@@ -257,3 +257,16 @@ pub fn truncate_jsonl(path: &Path, keep: impl Fn(&serde_json::Value) -> bool) ->
     }
     write_atomic(path, out.as_bytes())
 }
+
+/// A progress bar on stderr, "NAME [elapsed<eta] ━━━ done/total UNIT  message", starting at
+/// `done` (a resumed run or a restarted sweep).
+pub fn progress_bar(total: usize, done: usize, name: &str, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    let template = format!(
+        "{{prefix}} [{{elapsed_precise}}<{{eta_precise}}] {{bar:30}} {{pos}}/{{len}} {unit}  {{msg}}"
+    );
+    bar.set_style(indicatif::ProgressStyle::with_template(&template).expect("valid template"));
+    bar.set_prefix(name.to_string());
+    bar.set_position(done as u64);
+    bar
+}

@@ -479,15 +479,7 @@ fn progress_bar(show: bool, total: usize, done: usize, name: &str) -> indicatif:
     if !show {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} [{elapsed_precise}<{eta_precise}] {bar:30} {pos}/{len} done  {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar.set_prefix(name.to_string());
-    bar.set_position(done as u64);
+    let bar = crate::util::progress_bar(total, done, name, "done");
     bar.reset_eta();
     bar.enable_steady_tick(Duration::from_secs(1));
     bar

@@ -337,16 +337,9 @@ impl Progress {
                 last: None,
             });
         }
-        let bar = indicatif::ProgressBar::new(total as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{elapsed_precise}<{eta_precise}] {bar:30} {pos}/{len} updates  {msg}",
-            )
-            .expect("valid template"),
-        );
-        bar.set_prefix(name.to_string());
-        bar.set_position(start as u64);
-        Some(Progress::Bar(bar))
+        Some(Progress::Bar(crate::util::progress_bar(
+            total, start, name, "updates",
+        )))
     }
 
     /// After update `done` (1-based) of a loop that ends at `end`; `what` is the headline metric.
