@@ -48,6 +48,7 @@ fn train_eval_inspect_round_trip() {
         "config.toml",
         "metrics/train.jsonl",
         "metrics/eval.csv",
+        "figures/training.png",
         "figures/ce.png",
         "figures/entropy.svg",
         "figures/kl.png",

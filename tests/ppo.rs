@@ -514,7 +514,13 @@ fn train_and_eval_writes_tables_and_figures_and_posthoc_eval_works() {
         .find(|l| l.starts_with("laplace") && l.contains(",50,"))
         .unwrap();
     assert!(!laplace_row.contains("nan"), "{laplace_row}");
-    for fig in ["training_return", "cumulative_regret", "entropy", "kl"] {
+    for fig in [
+        "training",
+        "training_return",
+        "cumulative_regret",
+        "entropy",
+        "kl",
+    ] {
         for ext in ["png", "svg"] {
             let f = root.join("figures").join(format!("{fig}.{ext}"));
             assert!(

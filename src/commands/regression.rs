@@ -5,6 +5,7 @@ use crate::config::{ExperimentConfig, Task};
 use crate::eval::request::{EvalRequest, Tunings, tuned_label, write_provenance, write_tuning_csv};
 use crate::eval::{EvalResult, evaluate_regression, tune_regression_prior, with_posterior};
 use crate::posterior::PosteriorConfig;
+use crate::report::training::plot_training;
 use crate::report::{format_table, write_regression_report};
 use crate::run::load_checkpoint;
 use crate::train::supervised::Supervised;
@@ -12,8 +13,8 @@ use crate::train::{FitOptions, fit, init_from_reporting, open_run};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
-/// Trains the supervised ELBO (Eq. 2), then evaluates (unless `no_eval`) into the run's
-/// metrics/ and figures/.
+/// Trains the supervised ELBO (Eq. 2), draws its training curves (figures/training), then
+/// evaluates (unless `no_eval`) into the run's metrics/ and figures/.
 pub fn train(
     cfg: &ExperimentConfig,
     runs: &Path,
@@ -46,17 +47,17 @@ pub fn train(
         "trained {} updates in {:.1} s; final {:?}",
         summary.updates_done, summary.wall_seconds, summary.last_metrics
     );
-    if no_eval {
-        return Ok(());
+    let mut files: Vec<PathBuf> = plot_training(&run.train_metrics(), &run.figures())?;
+    if !no_eval {
+        let (results, _) = evaluate(&learner.model, cfg, &request)?;
+        files.extend(write_regression_report(
+            &results,
+            &run.metrics(),
+            &run.figures(),
+            Some(cfg.train.seq_len),
+        )?);
+        println!("{}", format_table(&results, &[0, 10, 50, 100]));
     }
-    let (results, _) = evaluate(&learner.model, cfg, &request)?;
-    let files = write_regression_report(
-        &results,
-        &run.metrics(),
-        &run.figures(),
-        Some(cfg.train.seq_len),
-    )?;
-    println!("{}", format_table(&results, &[0, 10, 50, 100]));
     println!("run folder: {}", run.root.display());
     for f in files {
         println!("  {}", f.display());

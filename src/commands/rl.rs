@@ -7,7 +7,8 @@ use crate::eval::rl::{
     ReferenceCurve, RlEvalResult, evaluate_rl, reference_policies, tune_rl_prior,
 };
 use crate::posterior::PosteriorConfig;
-use crate::report::rl::{format_rl_table, plot_training_return, write_rl_report};
+use crate::report::rl::{format_rl_table, write_rl_report};
+use crate::report::training::plot_training;
 use crate::run::load_checkpoint;
 use crate::train::ppo::Ppo;
 use crate::train::{FitOptions, fit, init_from_reporting, open_run};
@@ -16,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 /// Recurrent PPO (Eq. 3), then (unless `no_eval`) evaluation of the trained agent under its own
 /// posterior and `eval.posthoc` against the reference policies. Writes metrics/train.jsonl,
-/// metrics/eval_rl.csv, metrics/eval_rl_returns.csv and the figures training_return,
-/// cumulative_regret, entropy, kl (PNG + SVG).
+/// metrics/eval_rl.csv, metrics/eval_rl_returns.csv and the figures training (every logged
+/// metric), training_return, cumulative_regret, entropy, kl (PNG + SVG).
 pub fn train(
     cfg: &ExperimentConfig,
     runs: &Path,
@@ -46,9 +47,7 @@ pub fn train(
         "trained {} updates in {:.1} s; final {:?}",
         summary.updates_done, summary.wall_seconds, summary.last_metrics
     );
-    let mut files: Vec<PathBuf> = plot_training_return(&run.train_metrics(), &run.figures())?
-        .into_iter()
-        .collect();
+    let mut files: Vec<PathBuf> = plot_training(&run.train_metrics(), &run.figures())?;
     if !no_eval {
         let (results, refs, _) = evaluate(&learner.model, cfg, &request)?;
         files.extend(write_rl_report(

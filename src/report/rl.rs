@@ -7,7 +7,7 @@ use crate::envs::EnvKind;
 use crate::envs::reference::default_checkpoints;
 use crate::eval::rl::{ReferenceCurve, RlEvalResult, RlEvalRow};
 use crate::plot::{LinePlot, Series, line_plot};
-use crate::util::{read_jsonl, write_csv_atomic};
+use crate::util::write_csv_atomic;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
@@ -153,54 +153,6 @@ pub fn write_rl_report(
         written.push(stem.with_extension("png"));
     }
     Ok(written)
-}
-
-/// The `training_return` figure from `train.jsonl`: the mean return per update, raw and as a
-/// trailing moving average over ~2% of the updates, and the held-out `test_return` where
-/// logged. None when the log holds no return.
-pub fn plot_training_return(train_jsonl: &Path, figures: &Path) -> Result<Option<PathBuf>> {
-    if !train_jsonl.exists() {
-        return Ok(None);
-    }
-    let records: Vec<serde_json::Value> = read_jsonl(train_jsonl)?;
-    let (x, y): (Vec<f64>, Vec<f64>) = records
-        .iter()
-        .filter_map(|v| Some((v.get("update")?.as_f64()?, v.get("return")?.as_f64()?)))
-        .unzip();
-    if x.is_empty() {
-        return Ok(None);
-    }
-    let window = (x.len() / 50).max(1);
-    let smooth: Vec<f64> = (0..y.len())
-        .map(|i| {
-            let lo = (i + 1).saturating_sub(window);
-            y[lo..=i].iter().sum::<f64>() / (i + 1 - lo) as f64
-        })
-        .collect();
-    let mut plot = LinePlot::new("Mean return per task during training", "update", "return");
-    plot.series.push(Series::new("per update", x.clone(), y));
-    plot.series.push(Series::new(
-        format!("moving average ({window} updates)"),
-        x,
-        smooth,
-    ));
-    // Held-out evaluations (`ppo.eval_every`): the row of update u holds the parameters after
-    // u − 1 updates.
-    let (tx, ty): (Vec<f64>, Vec<f64>) = records
-        .iter()
-        .filter_map(|v| {
-            Some((
-                v.get("update")?.as_f64()? - 1.0,
-                v.get("test_return")?.as_f64()?,
-            ))
-        })
-        .unzip();
-    if !tx.is_empty() {
-        plot.series.push(Series::new("held-out tasks", tx, ty));
-    }
-    let stem = figures.join("training_return");
-    line_plot(&stem, &plot)?;
-    Ok(Some(stem.with_extension("png")))
 }
 
 /// A short text table: return over the whole trajectory and cumulative regret at the default
