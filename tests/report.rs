@@ -240,8 +240,42 @@ fn report_groups_seeds_labels_provenance_and_links_every_figure() {
         "bandit-cum_regret",
         "bandit-cum_return",
         "bandit-provenance",
+        "regression-training_nll",
+        "bandit-training_return",
+        "bandit-training_regret",
     ] {
         assert!(pngs.contains(&format!("figures/{stem}.png")), "{stem}");
+    }
+    // Training curves: per update (blocks of one update here), the mean over the two seeds of
+    // what each run logged.
+    let c_metric = col("metric");
+    let (c_x, c_mean, c_xname) = (col("x"), col("mean"), col("x_name"));
+    let logged = |seed: &str, update: usize| -> f64 {
+        let log = d.join(format!("res/rl/bandit-s{seed}/metrics/train.jsonl"));
+        std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["update"].as_u64() == Some(update as u64))
+            .and_then(|v| v["return"].as_f64())
+            .unwrap()
+    };
+    let training: Vec<Vec<String>> = text
+        .lines()
+        .skip(1)
+        .map(split_csv)
+        .filter(|r| r[c_sec] == "bandit" && r[c_model] == "rnn" && r[c_metric] == "training_return")
+        .collect();
+    assert_eq!(training.len(), 2, "updates 1 and 2 of the bandit runs");
+    for r in &training {
+        let x: usize = r[c_x].parse().unwrap();
+        let expected = (logged("0", x) + logged("1", x)) / 2.0;
+        let mean: f64 = r[c_mean].parse().unwrap();
+        assert!(
+            (mean - expected).abs() < 1e-5,
+            "update {x}: {mean} vs {expected}"
+        );
+        assert_eq!((r[c_xname].as_str(), r[c_n].as_str()), ("update", "2"));
     }
     assert!(
         md.contains("99% t-interval over 2 seeds, 8 tasks each"),

@@ -8,7 +8,9 @@
 //!
 //! Every CSV row becomes one [`Record`] per metric and x (points or t): the row's mean over the
 //! folder's test tasks, which is one seed's value for the across-seed intervals of
-//! [`super::aggregate`].
+//! [`super::aggregate`]. A training run's `metrics/train.jsonl` adds its training curves
+//! (`training_return`, `training_regret`, `training_nll`, `training_kl` against the update, in
+//! blocks: see [`training_blocks`]).
 
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -335,7 +337,64 @@ fn read_folder(dir: &Path, rel: PathBuf, index: usize) -> Result<Option<(Folder,
             );
         }
     }
+    if !eval_folder {
+        let own = folder
+            .keys
+            .get("model.posterior")
+            .cloned()
+            .unwrap_or_default();
+        let updates = folder
+            .keys
+            .get("train.updates")
+            .and_then(|u| u.parse().ok());
+        let log = dir.join("metrics").join("train.jsonl");
+        if let (Some(updates), true) = (updates, log.is_file()) {
+            for (metric, x, value) in training_blocks(&log, updates)? {
+                push(&own, &metric, x, value, f64::NAN);
+            }
+        }
+    }
     Ok(Some((folder, records)))
+}
+
+/// Metrics of `train.jsonl` that the report draws against the update: the prefix of their
+/// record names, and the logged keys.
+pub const TRAINING_PREFIX: &str = "training_";
+const TRAINING_KEYS: [&str; 4] = ["return", "regret", "nll", "kl"];
+
+/// Updates per point of a training curve: `updates` split into at most this many blocks.
+pub const TRAINING_POINTS: usize = 100;
+
+/// One seed's training curve of each of [`TRAINING_KEYS`] that the log holds: the mean over
+/// each complete block of ⌈updates / [`TRAINING_POINTS`]⌉ updates, at the block's last update
+/// (blocks follow the config's `train.updates`, so every seed of a group has the same x; an
+/// unfinished run contributes its complete blocks).
+fn training_blocks(log: &Path, updates: usize) -> Result<Vec<(String, usize, f64)>> {
+    let block = updates.div_ceil(TRAINING_POINTS).max(1);
+    let records: Vec<serde_json::Value> = crate::util::read_jsonl(log)?;
+    let mut sums: BTreeMap<(&str, usize), (f64, usize)> = BTreeMap::new();
+    for r in &records {
+        let Some(u) = r.get("update").and_then(|u| u.as_u64()) else {
+            continue;
+        };
+        let u = u as usize;
+        if u == 0 || u > updates {
+            continue;
+        }
+        let end = (u.div_ceil(block) * block).min(updates);
+        for key in TRAINING_KEYS {
+            if let Some(v) = r.get(key).and_then(|v| v.as_f64()) {
+                let e = sums.entry((key, end)).or_default();
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
+    }
+    Ok(sums
+        .into_iter()
+        .filter(|((_, end), (_, n))| *n == end - (end - 1) / block * block)
+        .map(|((key, end), (sum, n))| (format!("{TRAINING_PREFIX}{key}"), end, sum / n as f64))
+        .collect())
 }
 
 /// `X (post-hoc on X)`: the network's own posterior evaluated again (a re-evaluation, not post
@@ -467,6 +526,46 @@ pub fn split_csv(line: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn training_curves_are_block_means_of_complete_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("train.jsonl");
+        // 250 updates in blocks of 3 (⌈250 / 100⌉); the run stopped after update 8, so the
+        // block 7–9 is incomplete and left out; `kl` is logged from update 4 on.
+        let rows: String = (1..=8)
+            .map(|u| {
+                let kl = if u >= 4 {
+                    format!(", \"kl\": {}", 10 * u)
+                } else {
+                    String::new()
+                };
+                format!("{{\"update\": {u}, \"regret\": {}{kl}}}\n", u * u)
+            })
+            .collect();
+        std::fs::write(&log, rows).unwrap();
+        let got = training_blocks(&log, 250).unwrap();
+        let expected = [
+            ("training_kl", 6, 50.0),
+            ("training_regret", 3, (1.0 + 4.0 + 9.0) / 3.0),
+            ("training_regret", 6, (16.0 + 25.0 + 36.0) / 3.0),
+        ];
+        assert_eq!(got.len(), expected.len(), "{got:?}");
+        for ((name, x, v), (en, ex, ev)) in got.iter().zip(expected) {
+            assert_eq!((name.as_str(), *x), (en, ex));
+            assert!((v - ev).abs() < 1e-12, "{name} at {x}: {v} vs {ev}");
+        }
+        // A finished run's last block may be shorter: 101 updates in blocks of 2, whose last
+        // block is update 101 alone.
+        let rows: String = (1..=101)
+            .map(|u| format!("{{\"update\": {u}, \"return\": {u}}}\n"))
+            .collect();
+        std::fs::write(&log, rows).unwrap();
+        let got = training_blocks(&log, 101).unwrap();
+        assert_eq!(got.len(), 51);
+        assert_eq!(got[0], ("training_return".to_string(), 2, 1.5));
+        assert_eq!(got[50], ("training_return".to_string(), 101, 101.0));
+    }
 
     #[test]
     fn quoted_csv_fields_keep_their_commas() {

@@ -3,7 +3,7 @@
 //! DIR, grouped by config keys, with 99% t-intervals over seeds (see [`super::aggregate`]).
 
 use super::aggregate::{Aggregate, GroupKey, Interval, Row, aggregate};
-use super::collect::{Collection, Provenance, Section, collect};
+use super::collect::{Collection, Provenance, Section, TRAINING_PREFIX, collect};
 use super::reference::add_reference_curves;
 use super::regression::slug;
 use crate::plot::{LinePlot, Series, line_plot};
@@ -196,15 +196,25 @@ fn write_summary_csv(agg: &Aggregate, out: &Path) -> Result<PathBuf> {
                 );
             }
             let h = r.interval.halfwidth();
+            let training = r.metric.starts_with(TRAINING_PREFIX);
             row.extend([
                 g.model.clone(),
                 g.provenance.as_str().to_string(),
                 g.evaluation.clone(),
                 r.metric.clone(),
-                g.section.x_name().to_string(),
+                if training {
+                    "update".to_string()
+                } else {
+                    g.section.x_name().to_string()
+                },
                 r.x.to_string(),
                 r.seeds.len().to_string(),
-                join(&r.tasks),
+                // Training curves come from the training tasks, not the evaluation's.
+                if training {
+                    String::new()
+                } else {
+                    join(&r.tasks)
+                },
                 num(r.mean),
                 h.map_or(String::new(), num),
                 h.map_or(String::new(), |h| num(r.mean - h)),
@@ -601,6 +611,63 @@ fn provenance_figure(
     Ok(Some((stem, caption)))
 }
 
+/// A training curve of every drawn group over the updates (`collect::TRAINING_PREFIX` rows:
+/// one seed's mean per block of updates); returns (stem, caption).
+fn training_figure(
+    agg: &Aggregate,
+    section: Section,
+    key: &str,
+    what: &str,
+    dir: &Path,
+) -> Result<Option<(String, String)>> {
+    let metric = format!("{TRAINING_PREFIX}{key}");
+    let mut seen = BTreeSet::new();
+    let curves: Vec<_> = agg
+        .curves(section, &metric)
+        .into_iter()
+        .filter(|(g, _)| headline(g))
+        .filter(|(g, _)| seen.insert(drawn_as(g)))
+        .collect();
+    if curves.is_empty() {
+        return Ok(None);
+    }
+    let all: Vec<&Row> = curves.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+    let seeds = counts(&all).0;
+    let block = all.iter().map(|r| r.x).min().unwrap_or(1);
+    let interval = if seeds == "1" {
+        "1 seed: no across-seed interval".to_string()
+    } else {
+        format!("99% t-interval over {seeds} seeds")
+    };
+    let caption = format!(
+        "{what} during training ({}): each seed's mean over blocks of {block} updates, \
+         mean over seeds, {interval}",
+        section.as_str()
+    );
+    let mut plot = LinePlot::new(
+        format!("{what} during training: {interval}"),
+        "update",
+        what,
+    );
+    for (g, rows) in &curves {
+        let x: Vec<f64> = rows.iter().map(|r| r.x as f64).collect();
+        let y: Vec<f64> = rows.iter().map(|r| r.mean).collect();
+        let h: Vec<f64> = rows
+            .iter()
+            .map(|r| r.interval.halfwidth().unwrap_or(f64::NAN))
+            .collect();
+        let series = Series::new(agg.label(g), x, y);
+        plot.series.push(if h.iter().all(|v| v.is_nan()) {
+            series
+        } else {
+            series.with_halfwidth(&h)
+        });
+    }
+    let stem = format!("{}-{}", section.as_str(), slug(&metric));
+    line_plot(&dir.join(&stem), &plot)?;
+    Ok(Some((stem, caption)))
+}
+
 fn section_figures(agg: &Aggregate, section: Section, dir: &Path) -> Result<Vec<(String, String)>> {
     let mut figs = vec![];
     if section == Section::Regression {
@@ -651,6 +718,13 @@ fn section_figures(agg: &Aggregate, section: Section, dir: &Path) -> Result<Vec<
                 dir,
             )?);
         }
+    }
+    let training: &[(&str, &str)] = match section {
+        Section::Regression => &[("nll", "NLL"), ("kl", "KL")],
+        _ => &[("return", "Return"), ("regret", "Regret"), ("kl", "KL")],
+    };
+    for (key, what) in training {
+        figs.extend(training_figure(agg, section, key, what, dir)?);
     }
     Ok(figs)
 }
