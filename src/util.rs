@@ -258,7 +258,7 @@ pub fn truncate_jsonl(path: &Path, keep: impl Fn(&serde_json::Value) -> bool) ->
     write_atomic(path, out.as_bytes())
 }
 
-/// A progress bar on stderr, "NAME [elapsed<eta] ━━━ done/total UNIT  message", starting at
+/// A progress bar on stderr, `NAME [elapsed<eta] ━━━ done/total UNIT  message`, starting at
 /// `done` (a resumed run or a restarted sweep).
 pub fn progress_bar(total: usize, done: usize, name: &str, unit: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total as u64);

@@ -2,7 +2,7 @@
 //! act, one observation at a time (the counterpart of the time-batched [`super::replay`]).
 //!
 //! Per step: the input stage of the replay on B rows (embeddings and x W_x + b, computed once per
-//! distinct input row of the whole run: see [`InputCache`]), one LSTM step on plain buffers, φ_t = P h_t + p_b, then the posterior: the point estimate and the
+//! distinct input row of the whole run: see `InputCache`), one LSTM step on plain buffers, φ_t = P h_t + p_b, then the posterior: the point estimate and the
 //! VRNN head run as small tensor programs, the Laplace VRNN as the filter of
 //! `posterior::filter`, whose statistics (sample offsets, KL parts) the PPO loss reuses so that
 //! they are computed once per update.

@@ -343,7 +343,7 @@ pub fn sample_categorical(log_probs: &[f32], rng: &mut ChaCha8Rng) -> usize {
 // Rollout
 // ---------------------------------------------------------------------------------------------
 
-/// B trajectories of T steps, tables indexed [t][b] (t = 0 is the first interaction).
+/// B trajectories of T steps, tables indexed `[t][b]` (t = 0 is the first interaction).
 #[derive(Default)]
 pub struct Rollout {
     /// s_t, B·obs_dim each.
@@ -482,11 +482,11 @@ impl Rollout {
 /// horizon, without gradients (the core is stepped by `agent::acting`). Per step, in this
 /// order: the noise ε, one uniform per task for the action, then the env's own draws, all from
 /// `rng`. What is kept besides the trajectory is set by `keep` ([`Keep`]). For the Laplace VRNN
-/// the filter's statistics are kept for [`ppo_loss`].
+/// the filter's statistics are kept for [`crate::train::ppo::ppo_loss`].
 ///
 /// Bootstrap: the task continues past T in the environment's dynamics (only the meta-episode
 /// is cut), so the value of the state after the last transition, V(x_T), is computed with one
-/// more core step and multiplied by that transition's discount in [`gae`] (the bandit's is
+/// more core step and multiplied by that transition's discount in [`crate::train::ppo::gae`] (the bandit's is
 /// always 0, so the step is skipped when every last discount is 0).
 pub fn rollout(
     model: &RlModel,

@@ -105,7 +105,7 @@ fn cholesky_upper_generic(
 /// A_prev = U_prevᵀU_prev this is tr(A_prev A⁻¹), the trace term of a Gaussian KL. Row r of
 /// Y = U_prev U⁻¹ solves y U = U_prev[r, :] from the left, y_m = (U_prev[r, m] − Σ_{k<m} y_k
 /// U_km) / U_mm, as contiguous row updates (n³/6 multiply-adds in all). Rows are solved
-/// [`BLOCK`] at a time, so that each row of U is loaded once for all of them.
+/// four at a time, so that each row of U is loaded once for all of them.
 pub fn frobenius_sq_upper_solve(u: &[f64], u_prev: &[f64], n: usize) -> f64 {
     assert!(
         u.len() == n * n && u_prev.len() == n * n,
@@ -177,7 +177,7 @@ fn sum_of_squares(x: &[f64]) -> f64 {
     dot(x, x)
 }
 
-/// Σ x_k y_k over equal lengths in [`BLOCK`] interleaved partial sums: a fixed order, so that
+/// Σ x_k y_k over equal lengths in four interleaved partial sums: a fixed order, so that
 /// the products vectorise instead of each addition waiting on the one before.
 #[inline(always)]
 pub fn dot(x: &[f64], y: &[f64]) -> f64 {

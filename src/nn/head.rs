@@ -4,7 +4,7 @@
 //! The heads see every row of a loss pass (T·B·n_Z of them), and candle's backward adds each
 //! node's gradient into a fresh zero tensor: as a chain of five nodes (layer norm, four affine
 //! layers) a head cost five (rows × width) zero-fills and additions per backward pass, ~10% of
-//! an update. [`HeadOp`] is the same computation as one node whose backward applies the chain
+//! an update. `HeadOp` is the same computation as one node whose backward applies the chain
 //! rule through the layers in reverse:
 //!
 //!   y_0 = LN(x),  y_l = act_l(y_{l−1} W_l + b_l)  (act = leaky-ReLU, identity for the last),
@@ -55,7 +55,7 @@ impl Head {
         })
     }
 
-    /// The head on (…, d_in) inputs as one node ([`HeadOp`]).
+    /// The head on (…, d_in) inputs as one node (`HeadOp`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.apply(x, None)
     }

@@ -98,7 +98,7 @@ impl Lstm {
     ///
     /// where W_h· are the recurrent blocks acting as z = h·W (so ∂z_j/∂h_m = W[m, j]).
     /// Computed outside the autograd graph (all inputs are detached): returns (B, n, H).
-    /// Implementation: J[b] = M[b]·whᵀ with M[b, k, (gate, j)] = P[j, k]·a_gate[b, j], one gemm.
+    /// Implementation: `J[b] = M[b]·whᵀ` with `M[b, k, (gate, j)] = P[j, k]·a_gate[b, j]`, one gemm.
     pub fn output_jacobian(&self, x: &Tensor, carry: &Carry, proj: &Linear) -> Result<Tensor> {
         let (x, c, h) = (x.detach(), carry.c.detach(), carry.h.detach());
         let wh = self.wh.detach();

@@ -462,7 +462,7 @@ fn gate_derivatives(x: &[f32], hw: &[f32], c: &[f32], z: &mut [f32], a: &mut [f3
     }
 }
 
-/// Window length from which [`window_gram`] replaces the explicit Jacobians: k products
+/// Window length from which `window_gram` replaces the explicit Jacobians: k products
 /// J_i = Pᵀ D_i and their Gram cost k·(nH² + n²H) multiply-adds per task and step, the window
 /// Gram 10kH² + 11H² + nH² + n²H, fewer from k = 3 on at the paper's sizes.
 pub const WINDOW_GRAM_FROM: usize = 3;

@@ -171,7 +171,7 @@ pub const ROW_KEYS: [&str; 3] = ["model", "provenance", "evaluation"];
 
 /// Groups the records. `by`: the grouping config keys for every section (checked against the
 /// folders' keys); `None`: per section, every key whose value differs between its folders,
-/// except those of [`NOT_GROUPED`] (and the `model.posterior.*` leaves where `model.posterior`
+/// except those of `NOT_GROUPED` (and the `model.posterior.*` leaves where `model.posterior`
 /// differs).
 pub fn aggregate(col: &Collection, by: Option<&[String]>) -> Result<Aggregate> {
     let sections: BTreeSet<Section> = col.folders.iter().map(|f| f.section).collect();

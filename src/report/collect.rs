@@ -9,8 +9,8 @@
 //! Every CSV row becomes one [`Record`] per metric and x (points or t): the row's mean over the
 //! folder's test tasks, which is one seed's value for the across-seed intervals of
 //! [`super::aggregate`]. A training run's `metrics/train.jsonl` adds its training curves
-//! (`training_return`, `training_regret`, `training_nll`, `training_kl` against the update, in
-//! blocks: see [`training_blocks`]).
+//! (`training_return`, `training_regret`, `training_nll`, `training_kl` against the update:
+//! each seed's mean over complete blocks of ⌈`train.updates` / 100⌉ updates).
 
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;

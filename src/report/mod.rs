@@ -3,7 +3,7 @@
 //! policies); [`training`] draws the curves of every metric logged during training. And
 //! `lvrnn report`, which gathers every result folder under a directory
 //! ([`collect`]), groups the results and takes 99% t-intervals over seeds ([`aggregate`]),
-//! re-simulates the RL reference curves ([`reference`]), and writes tables, figures and one
+//! re-simulates the RL reference curves ([`mod@reference`]), and writes tables, figures and one
 //! `report.md` ([`study`]).
 
 pub mod aggregate;

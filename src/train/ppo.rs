@@ -61,7 +61,7 @@ fn table(rows: &[Vec<f32>], device: &Device) -> Result<Tensor> {
 // Generalised advantage estimation
 // ---------------------------------------------------------------------------------------------
 
-/// GAE on [t][b] tables: δ_t = r_t + γ d_t V_{t+1} − V_t, A_t = δ_t + γ λ d_t A_{t+1}, with
+/// GAE on `[t][b]` tables: δ_t = r_t + γ d_t V_{t+1} − V_t, A_t = δ_t + γ λ d_t A_{t+1}, with
 /// V_T = `bootstrap` and A_T = 0; d_t is the env's discount multiplier of transition t.
 /// Returns (advantages A, value targets A + V).
 pub fn gae(
@@ -121,7 +121,7 @@ pub struct LossParts {
 }
 
 /// The loss of Eq. (3) via PPO (Table 1) for a rollout with advantages and value targets
-/// ([t][b]), at the rollout's parameters. The trajectory is replayed from the zero carry with
+/// (`[t][b]`), at the rollout's parameters. The trajectory is replayed from the zero carry with
 /// gradients in one time-batched pass (`agent::replay`: deduplicated embeddings, the fused LSTM
 /// sequence, the projection and the posterior over all steps at once) under the rollout's
 /// noise; the heads then run once on the stacked steps. For the Laplace VRNN the precisions

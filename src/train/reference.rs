@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 ///
 /// Bootstrap: the task continues past T in the environment's dynamics (only the meta-episode
 /// is cut), so the value of the state after the last transition, V(x_T), is computed with one
-/// more core step and multiplied by that transition's discount in [`gae`] (the bandit's is
+/// more core step and multiplied by that transition's discount in [`crate::train::ppo::gae`] (the bandit's is
 /// always 0, so the step is skipped when every last discount is 0).
 pub fn rollout(
     model: &RlModel,
@@ -77,7 +77,7 @@ pub fn rollout(
 }
 
 /// The loss of Eq. (3) via PPO (Table 1) for a rollout with advantages and value targets
-/// ([t][b]). The trajectory is re-run from the zero carry with gradients (through time), with
+/// (`[t][b]`). The trajectory is re-run from the zero carry with gradients (through time), with
 /// the rollout's noise; the heads then run once on the stacked steps.
 pub fn ppo_loss(
     model: &RlModel,

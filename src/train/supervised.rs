@@ -116,7 +116,7 @@ pub fn elbo_parts(nll: Tensor, kl: Option<Tensor>, beta: f64) -> Result<ElboPart
     })
 }
 
-/// Draws `batch` tasks with `points` observations each: (xs[t][b], ys[t][b]).
+/// Draws `batch` tasks with `points` observations each: (`xs[t][b]`, `ys[t][b]`).
 pub fn sample_batch(
     rng: &mut ChaCha8Rng,
     batch: usize,
