@@ -633,15 +633,24 @@ fn training_figure(
     }
     let all: Vec<&Row> = curves.iter().flat_map(|(_, r)| r.iter().copied()).collect();
     let seeds = counts(&all).0;
-    let block = all.iter().map(|r| r.x).min().unwrap_or(1);
+    // Each curve's first point is its block length (⌈train.updates / 100⌉).
+    let blocks: BTreeSet<usize> = curves
+        .iter()
+        .filter_map(|(_, r)| r.first().map(|r| r.x))
+        .collect();
+    let blocks = blocks
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let interval = if seeds == "1" {
         "1 seed: no across-seed interval".to_string()
     } else {
         format!("99% t-interval over {seeds} seeds")
     };
     let caption = format!(
-        "{what} during training ({}): each seed's mean over blocks of {block} updates, \
-         mean over seeds, {interval}",
+        "{what} during training ({}): each seed's mean over blocks of ⌈train.updates / 100⌉ \
+         updates (here {blocks}), mean over seeds, {interval}",
         section.as_str()
     );
     let mut plot = LinePlot::new(
