@@ -427,15 +427,7 @@ fn curve_figure(
     ylabel: &str,
     dir: &Path,
 ) -> Result<Option<(String, String)>> {
-    // The figure draws the comparison the paper makes (see `headline`), each group once (see
-    // `drawn_as`); every group stays in the tables.
-    let mut seen = BTreeSet::new();
-    let curves: Vec<_> = agg
-        .curves(section, metric)
-        .into_iter()
-        .filter(|(g, _)| g.provenance == Provenance::Reference || headline(g))
-        .filter(|(g, _)| seen.insert(drawn_as(g)))
-        .collect();
+    let curves = drawn_curves(agg, section, metric, true);
     if curves.is_empty() {
         return Ok(None);
     }
@@ -456,8 +448,9 @@ fn curve_figure(
     plot.log_x = regression;
     for (g, rows) in &curves {
         // KL needs two posteriors: nothing at 0 points.
-        let rows: Vec<&&Row> = rows
+        let rows: Vec<&Row> = rows
             .iter()
+            .copied()
             .filter(|r| !(metric == "kl" && r.x == 0))
             .collect();
         let x: Vec<f64> = rows
@@ -470,24 +463,50 @@ fn curve_figure(
                 }
             })
             .collect();
-        let y: Vec<f64> = rows.iter().map(|r| r.mean).collect();
-        let h: Vec<f64> = rows
-            .iter()
-            .map(|r| r.interval.halfwidth().unwrap_or(f64::NAN))
-            .collect();
         let name = agg.label(g);
         let s = if g.provenance == Provenance::Reference {
-            Series::new(name, x, y).dashed()
-        } else if h.iter().all(|v| v.is_nan()) {
-            Series::new(name, x, y)
+            Series::new(name, x, rows.iter().map(|r| r.mean).collect()).dashed()
         } else {
-            Series::new(name, x, y).with_halfwidth(&h)
+            seed_band(name, x, &rows)
         };
         plot.series.push(s);
     }
     let stem = format!("{}-{}", section.as_str(), slug(metric));
     line_plot(&dir.join(&stem), &plot)?;
     Ok(Some((stem, caption)))
+}
+
+/// The curves of one section and metric that a figure draws: the comparison the paper makes
+/// (see `headline`), each group once (see `drawn_as`), and the reference policies when
+/// `references`; every group stays in the tables.
+fn drawn_curves<'a>(
+    agg: &'a Aggregate,
+    section: Section,
+    metric: &str,
+    references: bool,
+) -> Vec<(&'a GroupKey, Vec<&'a Row>)> {
+    let mut seen = BTreeSet::new();
+    agg.curves(section, metric)
+        .into_iter()
+        .filter(|(g, _)| (references && g.provenance == Provenance::Reference) || headline(g))
+        .filter(|(g, _)| seen.insert(drawn_as(g)))
+        .collect()
+}
+
+/// A group's means over seeds at `x`, with the across-seed interval as a band where there is
+/// one (a single seed has none).
+fn seed_band(name: String, x: Vec<f64>, rows: &[&Row]) -> Series {
+    let y: Vec<f64> = rows.iter().map(|r| r.mean).collect();
+    let h: Vec<f64> = rows
+        .iter()
+        .map(|r| r.interval.halfwidth().unwrap_or(f64::NAN))
+        .collect();
+    let series = Series::new(name, x, y);
+    if h.iter().all(|v| v.is_nan()) {
+        series
+    } else {
+        series.with_halfwidth(&h)
+    }
 }
 
 /// Whether a group is part of the comparison the figures draw: each run's own evaluation (or,
@@ -621,13 +640,7 @@ fn training_figure(
     dir: &Path,
 ) -> Result<Option<(String, String)>> {
     let metric = format!("{TRAINING_PREFIX}{key}");
-    let mut seen = BTreeSet::new();
-    let curves: Vec<_> = agg
-        .curves(section, &metric)
-        .into_iter()
-        .filter(|(g, _)| headline(g))
-        .filter(|(g, _)| seen.insert(drawn_as(g)))
-        .collect();
+    let curves = drawn_curves(agg, section, &metric, false);
     if curves.is_empty() {
         return Ok(None);
     }
@@ -660,17 +673,7 @@ fn training_figure(
     );
     for (g, rows) in &curves {
         let x: Vec<f64> = rows.iter().map(|r| r.x as f64).collect();
-        let y: Vec<f64> = rows.iter().map(|r| r.mean).collect();
-        let h: Vec<f64> = rows
-            .iter()
-            .map(|r| r.interval.halfwidth().unwrap_or(f64::NAN))
-            .collect();
-        let series = Series::new(agg.label(g), x, y);
-        plot.series.push(if h.iter().all(|v| v.is_nan()) {
-            series
-        } else {
-            series.with_halfwidth(&h)
-        });
+        plot.series.push(seed_band(agg.label(g), x, rows));
     }
     let stem = format!("{}-{}", section.as_str(), slug(&metric));
     line_plot(&dir.join(&stem), &plot)?;
