@@ -101,6 +101,9 @@ pub struct TrainConfig {
     pub snapshots: Vec<f64>,
     /// Threads for the tensor kernels (0: all cores).
     pub threads: usize,
+    /// Learning rate over training: "constant" (the paper) or "linear" (annealed from `lr`
+    /// to 0 over `updates`, as CleanRL's PPO does).
+    pub lr_schedule: String,
 }
 
 impl Default for TrainConfig {
@@ -117,6 +120,7 @@ impl Default for TrainConfig {
             checkpoint_every: 500,
             snapshots: vec![0.5, 0.75],
             threads: 0,
+            lr_schedule: "constant".into(),
         }
     }
 }
@@ -174,6 +178,16 @@ pub struct PpoConfig {
     pub policy_input: String,
     /// Evaluate on the test tasks every this many updates (0: only at the end).
     pub eval_every: usize,
+    /// Passes over each rollout (paper Table 1: 1, one gradient step per rollout).
+    pub epochs: usize,
+    /// Minibatches of whole task sequences per pass; must divide `train.batch` (paper: 1,
+    /// full batch). Each minibatch replays its tasks from the zero carry, as recurrent PPO in
+    /// CleanRL's LSTM script does.
+    pub minibatches: usize,
+    /// Stop the remaining passes of an update once the approximate KL between the rollout's
+    /// policy and the current one exceeds this (CleanRL's `target_kl`; absent: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_kl: Option<f64>,
 }
 
 impl Default for PpoConfig {
@@ -189,6 +203,9 @@ impl Default for PpoConfig {
             reward_loss_scale: -1.0,
             policy_input: String::new(),
             eval_every: 0,
+            epochs: 1,
+            minibatches: 1,
+            target_kl: None,
         }
     }
 }
@@ -208,6 +225,20 @@ impl Default for EnvConfig {
         Self {
             alpha_train: 0.2,
             alpha_test: 0.3,
+        }
+    }
+}
+
+/// The values of `train.lr_schedule`.
+pub const LR_SCHEDULES: &[&str] = &["constant", "linear"];
+
+impl TrainConfig {
+    /// The learning rate of update `update` (0-based) of `updates`: `lr`, or for "linear"
+    /// lr·(1 − update/updates) (CleanRL's annealing: the first update uses `lr`).
+    pub fn lr_at(&self, update: usize) -> f64 {
+        match self.lr_schedule.as_str() {
+            "linear" => self.lr * (1.0 - update as f64 / self.updates.max(1) as f64),
+            _ => self.lr,
         }
     }
 }
@@ -254,6 +285,12 @@ impl ExperimentConfig {
             );
         }
         self.model.validate()?;
+        if self.task == Task::Regression && self.model.sample_scale != 1.0 {
+            bail!(
+                "model.sample_scale = {} applies to the RL heads only; leave it out (1) for regression",
+                self.model.sample_scale
+            );
+        }
         let t = &self.train;
         for (k, v) in [
             ("train.updates", t.updates),
@@ -280,6 +317,13 @@ impl ExperimentConfig {
             if !(v >= 0.0 && v.is_finite()) {
                 bail!("{k} must be a finite number >= 0 (got {v})");
             }
+        }
+        if !LR_SCHEDULES.contains(&t.lr_schedule.as_str()) {
+            bail!(
+                "train.lr_schedule = `{}` is not valid; allowed values: {}",
+                t.lr_schedule,
+                LR_SCHEDULES.join(", ")
+            );
         }
         if let Some(f) = t.snapshots.iter().find(|f| !(**f > 0.0 && **f < 1.0)) {
             bail!("train.snapshots entries must be fractions strictly between 0 and 1 (got {f})");
@@ -308,6 +352,25 @@ impl ExperimentConfig {
         }
         if p.clip_ratio.is_nan() || p.clip_ratio <= 0.0 {
             bail!("ppo.clip_ratio must be > 0 (got {})", p.clip_ratio);
+        }
+        for (k, v) in [("ppo.epochs", p.epochs), ("ppo.minibatches", p.minibatches)] {
+            if v == 0 {
+                bail!("{k} must be a positive integer (got 0)");
+            }
+        }
+        if !t.batch.is_multiple_of(p.minibatches) {
+            bail!(
+                "ppo.minibatches = {} must divide train.batch = {} (minibatches are whole task sequences)",
+                p.minibatches,
+                t.batch
+            );
+        }
+        if let Some(k) = p.target_kl
+            && !(k > 0.0 && k.is_finite())
+        {
+            bail!(
+                "ppo.target_kl must be a finite number > 0 (got {k}); leave it out to never stop early"
+            );
         }
         if !["", "z", "state_z"].contains(&p.policy_input.as_str()) {
             bail!(

@@ -102,6 +102,7 @@ fn tiny_regression_model(posterior: &str) -> lvrnn::agent::regression::Regressio
         head_hidden: vec![8],
         n_z: 2,
         posterior: posterior.parse().unwrap(),
+        sample_scale: 1.0,
     };
     let model = lvrnn::agent::regression::RegressionModel::new(&cfg, 7).unwrap();
     jitter_biases(&model.params);
@@ -615,6 +616,83 @@ fn chunked_posterior_sequence_equals_all_steps_at_once() {
                 assert_close(&what, &values(&chunked), &values(&whole), 1.0);
                 assert_same_gradients(&what, &model.params, &chunked, &whole);
             }
+        }
+    }
+}
+
+/// PPO's later epochs and minibatches (`ppo.epochs` > 1, `ppo.minibatches` > 1): the loss of
+/// a minibatch of the rollout's tasks, evaluated after the parameters have moved away from the
+/// rollout's, equals the per-step reference for every family — the rollout's head activations,
+/// Cayley factors and Laplace statistics must not be reused there (the fingerprint guard).
+#[test]
+fn ppo_loss_after_a_parameter_step_on_a_minibatch_equals_the_per_step_reference() {
+    lvrnn::init_threads(1);
+    for task in ["bandit", "gridworld"] {
+        for posterior in FAMILIES {
+            let what = format!("{task} {posterior} (after a step, minibatch)");
+            let cfg = rl_config(task, posterior);
+            let model = RlModel::for_experiment(&cfg).unwrap();
+            jitter_biases(&model.params);
+            let kind = env_kind(cfg.task).unwrap();
+            let mut env = make_env(kind, cfg.train.batch, cfg.env.alpha_train as f32);
+            let mut rng = ChaCha8Rng::seed_from_u64(11);
+            let first = env.reset(&mut rng);
+            let ro = rollout(&model, env.as_mut(), first, &mut rng, Keep::TRAINING).unwrap();
+            let (adv, targets) = gae(
+                &ro.rewards,
+                &ro.values,
+                &ro.discounts,
+                &ro.bootstrap,
+                0.9,
+                0.9,
+            );
+            let mut ppo = cfg.ppo.clone();
+            ppo.reward_loss_scale = lvrnn::agent::rl::reward_loss_scale(&cfg).unwrap();
+            let beta = 0.5;
+            // One gradient step away from the rollout's parameters.
+            let first_loss = ppo_loss(&model, &ro, &adv, &targets, &ppo, beta).unwrap();
+            let grads = first_loss.loss.backward().unwrap();
+            for (_, var) in model.params.vars() {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    let g = g.clamp(-1.0, 1.0).unwrap();
+                    var.set(&(var.as_tensor() - (g * 0.05).unwrap()).unwrap())
+                        .unwrap();
+                }
+            }
+            let tasks = [3usize, 0, 4];
+            let sub = ro.select(&tasks).unwrap();
+            let cols = |t: &[Vec<f32>]| -> Vec<Vec<f32>> {
+                t.iter()
+                    .map(|row| tasks.iter().map(|&k| row[k]).collect())
+                    .collect()
+            };
+            let (adv, targets) = (cols(&adv), cols(&targets));
+            let fast = ppo_loss(&model, &sub, &adv, &targets, &ppo, beta).unwrap();
+            let slow = reference::ppo_loss(&model, &sub, &adv, &targets, &ppo, beta).unwrap();
+            let scalars = |p: &lvrnn::train::ppo::LossParts| {
+                vec![
+                    p.loss.to_scalar::<f32>().unwrap() as f64,
+                    p.policy_loss,
+                    p.value_loss,
+                    p.entropy,
+                    p.kl.unwrap_or(0.0),
+                    p.reward_loss.unwrap_or(0.0),
+                    p.taken_log_prob,
+                    p.approx_kl,
+                ]
+            };
+            assert_close(
+                &format!("{what}: loss parts"),
+                &scalars(&fast),
+                &scalars(&slow),
+                1e-3,
+            );
+            assert!(
+                fast.max_ratio_deviation > 1e-4,
+                "{what}: the step moved the policy (max |ρ − 1| = {:.2e})",
+                fast.max_ratio_deviation
+            );
+            assert_same_gradients(&what, &model.params, &fast.loss, &slow.loss);
         }
     }
 }

@@ -1488,6 +1488,7 @@ fn core_runs_every_family_end_to_end() -> Result<()> {
             head_hidden: vec![8],
             n_z: nz,
             posterior: posterior.clone(),
+            sample_scale: 1.0,
         };
         cfg.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(80 + i as u64);

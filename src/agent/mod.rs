@@ -41,6 +41,19 @@ pub struct ModelConfig {
     pub n_z: usize,
     #[serde(default)]
     pub posterior: PosteriorConfig,
+    /// RL: the scale s of the posterior noise in what the policy and value heads see,
+    /// z = μ_t + s·Σ_t^{1/2} ε (1: samples of q_t, as the paper describes; 0: the posterior
+    /// mean, which is what the authors' RL agents act on, see DESIGN.md). The KL term and the
+    /// posterior statistics do not depend on it. Must be 1 for regression.
+    #[serde(default = "d_sample_scale", skip_serializing_if = "is_one")]
+    pub sample_scale: f64,
+}
+
+fn d_sample_scale() -> f64 {
+    1.0
+}
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
 }
 
 fn d_embed() -> usize {
@@ -68,6 +81,7 @@ impl Default for ModelConfig {
             head_hidden: d_head(),
             n_z: 1,
             posterior: PosteriorConfig::Rnn,
+            sample_scale: 1.0,
         }
     }
 }
@@ -83,6 +97,12 @@ impl ModelConfig {
             if v == 0 {
                 bail!("{k} must be a positive integer (got 0)");
             }
+        }
+        if !(0.0..=1.0).contains(&self.sample_scale) {
+            bail!(
+                "model.sample_scale must be in [0, 1] (got {}): 1 acts on samples of the posterior, 0 on its mean",
+                self.sample_scale
+            );
         }
         if self.head_hidden.contains(&0) {
             bail!(

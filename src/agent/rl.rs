@@ -187,6 +187,18 @@ impl RlModel {
         }
     }
 
+    /// The noise ε (n_Z, B, n) of one step: standard normal, times `model.sample_scale`
+    /// (z = μ + s·Σ^{1/2}ε; s = 1 draws samples of q_t, s = 0 gives its mean). The draws from
+    /// `rng` do not depend on s.
+    pub fn noise(&self, rng: &mut ChaCha8Rng, batch: usize) -> Result<Tensor> {
+        let shape = [self.samples(), batch, self.cfg.features];
+        let eps = randn(rng, &shape, &self.core.device)?;
+        Ok(match self.cfg.sample_scale {
+            1.0 => eps,
+            s => (eps * s)?,
+        })
+    }
+
     /// The raw core inputs of one step for B tasks: s_t (B·obs_dim, row-major) and, after the
     /// first step, (a_{t−1}, r_{t−1}).
     pub fn inputs(&self, obs: &[f32], prev: Option<(&[usize], &[f32])>) -> Result<[Tensor; 3]> {
@@ -371,6 +383,9 @@ pub struct Rollout {
     pub laplace: Vec<LaplaceRecord>,
     /// The policy and value heads' forward on every step (kept for training only).
     pub heads: Option<HeadTraces>,
+    /// [`crate::nn::Params::fingerprint`] of the parameters the rollout (and its Laplace
+    /// statistics) was computed at; None where not recorded (evaluation rollouts).
+    pub params: Option<u64>,
 }
 
 /// What a rollout keeps besides the trajectory.
@@ -422,6 +437,82 @@ pub struct LaplaceRecord {
 }
 
 impl Rollout {
+    /// The trajectories of the tasks `tasks` (indices into the batch, in this order): one
+    /// minibatch of whole task sequences. The heads' activations are not carried over (the
+    /// loss pass then runs the heads forward); the Laplace statistics are.
+    pub fn select(&self, tasks: &[usize]) -> Result<Rollout> {
+        fn cols<T: Copy>(table: &[Vec<T>], tasks: &[usize]) -> Vec<Vec<T>> {
+            table
+                .iter()
+                .map(|row| tasks.iter().map(|&k| row[k]).collect())
+                .collect()
+        }
+        let b = self.batch();
+        if let Some(&k) = tasks.iter().find(|&&k| k >= b) {
+            bail!("task index {k} is out of range for a rollout of {b} tasks");
+        }
+        let obs_dim = self.obs.first().map_or(0, |o| o.len() / b.max(1));
+        let index = Tensor::from_vec(
+            tasks.iter().map(|&k| k as u32).collect::<Vec<_>>(),
+            tasks.len(),
+            self.noise
+                .first()
+                .map_or(&candle_core::Device::Cpu, |t| t.device()),
+        )?;
+        let laplace = self
+            .laplace
+            .iter()
+            .map(|r| {
+                let n = r.kl_grad.len() / b;
+                let nz = r.offsets.len() / (b * n);
+                let mut offsets = Vec::with_capacity(nz * tasks.len() * n);
+                for s in 0..nz {
+                    for &k in tasks {
+                        let at = (s * b + k) * n;
+                        offsets.extend_from_slice(&r.offsets[at..at + n]);
+                    }
+                }
+                LaplaceRecord {
+                    offsets,
+                    kl_grad: tasks
+                        .iter()
+                        .flat_map(|&k| r.kl_grad[k * n..(k + 1) * n].iter().copied())
+                        .collect(),
+                    kl: tasks.iter().map(|&k| r.kl[k]).collect(),
+                }
+            })
+            .collect();
+        Ok(Rollout {
+            obs: self
+                .obs
+                .iter()
+                .map(|o| {
+                    tasks
+                        .iter()
+                        .flat_map(|&k| o[k * obs_dim..(k + 1) * obs_dim].iter().copied())
+                        .collect()
+                })
+                .collect(),
+            actions: cols(&self.actions, tasks),
+            rewards: cols(&self.rewards, tasks),
+            discounts: cols(&self.discounts, tasks),
+            regrets: cols(&self.regrets, tasks),
+            noise: self
+                .noise
+                .iter()
+                .map(|e| Ok(e.index_select(&index, 1)?))
+                .collect::<Result<_>>()?,
+            log_probs: cols(&self.log_probs, tasks),
+            values: cols(&self.values, tasks),
+            bootstrap: tasks.iter().map(|&k| self.bootstrap[k]).collect(),
+            posterior_entropy: cols(&self.posterior_entropy, tasks),
+            posterior_kl: cols(&self.posterior_kl, tasks),
+            laplace,
+            heads: None,
+            params: self.params,
+        })
+    }
+
     /// (a_{t−1}, r_{t−1}) of every task, None at t = 0.
     pub fn previous(&self, t: usize) -> Option<(&[usize], &[f32])> {
         (t > 0).then(|| (&self.actions[t - 1][..], &self.rewards[t - 1][..]))
@@ -478,6 +569,30 @@ impl Rollout {
     }
 }
 
+/// The Laplace filter's statistics of every step of `ro` ([`LaplaceRecord`]) at the model's
+/// current parameters: the rollout's inputs and noise replayed through the filter (what
+/// [`rollout`] records, for a rollout whose statistics are stale because the parameters have
+/// changed since, e.g. PPO's later epochs). Empty for the other families.
+pub fn laplace_records(model: &RlModel, ro: &Rollout) -> Result<Vec<LaplaceRecord>> {
+    if !matches!(model.core.posterior_cfg, PosteriorConfig::Laplace(_)) {
+        return Ok(vec![]);
+    }
+    let mut acting = Acting::new(&model.core, ro.batch())?;
+    acting.skip_stats();
+    let mut out = Vec::with_capacity(ro.horizon());
+    for t in 0..ro.horizon() {
+        let step = acting.observe(&model.raw_inputs(&ro.obs[t], ro.previous(t)), &ro.noise[t])?;
+        if let (Some((offsets, kl_grad)), Some(kl)) = (step.laplace, step.kl) {
+            out.push(LaplaceRecord {
+                offsets,
+                kl_grad,
+                kl,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Runs the policy on the tasks `env` holds (already reset; `first_obs` is s_0) for the env
 /// horizon, without gradients (the core is stepped by `agent::acting`). Per step, in this
 /// order: the noise ε, one uniform per task for the action, then the env's own draws, all from
@@ -496,7 +611,6 @@ pub fn rollout(
     keep: Keep,
 ) -> Result<Rollout> {
     let (b, horizon, nz) = (env.batch(), env.horizon(), model.samples());
-    let noise_shape = [nz, b, model.cfg.features];
     let device = &model.core.device;
     let mut ro = Rollout::default();
     let mut acting = Acting::new(&model.core, b)?;
@@ -511,7 +625,7 @@ pub fn rollout(
     let mut obs = first_obs;
     for t in 0..horizon {
         let prev = ro.previous(t);
-        let eps = randn(rng, &noise_shape, device)?;
+        let eps = model.noise(rng, b)?;
         let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
         // The heads on the (n_Z, B) inputs, as `RlModel::log_probs` / `values` compute them.
         let input: Vec<f32> = model
@@ -561,7 +675,7 @@ pub fn rollout(
         .is_some_and(|d| d.iter().any(|v| *v != 0.0));
     ro.bootstrap = if continues {
         let prev = ro.previous(horizon);
-        let eps = randn(rng, &noise_shape, device)?;
+        let eps = model.noise(rng, b)?;
         let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
         let input = model.head_input(&step.embedded[INPUT_OBS], &step.z)?;
         model.values(&input)?.to_vec1()?
@@ -569,8 +683,10 @@ pub fn rollout(
         vec![0.0; b]
     };
     if keep.heads {
+        let params = model.params.fingerprint()?;
+        ro.params = Some(params);
         ro.heads = Some(HeadTraces {
-            params: model.params.fingerprint()?,
+            params,
             policy: Arc::new(policy_trace),
             value: Arc::new(value_trace),
             cayley: cayley.map(Arc::new),

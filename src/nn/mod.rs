@@ -125,6 +125,15 @@ impl Params {
         Ok(hash)
     }
 
+    /// A copy of every parameter's current values in storage of its own (a `Var` is updated in
+    /// place, so [`Params::tensors`] would follow later updates).
+    pub fn deep_copy(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.vars
+            .iter()
+            .map(|(name, var)| Ok((name.clone(), var.as_tensor().copy()?)))
+            .collect()
+    }
+
     /// All tensors by name (for checkpoints).
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
         self.vars

@@ -35,6 +35,75 @@ pub trait Learner {
     fn headline(&self) -> &'static str {
         "loss"
     }
+    /// Whether one update may take more than one gradient step (then `fit` keeps a copy of
+    /// the parameters before each update, to restore it should a later step diverge).
+    fn multi_step(&self) -> bool {
+        false
+    }
+    /// One update: by default one gradient step on [`Learner::loss`] ([`gradient_step`]);
+    /// a learner may take several (PPO's epochs and minibatches). Returns the metrics to log;
+    /// a non-finite loss or gradient is a [`Divergence`] error.
+    fn update(
+        &mut self,
+        update: usize,
+        rng: &mut ChaCha8Rng,
+        opt: &mut AdamW,
+    ) -> Result<BTreeMap<String, f64>> {
+        let (loss, mut metrics) = self.loss(update, rng)?;
+        let (value, stats) = gradient_step(&loss, self.params(), opt)?;
+        metrics.insert("loss".into(), value);
+        insert_step_stats(&mut metrics, &[stats]);
+        Ok(metrics)
+    }
+}
+
+/// A loss or gradient that is not finite: the update that met it changed no parameter.
+#[derive(Debug)]
+pub struct Divergence(pub String);
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Divergence {}
+
+/// Backward through `loss` and one AdamW step; returns the loss value and the step's clipping
+/// statistics. A non-finite loss or gradient is a [`Divergence`] (no parameter touched).
+pub fn gradient_step(
+    loss: &Tensor,
+    params: &Params,
+    opt: &mut AdamW,
+) -> Result<(f64, optim::StepStats)> {
+    let value = loss.to_scalar::<f32>()? as f64;
+    if !value.is_finite() {
+        return Err(Divergence(format!("loss = {value}")).into());
+    }
+    let grads = loss.backward()?;
+    match opt.step(params, &grads) {
+        Ok(stats) => Ok((value, stats)),
+        Err(e) => Err(Divergence(e.to_string()).into()),
+    }
+}
+
+/// The gradient diagnostics of an update's steps, averaged over the steps: `grad_norm` (after
+/// the element clip), `grad_norm_raw` (before any clip), `clip_element_frac` (fraction of
+/// elements the element clip changed) and `clip_norm_frac` (fraction of steps the global-norm
+/// clip rescaled).
+pub fn insert_step_stats(metrics: &mut BTreeMap<String, f64>, steps: &[optim::StepStats]) {
+    let k = steps.len().max(1) as f64;
+    let mean = |f: &dyn Fn(&optim::StepStats) -> f64| steps.iter().map(f).sum::<f64>() / k;
+    metrics.insert("grad_norm".into(), mean(&|s| s.grad_norm));
+    metrics.insert("grad_norm_raw".into(), mean(&|s| s.raw_grad_norm));
+    metrics.insert(
+        "clip_element_frac".into(),
+        mean(&|s| s.clip_element_fraction),
+    );
+    metrics.insert(
+        "clip_norm_frac".into(),
+        mean(&|s| f64::from(u8::from(s.norm_clipped))),
+    );
 }
 
 /// The random stream of update `update`: a pure function of (seed, update), so that a resumed
@@ -220,25 +289,30 @@ pub fn fit(
     };
     for update in start..end {
         let mut rng = update_rng(cfg.seed, update);
-        let (loss, mut metrics) = learner.loss(update, &mut rng)?;
-        let value = loss.to_scalar::<f32>()? as f64;
-        if !value.is_finite() {
-            return diverged(
-                learner,
-                &opt,
-                update,
-                cfg,
-                &latest,
-                format!("loss = {value}"),
-            );
-        }
-        let grads = loss.backward()?;
-        let stats = match opt.step(learner.params(), &grads) {
-            Ok(s) => s,
-            Err(e) => return diverged(learner, &opt, update, cfg, &latest, e.to_string()),
+        opt.cfg.lr = cfg.train.lr_at(update);
+        // Several steps per update: the state before it, to restore should a later one diverge.
+        let before = match learner.multi_step() {
+            true => Some((learner.params().deep_copy()?, opt.clone())),
+            false => None,
         };
-        metrics.insert("loss".into(), value);
-        metrics.insert("grad_norm".into(), stats.grad_norm);
+        let mut metrics = match learner.update(update, &mut rng, &mut opt) {
+            Ok(m) => m,
+            Err(e) => match e.downcast_ref::<Divergence>() {
+                Some(why) => {
+                    let why = why.to_string();
+                    if let Some((tensors, old)) = before {
+                        learner.params().load_from(&tensors, true)?;
+                        opt = old;
+                    }
+                    return diverged(learner, &opt, update, cfg, &latest, why);
+                }
+                None => return Err(e),
+            },
+        };
+        let value = metrics.get("loss").copied().unwrap_or(f64::NAN);
+        if cfg.train.lr_schedule != "constant" {
+            metrics.insert("lr".into(), opt.cfg.lr);
+        }
         let mut row = serde_json::Map::new();
         row.insert("update".into(), (update + 1).into());
         for (k, v) in &metrics {

@@ -33,7 +33,9 @@ impl Default for AdamWConfig {
     }
 }
 
-/// First and second moment estimates per parameter, and the step count.
+/// First and second moment estimates per parameter, and the step count. (Cloning is cheap and
+/// safe: a step replaces the moment tensors, it never writes into them.)
+#[derive(Clone)]
 pub struct AdamW {
     pub cfg: AdamWConfig,
     pub step: usize,
@@ -45,6 +47,12 @@ pub struct AdamW {
 pub struct StepStats {
     /// Global norm of the gradient after the element clip, before the norm clip.
     pub grad_norm: f64,
+    /// Global norm of the raw gradient, before either clip.
+    pub raw_grad_norm: f64,
+    /// Fraction of gradient elements the element clip [−c, c] changed.
+    pub clip_element_fraction: f64,
+    /// Whether the global-norm clip rescaled the gradient.
+    pub norm_clipped: bool,
 }
 
 impl AdamW {
@@ -63,13 +71,24 @@ impl AdamW {
     pub fn step(&mut self, params: &Params, grads: &GradStore) -> Result<StepStats> {
         let c = self.cfg.clip_element;
         let mut clipped = Vec::with_capacity(params.len());
-        let mut sq = 0.0f64;
+        let (mut sq, mut raw_sq, mut changed, mut elements) = (0.0f64, 0.0f64, 0usize, 0usize);
         for (name, var) in params.vars() {
             // Detached: the gradient's own op graph must not be kept alive by the moments.
             let g = match grads.get(var.as_tensor()) {
-                Some(g) => g.detach().clamp(-c, c)?,
+                Some(g) => {
+                    let raw = g.detach();
+                    raw_sq += raw.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                    changed += raw
+                        .abs()?
+                        .gt(c)?
+                        .to_dtype(candle_core::DType::F32)?
+                        .sum_all()?
+                        .to_scalar::<f32>()? as usize;
+                    raw.clamp(-c, c)?
+                }
                 None => var.as_tensor().zeros_like()?,
             };
+            elements += g.elem_count();
             sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
             clipped.push((name.clone(), var, g));
         }
@@ -99,7 +118,12 @@ impl AdamW {
             self.m.insert(name.clone(), m);
             self.v.insert(name, v);
         }
-        Ok(StepStats { grad_norm: norm })
+        Ok(StepStats {
+            grad_norm: norm,
+            raw_grad_norm: raw_sq.sqrt(),
+            clip_element_fraction: changed as f64 / elements.max(1) as f64,
+            norm_clipped: scale < 1.0,
+        })
     }
 
     /// Moment tensors by name (`adam.m.<param>`, `adam.v.<param>`) for checkpoints.
@@ -111,9 +135,16 @@ impl AdamW {
         for (k, t) in &self.v {
             out.insert(format!("adam.v.{k}"), t.clone());
         }
+        // The step count (bias correction); with several gradient steps per update it is not
+        // the update count.
+        if let Ok(step) = Tensor::new(&[self.step as f32], &candle_core::Device::Cpu) {
+            out.insert("adam.step".into(), step);
+        }
         out
     }
 
+    /// Restores the moments; the step count is the checkpoint's `adam.step` where it has one,
+    /// else `step` (checkpoints of one gradient step per update).
     pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, step: usize) -> Result<()> {
         for (k, t) in self.m.iter_mut() {
             *t = tensors
@@ -127,7 +158,10 @@ impl AdamW {
                 .ok_or_else(|| anyhow::anyhow!("optimizer state lacks adam.v.{k}"))?
                 .clone();
         }
-        self.step = step;
+        self.step = match tensors.get("adam.step") {
+            Some(t) => t.flatten_all()?.to_vec1::<f32>()?[0] as usize,
+            None => step,
+        };
         Ok(())
     }
 }

@@ -15,26 +15,33 @@
 //!    forward values are the rollout's own, [`HeadTraces`], and only their backward runs), then
 //!    policy-clip loss + value loss − entropy bonus (exact entropy of the averaged policy)
 //!    + β·mean_t KL(q_t ‖ stop_grad q_{t−1}) (Bayesian families) + reward-prediction loss.
-//! 5. [`Ppo`]: the [`Learner`]: one update = one rollout of fresh tasks + one full-batch gradient
-//!    step (Table 1: no minibatches). Seeding, AdamW, clipping, checkpoints, snapshots, resume
-//!    and divergence handling are the generic `train::fit` loop's.
+//! 5. [`Ppo`]: the [`Learner`]: one update = one rollout of fresh tasks + by default one
+//!    full-batch gradient step (Table 1: no minibatches); `ppo.epochs` passes of
+//!    `ppo.minibatches` minibatches of whole task sequences, stopped early by `ppo.target_kl`,
+//!    as in CleanRL's recurrent PPO. Seeding, AdamW, the learning-rate schedule, clipping,
+//!    checkpoints, snapshots, resume and divergence handling are the generic `train::fit` loop's.
 //!
-//! Because each rollout feeds exactly one gradient step, the loss is always evaluated at the
-//! rollout's parameters: ρ = 1, the clip never binds, and the policy gradient equals the plain
-//! −A·∇log π (as in the authors' full-batch recurrent PPO). The clipped form is kept so that
-//! the objective is the one Table 1 names.
+//! With the paper's one gradient step per rollout, the loss is evaluated at the rollout's
+//! parameters: ρ = 1, the clip never binds, and the policy gradient equals the plain
+//! −A·∇log π (as in the authors' full-batch recurrent PPO); the clipped form is kept so that
+//! the objective is the one Table 1 names, and it binds from the second step on. Whatever the
+//! rollout computed is reused by the loss only at the parameters it was computed at
+//! (`Rollout::params`, a [`Params::fingerprint`]); later steps recompute it (the heads'
+//! forward, the Cayley factors, the Laplace filter's statistics).
 
-use super::Learner;
+use super::optim::AdamW;
+use super::{Learner, gradient_step, insert_step_stats};
 use crate::agent::replay::{LaplaceConstants, PosteriorSequence};
 use crate::agent::rl::{
-    HeadTraces, INPUT_OBS, Keep, RlModel, Rollout, env_kind, exact_entropy, reward_loss_scale,
-    rollout,
+    HeadTraces, INPUT_OBS, Keep, RlModel, Rollout, env_kind, exact_entropy, laplace_records,
+    reward_loss_scale, rollout,
 };
 use crate::config::{EvalConfig, ExperimentConfig, PpoConfig};
 use crate::envs::{EnvKind, MetaEnv, make_env};
 use crate::nn::Params;
 use anyhow::{Result, bail};
 use candle_core::{D, Device, Tensor};
+use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
@@ -118,6 +125,14 @@ pub struct LossParts {
     pub taken_log_prob: f64,
     /// max |ρ − 1| over steps and tasks (0 up to rounding at the rollout's parameters).
     pub max_ratio_deviation: f64,
+    /// CleanRL's `approx_kl`: mean((ρ − 1) − log ρ), an estimate of KL(π_old ‖ π) from the
+    /// rollout's actions (0 at the rollout's parameters).
+    pub approx_kl: f64,
+    /// CleanRL's `clipfrac`: the fraction of steps with |ρ − 1| > ε.
+    pub clip_fraction: f64,
+    /// Bayesian families: mean over steps, samples and tasks of ‖z − μ‖ / ‖μ‖, how much of what
+    /// the heads see is posterior noise (None for the point estimate and the reference loss).
+    pub noise_ratio: Option<f64>,
 }
 
 /// The loss of Eq. (3) via PPO (Table 1) for a rollout with advantages and value targets
@@ -140,20 +155,35 @@ pub fn ppo_loss(
     let (nz, n) = (model.samples(), model.cfg.features);
     let core = &model.core;
     let replay = core.replay(&model.sequence_inputs(ro)?)?;
-    // The rollout's activations (heads, Cayley factors), if computed at these parameters.
-    let traces = match &ro.heads {
-        Some(t) if t.params == model.params.fingerprint()? => Some(t),
-        _ => None,
+    // What the rollout computed is reused only at the parameters it was computed at.
+    let fresh = match ro.params {
+        Some(p) => p == model.params.fingerprint()?,
+        None => false,
     };
+    // The rollout's activations (heads, Cayley factors), if computed at these parameters.
+    let traces = ro
+        .heads
+        .as_ref()
+        .filter(|t| fresh && Some(t.params) == ro.params);
     let cayley = traces.and_then(|t| t.cayley.as_ref());
     let post = core.posterior_sequence_known(&replay.phi, cayley)?;
     let device = &core.device;
     let (noise, laplace) = match &post {
         PosteriorSequence::Laplace { .. } => {
-            if ro.laplace.len() != horizon {
-                bail!("the rollout holds no Laplace statistics: make it with `ppo::rollout`");
+            // The filter's statistics at these parameters: the rollout's, or computed anew.
+            let recomputed;
+            let records = if fresh && ro.laplace.len() == horizon {
+                &ro.laplace
+            } else {
+                recomputed = laplace_records(model, ro)?;
+                &recomputed
+            };
+            if records.len() != horizon {
+                bail!(
+                    "the Laplace filter gave {} steps for a rollout of {horizon}",
+                    records.len()
+                );
             }
-            let records = &ro.laplace;
             let offsets = records.iter().flat_map(|r| r.offsets.iter().copied());
             let kl_grad = records.iter().flat_map(|r| r.kl_grad.iter().copied());
             let kl: Vec<f64> = records.iter().flat_map(|r| r.kl.iter().copied()).collect();
@@ -175,13 +205,34 @@ pub fn ppo_loss(
         .embedding(INPUT_OBS)?
         .reshape((horizon, b, width))?;
     let kl = kl.map(|kl| kl.mean_all()).transpose()?;
+    let noise_ratio = match core.posterior.is_bayesian() {
+        true => Some(noise_ratio(&post, &z)?),
+        false => None,
+    };
     let inputs = ObjectiveInputs {
         z: &z,
         emb_s: &emb_s,
         kl,
         traces,
     };
-    ppo_objective(model, ro, advantages, targets, ppo, beta, inputs)
+    let mut parts = ppo_objective(model, ro, advantages, targets, ppo, beta, inputs)?;
+    parts.noise_ratio = noise_ratio;
+    Ok(parts)
+}
+
+/// mean over steps, samples and tasks of ‖z − μ‖ / ‖μ‖ for samples z (T, n_Z, B, n) of
+/// q_0..q_{T−1} (no gradient).
+fn noise_ratio(post: &PosteriorSequence, z: &Tensor) -> Result<f64> {
+    let z = z.detach();
+    let (steps, _, b, n) = z.dims4()?;
+    let zero = Tensor::zeros((steps, 1, b, n), z.dtype(), z.device())?;
+    let mu = post.samples(0, steps, &zero)?.detach(); // (T, 1, B, n): the means
+    let noise = z.broadcast_sub(&mu)?.sqr()?.sum(D::Minus1)?.sqrt()?;
+    let scale = mu.sqr()?.sum(D::Minus1)?.sqrt()?.affine(1.0, 1e-12)?;
+    Ok(noise
+        .broadcast_div(&scale)?
+        .mean_all()?
+        .to_scalar::<f32>()? as f64)
 }
 
 /// What the loss pass gives [`ppo_objective`]: the samples z (T, n_Z, B, n), the state
@@ -230,7 +281,8 @@ pub fn ppo_objective(
         advantages.to_vec()
     };
     let adv = table(&adv, device)?;
-    let ratio = logp.sub(&table(&ro.log_probs, device)?)?.exp()?;
+    let log_ratio = logp.sub(&table(&ro.log_probs, device)?)?;
+    let ratio = log_ratio.exp()?;
     let clipped = ratio.clamp(1.0 - ppo.clip_ratio, 1.0 + ppo.clip_ratio)?;
     let policy_loss = ratio
         .mul(&adv)?
@@ -271,6 +323,14 @@ pub fn ppo_objective(
         .abs()?
         .max_keepdim(1)?
         .max_keepdim(0)?;
+    let (log_ratio, ratio_d) = (log_ratio.detach(), ratio.detach());
+    let approx_kl = ratio_d.affine(1.0, -1.0)?.sub(&log_ratio)?.mean_all()?;
+    let clip_fraction = ratio_d
+        .affine(1.0, -1.0)?
+        .abs()?
+        .gt(ppo.clip_ratio)?
+        .to_dtype(candle_core::DType::F32)?
+        .mean_all()?;
     Ok(LossParts {
         loss,
         policy_loss: policy_loss.to_scalar::<f32>()? as f64,
@@ -280,6 +340,9 @@ pub fn ppo_objective(
         reward_loss,
         taken_log_prob: logp.mean_all()?.to_scalar::<f32>()? as f64,
         max_ratio_deviation: deviation.flatten_all()?.to_vec1::<f32>()?[0] as f64,
+        approx_kl: approx_kl.to_scalar::<f32>()? as f64,
+        clip_fraction: clip_fraction.to_scalar::<f32>()? as f64,
+        noise_ratio: None,
     })
 }
 
@@ -351,15 +414,131 @@ impl Learner for Ppo {
         &self.model.params
     }
 
-    /// Metrics: return and regret (means over the batch's tasks of Σ_t r_t and Σ_t regret_t),
-    /// the loss parts, and every `ppo.eval_every` updates `test_return` / `test_regret` on the
-    /// held-out tasks for the parameters after `update` updates (its own random stream, so
-    /// training draws the same data whatever `eval_every` is).
+    /// The loss of one full-batch gradient step at the rollout's parameters (what one update
+    /// is with the paper's `ppo.epochs = 1`, `ppo.minibatches = 1`); see [`Ppo::update`].
     fn loss(
         &mut self,
         update: usize,
         rng: &mut ChaCha8Rng,
     ) -> Result<(Tensor, BTreeMap<String, f64>)> {
+        let mut m = self.held_out(update)?;
+        let (ro, advantages, targets) = self.collect(rng)?;
+        let parts = ppo_loss(
+            &self.model,
+            &ro,
+            &advantages,
+            &targets,
+            &self.ppo,
+            self.beta,
+        )?;
+        rollout_metrics(&mut m, &ro, &advantages, &targets);
+        loss_metrics(&mut m, &[&parts], self.beta);
+        Ok((parts.loss, m))
+    }
+
+    fn multi_step(&self) -> bool {
+        self.ppo.epochs * self.ppo.minibatches > 1
+    }
+
+    /// One PPO update, top to bottom: (1) the held-out evaluation when due, (2) a rollout of
+    /// B fresh training tasks, (3) GAE, (4) `ppo.epochs` passes over the rollout, each in
+    /// `ppo.minibatches` minibatches of whole task sequences (shuffled per pass; each replayed
+    /// from the zero carry), one gradient step per minibatch, the passes stopped early once
+    /// the last minibatch's approximate KL exceeds `ppo.target_kl`, (5) the diagnostics of the
+    /// updated policy on the rollout.
+    ///
+    /// Metrics: return and regret (means over the batch's tasks of Σ_t r_t and Σ_t regret_t);
+    /// the loss parts averaged over the gradient steps; `explained_variance` of the value head
+    /// on the rollout; `adv_abs` = mean |A|; `kl_term` = β·KL and `kl_term_ratio` = β·KL /
+    /// mean|A| (the KL penalty against the scale of the policy-gradient weights); `noise_ratio`
+    /// = mean ‖z − μ‖/‖μ‖ (Bayesian families); the gradient's norms and clipping fractions
+    /// (`train::insert_step_stats`); `approx_kl` and `clipfrac` of the updated policy against
+    /// the rollout's on up to [`PROBE_TASKS`] of its tasks; with several steps, `ppo_steps`;
+    /// and every `ppo.eval_every` updates `test_return` / `test_regret` on the held-out tasks
+    /// for the parameters after `update` updates (their own random stream, so training draws
+    /// the same data whatever `eval_every` is).
+    fn update(
+        &mut self,
+        update: usize,
+        rng: &mut ChaCha8Rng,
+        opt: &mut AdamW,
+    ) -> Result<BTreeMap<String, f64>> {
+        let mut m = self.held_out(update)?;
+        let (ro, advantages, targets) = self.collect(rng)?;
+        rollout_metrics(&mut m, &ro, &advantages, &targets);
+
+        // Epochs × minibatches of gradient steps.
+        let b = ro.batch();
+        let per = b / self.ppo.minibatches;
+        let mut order: Vec<usize> = (0..b).collect();
+        let (mut parts, mut steps) = (vec![], vec![]);
+        for _epoch in 0..self.ppo.epochs {
+            if self.ppo.minibatches > 1 {
+                order.shuffle(rng);
+            }
+            for tasks in order.chunks(per) {
+                let minibatch;
+                let (sub, adv, tgt) = if self.ppo.minibatches == 1 {
+                    (&ro, advantages.clone(), targets.clone())
+                } else {
+                    minibatch = ro.select(tasks)?;
+                    (
+                        &minibatch,
+                        columns(&advantages, tasks),
+                        columns(&targets, tasks),
+                    )
+                };
+                let mut p = ppo_loss(&self.model, sub, &adv, &tgt, &self.ppo, self.beta)?;
+                let (value, stats) = gradient_step(&p.loss, &self.model.params, opt)?;
+                // Keep the numbers, not the step's graph.
+                p.loss = Tensor::new(value as f32, &self.model.core.device)?;
+                steps.push(stats);
+                parts.push(p);
+            }
+            let last_kl = parts.last().map_or(0.0, |p| p.approx_kl);
+            if self.ppo.target_kl.is_some_and(|target| last_kl > target) {
+                break;
+            }
+        }
+        let loss = parts
+            .iter()
+            .map(|p| p.loss.to_scalar::<f32>().map(f64::from));
+        let loss = loss.collect::<candle_core::Result<Vec<f64>>>()?;
+        m.insert("loss".into(), loss.iter().sum::<f64>() / loss.len() as f64);
+        loss_metrics(&mut m, &parts.iter().collect::<Vec<_>>(), self.beta);
+        insert_step_stats(&mut m, &steps);
+        if steps.len() > 1 {
+            m.insert("ppo_steps".into(), steps.len() as f64);
+        }
+
+        // The updated policy against the rollout's.
+        let probe: Vec<usize> = (0..b.min(PROBE_TASKS)).collect();
+        let sub = ro.select(&probe)?;
+        let after = ppo_loss(
+            &self.model,
+            &sub,
+            &columns(&advantages, &probe),
+            &columns(&targets, &probe),
+            &self.ppo,
+            self.beta,
+        )?;
+        m.insert("approx_kl".into(), after.approx_kl);
+        m.insert("clipfrac".into(), after.clip_fraction);
+        Ok(m)
+    }
+
+    fn headline(&self) -> &'static str {
+        "return"
+    }
+}
+
+/// Tasks of the rollout on which `approx_kl` and `clipfrac` of the updated policy are measured
+/// after each update (the first ones; all of them in smaller batches).
+pub const PROBE_TASKS: usize = 32;
+
+impl Ppo {
+    /// `test_return` / `test_regret` on the held-out tasks when `ppo.eval_every` says so.
+    fn held_out(&self, update: usize) -> Result<BTreeMap<String, f64>> {
         let mut m = BTreeMap::new();
         if self.ppo.eval_every > 0 && update.is_multiple_of(self.ppo.eval_every) {
             let test = crate::eval::rl::evaluate_rl(
@@ -375,6 +554,12 @@ impl Learner for Ppo {
                 test.rows.last().map_or(f64::NAN, |r| r.cum_regret_mean),
             );
         }
+        Ok(m)
+    }
+
+    /// A rollout of fresh training tasks with its advantages and value targets.
+    #[allow(clippy::type_complexity)]
+    fn collect(&mut self, rng: &mut ChaCha8Rng) -> Result<(Rollout, Vec<Vec<f32>>, Vec<Vec<f32>>)> {
         let first_obs = self.env.reset(rng);
         let ro = rollout(
             &self.model,
@@ -391,30 +576,77 @@ impl Learner for Ppo {
             self.ppo.gamma,
             self.ppo.gae_lambda,
         );
-        let parts = ppo_loss(
-            &self.model,
-            &ro,
-            &advantages,
-            &targets,
-            &self.ppo,
-            self.beta,
-        )?;
-        let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        m.insert("return".into(), mean(ro.returns()));
-        m.insert("regret".into(), mean(ro.total_regret()));
-        m.insert("policy_loss".into(), parts.policy_loss);
-        m.insert("value_loss".into(), parts.value_loss);
-        m.insert("entropy".into(), parts.entropy);
-        if let Some(kl) = parts.kl {
-            m.insert("kl".into(), kl);
-        }
-        if let Some(r) = parts.reward_loss {
-            m.insert("reward_loss".into(), r);
-        }
-        Ok((parts.loss, m))
+        Ok((ro, advantages, targets))
     }
+}
 
-    fn headline(&self) -> &'static str {
-        "return"
+/// The columns `tasks` of a `[t][b]` table.
+fn columns(table: &[Vec<f32>], tasks: &[usize]) -> Vec<Vec<f32>> {
+    table
+        .iter()
+        .map(|row| tasks.iter().map(|&k| row[k]).collect())
+        .collect()
+}
+
+/// Return, regret, `explained_variance` (CleanRL's: 1 − Var(target − V)/Var(target) over the
+/// rollout's steps and tasks, V the rollout's values) and `adv_abs` = mean |A|.
+fn rollout_metrics(
+    m: &mut BTreeMap<String, f64>,
+    ro: &Rollout,
+    advantages: &[Vec<f32>],
+    targets: &[Vec<f32>],
+) {
+    let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    m.insert("return".into(), mean(ro.returns()));
+    m.insert("regret".into(), mean(ro.total_regret()));
+    let y: Vec<f64> = targets.iter().flatten().map(|v| *v as f64).collect();
+    let v: Vec<f64> = ro.values.iter().flatten().map(|v| *v as f64).collect();
+    let var = |x: &[f64]| {
+        let mu = x.iter().sum::<f64>() / x.len().max(1) as f64;
+        x.iter().map(|a| (a - mu).powi(2)).sum::<f64>() / x.len().max(1) as f64
+    };
+    let resid: Vec<f64> = y.iter().zip(&v).map(|(a, b)| a - b).collect();
+    let var_y = var(&y);
+    let ev = if var_y > 0.0 {
+        1.0 - var(&resid) / var_y
+    } else {
+        f64::NAN
+    };
+    m.insert("explained_variance".into(), ev);
+    let abs: Vec<f64> = advantages
+        .iter()
+        .flatten()
+        .map(|a| a.abs() as f64)
+        .collect();
+    m.insert("adv_abs".into(), mean(abs));
+}
+
+/// The loss parts averaged over an update's gradient steps, and the KL penalty's size:
+/// `kl_term` = β·KL, `kl_term_ratio` = β·KL / mean|A| (needs `adv_abs` in `m`).
+fn loss_metrics(m: &mut BTreeMap<String, f64>, parts: &[&LossParts], beta: f64) {
+    let k = parts.len().max(1) as f64;
+    let mean = |f: &dyn Fn(&LossParts) -> f64| parts.iter().map(|p| f(p)).sum::<f64>() / k;
+    m.insert("policy_loss".into(), mean(&|p| p.policy_loss));
+    m.insert("value_loss".into(), mean(&|p| p.value_loss));
+    m.insert("entropy".into(), mean(&|p| p.entropy));
+    if parts.iter().all(|p| p.kl.is_some()) && !parts.is_empty() {
+        let kl = mean(&|p| p.kl.unwrap_or(0.0));
+        m.insert("kl".into(), kl);
+        m.insert("kl_term".into(), beta * kl);
+        if let Some(adv) = m.get("adv_abs").copied() {
+            m.insert("kl_term_ratio".into(), beta * kl / adv.max(1e-12));
+        }
+    }
+    if parts.iter().all(|p| p.reward_loss.is_some()) && !parts.is_empty() {
+        m.insert(
+            "reward_loss".into(),
+            mean(&|p| p.reward_loss.unwrap_or(0.0)),
+        );
+    }
+    if parts.iter().all(|p| p.noise_ratio.is_some()) && !parts.is_empty() {
+        m.insert(
+            "noise_ratio".into(),
+            mean(&|p| p.noise_ratio.unwrap_or(0.0)),
+        );
     }
 }
