@@ -244,16 +244,13 @@ impl PosteriorConfig {
             "finetune instead: `lvrnn train --config <config> --posterior {target} --init-from <checkpoint>`"
         );
         match (self, target) {
-            (Self::Vrnn { diagonal: trained }, Self::Vrnn { diagonal }) => {
-                // A full head has every parameter of a diagonal one.
-                if *trained && !*diagonal {
-                    bail!(
-                        "posterior `{}` cannot be applied post hoc to a network trained as `{}`: its full-covariance head (`vrnn.tri`) was never trained and would act with random weights; {finetune}, or evaluate `vrnn:diagonal=true`",
-                        target.label(),
-                        self.label()
-                    );
-                }
-            }
+            // A full head has every parameter of a diagonal one.
+            (Self::Vrnn { diagonal: true }, Self::Vrnn { diagonal: false }) => bail!(
+                "posterior `{}` cannot be applied post hoc to a network trained as `{}`: its full-covariance head (`vrnn.tri`) was never trained and would act with random weights; {finetune}, or evaluate `vrnn:diagonal=true`",
+                target.label(),
+                self.label()
+            ),
+            (Self::Vrnn { .. }, Self::Vrnn { .. }) => {}
             (_, Self::Vrnn { .. }) => bail!(
                 "posterior `{}` cannot be applied post hoc to a network trained as `{}`: its VRNN head was never trained and would act with random weights. {finetune}; post hoc, use `rnn` or a `laplace:…` variant (they add no parameters)",
                 target.label(),
