@@ -14,7 +14,7 @@
 
 use crate::config::ExperimentConfig;
 use crate::nn::{Params, read_safetensors};
-use crate::util::write_atomic;
+use crate::util::{PidLock, write_atomic};
 use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
 use std::collections::{BTreeMap, HashMap};
@@ -22,14 +22,32 @@ use std::path::{Path, PathBuf};
 
 pub struct RunDir {
     pub root: PathBuf,
+    /// `<runs>/<name>.lock`, held while this process trains into the folder.
+    _lock: PidLock,
 }
 
 impl RunDir {
     /// Opens `<runs_dir>/<name>`. A folder that already holds a checkpoint is only reused
     /// with `resume` (or after `overwrite` deletes it), so no finished run is lost by accident.
+    /// Two processes never train into one folder: the run holds `<runs_dir>/<name>.lock` (beside
+    /// the folder, so `overwrite` keeps it) with its pid until it is dropped; a second `lvrnn
+    /// train` is refused while that process lives.
     pub fn open(runs_dir: &Path, name: &str, resume: bool, overwrite: bool) -> Result<Self> {
         let root = runs_dir.join(name);
-        let run = Self { root };
+        let lock = runs_dir.join(format!("{name}.lock"));
+        // A pid reused by another program does not hold the lock: the holder runs this binary.
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+            .unwrap_or_else(|| "lvrnn".into());
+        let _lock = PidLock::acquire(&lock, &exe, |pid, path| {
+            format!(
+                "another process (pid {pid}) is training into {} ({} is held); wait for it to finish or stop it, or choose another --name",
+                root.display(),
+                path.display()
+            )
+        })?;
+        let run = Self { root, _lock };
         if run.latest_checkpoint().exists() && !resume {
             if overwrite {
                 std::fs::remove_dir_all(&run.root)

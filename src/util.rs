@@ -270,3 +270,59 @@ pub fn progress_bar(total: usize, done: usize, name: &str, unit: &str) -> indica
     bar.set_position(done as u64);
     bar
 }
+
+/// Whether `pid` is a live (not zombie) process whose command line contains `needle`
+/// (guards against a reused pid). Always false where `/proc` is missing.
+pub(crate) fn alive_with(pid: u32, needle: &str) -> bool {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(stat) = std::fs::read_to_string(proc.join("stat")) else {
+        return false;
+    };
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']));
+    let cmdline = std::fs::read(proc.join("cmdline")).unwrap_or_default();
+    !zombie
+        && cmdline
+            .windows(needle.len().max(1))
+            .any(|w| w == needle.as_bytes())
+}
+
+/// A lock file holding this process's pid, removed on drop (`sweep.lock`, a run's
+/// `<runs>/<name>.lock`). A lock whose process is gone (a killed sweep or run), or whose pid now
+/// belongs to a process without `needle` on its command line, is stale and taken over; a live
+/// one is refused with `busy(pid, path)`.
+pub struct PidLock(PathBuf);
+
+impl PidLock {
+    pub fn acquire(path: &Path, needle: &str, busy: impl Fn(u32, &Path) -> String) -> Result<Self> {
+        ensure_parent(path)?;
+        for _ in 0..2 {
+            match OpenOptions::new().write(true).create_new(true).open(path) {
+                Ok(mut f) => {
+                    writeln!(f, "{}", std::process::id())?;
+                    return Ok(Self(path.to_path_buf()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let text = std::fs::read_to_string(path).unwrap_or_default();
+                    if let Ok(pid) = text.trim().parse::<u32>()
+                        && pid != std::process::id()
+                        && alive_with(pid, needle)
+                    {
+                        bail!("{}", busy(pid, path));
+                    }
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("removing stale {}", path.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        }
+        bail!("could not take {}", path.display())
+    }
+}
+
+impl Drop for PidLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -267,3 +267,49 @@ fn a_bad_posterior_in_a_config_names_what_is_wrong_in_either_form() {
     let err = posterior_config("posterior = 3").unwrap_err();
     assert!(err.contains("posterior SPEC"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Post hoc: a posterior that does not belong to the network is refused (issue 19, part 1)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_posterior_the_network_did_not_train_for_is_refused_post_hoc_and_the_rest_allowed() {
+    use lvrnn::posterior::PosteriorConfig;
+    let p = |s: &str| s.parse::<PosteriorConfig>().unwrap();
+    let refused = [
+        ("vrnn", "laplace:window=1,accumulate=sigma"),
+        ("vrnn:diagonal=true", "laplace:window=10,accumulate=none"),
+        ("vrnn", "rnn"),
+        ("rnn", "vrnn"),
+        ("vrnn:diagonal=true", "vrnn"),
+        ("laplace:window=1,accumulate=mu_sigma", "rnn"),
+        (
+            "laplace:window=1,accumulate=mu_sigma",
+            "laplace:window=1,accumulate=sigma",
+        ),
+    ];
+    for (trained, target) in refused {
+        let e = p(trained).check_posthoc(&p(target));
+        assert!(e.is_err(), "{target} on {trained} should be refused");
+        assert!(format!("{:#}", e.unwrap_err()).contains("post hoc"));
+    }
+    let allowed = [
+        ("rnn", "laplace:window=1,accumulate=sigma"),
+        ("rnn", "laplace:window=1,accumulate=mu_sigma"),
+        ("laplace:window=1,accumulate=sigma", "rnn"),
+        ("vrnn", "vrnn:diagonal=true"),
+        (
+            "laplace:window=1,accumulate=mu_sigma",
+            "laplace:window=3,accumulate=mu_sigma,diagonal=true",
+        ),
+    ];
+    for (trained, target) in allowed {
+        p(trained).check_posthoc(&p(target)).unwrap();
+    }
+    // A VRNN config whose eval.posthoc asks for a Laplace posterior is refused when read.
+    let mut cfg = config("gridworld", "");
+    cfg.model.posterior = p("vrnn");
+    cfg.eval.posthoc = vec!["laplace:window=1,accumulate=sigma".into()];
+    let e = format!("{:#}", cfg.validate().unwrap_err());
+    assert!(e.contains("eval.posthoc") && e.contains("mean head"), "{e}");
+}

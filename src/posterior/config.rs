@@ -221,30 +221,66 @@ impl PosteriorConfig {
     }
 
     /// Whether a network trained under `self` can be evaluated under `target` post hoc (same
-    /// weights, no retraining). The point estimate and every Laplace variant add no
-    /// parameters, so they apply to any network; a VRNN head (and the full variant's `vrnn.tri`)
-    /// exists only in a network trained as such. The error says how to train it instead.
+    /// weights, no retraining). Refused, before any evaluation, wherever the heads would read a
+    /// z the network never produced in training:
+    ///
+    /// - a VRNN head (and the full variant's `vrnn.tri`) exists only in a network trained as
+    ///   such: `vrnn` on any other network would act with random weights;
+    /// - a network trained as a VRNN feeds its heads z around the mean head's output
+    ///   `vrnn.mean(φ_t)`; the point estimate and the Laplace posterior take z around φ_t = P h_t
+    ///   itself, an intermediate the heads never saw (a gridworld VRNN that returns 29.2 acts at
+    ///   random, 4.2, under Laplace Σ k_H = 1). So `rnn` and `laplace:…` are refused on a VRNN
+    ///   network;
+    /// - a network trained with an accumulated mean (`laplace:…,accumulate=mu_sigma`) feeds its
+    ///   heads μ_t = φ_t + μ_{t−1}; a posterior without it (`rnn`, `accumulate=sigma|none`) would
+    ///   hand them the increment φ_t alone.
+    ///
+    /// Allowed: any Laplace variant or the point estimate on a point or Laplace network whose
+    /// mean is φ_t (the paper's post-hoc posteriors, including the `mu_sigma` ablation on RNN
+    /// weights), and a diagonal VRNN on a full one (a full head has every parameter of a
+    /// diagonal one, and the same mean). The error says what to do instead.
     pub fn check_posthoc(&self, target: &PosteriorConfig) -> Result<()> {
-        let has_head = match self {
-            Self::Vrnn { diagonal } => Some(*diagonal),
-            _ => None,
-        };
-        if let Self::Vrnn { diagonal } = target {
-            let ok = match has_head {
-                None => false,
-                // A full head has every parameter of a diagonal one.
-                Some(trained_diagonal) => !trained_diagonal || *diagonal,
-            };
-            if !ok {
+        let finetune = format!(
+            "finetune instead: `lvrnn train --config <config> --posterior {target} --init-from <checkpoint>`"
+        );
+        match (self, target) {
+            // A full head has every parameter of a diagonal one.
+            (Self::Vrnn { diagonal: true }, Self::Vrnn { diagonal: false }) => bail!(
+                "posterior `{}` cannot be applied post hoc to a network trained as `{}`: its full-covariance head (`vrnn.tri`) was never trained and would act with random weights; {finetune}, or evaluate `vrnn:diagonal=true`",
+                target.label(),
+                self.label()
+            ),
+            (Self::Vrnn { .. }, Self::Vrnn { .. }) => {}
+            (_, Self::Vrnn { .. }) => bail!(
+                "posterior `{}` cannot be applied post hoc to a network trained as `{}`: its VRNN head was never trained and would act with random weights. {finetune}; post hoc, use `rnn` or a `laplace:…` variant (they add no parameters)",
+                target.label(),
+                self.label()
+            ),
+            (Self::Vrnn { .. }, _) => bail!(
+                "posterior `{}` cannot be applied post hoc to a network trained as `{}`: the VRNN's heads were trained on z around its mean head's output, while `{}` takes z around the projection φ = P h that feeds that head, so the agent would act on a quantity it never saw (at random). Evaluate this checkpoint under its own posterior (or `vrnn:diagonal=true`), or {finetune}",
+                target.label(),
+                self.label(),
+                target.label()
+            ),
+            (Self::Laplace(t), _)
+                if t.accumulate == Accumulate::MuSigma && !accumulates_mean(target) =>
+            {
                 bail!(
-                    "posterior `{}` cannot be applied post hoc to a network trained as `{}`: its VRNN head was never trained and would act with random weights. Finetune instead: `lvrnn train --config <config> --posterior {target} --init-from <checkpoint>`; post hoc, use `rnn` or a `laplace:…` variant (they add no parameters)",
+                    "posterior `{}` cannot be applied post hoc to a network trained as `{}`: its heads were trained on the accumulated mean μ_t = φ_t + μ_(t−1), while `{}` hands them the increment φ_t alone. Post hoc, use a `laplace:…,accumulate=mu_sigma` variant, or {finetune}",
                     target.label(),
-                    self.label()
-                );
+                    self.label(),
+                    target.label()
+                )
             }
+            _ => {}
         }
         Ok(())
     }
+}
+
+/// Whether `p`'s mean is accumulated over steps (μ_t = φ_t + μ_{t−1}).
+fn accumulates_mean(p: &PosteriorConfig) -> bool {
+    matches!(p, PosteriorConfig::Laplace(c) if c.accumulate == Accumulate::MuSigma)
 }
 
 impl fmt::Display for PosteriorConfig {

@@ -29,7 +29,9 @@
 
 use super::layout::{JobStatus, Outcome, SweepDir, shell_line};
 use super::spec::{Job, Sweep};
-use crate::util::{JsonlAppender, read_jsonl, write_atomic, write_json_atomic};
+use crate::util::{
+    JsonlAppender, PidLock, alive_with, read_jsonl, write_atomic, write_json_atomic,
+};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -81,7 +83,12 @@ pub fn run_local(sweep: &Sweep, dir: &SweepDir, opts: &LocalOptions) -> Result<(
     }
     std::fs::create_dir_all(&dir.root)
         .with_context(|| format!("creating {}", dir.root.display()))?;
-    let _lock = SweepLock::acquire(&dir.lock())?;
+    let _lock = PidLock::acquire(&dir.lock(), "sweep", |pid, path| {
+        format!(
+            "another `lvrnn sweep` (pid {pid}) is running in this folder ({}); wait for it to finish or stop it",
+            path.display()
+        )
+    })?;
     dir.write_job_configs(&sweep.jobs)?;
     for d in [dir.runs(), dir.status_dir(), dir.logs()] {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -354,23 +361,6 @@ fn die_with_parent(cmd: &mut Command) {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn die_with_parent(_cmd: &mut Command) {}
 
-/// Whether `pid` is a live (not zombie) process whose command line contains `needle`
-/// (guards against a reused pid). Always false where `/proc` is missing.
-fn alive_with(pid: u32, needle: &str) -> bool {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let Ok(stat) = std::fs::read_to_string(proc.join("stat")) else {
-        return false;
-    };
-    let zombie = stat
-        .rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']));
-    let cmdline = std::fs::read(proc.join("cmdline")).unwrap_or_default();
-    !zombie
-        && cmdline
-            .windows(needle.len().max(1))
-            .any(|w| w == needle.as_bytes())
-}
-
 /// Waits until a worker of `name` left behind by an earlier sweep (its pid in the job's pid
 /// file) has exited, then removes the pid file.
 fn wait_for_orphan(dir: &SweepDir, name: &str) -> Result<()> {
@@ -391,45 +381,6 @@ fn wait_for_orphan(dir: &SweepDir, name: &str) -> Result<()> {
         }
     }
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
-}
-
-/// `sweep.lock`: created with this process's pid, removed on drop. A lock whose process is gone
-/// (a killed sweep) is taken over.
-struct SweepLock(PathBuf);
-
-impl SweepLock {
-    fn acquire(path: &Path) -> Result<Self> {
-        for _ in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).open(path) {
-                Ok(mut f) => {
-                    writeln!(f, "{}", std::process::id())?;
-                    return Ok(Self(path.to_path_buf()));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let text = std::fs::read_to_string(path).unwrap_or_default();
-                    if let Ok(pid) = text.trim().parse::<u32>()
-                        && pid != std::process::id()
-                        && alive_with(pid, "sweep")
-                    {
-                        bail!(
-                            "another `lvrnn sweep` (pid {pid}) is running in this folder ({}); wait for it to finish or stop it",
-                            path.display()
-                        );
-                    }
-                    std::fs::remove_file(path)
-                        .with_context(|| format!("removing stale {}", path.display()))?;
-                }
-                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
-            }
-        }
-        bail!("could not take {}", path.display())
-    }
-}
-
-impl Drop for SweepLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// The last lines the worker wrote since byte `start` of its log.

@@ -681,19 +681,23 @@ impl StageFile {
     }
 }
 
-/// Fails where a post-hoc posterior needs parameters `parent`'s network lacks: a VRNN head
-/// exists only in a network trained as a VRNN.
+/// Fails where a post-hoc posterior does not belong to `parent`'s network (see
+/// [`PosteriorConfig::check_posthoc`]: a VRNN head on a network not trained as a VRNN, the point
+/// or Laplace posterior on a VRNN network, …), when the sweep is read, before any job runs.
 fn check_posthoc(posteriors: &[String], parent: &Job) -> Result<()> {
-    let trained_vrnn = matches!(parent.config.model.posterior, PosteriorConfig::Vrnn { .. });
     for spec in posteriors {
         let p: PosteriorConfig = spec.parse()?;
-        if matches!(p, PosteriorConfig::Vrnn { .. }) && !trained_vrnn {
-            bail!(
-                "posteriors: `{spec}` needs a VRNN head, which job `{}` ({}) does not train; evaluate `rnn` or `laplace:…` post hoc, or finetune under `vrnn` in a train stage",
-                parent.name,
-                parent.config.model.posterior.label()
-            );
-        }
+        parent
+            .config
+            .model
+            .posterior
+            .check_posthoc(&p)
+            .with_context(|| {
+                format!(
+                    "posteriors: `{spec}` on job `{}`; evaluate other posteriors post hoc, or finetune in a train stage",
+                    parent.name
+                )
+            })?;
     }
     Ok(())
 }
