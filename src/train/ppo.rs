@@ -534,7 +534,7 @@ impl Learner for Ppo {
 
 /// Tasks of the rollout on which `approx_kl` and `clipfrac` of the updated policy are measured
 /// after each update (the first ones; all of them in smaller batches).
-pub const PROBE_TASKS: usize = 32;
+pub const PROBE_TASKS: usize = 16;
 
 impl Ppo {
     /// `test_return` / `test_regret` on the held-out tasks when `ppo.eval_every` says so.

@@ -1,0 +1,160 @@
+//! PPO beyond one gradient step per rollout (`ppo.epochs`, `ppo.minibatches`, `ppo.target_kl`,
+//! `train.lr_schedule`) and the posterior noise scale (`model.sample_scale`): validation of the
+//! keys, and tiny training runs that log what the keys promise.
+
+use lvrnn::agent::rl::RlModel;
+use lvrnn::config::ExperimentConfig;
+use lvrnn::run::RunDir;
+use lvrnn::train::ppo::Ppo;
+use lvrnn::train::{FitOptions, fit};
+
+fn config(extra_ppo: &str, extra_train: &str, posterior: &str) -> String {
+    format!(
+        r#"
+name = "epochs"
+task = "gridworld"
+seed = 2
+[model]
+embed_width = 8
+hidden = 8
+features = 4
+head_hidden = [8]
+n_z = 2
+posterior = "{posterior}"
+[train]
+updates = 3
+batch = 8
+checkpoint_every = 0
+snapshots = []
+{extra_train}
+[ppo]
+{extra_ppo}
+[eval]
+tasks = 8
+"#
+    )
+}
+
+fn error(text: &str) -> String {
+    format!(
+        "{:#}",
+        ExperimentConfig::from_toml_str(text, "test").unwrap_err()
+    )
+}
+
+#[test]
+fn invalid_epoch_minibatch_target_kl_schedule_and_sample_scale_values_name_the_key() {
+    let e = error(&config("epochs = 0", "", "rnn"));
+    assert!(e.contains("ppo.epochs must be a positive integer"), "{e}");
+    let e = error(&config("minibatches = 0", "", "rnn"));
+    assert!(
+        e.contains("ppo.minibatches must be a positive integer"),
+        "{e}"
+    );
+    let e = error(&config("minibatches = 3", "", "rnn"));
+    assert!(
+        e.contains("ppo.minibatches = 3 must divide train.batch = 8"),
+        "{e}"
+    );
+    let e = error(&config("target_kl = 0.0", "", "rnn"));
+    assert!(
+        e.contains("ppo.target_kl must be a finite number > 0"),
+        "{e}"
+    );
+    let e = error(&config("target_kl = nan", "", "rnn"));
+    assert!(e.contains("ppo.target_kl"), "{e}");
+    let e = error(&config("", "lr_schedule = \"cosine\"", "rnn"));
+    assert!(
+        e.contains("train.lr_schedule = `cosine` is not valid"),
+        "{e}"
+    );
+    assert!(e.contains("constant, linear"), "{e}");
+    let text = config("", "", "vrnn").replace("n_z = 2", "n_z = 2\nsample_scale = 1.5");
+    let e = error(&text);
+    assert!(e.contains("model.sample_scale must be in [0, 1]"), "{e}");
+}
+
+fn train(text: &str) -> Vec<serde_json::Value> {
+    lvrnn::init_threads(1);
+    let cfg = ExperimentConfig::from_toml_str(text, "test").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::open(dir.path(), &cfg.name, false, false).unwrap();
+    let mut learner = Ppo::new(&cfg, RlModel::for_experiment(&cfg).unwrap()).unwrap();
+    fit(&mut learner, &cfg, &run, &FitOptions::default()).unwrap();
+    std::fs::read_to_string(run.train_metrics())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn several_epochs_and_minibatches_take_that_many_steps_and_move_the_policy() {
+    for posterior in ["rnn", "vrnn", "laplace:window=1,accumulate=sigma"] {
+        let rows = train(&config(
+            "epochs = 3\nminibatches = 2",
+            "lr = 1e-2",
+            posterior,
+        ));
+        for row in &rows {
+            assert_eq!(row["ppo_steps"].as_f64(), Some(6.0), "{posterior}: {row}");
+            // The updated policy differs from the rollout's: a positive approximate KL.
+            assert!(
+                row["approx_kl"].as_f64().unwrap() > 0.0,
+                "{posterior}: {row}"
+            );
+            for key in [
+                "explained_variance",
+                "clipfrac",
+                "grad_norm_raw",
+                "clip_element_frac",
+                "clip_norm_frac",
+            ] {
+                assert!(
+                    row[key].as_f64().is_some(),
+                    "{posterior}: {key} missing in {row}"
+                );
+            }
+            if posterior != "rnn" {
+                assert!(
+                    row["noise_ratio"].as_f64().unwrap() > 0.0,
+                    "{posterior}: {row}"
+                );
+                assert!(row["kl_term"].as_f64().is_some(), "{posterior}: {row}");
+            }
+        }
+        // Deterministic: the same config and seed give the same numbers.
+        let again = train(&config(
+            "epochs = 3\nminibatches = 2",
+            "lr = 1e-2",
+            posterior,
+        ));
+        assert_eq!(rows, again, "{posterior}: two identical runs differ");
+    }
+}
+
+#[test]
+fn a_tiny_target_kl_stops_after_the_first_epoch_and_linear_lr_decays() {
+    let rows = train(&config(
+        "epochs = 4\nminibatches = 2\ntarget_kl = 1e-12",
+        "lr = 1e-2\nlr_schedule = \"linear\"",
+        "rnn",
+    ));
+    for row in &rows {
+        assert_eq!(row["ppo_steps"].as_f64(), Some(2.0), "{row}");
+    }
+    let lr: Vec<f64> = rows.iter().map(|r| r["lr"].as_f64().unwrap()).collect();
+    let expect = [1e-2, 1e-2 * 2.0 / 3.0, 1e-2 / 3.0];
+    for (a, b) in lr.iter().zip(expect) {
+        assert!((a - b).abs() < 1e-12, "lr {lr:?}, expected {expect:?}");
+    }
+}
+
+#[test]
+fn the_paper_default_takes_one_step_and_its_rollout_kl_is_zero_before_the_step() {
+    let rows = train(&config("", "", "rnn"));
+    for row in &rows {
+        assert!(row.get("ppo_steps").is_none(), "{row}");
+        assert!(row["approx_kl"].as_f64().unwrap() >= 0.0, "{row}");
+    }
+}
