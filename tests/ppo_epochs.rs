@@ -158,3 +158,23 @@ fn the_paper_default_takes_one_step_and_its_rollout_kl_is_zero_before_the_step()
         assert!(row["approx_kl"].as_f64().unwrap() >= 0.0, "{row}");
     }
 }
+
+#[test]
+fn acting_on_the_posterior_mean_has_no_sample_noise() {
+    for posterior in ["vrnn", "laplace:window=1,accumulate=sigma"] {
+        let text = config("", "", posterior).replace("n_z = 2", "n_z = 2\nsample_scale = 0.0");
+        for row in train(&text) {
+            let r = row["noise_ratio"].as_f64().unwrap();
+            assert!(
+                r.abs() < 1e-6,
+                "{posterior}: ‖z − μ‖/‖μ‖ = {r} with sample_scale = 0"
+            );
+        }
+        for row in train(&config("", "", posterior)) {
+            assert!(
+                row["noise_ratio"].as_f64().unwrap() > 1e-3,
+                "{posterior}: {row}"
+            );
+        }
+    }
+}

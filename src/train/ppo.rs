@@ -221,12 +221,12 @@ pub fn ppo_loss(
 }
 
 /// mean over steps, samples and tasks of ‖z − μ‖ / ‖μ‖ for samples z (T, n_Z, B, n) of
-/// q_0..q_{T−1} (no gradient).
+/// q_1..q_T, the posteriors the heads see (no gradient).
 fn noise_ratio(post: &PosteriorSequence, z: &Tensor) -> Result<f64> {
     let z = z.detach();
     let (steps, _, b, n) = z.dims4()?;
     let zero = Tensor::zeros((steps, 1, b, n), z.dtype(), z.device())?;
-    let mu = post.samples(0, steps, &zero)?.detach(); // (T, 1, B, n): the means
+    let mu = post.samples(1, steps, &zero)?.detach(); // (T, 1, B, n): the means
     let noise = z.broadcast_sub(&mu)?.sqr()?.sum(D::Minus1)?.sqrt()?;
     let scale = mu.sqr()?.sum(D::Minus1)?.sqrt()?.affine(1.0, 1e-12)?;
     Ok(noise
