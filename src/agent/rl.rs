@@ -436,17 +436,19 @@ pub struct LaplaceRecord {
     pub kl: Vec<f64>,
 }
 
+/// The columns `tasks` of a `[t][b]` table, in that order.
+pub fn columns<T: Copy>(table: &[Vec<T>], tasks: &[usize]) -> Vec<Vec<T>> {
+    table
+        .iter()
+        .map(|row| tasks.iter().map(|&k| row[k]).collect())
+        .collect()
+}
+
 impl Rollout {
     /// The trajectories of the tasks `tasks` (indices into the batch, in this order): one
     /// minibatch of whole task sequences. The heads' activations are not carried over (the
     /// loss pass then runs the heads forward); the Laplace statistics are.
     pub fn select(&self, tasks: &[usize]) -> Result<Rollout> {
-        fn cols<T: Copy>(table: &[Vec<T>], tasks: &[usize]) -> Vec<Vec<T>> {
-            table
-                .iter()
-                .map(|row| tasks.iter().map(|&k| row[k]).collect())
-                .collect()
-        }
         let b = self.batch();
         if let Some(&k) = tasks.iter().find(|&&k| k >= b) {
             bail!("task index {k} is out of range for a rollout of {b} tasks");
@@ -493,20 +495,20 @@ impl Rollout {
                         .collect()
                 })
                 .collect(),
-            actions: cols(&self.actions, tasks),
-            rewards: cols(&self.rewards, tasks),
-            discounts: cols(&self.discounts, tasks),
-            regrets: cols(&self.regrets, tasks),
+            actions: columns(&self.actions, tasks),
+            rewards: columns(&self.rewards, tasks),
+            discounts: columns(&self.discounts, tasks),
+            regrets: columns(&self.regrets, tasks),
             noise: self
                 .noise
                 .iter()
                 .map(|e| Ok(e.index_select(&index, 1)?))
                 .collect::<Result<_>>()?,
-            log_probs: cols(&self.log_probs, tasks),
-            values: cols(&self.values, tasks),
+            log_probs: columns(&self.log_probs, tasks),
+            values: columns(&self.values, tasks),
             bootstrap: tasks.iter().map(|&k| self.bootstrap[k]).collect(),
-            posterior_entropy: cols(&self.posterior_entropy, tasks),
-            posterior_kl: cols(&self.posterior_kl, tasks),
+            posterior_entropy: columns(&self.posterior_entropy, tasks),
+            posterior_kl: columns(&self.posterior_kl, tasks),
             laplace,
             heads: None,
             params: self.params,

@@ -33,8 +33,8 @@ use super::optim::AdamW;
 use super::{Learner, gradient_step, insert_step_stats};
 use crate::agent::replay::{LaplaceConstants, PosteriorSequence};
 use crate::agent::rl::{
-    HeadTraces, INPUT_OBS, Keep, RlModel, Rollout, env_kind, exact_entropy, laplace_records,
-    reward_loss_scale, rollout,
+    HeadTraces, INPUT_OBS, Keep, RlModel, Rollout, columns, env_kind, exact_entropy,
+    laplace_records, reward_loss_scale, rollout,
 };
 use crate::config::{EvalConfig, ExperimentConfig, PpoConfig};
 use crate::envs::{EnvKind, MetaEnv, make_env};
@@ -471,7 +471,7 @@ impl Learner for Ppo {
         let b = ro.batch();
         let per = b / self.ppo.minibatches;
         let mut order: Vec<usize> = (0..b).collect();
-        let (mut parts, mut steps) = (vec![], vec![]);
+        let (mut parts, mut steps, mut losses) = (vec![], vec![], vec![]);
         for _epoch in 0..self.ppo.epochs {
             if self.ppo.minibatches > 1 {
                 order.shuffle(rng);
@@ -492,6 +492,7 @@ impl Learner for Ppo {
                 let (value, stats) = gradient_step(&p.loss, &self.model.params, opt)?;
                 // Keep the numbers, not the step's graph.
                 p.loss = Tensor::new(value as f32, &self.model.core.device)?;
+                losses.push(value);
                 steps.push(stats);
                 parts.push(p);
             }
@@ -578,14 +579,6 @@ impl Ppo {
         );
         Ok((ro, advantages, targets))
     }
-}
-
-/// The columns `tasks` of a `[t][b]` table.
-fn columns(table: &[Vec<f32>], tasks: &[usize]) -> Vec<Vec<f32>> {
-    table
-        .iter()
-        .map(|row| tasks.iter().map(|&k| row[k]).collect())
-        .collect()
 }
 
 /// Return, regret, `explained_variance` (CleanRL's: 1 − Var(target − V)/Var(target) over the
