@@ -36,25 +36,56 @@ pub fn read_history(path: &Path, columns: usize) -> Result<Vec<Vec<f32>>> {
                 header = Some(line.split(',').map(|f| f.trim().to_string()).collect());
                 continue;
             }
-            Err(e) => bail!("{}:{}: not a number ({e})", path.display(), i + 1),
+            Err(_) => {
+                let (j, bad) = line
+                    .split(',')
+                    .map(str::trim)
+                    .enumerate()
+                    .find(|(_, f)| f.parse::<f32>().is_err())
+                    .unwrap_or((0, ""));
+                bail!(
+                    "{}: line {}, column {}{}: `{}` is not a number",
+                    path.display(),
+                    i + 1,
+                    j + 1,
+                    column_name(&header, j),
+                    crate::util::excerpt(bad)
+                )
+            }
         };
         if let Some(j) = v.iter().position(|x| !x.is_finite()) {
-            let name = header
-                .as_ref()
-                .and_then(|h| h.get(j))
-                .map(|n| format!(" (`{n}`)"))
-                .unwrap_or_default();
             bail!(
-                "{}: line {}, column {}{name}: {} is not a finite number; every history value must be finite (replace it with a number or drop the row)",
+                "{}: line {}, column {}{}: {} is not a finite number; every history value must be finite (replace it with a number or drop the row)",
                 path.display(),
                 i + 1,
                 j + 1,
-                line.split(',').nth(j).unwrap_or_default().trim()
+                column_name(&header, j),
+                crate::util::excerpt(line.split(',').nth(j).unwrap_or_default().trim())
             );
         }
         rows.push(v);
     }
+    if rows.is_empty() {
+        bail!(
+            "{} holds no rows{}: a history needs at least one step",
+            path.display(),
+            if header.is_some() {
+                " after its header"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(rows)
+}
+
+/// ` (`name`)` for column `j` of a history with a header, else nothing.
+fn column_name(header: &Option<Vec<String>>, j: usize) -> String {
+    header
+        .as_ref()
+        .and_then(|h| h.get(j))
+        .map(|n| format!(" (`{}`)", crate::util::excerpt(n)))
+        .unwrap_or_default()
 }
 
 fn gaussian_json(q: &Gaussian) -> Result<serde_json::Value> {
@@ -110,26 +141,41 @@ fn prior_json(q: &Gaussian) -> Result<String> {
     Ok(first.to_string())
 }
 
-/// One JSON object per step for an RL history: rows `obs…, prev_action, prev_reward`
-/// (obs_dim + 2 columns; prev_action −1 at the first step means "none").
-pub fn rl_trace(model: &crate::agent::rl::RlModel, rows: &[Vec<f32>]) -> Result<Vec<String>> {
+/// One JSON object per step for an RL history of `kind`: rows `obs…, prev_action, prev_reward`
+/// (obs_dim + 2 columns), from the start of a task: the first row's prev_action is −1 ("none";
+/// its prev_reward is not read), every later row's an action index. Rows the environment
+/// could not have produced (`EnvKind::implausible`) are refused with their row number.
+pub fn rl_trace(
+    model: &crate::agent::rl::RlModel,
+    kind: crate::envs::EnvKind,
+    rows: &[Vec<f32>],
+) -> Result<Vec<String>> {
     let mut state = model.core.initial(1)?.detach();
     let mut out = vec![prior_json(&state.q)?];
     let d = model.obs_dim;
     for (t, row) in rows.iter().enumerate() {
         let (a, r) = (row[d], row[d + 1]);
-        let prev = if a < 0.0 {
+        let prev = if t == 0 {
+            if a != -1.0 {
+                bail!(
+                    "history row 1: prev_action must be -1 (a history starts a task: no action before it), got {a}"
+                );
+            }
             None
         } else {
-            if a.fract() != 0.0 || a as usize >= model.num_actions {
+            if a.fract() != 0.0 || a < 0.0 || a as usize >= model.num_actions {
                 bail!(
-                    "history row {}: prev_action {a} is not an action index in 0..{}",
+                    "history row {}: prev_action {a} is not an action index in 0..{} (-1 is for the first row only)",
                     t + 1,
                     model.num_actions
                 );
             }
             Some(a as usize)
         };
+        let reward = if t == 0 { 0.0 } else { r };
+        if let Some(why) = kind.implausible(&row[..d], reward) {
+            bail!("history row {}: {why}", t + 1);
+        }
         let (acts, rews): (Vec<usize>, Vec<f32>) = (prev.into_iter().collect(), vec![r]);
         let x = model.inputs(&row[..d], prev.map(|_| (&acts[..], &rews[..])))?;
         let (step, _) = model.observe(&state, &x)?;

@@ -185,9 +185,55 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
         )
     })?)
     .with_context(|| format!("metadata stored in {}", path.display()))?;
+    let damaged = || {
+        format!(
+            "{}: the file is damaged or its metadata was edited; use another checkpoint (or start the run again with --overwrite)",
+            path.display()
+        )
+    };
+    config
+        .validate()
+        .with_context(|| format!("the config stored in {}", damaged()))?;
+    let tensors = read_safetensors(path)?;
+    check_tensors(&tensors, &config).with_context(damaged)?;
     Ok(Checkpoint {
-        tensors: read_safetensors(path)?,
+        tensors,
         update,
         config,
     })
+}
+
+/// Refuses what a model built from `config` would silently compute garbage with, before any
+/// model is built: a tensor holding NaN or ±∞, or a config asking for more parameters than the
+/// file holds (building it could take all the machine's memory before the shapes are compared;
+/// a smaller one is caught by the shape check of `Params::load_from`).
+fn check_tensors(tensors: &BTreeMap<String, Tensor>, config: &ExperimentConfig) -> Result<()> {
+    let mut stored: u128 = 0;
+    for (name, t) in tensors {
+        if !name.starts_with("adam.") {
+            stored += t.elem_count() as u128;
+        }
+        if t.dtype().is_float() {
+            let values = t
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec1::<f64>()?;
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "tensor `{name}` holds a non-finite value ({} at element {i} of {})",
+                    values[i],
+                    values.len()
+                );
+            }
+        }
+    }
+    let expected = crate::memory::MemoryEstimate::for_config(config)?.parameters;
+    if expected > stored {
+        bail!(
+            "its config implies {expected} model parameters but the file holds {stored} (model.hidden = {}, model.features = {})",
+            config.model.hidden,
+            config.model.features
+        );
+    }
+    Ok(())
 }

@@ -326,3 +326,13 @@ impl Drop for PidLock {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// A value from a user's file as an error message may quote it: at most 40 characters, with
+/// the full length said when it is cut (a 10 MB field must not become a 10 MB message).
+pub fn excerpt(s: &str) -> String {
+    const MAX: usize = 40;
+    match s.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}… ({} characters)", &s[..end], s.chars().count()),
+        None => s.to_string(),
+    }
+}

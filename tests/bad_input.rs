@@ -93,9 +93,9 @@ fn an_explicit_clip_element_is_kept_for_every_task() {
 fn a_checkpoint_stores_the_resolved_clip_element() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ck.safetensors");
-    let mut params = lvrnn::nn::Params::new();
-    params.constant("w", &[2], 0.5).unwrap();
     let cfg = config("bandit", "");
+    // The model's own parameters: a checkpoint whose tensors do not match its config is refused.
+    let params = lvrnn::agent::rl::RlModel::for_experiment(&cfg).unwrap().params;
     lvrnn::run::save_checkpoint(&path, &params, &Default::default(), 7, &cfg).unwrap();
     let ck = lvrnn::run::load_checkpoint(&path).unwrap();
     assert_eq!((ck.update, ck.config.train.clip_element), (7, Some(1.0)));

@@ -362,6 +362,41 @@ fn the_grid_expands_in_file_order_with_stable_names_and_exclusions() {
     assert!(s.jobs.iter().all(|j| !j.name.contains("full,lr=0.0003")));
 }
 
+/// Every key of the config reference can be a sweep axis, including those a serialised config
+/// leaves out at their defaults (`model.sample_scale`, `ppo.target_kl`): the key list is not
+/// allowed to fall behind the config.
+#[test]
+fn every_config_key_can_be_swept_including_the_ones_left_out_at_their_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = BASE.replace("task = \"regression\"", "task = \"bandit\"");
+    std::fs::write(dir.path().join("base.toml"), base).unwrap();
+    let text = r#"
+name = "keys"
+base = "base.toml"
+[axes]
+"model.sample_scale" = [0.0, 1.0]
+"ppo.target_kl" = [0.02]
+"ppo.epochs" = [2]
+"ppo.minibatches" = [2]
+"train.lr_schedule" = ["linear"]
+"train.clip_element" = [0.5]
+"#;
+    let s = Sweep::from_toml_str(text, "s.toml", dir.path()).unwrap();
+    assert_eq!(s.jobs.len(), 2);
+    let c = &s.jobs[0].config;
+    assert_eq!(
+        (
+            c.model.sample_scale,
+            c.ppo.target_kl,
+            c.ppo.epochs,
+            c.ppo.minibatches
+        ),
+        (0.0, Some(0.02), 2, 2)
+    );
+    assert_eq!(c.train.clip_element, Some(0.5));
+    assert_eq!(s.jobs[1].config.model.sample_scale, 1.0);
+}
+
 #[test]
 fn a_failed_job_is_recorded_and_does_not_stop_the_others() {
     let sweep = "name = \"f\"\nbase = \"base.toml\"\n[set]\n\"train.updates\" = 4\n[axes]\nseed = [0, 1, 2]\n";

@@ -52,12 +52,12 @@ pub fn inspect(checkpoint: &Path, posterior: Option<&str>, history: &Path) -> Re
             crate::inspect::regression_trace(&model, &crate::inspect::read_history(history, 2)?)
         }
         Task::Bandit | Task::Gridworld => {
-            let (mut model, _) = rl::load(checkpoint)?;
+            let (mut model, cfg) = rl::load(checkpoint)?;
             if let Some(p) = &posterior {
                 model = model.with_posterior(p)?;
             }
             let rows = crate::inspect::read_history(history, model.obs_dim + 2)?;
-            crate::inspect::rl_trace(&model, &rows)
+            crate::inspect::rl_trace(&model, crate::agent::rl::env_kind(cfg.task)?, &rows)
         }
     }
 }

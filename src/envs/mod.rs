@@ -80,6 +80,40 @@ impl EnvKind {
             EnvKind::Gridworld => gridworld::HORIZON,
         }
     }
+
+    /// Why `obs` (one task's observation) and `reward` could not have come from this
+    /// environment, or `None`: the bandit observes the constant 1; the gridworld the one-hot row
+    /// then the one-hot column of a 5×5 grid; both pay rewards 0 or 1.
+    pub fn implausible(self, obs: &[f32], reward: f32) -> Option<String> {
+        let one_hot = |v: &[f32]| {
+            v.iter().all(|&x| x == 0.0 || x == 1.0) && v.iter().filter(|&&x| x == 1.0).count() == 1
+        };
+        let obs_ok = match self {
+            EnvKind::Bandit => obs == [1.0],
+            EnvKind::Gridworld => {
+                let n = gridworld::SIZE;
+                obs.len() == 2 * n && one_hot(&obs[..n]) && one_hot(&obs[n..])
+            }
+        };
+        if !obs_ok {
+            let what = match self {
+                EnvKind::Bandit => "the bandit's observation is the constant 1".to_string(),
+                EnvKind::Gridworld => format!(
+                    "a gridworld observation is a one-hot row then a one-hot column ({0} + {0} values of 0 or 1, one 1 in each)",
+                    gridworld::SIZE
+                ),
+            };
+            return Some(format!(
+                "observation {obs:?} is not one this {self} gives: {what}"
+            ));
+        }
+        if reward != 0.0 && reward != 1.0 {
+            return Some(format!(
+                "prev_reward {reward} is not a {self} reward (0 or 1)"
+            ));
+        }
+        None
+    }
 }
 
 impl fmt::Display for EnvKind {

@@ -325,6 +325,11 @@ impl FromStr for PosteriorConfig {
                     .ok_or_else(|| anyhow::anyhow!("posterior option `{p}` must be key=value"))
             })
             .collect::<Result<_>>()?;
+        for (i, (k, _)) in pairs.iter().enumerate() {
+            if pairs[..i].iter().any(|(seen, _)| seen == k) {
+                bail!("posterior key `{k}` is given twice; give each key once");
+            }
+        }
         let cfg = match family.trim() {
             "rnn" | "point" => {
                 if let Some((k, _)) = pairs.first() {

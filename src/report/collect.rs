@@ -482,8 +482,9 @@ impl Csv {
         let s = self.get(row, name)?;
         s.trim().parse::<f64>().with_context(|| {
             format!(
-                "{}: column `{name}` holds `{s}`, not a number",
-                self.path.display()
+                "{}: column `{name}` holds `{}`, not a number",
+                self.path.display(),
+                crate::util::excerpt(s)
             )
         })
     }
@@ -492,9 +493,36 @@ impl Csv {
 fn read_csv(path: &Path) -> Result<Csv> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header = split_csv(lines.next().unwrap_or_default());
-    let rows = lines.map(split_csv).collect();
+    let damaged = "the table is damaged or was cut short: run the evaluation again (`lvrnn eval`) or move the folder out of the report";
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let header = split_csv(lines.next().map(|(_, l)| l).unwrap_or_default());
+    if !header.iter().any(|h| h == "model") {
+        bail!(
+            "{}: the first line is not a table header with a `model` column (it reads `{}`); {damaged}",
+            path.display(),
+            crate::util::excerpt(&header.join(","))
+        );
+    }
+    let mut rows = vec![];
+    for (i, line) in lines {
+        let row = split_csv(line);
+        if row.len() != header.len() {
+            bail!(
+                "{}: line {} has {} fields, the header {}; {damaged}",
+                path.display(),
+                i + 1,
+                row.len(),
+                header.len()
+            );
+        }
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        bail!("{}: a header and no rows; {damaged}", path.display());
+    }
     Ok(Csv {
         path: path.to_path_buf(),
         header,

@@ -928,8 +928,11 @@ fn set_dotted(table: &mut Table, key: &str, value: Value) -> Result<()> {
 /// Every dotted key a sweep may set: the leaves of a full config (with a Laplace posterior,
 /// which has every posterior option) and `model.posterior` as a whole; `name` is the job's.
 pub fn config_keys() -> Vec<String> {
+    // An RL config that sets the keys left out of the serialised config at their defaults
+    // (`model.sample_scale`, `ppo.target_kl`), so that every key appears in the walk below.
     let cfg = ExperimentConfig::from_toml_str(
-        "name = \"x\"\ntask = \"regression\"\n[model.posterior]\nfamily = \"laplace\"\n",
+        "name = \"x\"\ntask = \"bandit\"\n[model]\nsample_scale = 0.5\n\
+         [model.posterior]\nfamily = \"laplace\"\n[ppo]\ntarget_kl = 0.1\n",
         "(key list)",
     )
     .expect("the minimal config is valid");

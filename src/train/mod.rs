@@ -253,7 +253,20 @@ pub fn fit(
     let mut start = 0;
     let latest = run.latest_checkpoint();
     if opts.resume && latest.exists() {
-        let ck = load_checkpoint(&latest)?;
+        let ck = load_checkpoint(&latest).with_context(|| {
+            format!(
+                "cannot resume from {}: nothing was trained on it (start the run again with --overwrite)",
+                latest.display()
+            )
+        })?;
+        if ck.update > cfg.train.updates {
+            bail!(
+                "cannot resume {}: it is at update {}, past train.updates = {} (raise train.updates to go on, or evaluate it with `lvrnn eval`)",
+                latest.display(),
+                ck.update,
+                cfg.train.updates
+            );
+        }
         if let Some(what) = resume_mismatch(&ck.config, cfg) {
             bail!(
                 "cannot resume {}: its {what} differs from the given config (start a new run or use --overwrite)",
