@@ -1,5 +1,6 @@
 //! Golden vectors made with the authors' stack (flax OptimizedLSTMCell + jax.jacfwd, float64):
-//! every variant of every `*.json` in `$LVRNN_GOLDEN_DIR` (default `../shared/golden`) must be
+//! every variant of every `*.json` in `$LVRNN_GOLDEN_DIR` (default `tests/data/golden`, kept in
+//! the repository) must be
 //! reproduced by this crate's LSTM, analytic Jacobian and Laplace posterior — mean, precision,
 //! entropy and KL(q_t ‖ q_{t−1}) per step, and the Jacobian for the current input.
 //! Tolerance (f32 arithmetic against float64 references): |a − b| ≤ 1e-4·max(1, |b|).
@@ -17,7 +18,7 @@ const TOL: f64 = 1e-4;
 fn golden_dir() -> PathBuf {
     match std::env::var("LVRNN_GOLDEN_DIR") {
         Ok(d) => PathBuf::from(d),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden"),
     }
 }
 
