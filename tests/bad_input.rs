@@ -95,10 +95,37 @@ fn a_checkpoint_stores_the_resolved_clip_element() {
     let path = dir.path().join("ck.safetensors");
     let cfg = config("bandit", "");
     // The model's own parameters: a checkpoint whose tensors do not match its config is refused.
-    let params = lvrnn::agent::rl::RlModel::for_experiment(&cfg).unwrap().params;
+    let params = lvrnn::agent::rl::RlModel::for_experiment(&cfg)
+        .unwrap()
+        .params;
     lvrnn::run::save_checkpoint(&path, &params, &Default::default(), 7, &cfg).unwrap();
     let ck = lvrnn::run::load_checkpoint(&path).unwrap();
     assert_eq!((ck.update, ck.config.train.clip_element), (7, Some(1.0)));
+}
+
+/// A 17-digit number in a config survives the checkpoint's JSON metadata exactly (serde_json's
+/// `float_roundtrip`): otherwise `--resume` finds "its [train] section differs" from the very
+/// config it was written with.
+#[test]
+fn a_checkpoint_gives_back_its_config_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ck.safetensors");
+    let mut cfg = config(
+        "bandit",
+        "lr = 0.0011843442235684915\nbeta = 0.012345678901234567",
+    );
+    cfg.env.alpha_train = 0.1 + 0.2;
+    let params = lvrnn::agent::rl::RlModel::for_experiment(&cfg)
+        .unwrap()
+        .params;
+    lvrnn::run::save_checkpoint(&path, &params, &Default::default(), 7, &cfg).unwrap();
+    let ck = lvrnn::run::load_checkpoint(&path).unwrap();
+    assert_eq!(ck.config.train.lr.to_bits(), cfg.train.lr.to_bits());
+    assert_eq!(ck.config.train.beta.to_bits(), cfg.train.beta.to_bits());
+    assert_eq!(
+        ck.config.env.alpha_train.to_bits(),
+        cfg.env.alpha_train.to_bits()
+    );
 }
 
 #[test]

@@ -100,6 +100,7 @@ fn check_file(path: &std::path::Path) -> usize {
             damping: c["damping"].as_f64().unwrap_or(1.0),
             jitter,
             prior_precision: prior,
+            auto: Default::default(),
         };
         let family = Laplace::new(cfg.clone());
         let mut carry = Carry::zeros(1, hidden, &candle_core::Device::Cpu).unwrap();

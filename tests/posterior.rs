@@ -1226,6 +1226,7 @@ fn laplace_variants_match_jacobian_reference() -> Result<()> {
         damping: 1.0,
         jitter: 1e-6,
         prior_precision: 1.0,
+        auto: Default::default(),
     };
     let cases = [
         // (a) sum Σ, k_H = 1: Λ_t − Λ_{t−1} = J_t J_tᵀ; (f) Λ_0 = prior_precision·I.

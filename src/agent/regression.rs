@@ -84,3 +84,29 @@ impl RegressionModel {
         self.core.step(state, &[emb_x.clone(), emb_y])
     }
 }
+
+/// The mean of μ_{t,i}² over the posterior means `model` gives on `tasks` training tasks of
+/// `points` points each, drawn from `seed`: the statistic
+/// [`crate::posterior::config::auto_scale`] turns into a prior scale.
+pub fn mean_square_of_means(
+    model: &RegressionModel,
+    tasks: usize,
+    points: usize,
+    seed: u64,
+) -> Result<f64> {
+    use crate::envs::regression::{FourierTask, sample_x};
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let fns: Vec<FourierTask> = (0..tasks).map(|_| FourierTask::sample(&mut rng)).collect();
+    let mut state = model.core.initial(tasks)?.detach();
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for _ in 0..points {
+        let xs: Vec<f32> = (0..tasks).map(|_| sample_x(&mut rng)).collect();
+        let ys: Vec<f32> = fns.iter().zip(&xs).map(|(f, &x)| f.eval(x)).collect();
+        let step = model.observe(&state, &model.embed_scalar(0, &xs)?, &ys)?;
+        let mean: Vec<f32> = step.state.q.mean.flatten_all()?.to_vec1()?;
+        sum += mean.iter().map(|&m| (m as f64).powi(2)).sum::<f64>();
+        count += mean.len();
+        state = step.state.detach();
+    }
+    Ok(sum / count.max(1) as f64)
+}

@@ -595,6 +595,38 @@ pub fn laplace_records(model: &RlModel, ro: &Rollout) -> Result<Vec<LaplaceRecor
     Ok(out)
 }
 
+/// The mean of μ_{t,i}² over the steps, tasks and coordinates of the posterior means `model`
+/// gives while acting (its current policy, no gradients) on `tasks` training tasks of `kind`
+/// drawn from `seed`: the statistic [`crate::posterior::config::auto_scale`] turns into a prior
+/// scale.
+pub fn mean_square_of_means(
+    model: &RlModel,
+    kind: EnvKind,
+    alpha: f32,
+    tasks: usize,
+    seed: u64,
+) -> Result<f64> {
+    let mut env = make_env(kind, tasks, alpha);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let first = env.reset(&mut rng);
+    let keep = Keep {
+        posterior: false,
+        heads: false,
+    };
+    let ro = rollout(model, env.as_mut(), first, &mut rng, keep)?;
+    let mut state = model.core.initial(tasks)?.detach();
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for t in 0..ro.horizon() {
+        let x = model.inputs(&ro.obs[t], ro.previous(t))?;
+        let (step, _) = model.observe(&state, &x)?;
+        let mean: Vec<f32> = step.state.q.mean.flatten_all()?.to_vec1()?;
+        sum += mean.iter().map(|&m| (m as f64).powi(2)).sum::<f64>();
+        count += mean.len();
+        state = step.state.detach();
+    }
+    Ok(sum / count.max(1) as f64)
+}
+
 /// Runs the policy on the tasks `env` holds (already reset; `first_obs` is s_0) for the env
 /// horizon, without gradients (the core is stepped by `agent::acting`). Per step, in this
 /// order: the noise ε, one uniform per task for the action, then the env's own draws, all from

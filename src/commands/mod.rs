@@ -69,3 +69,41 @@ fn posthoc_request(cfg: &ExperimentConfig) -> Result<EvalRequest> {
         ..Default::default()
     })
 }
+
+/// Training tasks the `"auto"` prior scale is measured on ([`resolve_auto`]).
+pub const AUTO_TASKS: usize = 16;
+
+/// `cfg` with a Laplace posterior's `"auto"` scales chosen from the network the run starts
+/// from (`mean_square` measures it: the mean of μ_{t,i}² on [`AUTO_TASKS`] training tasks),
+/// by the rule of [`crate::posterior::config::auto_scale`]; `cfg` itself when nothing is
+/// `"auto"`. Deterministic in the config and seed, so a resumed run resolves the same number.
+pub fn resolve_auto(
+    cfg: &ExperimentConfig,
+    mean_square: impl FnOnce() -> Result<f64>,
+) -> Result<ExperimentConfig> {
+    let crate::posterior::PosteriorConfig::Laplace(c) = &cfg.model.posterior else {
+        return Ok(cfg.clone());
+    };
+    if !c.has_auto() {
+        return Ok(cfg.clone());
+    }
+    let ms = mean_square().context("measuring the posterior means for `auto`")?;
+    let scale = crate::posterior::config::auto_scale(ms);
+    let mut resolved = c.clone();
+    resolved.resolve_auto(scale);
+    eprintln!(
+        "auto prior scale: mean μ² = {ms:.3e} on {AUTO_TASKS} training tasks → {scale:.4} ({})",
+        [
+            ("prior_precision", c.auto.prior_precision),
+            ("damping", c.auto.damping)
+        ]
+        .iter()
+        .filter(|(_, a)| *a)
+        .map(|(k, _)| *k)
+        .collect::<Vec<_>>()
+        .join(", ")
+    );
+    let mut out = cfg.clone();
+    out.model.posterior = crate::posterior::PosteriorConfig::Laplace(resolved);
+    Ok(out)
+}

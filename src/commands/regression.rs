@@ -24,6 +24,14 @@ pub fn train(
     no_eval: bool,
 ) -> Result<()> {
     let request = super::posthoc_request(cfg)?;
+    let cfg = &super::resolve_auto(cfg, || {
+        let probe = RegressionModel::new(&cfg.model, cfg.seed)?;
+        if let Some(path) = init {
+            crate::train::init_from(&probe.params, path)?;
+        }
+        let points = cfg.train.seq_len;
+        crate::agent::regression::mean_square_of_means(&probe, super::AUTO_TASKS, points, cfg.seed)
+    })?;
     let run = open_run(cfg, runs, &opts, overwrite)?;
     let model = RegressionModel::new(&cfg.model, cfg.seed)?;
     init_from_reporting(&model.params, init, &run)?;

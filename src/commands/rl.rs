@@ -29,6 +29,14 @@ pub fn train(
 ) -> Result<()> {
     let request = super::posthoc_request(cfg)?;
     let kind = env_kind(cfg.task)?;
+    let cfg = &super::resolve_auto(cfg, || {
+        let probe = RlModel::for_experiment(cfg)?;
+        if let Some(path) = init {
+            crate::train::init_from(&probe.params, path)?;
+        }
+        let alpha = cfg.env.alpha_train as f32;
+        crate::agent::rl::mean_square_of_means(&probe, kind, alpha, super::AUTO_TASKS, cfg.seed)
+    })?;
     let run = open_run(cfg, runs, &opts, overwrite)?;
     let model = RlModel::for_experiment(cfg)?;
     init_from_reporting(&model.params, init, &run)?;

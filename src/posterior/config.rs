@@ -6,9 +6,9 @@
 //! window = 1                # k_H: history inputs whose Jacobians enter Λ_t (0 = all: stationary)
 //! accumulate = "sigma"      # k_Z / accumulation: "none" | "sigma" | "mu_sigma"
 //! diagonal = false          # full or diagonal covariance (also for "vrnn")
-//! damping = 1.0             # prior precision when not accumulating
+//! damping = 1.0             # prior precision when not accumulating (or "auto")
 //! jitter = 1e-6             # added to Λ before the Cholesky factorisation
-//! prior_precision = 1.0     # Λ_0
+//! prior_precision = 1.0     # Λ_0 (or "auto": chosen from the network, see `auto_scale`)
 //! ```
 //! On the command line the same as `laplace:window=1,accumulate=sigma,diagonal=false`,
 //! `vrnn`, `vrnn:diagonal=true` or `rnn`; a config may also give that string,
@@ -54,27 +54,127 @@ impl fmt::Display for Accumulate {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "LaplaceTable", into = "LaplaceTable")]
 pub struct LaplaceConfig {
-    #[serde(default = "one")]
     pub window: usize,
-    #[serde(default = "sigma")]
     pub accumulate: Accumulate,
-    #[serde(default)]
     pub diagonal: bool,
-    #[serde(default = "one_f")]
     pub damping: f64,
-    #[serde(default = "jitter")]
     pub jitter: f64,
-    #[serde(default = "one_f")]
     pub prior_precision: f64,
+    /// Which of `prior_precision` and `damping` were given as `"auto"` and are still to be
+    /// chosen from the network ([`LaplaceConfig::resolve_auto`]); their numbers are
+    /// placeholders until then.
+    pub auto: AutoScales,
+}
+
+/// The scales of a Laplace prior given as `"auto"` (see [`auto_scale`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AutoScales {
+    pub prior_precision: bool,
+    pub damping: bool,
+}
+
+/// Λ_0's scale chosen from the network (issue 17, item 4): with `mean_square` = the mean of μ_{t,i}²
+/// over the steps, tasks and coordinates of the posterior means the network gives at the start
+/// of training on a few training tasks, λ = 1 / mean_square, i.e. the prior's standard deviation
+/// per coordinate equals the root-mean-square coordinate of μ. With the default Λ_0 = I and the
+/// small φ of a fresh network (RMS ~0.1), a sample z = μ + Σ^½ε is ten times more noise than
+/// signal; with the chosen λ it starts at about one. Clamped to [1e-3, 1e6] and rounded to 4
+/// significant digits (a short number reads well in config.toml and survives the JSON of the
+/// checkpoint metadata exactly, so a resumed run compares equal).
+pub fn auto_scale(mean_square: f64) -> f64 {
+    if mean_square.is_finite() && mean_square > 0.0 {
+        let v = (1.0 / mean_square).clamp(1e-3, 1e6);
+        format!("{v:.3e}").parse().unwrap_or(v)
+    } else {
+        1.0
+    }
+}
+
+/// A scale in TOML: a number or `"auto"`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Scale {
+    Number(f64),
+    Word(String),
+}
+
+impl Scale {
+    fn read(self, key: &str) -> Result<(f64, bool), String> {
+        match self {
+            Scale::Number(v) => Ok((v, false)),
+            Scale::Word(w) if w == "auto" => Ok((1.0, true)),
+            Scale::Word(w) => Err(format!(
+                "posterior.{key} = \"{w}\" is not valid; give a number > 0 or \"auto\""
+            )),
+        }
+    }
+    fn write(v: f64, auto: bool) -> Scale {
+        match auto {
+            true => Scale::Word("auto".into()),
+            false => Scale::Number(v),
+        }
+    }
+}
+
+/// [`LaplaceConfig`]'s TOML table: the scales may be `"auto"`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LaplaceTable {
+    #[serde(default = "one")]
+    window: usize,
+    #[serde(default = "sigma")]
+    accumulate: Accumulate,
+    #[serde(default)]
+    diagonal: bool,
+    #[serde(default = "one_scale")]
+    damping: Scale,
+    #[serde(default = "jitter")]
+    jitter: f64,
+    #[serde(default = "one_scale")]
+    prior_precision: Scale,
+}
+
+fn one_scale() -> Scale {
+    Scale::Number(1.0)
+}
+
+impl TryFrom<LaplaceTable> for LaplaceConfig {
+    type Error = String;
+    fn try_from(t: LaplaceTable) -> Result<Self, String> {
+        let (damping, auto_damping) = t.damping.read("damping")?;
+        let (prior_precision, auto_prior) = t.prior_precision.read("prior_precision")?;
+        Ok(Self {
+            window: t.window,
+            accumulate: t.accumulate,
+            diagonal: t.diagonal,
+            damping,
+            jitter: t.jitter,
+            prior_precision,
+            auto: AutoScales {
+                prior_precision: auto_prior,
+                damping: auto_damping,
+            },
+        })
+    }
+}
+
+impl From<LaplaceConfig> for LaplaceTable {
+    fn from(c: LaplaceConfig) -> Self {
+        Self {
+            window: c.window,
+            accumulate: c.accumulate,
+            diagonal: c.diagonal,
+            damping: Scale::write(c.damping, c.auto.damping),
+            jitter: c.jitter,
+            prior_precision: Scale::write(c.prior_precision, c.auto.prior_precision),
+        }
+    }
 }
 
 fn one() -> usize {
     1
-}
-fn one_f() -> f64 {
-    1.0
 }
 fn jitter() -> f64 {
     1e-6
@@ -92,6 +192,7 @@ impl Default for LaplaceConfig {
             damping: 1.0,
             jitter: 1e-6,
             prior_precision: 1.0,
+            auto: AutoScales::default(),
         }
     }
 }
@@ -112,6 +213,23 @@ impl LaplaceConfig {
         )
     }
 
+    /// Whether a scale is still `"auto"`.
+    pub fn has_auto(&self) -> bool {
+        self.auto.prior_precision || self.auto.damping
+    }
+
+    /// Sets every `"auto"` scale to `scale` (from [`auto_scale`]); the config then holds numbers
+    /// only, as the run's config.toml and checkpoints store it.
+    pub fn resolve_auto(&mut self, scale: f64) {
+        if self.auto.prior_precision {
+            self.prior_precision = scale;
+        }
+        if self.auto.damping {
+            self.damping = scale;
+        }
+        self.auto = AutoScales::default();
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(self.jitter >= 0.0 && self.jitter.is_finite()) {
             bail!(
@@ -119,13 +237,14 @@ impl LaplaceConfig {
                 self.jitter
             );
         }
-        if !(self.damping > 0.0 && self.damping.is_finite()) {
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        if !(self.auto.damping || positive(self.damping)) {
             bail!(
                 "posterior.damping must be a finite number > 0 (got {})",
                 self.damping
             );
         }
-        if !(self.prior_precision > 0.0 && self.prior_precision.is_finite()) {
+        if !(self.auto.prior_precision || positive(self.prior_precision)) {
             bail!(
                 "posterior.prior_precision must be a finite number > 0 (got {})",
                 self.prior_precision
@@ -243,6 +362,13 @@ impl PosteriorConfig {
         let finetune = format!(
             "finetune instead: `lvrnn train --config <config> --posterior {target} --init-from <checkpoint>`"
         );
+        if let Self::Laplace(c) = target
+            && c.has_auto()
+        {
+            bail!(
+                "`auto` in `{target}` is chosen from the network at the start of training; post hoc give a number, or let `lvrnn eval --tune-prior` choose it on held-out tasks"
+            );
+        }
         match (self, target) {
             // A full head has every parameter of a diagonal one.
             (Self::Vrnn { diagonal: true }, Self::Vrnn { diagonal: false }) => bail!(
@@ -288,11 +414,22 @@ impl fmt::Display for PosteriorConfig {
         match self {
             Self::Rnn => write!(f, "rnn"),
             Self::Vrnn { diagonal } => write!(f, "vrnn:diagonal={diagonal}"),
-            Self::Laplace(c) => write!(
-                f,
-                "laplace:window={},accumulate={},diagonal={},damping={},jitter={},prior_precision={}",
-                c.window, c.accumulate, c.diagonal, c.damping, c.jitter, c.prior_precision
-            ),
+            Self::Laplace(c) => {
+                let scale = |v: f64, auto: bool| match auto {
+                    true => "auto".to_string(),
+                    false => v.to_string(),
+                };
+                write!(
+                    f,
+                    "laplace:window={},accumulate={},diagonal={},damping={},jitter={},prior_precision={}",
+                    c.window,
+                    c.accumulate,
+                    c.diagonal,
+                    scale(c.damping, c.auto.damping),
+                    c.jitter,
+                    scale(c.prior_precision, c.auto.prior_precision)
+                )
+            }
         }
     }
 }
@@ -358,9 +495,13 @@ impl FromStr for PosteriorConfig {
                         }
                         "accumulate" | "acc" => c.accumulate = v.parse()?,
                         "diagonal" => c.diagonal = parse_bool(k, v)?,
-                        "damping" => c.damping = parse_num(k, v, "a number > 0")?,
+                        "damping" if v == "auto" => c.auto.damping = true,
+                        "damping" => c.damping = parse_num(k, v, "a number > 0 or auto")?,
                         "jitter" => c.jitter = parse_num(k, v, "a number >= 0")?,
-                        "prior_precision" => c.prior_precision = parse_num(k, v, "a number > 0")?,
+                        "prior_precision" if v == "auto" => c.auto.prior_precision = true,
+                        "prior_precision" => {
+                            c.prior_precision = parse_num(k, v, "a number > 0 or auto")?
+                        }
                         _ => bail!(
                             "unknown posterior key `{k}` for family laplace; allowed keys: window, accumulate, diagonal, damping, jitter, prior_precision"
                         ),
