@@ -1358,7 +1358,8 @@ fn posterior_config_parses() -> Result<()> {
             diagonal: false,
             damping: 1.0,
             jitter: 1e-6,
-            prior_precision: 1.0
+            prior_precision: 1.0,
+            auto: Default::default(),
         }
     );
     assert_eq!("rnn".parse::<PosteriorConfig>()?, PosteriorConfig::Rnn);
