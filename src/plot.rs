@@ -440,16 +440,27 @@ fn data_ranges(plot: &LinePlot) -> Ranges {
         y0 = y0.min(y);
         y1 = y1.max(y);
     };
+    let mut lines = (f64::INFINITY, f64::NEG_INFINITY);
     for s in &plot.series {
         for run in line_runs(s, plot.log_x) {
             for (x, y) in run {
                 add(x, y);
+                lines = (lines.0.min(y), lines.1.max(y));
             }
         }
+    }
+    // A band widens the axis by at most the lines' own span on each side (with two seeds a
+    // 99% t-interval is 63.7 standard errors wide and would flatten every line); the drawing
+    // clips it to the axis.
+    let reach = match lines.1 - lines.0 {
+        span if span.is_finite() && span > 0.0 => span,
+        _ => f64::INFINITY,
+    };
+    for s in &plot.series {
         for run in band_runs(s, plot.log_x) {
             for (x, l, h) in run {
-                add(x, l);
-                add(x, h);
+                add(x, l.max(lines.0 - reach));
+                add(x, h.min(lines.1 + reach));
             }
         }
     }
@@ -731,6 +742,7 @@ where
         if s.points {
             let style = ShapeStyle::from(color).stroke_width(2);
             for (x, l, h) in band_runs(s, plot.log_x).into_iter().flatten() {
+                let (l, h) = (l.clamp(r.y.0, r.y.1), h.clamp(r.y.0, r.y.1));
                 let cap = 0.02 * (r.x.1 - r.x.0);
                 let bar = [
                     vec![(x, l), (x, h)],
@@ -747,10 +759,11 @@ where
             if run.len() < 2 {
                 continue;
             }
+            let clip = |v: f64| v.clamp(r.y.0, r.y.1);
             let poly: Vec<(f64, f64)> = run
                 .iter()
-                .map(|&(x, _, h)| (x, h))
-                .chain(run.iter().rev().map(|&(x, l, _)| (x, l)))
+                .map(|&(x, _, h)| (x, clip(h)))
+                .chain(run.iter().rev().map(|&(x, l, _)| (x, clip(l))))
                 .collect();
             chart
                 .draw_series(std::iter::once(Polygon::new(poly, color.mix(0.2).filled())))

@@ -11,7 +11,7 @@
 //! Reference policies do not depend on the seed (the same test tasks for every seed), so their
 //! interval is the per-run one over the test tasks.
 
-use super::collect::{Collection, Provenance, Section};
+use super::collect::{Collection, Folder, Provenance, Section};
 use crate::stats::t_quantile;
 use anyhow::{Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
@@ -169,6 +169,34 @@ pub fn short_key(k: &str) -> &str {
 /// Keys accepted by `--by` beside config keys (they are always grouped by).
 pub const ROW_KEYS: [&str; 3] = ["model", "provenance", "evaluation"];
 
+/// The config keys that tell `folders` (of one section) apart, except those of `NOT_GROUPED`.
+/// A `model.posterior.*` leaf counts only where it differs between folders of the same
+/// `model.posterior` label (the label already tells the families apart, but not, e.g., their
+/// prior precisions).
+fn grouping_keys(folders: &[&Folder]) -> Vec<String> {
+    let keys: BTreeSet<&String> = folders.iter().flat_map(|f| f.keys.keys()).collect();
+    let differs = |k: &str, among: &[&&Folder]| {
+        let vals: BTreeSet<Option<&String>> = among.iter().map(|f| f.keys.get(k)).collect();
+        vals.len() > 1
+    };
+    let all: Vec<&&Folder> = folders.iter().collect();
+    let mut by_label: BTreeMap<Option<&String>, Vec<&&Folder>> = BTreeMap::new();
+    for f in folders {
+        by_label
+            .entry(f.keys.get("model.posterior"))
+            .or_default()
+            .push(f);
+    }
+    keys.into_iter()
+        .filter(|k| !NOT_GROUPED.contains(&k.as_str()))
+        .filter(|k| match k.starts_with("model.posterior.") {
+            true => by_label.values().any(|among| differs(k, among)),
+            false => differs(k, &all),
+        })
+        .cloned()
+        .collect()
+}
+
 /// Groups the records. `by`: the grouping config keys for every section (checked against the
 /// folders' keys); `None`: per section, every key whose value differs between its folders,
 /// except those of `NOT_GROUPED` (and the `model.posterior.*` leaves where `model.posterior`
@@ -204,21 +232,7 @@ pub fn aggregate(col: &Collection, by: Option<&[String]>) -> Result<Aggregate> {
                 .filter(|k| !ROW_KEYS.contains(&k.as_str()))
                 .cloned()
                 .collect(),
-            None => {
-                let keys: BTreeSet<&String> = folders.iter().flat_map(|f| f.keys.keys()).collect();
-                let differs = |k: &str| {
-                    let vals: BTreeSet<Option<&String>> =
-                        folders.iter().map(|f| f.keys.get(k)).collect();
-                    vals.len() > 1
-                };
-                let posterior_differs = differs("model.posterior");
-                keys.into_iter()
-                    .filter(|k| !NOT_GROUPED.contains(&k.as_str()))
-                    .filter(|k| !(posterior_differs && k.starts_with("model.posterior.")))
-                    .filter(|k| differs(k))
-                    .cloned()
-                    .collect::<Vec<_>>()
-            }
+            None => grouping_keys(&folders),
         };
         agg.by.insert(section, keys);
     }
@@ -300,6 +314,7 @@ pub fn aggregate(col: &Collection, by: Option<&[String]>) -> Result<Aggregate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn across_seed_interval_matches_a_hand_computation() {
@@ -312,6 +327,41 @@ mod tests {
         };
         assert_eq!(n, 5);
         assert!((halfwidth - 4.604 * (2.5f64 / 5.0).sqrt()).abs() < 1e-3);
+    }
+
+    fn folder(keys: &[(&str, &str)]) -> Folder {
+        Folder {
+            path: PathBuf::new(),
+            section: Section::Bandit,
+            seed: 0,
+            keys: keys
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            evaluation: "run".into(),
+            finetuned: false,
+            tasks: 1,
+        }
+    }
+
+    #[test]
+    fn a_posterior_leaf_groups_where_it_differs_within_one_family() {
+        let rnn = folder(&[("model.posterior", "rnn"), ("train.lr", "0.001")]);
+        let lap = |p: &str| {
+            folder(&[
+                ("model.posterior", "laplace-sigma-k1-full"),
+                ("model.posterior.prior_precision", p),
+                ("model.posterior.window", "1"),
+                ("train.lr", "0.001"),
+            ])
+        };
+        let (a, b) = (lap("1"), lap("100"));
+        assert_eq!(
+            grouping_keys(&[&rnn, &a, &b]),
+            ["model.posterior", "model.posterior.prior_precision"]
+        );
+        // Present in one family only, equal within it: the label is enough.
+        assert_eq!(grouping_keys(&[&rnn, &a, &a]), ["model.posterior"]);
     }
 
     #[test]

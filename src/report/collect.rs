@@ -9,8 +9,9 @@
 //! Every CSV row becomes one [`Record`] per metric and x (points or t): the row's mean over the
 //! folder's test tasks, which is one seed's value for the across-seed intervals of
 //! [`super::aggregate`]. A training run's `metrics/train.jsonl` adds its training curves
-//! (`training_return`, `training_regret`, `training_nll`, `training_kl` against the update:
-//! each seed's mean over complete blocks of ⌈`train.updates` / 100⌉ updates).
+//! (`training_return`, `training_regret`, `training_nll`, `training_kl` and the PPO
+//! diagnostics `training_entropy`, `training_approx_kl`, … against the update: each seed's mean
+//! over complete blocks of ⌈`train.updates` / 100⌉ updates).
 
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -360,7 +361,20 @@ fn read_folder(dir: &Path, rel: PathBuf, index: usize) -> Result<Option<(Folder,
 /// Metrics of `train.jsonl` that the report draws against the update: the prefix of their
 /// record names, and the logged keys.
 pub const TRAINING_PREFIX: &str = "training_";
-const TRAINING_KEYS: [&str; 4] = ["return", "regret", "nll", "kl"];
+const TRAINING_KEYS: [&str; 11] = [
+    "return",
+    "regret",
+    "nll",
+    "kl",
+    // The PPO diagnostics of issue 17 (CleanRL's names where it has them).
+    "entropy",
+    "approx_kl",
+    "clipfrac",
+    "explained_variance",
+    "grad_norm_raw",
+    "kl_term_ratio",
+    "noise_ratio",
+];
 
 /// Updates per point of a training curve: `updates` split into at most this many blocks.
 pub const TRAINING_POINTS: usize = 100;

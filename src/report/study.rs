@@ -733,7 +733,18 @@ fn section_figures(agg: &Aggregate, section: Section, dir: &Path) -> Result<Vec<
     }
     let training: &[(&str, &str)] = match section {
         Section::Regression => &[("nll", "NLL"), ("kl", "KL")],
-        _ => &[("return", "Return"), ("regret", "Regret"), ("kl", "KL")],
+        _ => &[
+            ("return", "Return"),
+            ("regret", "Regret"),
+            ("kl", "KL"),
+            ("entropy", "Policy entropy"),
+            ("approx_kl", "Approximate KL (rollout → updated policy)"),
+            ("clipfrac", "Clip fraction"),
+            ("explained_variance", "Explained variance of the value head"),
+            ("grad_norm_raw", "Gradient norm before clipping"),
+            ("kl_term_ratio", "β·KL / mean |advantage|"),
+            ("noise_ratio", "Sample noise ‖z − μ‖ / ‖μ‖"),
+        ],
     };
     for (key, what) in training {
         figs.extend(training_figure(agg, section, key, what, dir)?);
