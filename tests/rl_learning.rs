@@ -1,7 +1,8 @@
-//! Recurrent PPO really learns: a small RNN agent trained for a few hundred updates on the
+//! Recurrent PPO really learns. Gridworld: a small RNN agent trained for a few hundred updates on the
 //! gridworld clearly beats the uniformly random policy on 128 held-out tasks (the same tasks the
 //! reference policy runs on). The agent sees only what the paper's agent sees (position one-hot,
-//! previous action and reward); the goal is never fed to it.
+//! previous action and reward); the goal is never fed to it. Bandit: the RNN and the Laplace Σ
+//! agent (acting on its samples, prior scale "auto") reach near-Thompson-sampling regret.
 
 use lvrnn::agent::rl::RlModel;
 use lvrnn::config::ExperimentConfig;
@@ -14,6 +15,7 @@ use lvrnn::stats::mean_ci99;
 use lvrnn::train::ppo::Ppo;
 use lvrnn::train::{FitOptions, fit};
 use std::time::Instant;
+mod common;
 
 #[test]
 fn rnn_agent_beats_the_random_policy_on_the_gridworld() {
@@ -103,4 +105,81 @@ tasks = 128
         agent_regret < random_regret - margin,
         "regret at T: agent {agent_regret:.2}, random {random_regret:.2}"
     );
+}
+
+/// `final_regret_mean` of each row of a run's `metrics/eval_rl_returns.csv`, by model label.
+fn final_regrets(run: &std::path::Path) -> std::collections::BTreeMap<String, f64> {
+    let text = std::fs::read_to_string(run.join("metrics/eval_rl_returns.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = header
+        .iter()
+        .position(|h| *h == "final_regret_mean")
+        .unwrap();
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_string(), f[col].parse().unwrap())
+        })
+        .collect()
+}
+
+/// The bandit learns for the RNN and for a Bayesian family acting on its samples (Laplace Σ,
+/// k_H = 1, with the `"auto"` prior scale): after 400 updates of the small model, the
+/// cumulative regret at T = 50 on 128 test tasks (α = 0.3) is within one pull's worth of
+/// Thompson sampling on the exact posterior's particle approximation, and under half of the
+/// random policy's. (Measured at this budget: regret ≈ 5.2–5.5 for both, Thompson 5.85,
+/// random 21.5; `results/bandit-prior`.)
+#[test]
+fn rnn_and_laplace_agents_learn_the_bandit_to_near_thompson_sampling_regret() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = r#"
+name = "NAME"
+task = "bandit"
+seed = 0
+[model]
+embed_width = 64
+hidden = 64
+features = 16
+head_hidden = [64, 64, 16]
+posterior = "POSTERIOR"
+[train]
+updates = 400
+batch = 64
+checkpoint_every = 0
+snapshots = []
+[eval]
+tasks = 128
+posthoc = []
+"#;
+    for (name, posterior) in [
+        ("rnn", "rnn"),
+        (
+            "laplace",
+            "laplace:window=1,accumulate=sigma,prior_precision=auto",
+        ),
+    ] {
+        let cfg = base.replace("NAME", name).replace("POSTERIOR", posterior);
+        std::fs::write(d.join(format!("{name}.toml")), cfg).unwrap();
+        let file = format!("{name}.toml");
+        let t0 = Instant::now();
+        common::lvrnn_ok(&["train", "--config", &file, "--runs", "runs"], d);
+        let regrets = final_regrets(&d.join("runs").join(name));
+        let agent = regrets
+            .iter()
+            .find(|(k, _)| !k.starts_with("reference"))
+            .map(|(_, v)| *v)
+            .unwrap();
+        let thompson = regrets["reference: thompson_is"];
+        let random = regrets["reference: random"];
+        eprintln!(
+            "bandit {name}: regret at T {agent:.2} (Thompson {thompson:.2}, random {random:.2}) in {:.0} s",
+            t0.elapsed().as_secs_f64()
+        );
+        assert!(
+            agent <= thompson + 1.0 && agent < random / 2.0,
+            "{name}: regret {agent:.2} against Thompson {thompson:.2}, random {random:.2}"
+        );
+    }
 }
