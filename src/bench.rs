@@ -76,6 +76,10 @@ pub struct BenchRow {
     pub gemm_gflops: f64,
     pub floor_s: f64,
     pub ratio: f64,
+    /// RL: one more pass over the same rollout after the step (`ppo.epochs` + 1): the loss at
+    /// the moved parameters (head traces and Laplace statistics recomputed), its backward and
+    /// the optimiser step. NaN for regression.
+    pub extra_epoch_s: f64,
     pub peak_rss_mb: f64,
 }
 
@@ -103,7 +107,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             opts.batch * opts.seq_len.max(50)
         );
         println!(
-            "{:<10} {:<46} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8}",
+            "{:<10} {:<46} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8}",
             "task",
             "posterior",
             "T",
@@ -115,6 +119,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             "GFLOP",
             "floor s",
             "ratio",
+            "+1 epoch",
             "peak MB"
         );
     }
@@ -132,7 +137,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
                 println!("{}", serde_json::to_string(&row)?);
             } else {
                 println!(
-                    "{:<10} {:<46} {:>4} {:>9.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.1} {:>8.3} {:>6.1} {:>8.0}",
+                    "{:<10} {:<46} {:>4} {:>9.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.1} {:>8.3} {:>6.1} {:>9.3} {:>8.0}",
                     row.task,
                     row.posterior,
                     row.steps,
@@ -144,6 +149,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
                     row.gflop_per_update,
                     row.floor_s,
                     row.ratio,
+                    row.extra_epoch_s,
                     row.peak_rss_mb
                 );
             }
@@ -166,6 +172,7 @@ fn bench_one(
     cfg.train.batch = opts.batch;
     reset_peak_rss();
     let mut parts: Vec<[f64; 4]> = vec![];
+    let mut extra: Vec<f64> = vec![];
     let steps;
     if task == Task::Regression {
         steps = opts.seq_len;
@@ -223,8 +230,20 @@ fn bench_one(
             let t3 = Instant::now();
             opt.step(&learner.model.params, &grads)?;
             let t4 = Instant::now();
+            // A second epoch on the same rollout, at the parameters the step moved.
+            let loss = ppo_loss(
+                &learner.model,
+                &ro,
+                &adv,
+                &targets,
+                &learner.ppo,
+                learner.beta,
+            )?;
+            let grads = loss.loss.backward()?;
+            opt.step(&learner.model.params, &grads)?;
             if rep > 0 {
                 parts.push(split(t0, t1, t2, t3, t4));
+                extra.push(t4.elapsed().as_secs_f64());
             }
         }
     }
@@ -248,6 +267,7 @@ fn bench_one(
         gemm_gflops: gemm,
         floor_s: floor,
         ratio: total / floor,
+        extra_epoch_s: median(&mut extra),
         peak_rss_mb: peak_rss_mb(),
     })
 }
