@@ -124,6 +124,10 @@ fn training_resolves_auto_from_the_initial_network_stores_the_number_and_resumes
     let c = laplace(&ck.config.model.posterior).clone();
     assert!(!c.has_auto(), "the checkpoint stores a number");
     assert!(
+        c.chosen.prior_precision && !c.chosen.damping,
+        "and which scale was chosen"
+    );
+    assert!(
         c.prior_precision == expected && (expected * ms - 1.0).abs() < 1e-3,
         "{} vs {expected}",
         c.prior_precision
@@ -131,7 +135,8 @@ fn training_resolves_auto_from_the_initial_network_stores_the_number_and_resumes
     assert_eq!(c.damping, 1.0, "damping was not auto");
     let stored = std::fs::read_to_string(d.join("runs/auto/config.toml")).unwrap();
     assert!(
-        stored.contains(&format!("prior_precision = {expected}")),
+        stored.contains(&format!("prior_precision = {expected}"))
+            && stored.contains("chosen_by_auto = [\"prior_precision\"]"),
         "{stored}"
     );
 
@@ -203,4 +208,37 @@ fn an_rl_run_resolves_auto_damping_for_a_windowed_posterior() {
     assert!(!c.has_auto());
     assert_eq!(c.prior_precision, 2.0);
     assert!(c.damping > 0.0 && c.damping != 1.0, "damping {}", c.damping);
+}
+
+#[test]
+fn the_report_groups_the_seeds_of_an_auto_prior_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for seed in [0, 1] {
+        let cfg = TINY
+            .replace("name = \"auto\"", &format!("name = \"auto{seed}\""))
+            .replace("seed = 3", &format!("seed = {seed}"));
+        std::fs::write(d.join("a.toml"), cfg).unwrap();
+        lvrnn_ok(&["train", "--config", "a.toml", "--runs", "runs"], d);
+    }
+    let priors: Vec<String> = [0, 1]
+        .iter()
+        .map(|s| {
+            let c = std::fs::read_to_string(d.join(format!("runs/auto{s}/config.toml"))).unwrap();
+            c.lines()
+                .find(|l| l.starts_with("prior_precision"))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_ne!(priors[0], priors[1], "each seed chose its own number");
+    lvrnn_ok(&["report", "runs", "--out", "rep"], d);
+    let summary = std::fs::read_to_string(d.join("rep/summary.csv")).unwrap();
+    let rows: Vec<&str> = summary
+        .lines()
+        .filter(|l| l.contains("laplace") && l.contains(",ce,"))
+        .collect();
+    assert!(!rows.is_empty(), "{summary}");
+    // One group over both seeds (n_seeds = 2), not one group per chosen number.
+    assert!(rows.iter().all(|l| l.contains(",2,")), "{rows:#?}");
 }

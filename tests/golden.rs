@@ -101,6 +101,7 @@ fn check_file(path: &std::path::Path) -> usize {
             jitter,
             prior_precision: prior,
             auto: Default::default(),
+            chosen: Default::default(),
         };
         let family = Laplace::new(cfg.clone());
         let mut carry = Carry::zeros(1, hidden, &candle_core::Device::Cpu).unwrap();

@@ -1227,6 +1227,7 @@ fn laplace_variants_match_jacobian_reference() -> Result<()> {
         jitter: 1e-6,
         prior_precision: 1.0,
         auto: Default::default(),
+        chosen: Default::default(),
     };
     let cases = [
         // (a) sum Σ, k_H = 1: Λ_t − Λ_{t−1} = J_t J_tᵀ; (f) Λ_0 = prior_precision·I.
@@ -1360,6 +1361,7 @@ fn posterior_config_parses() -> Result<()> {
             jitter: 1e-6,
             prior_precision: 1.0,
             auto: Default::default(),
+            chosen: Default::default(),
         }
     );
     assert_eq!("rnn".parse::<PosteriorConfig>()?, PosteriorConfig::Rnn);

@@ -66,6 +66,10 @@ pub struct LaplaceConfig {
     /// chosen from the network ([`LaplaceConfig::resolve_auto`]); their numbers are
     /// placeholders until then.
     pub auto: AutoScales,
+    /// Which scales were `"auto"` and have been chosen ([`LaplaceConfig::resolve_auto`]): kept
+    /// in the run's config (`chosen_by_auto`) so that `lvrnn report` groups the seeds of one
+    /// rule together although each chose its own number.
+    pub chosen: AutoScales,
 }
 
 /// The scales of a Laplace prior given as `"auto"` (see [`auto_scale`]).
@@ -134,6 +138,9 @@ struct LaplaceTable {
     jitter: f64,
     #[serde(default = "one_scale")]
     prior_precision: Scale,
+    /// The scales chosen from `"auto"` at the start of training (written by lvrnn).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    chosen_by_auto: Vec<String>,
 }
 
 fn one_scale() -> Scale {
@@ -145,6 +152,18 @@ impl TryFrom<LaplaceTable> for LaplaceConfig {
     fn try_from(t: LaplaceTable) -> Result<Self, String> {
         let (damping, auto_damping) = t.damping.read("damping")?;
         let (prior_precision, auto_prior) = t.prior_precision.read("prior_precision")?;
+        let mut chosen = AutoScales::default();
+        for name in &t.chosen_by_auto {
+            match name.as_str() {
+                "prior_precision" => chosen.prior_precision = true,
+                "damping" => chosen.damping = true,
+                other => {
+                    return Err(format!(
+                        "posterior.chosen_by_auto: `{other}` is not a scale; allowed: prior_precision, damping"
+                    ));
+                }
+            }
+        }
         Ok(Self {
             window: t.window,
             accumulate: t.accumulate,
@@ -156,6 +175,7 @@ impl TryFrom<LaplaceTable> for LaplaceConfig {
                 prior_precision: auto_prior,
                 damping: auto_damping,
             },
+            chosen,
         })
     }
 }
@@ -169,6 +189,14 @@ impl From<LaplaceConfig> for LaplaceTable {
             damping: Scale::write(c.damping, c.auto.damping),
             jitter: c.jitter,
             prior_precision: Scale::write(c.prior_precision, c.auto.prior_precision),
+            chosen_by_auto: [
+                ("prior_precision", c.chosen.prior_precision),
+                ("damping", c.chosen.damping),
+            ]
+            .iter()
+            .filter(|(_, chosen)| *chosen)
+            .map(|(k, _)| k.to_string())
+            .collect(),
         }
     }
 }
@@ -193,6 +221,7 @@ impl Default for LaplaceConfig {
             jitter: 1e-6,
             prior_precision: 1.0,
             auto: AutoScales::default(),
+            chosen: AutoScales::default(),
         }
     }
 }
@@ -218,14 +247,16 @@ impl LaplaceConfig {
         self.auto.prior_precision || self.auto.damping
     }
 
-    /// Sets every `"auto"` scale to `scale` (from [`auto_scale`]); the config then holds numbers
-    /// only, as the run's config.toml and checkpoints store it.
+    /// Sets every `"auto"` scale to `scale` (from [`auto_scale`]) and marks it `chosen`; the
+    /// config then holds numbers only, as the run's config.toml and checkpoints store it.
     pub fn resolve_auto(&mut self, scale: f64) {
         if self.auto.prior_precision {
             self.prior_precision = scale;
+            self.chosen.prior_precision = true;
         }
         if self.auto.damping {
             self.damping = scale;
+            self.chosen.damping = true;
         }
         self.auto = AutoScales::default();
     }

@@ -192,6 +192,12 @@ fn read_folder(dir: &Path, rel: PathBuf, index: usize) -> Result<Option<(Folder,
     flatten("", &value, &mut keys);
     if let Some(p) = value.get("model").and_then(|m| m.get("posterior")) {
         keys.insert("model.posterior".into(), posterior_label(p));
+        // A scale chosen by the "auto" rule groups by its rule, not by each seed's number.
+        let chosen = p.get("chosen_by_auto").and_then(|c| c.as_array());
+        for name in chosen.into_iter().flatten().filter_map(|n| n.as_str()) {
+            keys.insert(format!("model.posterior.{name}"), "auto".into());
+        }
+        keys.remove("model.posterior.chosen_by_auto");
     }
     let section = match keys.get("task").map(String::as_str) {
         Some("regression") => Section::Regression,
