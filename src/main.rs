@@ -155,7 +155,7 @@ enum Cmd {
     },
     /// Run a grid of training jobs from a sweep file (base config × axes − exclusions) as
     /// parallel worker processes, resumably; or list them, or write a Slurm job array.
-    /// See README "Sweeps".
+    /// See docs/sweeps-and-report.md.
     Sweep {
         /// The sweep file (TOML).
         file: PathBuf,
@@ -176,7 +176,7 @@ enum Cmd {
         bin: Option<PathBuf>,
     },
     /// Aggregate every result folder under DIR (runs, eval folders, sweeps): tables with 99%
-    /// t-intervals over seeds, figures, and one report.md. See README "Report".
+    /// t-intervals over seeds, figures, and one report.md. See docs/sweeps-and-report.md.
     Report {
         /// Folder to search recursively for result folders.
         dir: PathBuf,

@@ -19,7 +19,7 @@
 //!   R × n vectors; the Laplace filter 3 (B, n, n) f64 matrices per task (Λ_{t−1}, Λ_t, the
 //!   Cholesky factor) and R × (n_z + 1) × n offsets and KL gradients (diagonal: vectors).
 //!
-//! The constants lean low (README's measured peaks are 1.5–3× the estimate), so a config this
+//! The constants lean low (docs/performance.md's measured peaks are 1.5–3× the estimate), so a config this
 //! refuses could not have run; one it accepts may still be close to the limit.
 
 use crate::agent::rl::{env_kind, policy_sees_state, reward_loss_scale};
@@ -388,7 +388,7 @@ mod tests {
         c
     }
 
-    /// The estimate is within the stated band of README's measured peaks (MB, paper sizes):
+    /// The estimate is within the stated band of docs/performance.md's measured peaks (MB, paper sizes):
     /// at most the peak, and at least a third of it.
     #[test]
     fn estimates_lean_low_against_the_measured_peaks() {

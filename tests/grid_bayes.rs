@@ -135,7 +135,7 @@ fn bayes_optimal_policy_collects_the_exact_optimum_on_every_task() {
     }
     // E[return] = 22421/600 ≈ 37.368 for the Bayes-optimal policy and 22060/600 ≈ 36.767 for
     // the episodic search; regrets against the oracle's 24200/600 ≈ 40.333 are 2.965 and 3.567
-    // (stated in the README and the module documentation of `envs::reference`).
+    // (stated in docs/references.md and the module documentation of `envs::reference`).
     assert_eq!(total, EXACT_TOTAL);
     assert_eq!(episodic, EPISODIC_TOTAL);
     let oracle: u64 = (0..25)

@@ -276,8 +276,12 @@ fn diverging_run_stops_with_a_message_and_keeps_the_last_good_checkpoint() {
     let mut cfg = small_config("nan", "rnn", 10);
     cfg.train.checkpoint_every = 2;
     let run = RunDir::open(dir.path(), "nan", false, false).unwrap();
-    let mut params = Params::new();
-    let w = params.constant("w", &[3], 1.0).unwrap();
+    // The config's own model parameters (a checkpoint whose tensors do not match its config is
+    // refused on load); the loss reads one of them.
+    let params = lvrnn::agent::regression::RegressionModel::new(&cfg.model, 0)
+        .unwrap()
+        .params;
+    let w = params.get("core.b").unwrap().as_tensor().clone();
     let mut learner = Diverging {
         params,
         w,
@@ -293,7 +297,7 @@ fn diverging_run_stops_with_a_message_and_keeps_the_last_good_checkpoint() {
     );
     let ck = load_checkpoint(&run.latest_checkpoint()).unwrap();
     assert_eq!(ck.update, 5);
-    let w: Vec<f32> = ck.tensors["w"].to_vec1().unwrap();
+    let w: Vec<f32> = ck.tensors["core.b"].to_vec1().unwrap();
     assert!(w.iter().all(|v| v.is_finite()));
     // Metrics hold exactly the 5 good updates.
     let lines = std::fs::read_to_string(run.train_metrics()).unwrap();

@@ -21,7 +21,7 @@
 //! "train.lr" = 3e-4
 //! ```
 //! Axis and `[set]` keys are dotted config keys (`train.lr`, `model.posterior.window`, `seed`;
-//! see README "Configuration files"); `model.posterior` takes posterior SPEC strings. A job is
+//! see docs/configuration.md); `model.posterior` takes posterior SPEC strings. A job is
 //! named by its axis values in file order, `short=value` joined by commas with the short key the
 //! last part of the dotted key, e.g. `posterior=laplace-sigma-k1-full,lr=0.001,seed=3`. Unknown
 //! keys, empty axes and values a config rejects are errors before anything runs.
