@@ -150,6 +150,15 @@ impl LaplaceFilter {
             .collect()
     }
 
+    /// The current precisions Λ_t without jitter as f32, (B·n·n), or (B·n) for the diagonal
+    /// variant (`posterior::standalone` returns them).
+    pub fn precisions_f32(&self) -> Vec<f32> {
+        self.tasks
+            .iter()
+            .flat_map(|t| t.lambda.iter().map(|v| *v as f32))
+            .collect()
+    }
+
     /// Differential entropy ½ n ln(2πe) − ½ ln det Λ̃_t per task.
     pub fn entropy(&self) -> Vec<f64> {
         let n = self.n as f64;

@@ -46,12 +46,16 @@ impl Laplace {
         let acc = acc.ok_or_else(|| {
             anyhow::anyhow!("the Laplace posterior needs at least the current input")
         })?;
-        Ok(acc
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .into_iter()
-            .map(|v| v as f64)
-            .collect())
+        // f32 networks (every lvrnn model) and f64 ones (`posterior::standalone`'s reference).
+        Ok(match acc.dtype() {
+            candle_core::DType::F64 => acc.flatten_all()?.to_vec1::<f64>()?,
+            _ => acc
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(|v| v as f64)
+                .collect(),
+        })
     }
 }
 
@@ -227,10 +231,25 @@ impl Precision {
         Ok(Tensor::from_vec(out, (nz, b, n), eps.device())?)
     }
 
-    /// dᵀ(Λ + jitter·I)d per task for d (B, n), differentiable in d.
+    /// Λ + jitter·I as a constant f64 tensor (the f64 reference of `posterior::standalone`).
+    pub fn jittered_tensor_f64(&self, device: &Device) -> Result<Tensor> {
+        let (n, size) = (self.n, self.shape.size(self.n));
+        let mut v: Vec<f64> = self.values.to_vec();
+        for k in 0..self.batch {
+            for i in 0..n {
+                v[k * size + self.shape.diagonal_index(n, i)] += self.jitter;
+            }
+        }
+        Ok(Tensor::from_vec(v, self.shape.dims(self.batch, n), device)?)
+    }
+
+    /// dᵀ(Λ + jitter·I)d per task for d (B, n), differentiable in d (in d's dtype, f32 or f64).
     pub fn quadratic_form(&self, d: &Tensor) -> Result<Tensor> {
-        self.shape
-            .quadratic_form(d, &self.jittered_tensor(d.device())?)
+        let jittered = match d.dtype() {
+            candle_core::DType::F64 => self.jittered_tensor_f64(d.device())?,
+            _ => self.jittered_tensor(d.device())?,
+        };
+        self.shape.quadratic_form(d, &jittered)
     }
 
     /// The θ-independent part of KL(self ‖ prev): ½[tr(Λ_prev Λ⁻¹) − n + ln det Λ − ln det Λ_prev].

@@ -11,6 +11,7 @@ pub mod laplace;
 pub mod point;
 pub mod shape;
 pub mod spectral_kl;
+pub mod standalone;
 pub mod vrnn;
 
 pub use config::{Accumulate, LaplaceConfig, PosteriorConfig};
@@ -169,12 +170,16 @@ impl Gaussian {
             (Covariance::Precision(cur), Covariance::Precision(pre)) => {
                 // Only the quadratic term depends on θ (the precisions carry no gradient).
                 let quad = pre.quadratic_form(&d)?;
-                let constant: Vec<f32> = cur
-                    .kl_constant_part(pre)
-                    .iter()
-                    .map(|v| *v as f32)
-                    .collect();
-                let constant = Tensor::from_vec(constant, quad.dims(), quad.device())?;
+                let constant = cur.kl_constant_part(pre);
+                let constant = match quad.dtype() {
+                    candle_core::DType::F64 => {
+                        Tensor::from_vec(constant, quad.dims(), quad.device())?
+                    }
+                    _ => {
+                        let c: Vec<f32> = constant.iter().map(|v| *v as f32).collect();
+                        Tensor::from_vec(c, quad.dims(), quad.device())?
+                    }
+                };
                 Ok(Some(((quad * 0.5)? + constant)?))
             }
             (Covariance::Spectral { u, log_s }, Covariance::Spectral { u: up, log_s: lsp }) => {
