@@ -187,6 +187,10 @@ enum Cmd {
         /// default: every key that differs between result folders, except seed and name.
         #[arg(long, value_delimiter = ',')]
         by: Option<Vec<String>>,
+        /// A TOML file of `[[target]]` tables (per-seed bounds on a metric at one t): adds a
+        /// Targets section (each seed's value, `k / n` seeds meeting the bound) and targets.csv.
+        #[arg(long, value_name = "FILE")]
+        targets: Option<PathBuf>,
     },
 }
 
@@ -391,8 +395,18 @@ fn run(cmd: Cmd) -> Result<()> {
             emit,
             bin,
         }),
-        Cmd::Report { dir, out, by } => {
-            let files = lvrnn::report::run_report(&lvrnn::report::ReportOptions { dir, out, by })?;
+        Cmd::Report {
+            dir,
+            out,
+            by,
+            targets,
+        } => {
+            let files = lvrnn::report::run_report(&lvrnn::report::ReportOptions {
+                dir,
+                out,
+                by,
+                targets,
+            })?;
             for f in files {
                 println!("  {}", f.display());
             }

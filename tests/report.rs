@@ -320,3 +320,312 @@ fn report_groups_seeds_labels_provenance_and_links_every_figure() {
     let skipped = md.split("## Skipped folders").nth(1).unwrap_or("");
     assert!(!skipped.contains("evals/rnn-s0"), "{skipped}");
 }
+
+/// A fake sweep folder's RL result folder: `runs/<job>/config.toml` and the two RL tables, where
+/// each model's `(model, [v1, v2, …])` gives its mean reward at t = 1, 2, … (so return through t
+/// is the sum) and its mean cumulative regret at t = the same value.
+fn fake_rl_run(
+    root: &std::path::Path,
+    job: &str,
+    task: &str,
+    seed: u64,
+    posterior: &str,
+    models: &[(&str, &[f64])],
+) {
+    let dir = root.join("runs").join(job);
+    std::fs::create_dir_all(dir.join("metrics")).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "name = \"{job}\"\ntask = \"{task}\"\nseed = {seed}\n[model.posterior]\n{posterior}\n[eval]\ntasks = 8\n"
+        ),
+    )
+    .unwrap();
+    let mut rl = String::from(
+        "model,t,reward_mean,reward_ci99,cum_regret_mean,cum_regret_ci99,entropy_mean,entropy_ci99,kl_mean,kl_ci99\n",
+    );
+    let mut returns =
+        String::from("model,return_mean,return_ci99,final_regret_mean,final_regret_ci99\n");
+    for (model, vs) in models {
+        for (t, v) in vs.iter().enumerate() {
+            rl += &format!("\"{model}\",{},{v},0.1,{v},0.1,nan,nan,nan,nan\n", t + 1);
+        }
+        let sum: f64 = vs.iter().sum();
+        returns += &format!("\"{model}\",{sum},0.1,{},0.1\n", vs[vs.len() - 1]);
+    }
+    std::fs::write(dir.join("metrics/eval_rl.csv"), rl).unwrap();
+    std::fs::write(dir.join("metrics/eval_rl_returns.csv"), returns).unwrap();
+}
+
+const TARGETS: &str = r#"
+name = "fake"                 # a sweep file's own keys are ignored
+[[target]]
+section = "gridworld"
+metric = "cum_return"
+t = 3
+at_least = 2
+groups = ["rnn", "vrnn-diag"]
+[[target]]
+section = "gridworld"
+metric = "cum_return"
+t = 3
+at_least = 1.5
+groups = ["*"]
+[[target]]
+section = "bandit"
+metric = "cum_regret"
+t = 2
+at_most = 1.0
+groups = ["rnn"]
+[[target]]
+section = "regression"
+metric = "ce"
+t = 10
+at_most = 1.0
+groups = ["*"]
+"#;
+
+#[test]
+fn targets_table_gives_every_seed_and_the_seeds_meeting_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sweep = d.join("sweeps/fake");
+    const RNN: &str = "family = \"rnn\"";
+    const VRNN: &str = "family = \"vrnn\"\ndiagonal = false";
+    const POSTHOC: &str = "laplace-sigma-k1-full (post-hoc on rnn)";
+    // Gridworld return through t = 3 (rewards v, 0, 0): the RNN 3.0 / 2.5 / 2.2 (all >= 2),
+    // its post-hoc Laplace 1.6 on every seed (>= 1.5, the "*" target: "rnn" is not a
+    // substring match), the full VRNN 2.0 / 1.2 / 1.9 (seed 1 misses 1.5 by 0.3).
+    for (seed, rnn, vrnn) in [(0, 3.0, 2.0), (1, 2.5, 1.2), (2, 2.2, 1.9)] {
+        fake_rl_run(
+            &sweep,
+            &format!("rnn.seed={seed}"),
+            "gridworld",
+            seed,
+            RNN,
+            &[("rnn", &[rnn, 0.0, 0.0]), (POSTHOC, &[1.6, 0.0, 0.0])],
+        );
+        fake_rl_run(
+            &sweep,
+            &format!("scratch.posterior=vrnn-full,seed={seed}"),
+            "gridworld",
+            seed,
+            VRNN,
+            &[("vrnn-full", &[vrnn, 0.0, 0.0])],
+        );
+    }
+    // Bandit regret at t = 2: 0.8 and 1.25 (the second 0.25 above 1.0).
+    for (seed, regret) in [(0, 0.8), (1, 1.25)] {
+        fake_rl_run(
+            &sweep,
+            &format!("bandit.seed={seed}"),
+            "bandit",
+            seed,
+            RNN,
+            &[("rnn", &[0.5, regret])],
+        );
+    }
+    std::fs::write(d.join("targets.toml"), TARGETS).unwrap();
+    lvrnn(&["report", "sweeps/fake", "--targets", "targets.toml"], d);
+    let out = sweep.join("report");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let targets = md.split("## Targets").nth(1).expect("a Targets section");
+    for row in [
+        "| group | provenance | bound | seed 0 | seed 1 | seed 2 | seeds meeting the target | failing seeds: distance to the bound |",
+        "| rnn | trained | ≥ 2 | 3.000 | 2.500 | 2.200 | 3 / 3 | – |",
+        "| laplace-sigma-k1-full (post-hoc on rnn) | post-hoc | ≥ 1.5 | 1.600 | 1.600 | 1.600 | 3 / 3 | – |",
+        "| vrnn-full | trained | ≥ 1.5 | 2.000 | 1.200 ✗ | 1.900 | 2 / 3 | seed 1: 0.300 |",
+        "| rnn | trained | ≤ 1 | 0.800 | 1.250 ✗ | 1 / 2 | seed 1: 0.250 |",
+        "**Target 4**: `ce` at points = 10 ≤ 1, regression (groups: `*`).\n\nNo group of this report takes this target.",
+    ] {
+        assert!(targets.contains(row), "{row}\nnot in\n{targets}");
+    }
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("| vrnn-full | trained | ≥ 1.5 | 2.000 | 1.200 ✗ |"));
+
+    // targets.csv: one row per group × seed.
+    let text = std::fs::read_to_string(out.join("targets.csv")).unwrap();
+    let mut lines = text.lines();
+    let header = split_csv(lines.next().unwrap());
+    let rows: Vec<BTreeMap<String, String>> = lines
+        .map(|l| header.iter().cloned().zip(split_csv(l)).collect())
+        .collect();
+    assert_eq!(rows.len(), 3 + 3 + 3 + 2, "{text}");
+    let got: Vec<[&str; 8]> = rows
+        .iter()
+        .map(|r| {
+            let f = |k: &str| r[k].as_str();
+            [
+                f("target"),
+                f("model"),
+                f("seed"),
+                f("value"),
+                f("meets"),
+                f("distance_to_bound"),
+                f("seeds_meeting"),
+                f("n_seeds"),
+            ]
+        })
+        .collect();
+    for row in [
+        ["1", "rnn", "1", "2.500000", "true", "", "3", "3"],
+        ["2", "vrnn-full", "0", "2.000000", "true", "", "2", "3"],
+        [
+            "2",
+            "vrnn-full",
+            "1",
+            "1.200000",
+            "false",
+            "0.300000",
+            "2",
+            "3",
+        ],
+        ["2", POSTHOC, "2", "1.600000", "true", "", "3", "3"],
+        ["3", "rnn", "1", "1.250000", "false", "0.250000", "1", "2"],
+    ] {
+        assert!(got.contains(&row), "{row:?} not in {got:#?}");
+    }
+    assert!(rows.iter().all(|r| r["x_name"] == "t"));
+    let bandit: Vec<_> = rows.iter().filter(|r| r["section"] == "bandit").collect();
+    assert!(
+        bandit
+            .iter()
+            .all(|r| r["bound"] == "at_most" && r["bound_value"] == "1")
+    );
+
+    // A malformed target is refused before anything is written, naming the key.
+    for (bad, expected) in [
+        (
+            "[[target]]\nmetric = \"cum_return\"\nt = 3\nat_lest = 2\ngroups = [\"*\"]\n",
+            "[[target]] 1: unknown key `at_lest`; allowed keys: section, metric, t, at_least, at_most, groups",
+        ),
+        (
+            "[[target]]\nmetric = \"cum_return\"\nt = 3\nat_least = 2\ngroups = [\"*\"]\n[[target]]\nmetric = \"cum_return\"\nt = 3\nat_least = 2\nat_most = 4\ngroups = [\"*\"]\n",
+            "[[target]] 2: both `at_least` and `at_most`",
+        ),
+        (
+            "[[target]]\nmetric = \"cum_return\"\nt = 3\ngroups = [\"*\"]\n",
+            "[[target]] 1: neither `at_least` nor `at_most`",
+        ),
+        (
+            "[[target]]\nmetric = \"return_through\"\nt = 3\nat_least = 2\ngroups = [\"*\"]\n",
+            "`metric` = \"return_through\" is not a metric of the report; allowed values: cum_return, cum_regret",
+        ),
+        (
+            "[[target]]\nsection = \"grid\"\nmetric = \"cum_return\"\nt = 3\nat_least = 2\ngroups = [\"*\"]\n",
+            "`section` = \"grid\" is not a section; allowed values: regression, bandit, gridworld",
+        ),
+        (
+            "[[targets]]\nmetric = \"cum_return\"\n",
+            "unknown key `targets`; allowed keys: target",
+        ),
+    ] {
+        std::fs::write(d.join("bad.toml"), bad).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_lvrnn"))
+            .args([
+                "--threads",
+                "1",
+                "report",
+                "sweeps/fake",
+                "--targets",
+                "bad.toml",
+            ])
+            .args(["--out", "refused"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("--targets bad.toml") && err.contains(expected),
+            "{expected}\nnot in\n{err}"
+        );
+        assert!(!d.join("refused").exists(), "{expected}: wrote a report");
+    }
+}
+
+#[test]
+fn shipped_study_targets_give_each_family_its_bound() {
+    use lvrnn::report::collect::Section;
+    use lvrnn::report::targets::{Bound, glob_match, load_targets};
+    assert!(glob_match("*", "vrnn-full") && glob_match("rnn", "rnn"));
+    assert!(
+        !glob_match("rnn", "vrnn-diag")
+            && !glob_match("rnn", "laplace-sigma-k1-full (post-hoc on rnn)")
+    );
+    assert!(glob_match(
+        "*post-hoc on rnn*",
+        "laplace-none-k10-full, tuned prior (post-hoc on rnn)"
+    ));
+    assert!(
+        glob_match("laplace-*-k1-*", "laplace-mu_sigma-k1-full")
+            && !glob_match("laplace-*-k1-*", "laplace-none-k10-full")
+    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/targets");
+    let bound = |file: &str, section: Section, model: &str| -> Bound {
+        let targets = load_targets(&dir.join(file)).unwrap();
+        let t = targets.iter().find(|t| t.matches(section, model));
+        t.unwrap_or_else(|| panic!("{file}: no target for {model}"))
+            .bound
+    };
+    let posthoc = [
+        "laplace-sigma-k1-full (post-hoc on rnn)",
+        "laplace-none-k10-full (post-hoc on rnn)",
+        "laplace-sigma-k1-full, tuned prior (post-hoc on rnn)",
+        "laplace-none-k10-full, tuned prior (post-hoc on rnn)",
+    ];
+    for model in ["rnn", "laplace-sigma-k1-full", "vrnn-diag"] {
+        assert_eq!(
+            bound("gridworld-study.toml", Section::Gridworld, model),
+            Bound::AtLeast(34.0),
+            "{model}"
+        );
+    }
+    for model in [
+        "vrnn-full",
+        "laplace-mu_sigma-k1-full",
+        "laplace-none-k10-full",
+    ]
+    .into_iter()
+    .chain(posthoc)
+    {
+        assert_eq!(
+            bound("gridworld-study.toml", Section::Gridworld, model),
+            Bound::AtLeast(32.0),
+            "{model}"
+        );
+    }
+    for model in ["rnn", "laplace-sigma-k1-full"] {
+        assert_eq!(
+            bound("bandit-study.toml", Section::Bandit, model),
+            Bound::AtMost(4.2),
+            "{model}"
+        );
+    }
+    for model in [
+        "vrnn-full",
+        "vrnn-diag",
+        "laplace-mu_sigma-k1-full",
+        "laplace-none-k10-full",
+    ]
+    .into_iter()
+    .chain(posthoc)
+    {
+        assert_eq!(
+            bound("bandit-study.toml", Section::Bandit, model),
+            Bound::AtMost(5.3),
+            "{model}"
+        );
+    }
+    // Each file's targets name their own section only.
+    let grid = load_targets(&dir.join("gridworld-study.toml")).unwrap();
+    assert!(
+        grid.iter()
+            .all(|t| !t.matches(Section::Bandit, "rnn") && t.metric == "cum_return" && t.x == 100)
+    );
+    let bandit = load_targets(&dir.join("bandit-study.toml")).unwrap();
+    assert!(
+        bandit.iter().all(|t| !t.matches(Section::Gridworld, "rnn")
+            && t.metric == "cum_regret"
+            && t.x == 50)
+    );
+}

@@ -98,6 +98,8 @@ pub struct Row {
     pub interval: Interval,
     /// The seeds with a finite value.
     pub seeds: Vec<u64>,
+    /// Each of those seeds' value (its mean over its results), in the order of `seeds`.
+    pub per_seed: Vec<f64>,
     /// Distinct `eval.tasks` of those results (one value unless grouping pooled several).
     pub tasks: Vec<usize>,
     /// Result rows pooled (more than `seeds.len()` when a seed had several).
@@ -304,6 +306,7 @@ pub fn aggregate(col: &Collection, by: Option<&[String]>) -> Result<Aggregate> {
             mean,
             interval,
             seeds,
+            per_seed,
             tasks: tasks.into_iter().collect(),
             results,
         });

@@ -3,8 +3,8 @@
 //! policies); [`training`] draws the curves of every metric logged during training. And
 //! `lvrnn report`, which gathers every result folder under a directory
 //! ([`collect`]), groups the results and takes 99% t-intervals over seeds ([`aggregate`]),
-//! re-simulates the RL reference curves ([`mod@reference`]), and writes tables, figures and one
-//! `report.md` ([`study`]).
+//! re-simulates the RL reference curves ([`mod@reference`]), checks per-seed bounds where asked
+//! ([`targets`]), and writes tables, figures and one `report.md` ([`study`]).
 
 pub mod aggregate;
 pub mod collect;
@@ -12,6 +12,7 @@ pub mod reference;
 pub mod regression;
 pub mod rl;
 pub mod study;
+pub mod targets;
 pub mod training;
 
 pub use regression::{EVAL_HEADER, format_table, slug, write_regression_report};

@@ -6,6 +6,7 @@ use super::aggregate::{Aggregate, GroupKey, Interval, Row, aggregate};
 use super::collect::{Collection, Provenance, Section, TRAINING_PREFIX, collect};
 use super::reference::add_reference_curves;
 use super::regression::slug;
+use super::targets::{Outcome, Target, evaluate, load_targets};
 use crate::plot::{LinePlot, Series, line_plot};
 use crate::util::{write_atomic, write_csv_atomic};
 use anyhow::{Result, bail};
@@ -21,6 +22,9 @@ pub struct ReportOptions {
     pub out: Option<PathBuf>,
     /// Grouping config keys (default: those that differ between result folders).
     pub by: Option<Vec<String>>,
+    /// A file with `[[target]]` tables (see [`super::targets`]): adds the Targets section to
+    /// report.md and summary.md, and targets.csv.
+    pub targets: Option<PathBuf>,
 }
 
 /// Points (regression) shown in the tables, where present.
@@ -29,6 +33,7 @@ const TABLE_POINTS: [usize; 4] = [0, 10, 50, 100];
 /// Writes the report; returns the files written (report.md first).
 pub fn run_report(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
     let out = opts.out.clone().unwrap_or_else(|| opts.dir.join("report"));
+    let targets = opts.targets.as_deref().map(load_targets).transpose()?;
     let mut col = collect(&opts.dir, &out)?;
     if col.folders.is_empty() {
         bail!(
@@ -52,6 +57,13 @@ pub fn run_report(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
 
     let mut tables = String::new();
     let mut page = header(&opts.dir, &col, &agg);
+    if let (Some(targets), Some(file)) = (&targets, &opts.targets) {
+        let (outcomes, unused) = evaluate(&agg, targets);
+        let t = targets_section(&agg, targets, &outcomes, &unused, file);
+        let _ = writeln!(tables, "## Targets\n\n{t}");
+        let _ = writeln!(page, "## Targets\n\n{t}");
+        written.push(write_targets_csv(&agg, targets, &outcomes, &out)?);
+    }
     for section in agg.sections() {
         let t = section_tables(&agg, section);
         let figs = section_figures(&agg, section, &out.join("figures"))?;
@@ -230,6 +242,81 @@ fn write_summary_csv(agg: &Aggregate, out: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// targets.csv: one row per group under a target × seed (a group without a value at the
+/// target's x: one row, seed and value empty).
+fn write_targets_csv(
+    agg: &Aggregate,
+    targets: &[Target],
+    outcomes: &[Outcome],
+    out: &Path,
+) -> Result<PathBuf> {
+    let header = [
+        "target",
+        "section",
+        "group",
+        "model",
+        "provenance",
+        "evaluation",
+        "metric",
+        "x_name",
+        "x",
+        "bound",
+        "bound_value",
+        "seed",
+        "value",
+        "meets",
+        "distance_to_bound",
+        "seeds_meeting",
+        "n_seeds",
+    ];
+    let mut rows = vec![];
+    for o in outcomes {
+        let t = &targets[o.target];
+        let g = o.group;
+        let (kind, b) = t.bound.parts();
+        let common = vec![
+            (o.target + 1).to_string(),
+            g.section.as_str().to_string(),
+            agg.label(g),
+            g.model.clone(),
+            g.provenance.as_str().to_string(),
+            g.evaluation.clone(),
+            t.metric.clone(),
+            g.section.x_name().to_string(),
+            t.x.to_string(),
+            kind.to_string(),
+            b.to_string(),
+        ];
+        let counts = [o.meeting(targets).to_string(), o.seeds.len().to_string()];
+        let seeds: Vec<Option<(u64, f64)>> = if o.seeds.is_empty() {
+            vec![None]
+        } else {
+            o.seeds.iter().copied().map(Some).collect()
+        };
+        for s in seeds {
+            let mut row = common.clone();
+            match s {
+                Some((seed, v)) => row.extend([
+                    seed.to_string(),
+                    num(v),
+                    t.bound.meets(v).to_string(),
+                    if t.bound.meets(v) {
+                        String::new()
+                    } else {
+                        num(t.bound.distance(v))
+                    },
+                ]),
+                None => row.extend([String::new(), String::new(), "false".into(), String::new()]),
+            }
+            row.extend(counts.clone());
+            rows.push(row);
+        }
+    }
+    let path = out.join("targets.csv");
+    write_csv_atomic(&path, &header, &rows)?;
+    Ok(path)
+}
+
 fn join<T: ToString>(xs: &[T]) -> String {
     xs.iter().map(T::to_string).collect::<Vec<_>>().join(";")
 }
@@ -382,6 +469,106 @@ fn section_tables(agg: &Aggregate, section: Section) -> String {
                 let _ = write!(s, " {} |", cell(agg.get(g, metric, *x)));
             }
             s.push('\n');
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// The Targets section: per target, one row per group with every seed's value, the bound,
+/// `k / n` seeds meeting it and each failing seed's distance to it.
+fn targets_section(
+    agg: &Aggregate,
+    targets: &[Target],
+    outcomes: &[Outcome],
+    unused: &[usize],
+    file: &Path,
+) -> String {
+    let mut s = format!(
+        "From `{}`. Each group takes the first target whose `groups` patterns match its \
+         `model` label (`*` = any run of characters) in its section; reference policies are \
+         not judged. A seed's value is its mean over its test tasks, as in the tables; ✗ marks \
+         a seed that misses the bound, and `k / n` counts the seeds meeting it among the n \
+         seeds with a value (– : no value for that seed). All rows: \
+         [targets.csv](targets.csv).\n\n",
+        file.display()
+    );
+    for (i, t) in targets.iter().enumerate() {
+        let mine: Vec<&Outcome> = outcomes.iter().filter(|o| o.target == i).collect();
+        let x_name = mine
+            .first()
+            .map(|o| o.group.section)
+            .or(t.section)
+            .map_or("t", Section::x_name);
+        let _ = writeln!(
+            s,
+            "**Target {}**: `{}` at {x_name} = {} {}{} (groups: {}).\n",
+            i + 1,
+            t.metric,
+            t.x,
+            t.bound.text(),
+            t.section
+                .map_or(String::new(), |sec| format!(", {}", sec.as_str())),
+            t.groups
+                .iter()
+                .map(|g| format!("`{g}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if unused.contains(&i) {
+            s.push_str("No group of this report takes this target.\n\n");
+            continue;
+        }
+        let seeds: BTreeSet<u64> = mine
+            .iter()
+            .flat_map(|o| o.seeds.iter().map(|(seed, _)| *seed))
+            .collect();
+        let _ = write!(s, "| group | provenance | bound |");
+        for seed in &seeds {
+            let _ = write!(s, " seed {seed} |");
+        }
+        s.push_str(
+            " seeds meeting the target | failing seeds: distance to the bound |\n|---|---|---|",
+        );
+        for _ in &seeds {
+            s.push_str("---|");
+        }
+        s.push_str("---|---|\n");
+        for o in mine {
+            let _ = write!(
+                s,
+                "| {} | {} | {} |",
+                md_escape(&agg.label(o.group)),
+                o.group.provenance.as_str(),
+                t.bound.text()
+            );
+            for seed in &seeds {
+                let cell = match o.seeds.iter().find(|(x, _)| x == seed) {
+                    None => "–".to_string(),
+                    Some((_, v)) if t.bound.meets(*v) => format!("{v:.3}"),
+                    Some((_, v)) => format!("{v:.3} ✗"),
+                };
+                let _ = write!(s, " {cell} |");
+            }
+            let failing: Vec<String> = o
+                .seeds
+                .iter()
+                .filter(|(_, v)| !t.bound.meets(*v))
+                .map(|(seed, v)| format!("seed {seed}: {:.3}", t.bound.distance(*v)))
+                .collect();
+            let failing = if o.seeds.is_empty() {
+                format!("no value at {x_name} = {}", t.x)
+            } else if failing.is_empty() {
+                "–".to_string()
+            } else {
+                failing.join(", ")
+            };
+            let _ = writeln!(
+                s,
+                " {} / {} | {failing} |",
+                o.meeting(targets),
+                o.seeds.len()
+            );
         }
         s.push('\n');
     }
