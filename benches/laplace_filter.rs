@@ -63,6 +63,58 @@ fn main() {
         println!("{spec:<48} {per:>14.1}");
     }
 
+    // A foreign LSTM's whole posterior (`posterior::standalone`, what the Python package's
+    // `LaplaceLSTM.filter` runs on float32 inputs): the LSTM over B = 256 sequences of T = 50
+    // inputs (d_in = 32), the filter, and every statistic written out, (B, T+1, n, n)
+    // precisions included. python/bench.py times the Python call on the same sizes.
+    {
+        use lvrnn::posterior::standalone::{
+            LaplaceLstm, LstmWeights, Named, Projection, Sequences,
+        };
+        let (d_in, steps) = (32, 50);
+        let f64s = |len: usize, s: f32, scale: f64| -> Vec<f64> {
+            (0..len).map(|i| val(i, s) as f64 * scale).collect()
+        };
+        let mut named = Named::new();
+        named.insert(
+            "weight_ih_l0".into(),
+            (f64s(4 * hidden * d_in, 0.1, 0.4), vec![4 * hidden, d_in]),
+        );
+        named.insert(
+            "weight_hh_l0".into(),
+            (
+                f64s(4 * hidden * hidden, 0.2, 0.2),
+                vec![4 * hidden, hidden],
+            ),
+        );
+        let lstm = LstmWeights::from_torch(&named).expect("weights");
+        let proj =
+            Projection::new(f64s(hidden * n, 0.3, 0.2), &[hidden, n], None, hidden).expect("P");
+        let model = LaplaceLstm::new(lstm, Some(proj)).expect("model");
+        let inputs = rows(batch * steps * d_in, 0.5);
+        let PosteriorConfig::Laplace(cfg) =
+            "laplace:window=1,accumulate=sigma".parse().expect("spec")
+        else {
+            unreachable!()
+        };
+        let seq = Sequences {
+            inputs: &inputs,
+            batch,
+            steps,
+            h0: None,
+            c0: None,
+        };
+        model.filter_f32(&cfg, &seq).expect("warm-up");
+        let reps = 3;
+        let ms = micros(reps, || {
+            std::hint::black_box(model.filter_f32(&cfg, &seq).expect("filter"));
+        }) / 1e3;
+        println!(
+            "\nstandalone LaplaceLstm::filter_f32, B = {batch}, T = {steps}, d_in = {d_in}, window 1, Σ accumulated"
+        );
+        println!("{:<48} {ms:>14.1}", "ms/call (all statistics returned)");
+    }
+
     // The f64 kernels at n = 64 on A = M Mᵀ + I.
     let m: Vec<f64> = (0..n * n).map(|i| (i as f64 * 0.37).sin()).collect();
     let spd: Vec<f64> = (0..n * n)

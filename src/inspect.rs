@@ -2,8 +2,13 @@
 //! JSON lines (mean, precision for the Laplace VRNN or covariance for the VRNN, entropy, KL).
 
 use crate::agent::regression::RegressionModel;
-use crate::posterior::{Covariance, Gaussian};
+use crate::agent::rl::RlModel;
+use crate::agent::{Core, CoreState, CoreStep};
+use crate::config::Task;
+use crate::envs::EnvKind;
+use crate::posterior::{Covariance, Gaussian, PosteriorConfig};
 use anyhow::{Context, Result, bail};
+use candle_core::Tensor;
 use serde_json::json;
 use std::path::Path;
 
@@ -88,72 +93,135 @@ fn column_name(header: &Option<Vec<String>>, j: usize) -> String {
         .unwrap_or_default()
 }
 
-fn gaussian_json(q: &Gaussian) -> Result<serde_json::Value> {
-    let mean: Vec<f32> = q.mean.squeeze(0)?.to_vec1()?;
-    let mut v = json!({ "mean": mean });
-    match &q.cov {
-        Covariance::Point => {}
-        Covariance::Precision(p) => {
-            let n = p.n;
-            let d = p.dense(0);
-            v["precision"] = json!(
-                (0..n)
-                    .map(|i| d[i * n..(i + 1) * n].to_vec())
-                    .collect::<Vec<_>>()
-            );
-        }
-        Covariance::Spectral { .. } => {
-            let c = q.covariance_matrix()?.expect("VRNN has a covariance");
-            let n = mean.len();
-            v["covariance"] = json!(
-                (0..n)
-                    .map(|i| c[0][i * n..(i + 1) * n].to_vec())
-                    .collect::<Vec<_>>()
-            );
-        }
+/// The posterior q_t after one step of a history (t = 0: the prior q_0), as plain numbers.
+#[derive(Clone, Debug)]
+pub struct StepPosterior {
+    pub t: usize,
+    /// The history row that entered at this step (empty at t = 0).
+    pub input: Vec<f32>,
+    /// μ_t (n).
+    pub mean: Vec<f32>,
+    /// Λ_t without jitter, dense n×n row-major (Laplace VRNN).
+    pub precision: Option<Vec<f64>>,
+    /// Σ_t, dense n×n row-major (VRNN).
+    pub covariance: Option<Vec<f64>>,
+    /// Differential entropy (None for the point estimate).
+    pub entropy: Option<f64>,
+    /// KL(q_t ‖ q_{t−1}) (None at t = 0 and for the point estimate).
+    pub kl: Option<f32>,
+}
+
+impl StepPosterior {
+    fn of(t: usize, input: &[f32], q: &Gaussian, kl: Option<&Tensor>) -> Result<Self> {
+        let covariance = match &q.cov {
+            Covariance::Spectral { .. } => q.covariance_matrix()?.map(|mut c| c.remove(0)),
+            _ => None,
+        };
+        Ok(Self {
+            t,
+            input: input.to_vec(),
+            mean: q.mean.squeeze(0)?.to_vec1()?,
+            precision: match &q.cov {
+                Covariance::Precision(p) => Some(p.dense(0)),
+                _ => None,
+            },
+            covariance,
+            entropy: q.entropy()?.map(|e| e[0]),
+            kl: kl.map(|k| k.to_vec1::<f32>().map(|v| v[0])).transpose()?,
+        })
     }
-    v["entropy"] = json!(q.entropy()?.map(|e| e[0]));
-    Ok(v)
+
+    /// The JSON line `lvrnn inspect` prints for this step.
+    pub fn json(&self) -> String {
+        let n = self.mean.len();
+        let rows = |m: &[f64]| -> Vec<Vec<f64>> {
+            (0..n).map(|i| m[i * n..(i + 1) * n].to_vec()).collect()
+        };
+        let mut v = json!({ "mean": self.mean });
+        if let Some(p) = &self.precision {
+            v["precision"] = json!(rows(p));
+        }
+        if let Some(c) = &self.covariance {
+            v["covariance"] = json!(rows(c));
+        }
+        v["entropy"] = json!(self.entropy);
+        v["t"] = json!(self.t);
+        if self.t > 0 {
+            v["input"] = json!(self.input);
+        }
+        v["kl"] = json!(self.kl);
+        v.to_string()
+    }
 }
 
-/// Appends the step's posterior to the trace.
-fn push_step(
-    out: &mut Vec<String>,
-    t: usize,
-    row: &[f32],
-    step: &crate::agent::CoreStep,
-) -> Result<()> {
-    let mut v = gaussian_json(&step.state.q)?;
-    v["t"] = json!(t);
-    v["input"] = json!(row);
-    v["kl"] = json!(match &step.kl {
-        Some(k) => Some(k.to_vec1::<f32>()?[0]),
-        None => None,
-    });
-    out.push(v.to_string());
-    Ok(())
+/// A trained model as a history reader: what `lvrnn inspect` and the Python package's
+/// `Model.posterior` need of it (implemented by the regression and the RL model).
+pub trait HistoryModel: Send + Sync {
+    fn core(&self) -> &Core;
+    /// Columns of one history row (regression: x, y; RL: obs…, prev_action, prev_reward).
+    fn columns(&self) -> usize;
+    /// Checks row t (0-based) of a history and feeds it into the core from `state`.
+    fn observe_row(&self, state: &CoreState, t: usize, row: &[f32]) -> Result<CoreStep>;
 }
 
-fn prior_json(q: &Gaussian) -> Result<String> {
-    let mut first = gaussian_json(q)?;
-    first["t"] = json!(0);
-    first["kl"] = serde_json::Value::Null;
-    Ok(first.to_string())
-}
-
-/// One JSON object per step for an RL history of `kind`: rows `obs…, prev_action, prev_reward`
-/// (obs_dim + 2 columns), from the start of a task: the first row's prev_action is −1 ("none";
-/// its prev_reward is not read), every later row's an action index. Rows the environment
-/// could not have produced (`EnvKind::implausible`) are refused with their row number.
-pub fn rl_trace(
-    model: &crate::agent::rl::RlModel,
-    kind: crate::envs::EnvKind,
-    rows: &[Vec<f32>],
-) -> Result<Vec<String>> {
-    let mut state = model.core.initial(1)?.detach();
-    let mut out = vec![prior_json(&state.q)?];
-    let d = model.obs_dim;
+/// The posterior along one history, step by step: q_0 (the prior) … q_T.
+pub fn trace(model: &dyn HistoryModel, rows: &[Vec<f32>]) -> Result<Vec<StepPosterior>> {
+    let mut state = model.core().initial(1)?.detach();
+    let mut out = vec![StepPosterior::of(0, &[], &state.q, None)?];
     for (t, row) in rows.iter().enumerate() {
+        if row.len() != model.columns() {
+            bail!(
+                "history row {}: {} columns; expected {}",
+                t + 1,
+                row.len(),
+                model.columns()
+            );
+        }
+        let step = model.observe_row(&state, t, row)?;
+        out.push(StepPosterior::of(
+            t + 1,
+            row,
+            &step.state.q,
+            step.kl.as_ref(),
+        )?);
+        state = step.state.detach();
+    }
+    Ok(out)
+}
+
+impl HistoryModel for RegressionModel {
+    fn core(&self) -> &Core {
+        &self.core
+    }
+    fn columns(&self) -> usize {
+        2
+    }
+    /// Rows (x, y).
+    fn observe_row(&self, state: &CoreState, _t: usize, row: &[f32]) -> Result<CoreStep> {
+        let emb_x = self.embed_scalar(0, &row[..1])?;
+        self.observe(state, &emb_x, &row[1..2])
+    }
+}
+
+/// An RL model with the environment its histories come from (rows are checked against it).
+pub struct RlHistory {
+    pub model: RlModel,
+    pub kind: EnvKind,
+}
+
+impl HistoryModel for RlHistory {
+    fn core(&self) -> &Core {
+        &self.model.core
+    }
+    fn columns(&self) -> usize {
+        self.model.obs_dim + 2
+    }
+    /// Rows `obs…, prev_action, prev_reward` from the start of a task: the first row's
+    /// prev_action is −1 ("none"; its prev_reward is not read), every later row's an action
+    /// index. Rows the environment could not have produced (`EnvKind::implausible`) are
+    /// refused with their row number.
+    fn observe_row(&self, state: &CoreState, t: usize, row: &[f32]) -> Result<CoreStep> {
+        let (model, d) = (&self.model, self.model.obs_dim);
         let (a, r) = (row[d], row[d + 1]);
         let prev = if t == 0 {
             if a != -1.0 {
@@ -173,27 +241,37 @@ pub fn rl_trace(
             Some(a as usize)
         };
         let reward = if t == 0 { 0.0 } else { r };
-        if let Some(why) = kind.implausible(&row[..d], reward) {
+        if let Some(why) = self.kind.implausible(&row[..d], reward) {
             bail!("history row {}: {why}", t + 1);
         }
         let (acts, rews): (Vec<usize>, Vec<f32>) = (prev.into_iter().collect(), vec![r]);
         let x = model.inputs(&row[..d], prev.map(|_| (&acts[..], &rews[..])))?;
-        let (step, _) = model.observe(&state, &x)?;
-        push_step(&mut out, t + 1, row, &step)?;
-        state = step.state.detach();
+        Ok(model.observe(state, &x)?.0)
     }
-    Ok(out)
 }
 
-/// One JSON object per step t = 0 (the prior) … T for a regression history of (x, y) rows.
-pub fn regression_trace(model: &RegressionModel, rows: &[Vec<f32>]) -> Result<Vec<String>> {
-    let mut state = model.core.initial(1)?.detach();
-    let mut out = vec![prior_json(&state.q)?];
-    for (t, row) in rows.iter().enumerate() {
-        let emb_x = model.embed_scalar(0, &row[..1])?;
-        let step = model.observe(&state, &emb_x, &row[1..2])?;
-        push_step(&mut out, t + 1, row, &step)?;
-        state = step.state.detach();
-    }
-    Ok(out)
+/// A checkpoint's model as a [`HistoryModel`], under `posterior` (a SPEC; default its own).
+pub fn load(checkpoint: &Path, posterior: Option<&str>) -> Result<Box<dyn HistoryModel>> {
+    let posterior: Option<PosteriorConfig> = posterior
+        .map(|s| s.parse().context("--posterior"))
+        .transpose()?;
+    Ok(match crate::run::load_checkpoint(checkpoint)?.config.task {
+        Task::Regression => {
+            let (mut model, _) = crate::commands::regression::load(checkpoint)?;
+            if let Some(p) = &posterior {
+                model = crate::eval::with_posterior(&model, p)?;
+            }
+            Box::new(model)
+        }
+        Task::Bandit | Task::Gridworld => {
+            let (mut model, cfg) = crate::commands::rl::load(checkpoint)?;
+            if let Some(p) = &posterior {
+                model = model.with_posterior(p)?;
+            }
+            Box::new(RlHistory {
+                model,
+                kind: crate::agent::rl::env_kind(cfg.task)?,
+            })
+        }
+    })
 }

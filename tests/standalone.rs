@@ -241,9 +241,9 @@ fn f64_posterior_equals_finite_differences_and_closed_forms() {
                 .collect();
             for (t, (mu, lam, ent, kl)) in independent(&dict, &p, N, &xs, &cfg).iter().enumerate() {
                 let r = b * (T + 1) + t;
-                for k in 0..N {
+                for (k, m) in mu.iter().enumerate() {
                     assert!(
-                        close(got.mean[r * N + k], mu[k], 1e-9),
+                        close(got.mean[r * N + k], *m, 1e-9),
                         "{spec} b{b} t{t}: mean"
                     );
                 }

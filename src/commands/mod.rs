@@ -40,26 +40,12 @@ pub fn eval(checkpoint: &Path, request: &EvalRequest, out: Option<PathBuf>) -> R
 /// `lvrnn inspect`: one JSON line per step of `history` with the posterior the checkpoint (under
 /// `posterior`, default its own) gives.
 pub fn inspect(checkpoint: &Path, posterior: Option<&str>, history: &Path) -> Result<Vec<String>> {
-    let posterior = posterior
-        .map(|s| s.parse().context("--posterior"))
-        .transpose()?;
-    match load_checkpoint(checkpoint)?.config.task {
-        Task::Regression => {
-            let (mut model, _) = regression::load(checkpoint)?;
-            if let Some(p) = &posterior {
-                model = crate::eval::with_posterior(&model, p)?;
-            }
-            crate::inspect::regression_trace(&model, &crate::inspect::read_history(history, 2)?)
-        }
-        Task::Bandit | Task::Gridworld => {
-            let (mut model, cfg) = rl::load(checkpoint)?;
-            if let Some(p) = &posterior {
-                model = model.with_posterior(p)?;
-            }
-            let rows = crate::inspect::read_history(history, model.obs_dim + 2)?;
-            crate::inspect::rl_trace(&model, crate::agent::rl::env_kind(cfg.task)?, &rows)
-        }
-    }
+    let model = crate::inspect::load(checkpoint, posterior)?;
+    let rows = crate::inspect::read_history(history, model.columns())?;
+    Ok(crate::inspect::trace(model.as_ref(), &rows)?
+        .iter()
+        .map(|s| s.json())
+        .collect())
 }
 
 /// What `lvrnn train` evaluates after training: the own posterior and `eval.posthoc`.
