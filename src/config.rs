@@ -1,7 +1,10 @@
 //! Typed experiment configuration (one TOML file per experiment, see `configs/`), with
-//! validation that names the offending key and the allowed values.
+//! validation that names the offending key and the allowed values, and the settings a config
+//! resolves to where it leaves them to the task ([`env_kind`], [`policy_sees_state`],
+//! [`reward_loss_scale`]).
 
 use crate::agent::ModelConfig;
+use crate::envs::EnvKind;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -391,4 +394,40 @@ impl ExperimentConfig {
         // start of `lvrnn train`.
         crate::memory::check_dimensions(self)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings resolved from an experiment config (the model, the memory estimate and PPO read them)
+// ---------------------------------------------------------------------------------------------
+
+/// The environment an RL task trains on.
+pub fn env_kind(task: Task) -> Result<EnvKind> {
+    match task {
+        Task::Bandit => Ok(EnvKind::Bandit),
+        Task::Gridworld => Ok(EnvKind::Gridworld),
+        Task::Regression => bail!("`regression` is a supervised task, not an RL environment"),
+    }
+}
+
+/// Whether the policy and value heads see the state embedding besides z
+/// (`ppo.policy_input`; empty: bandit "z", gridworld "state_z").
+pub fn policy_sees_state(cfg: &ExperimentConfig) -> Result<bool> {
+    Ok(match cfg.ppo.policy_input.as_str() {
+        "z" => false,
+        "state_z" => true,
+        "" => env_kind(cfg.task)? == EnvKind::Gridworld,
+        other => bail!("ppo.policy_input = `{other}` is not valid; allowed values: z, state_z"),
+    })
+}
+
+/// The weight of the reward-prediction loss: `ppo.reward_loss_scale`, or where it is negative
+/// the environment default (bandit 1.0 as the authors' agent, gridworld 0 = no reward head).
+pub fn reward_loss_scale(cfg: &ExperimentConfig) -> Result<f64> {
+    if cfg.ppo.reward_loss_scale >= 0.0 {
+        return Ok(cfg.ppo.reward_loss_scale);
+    }
+    Ok(match env_kind(cfg.task)? {
+        EnvKind::Bandit => 1.0,
+        EnvKind::Gridworld => 0.0,
+    })
 }

@@ -270,7 +270,7 @@ pub fn load(checkpoint: &Path, posterior: Option<&str>) -> Result<Box<dyn Histor
             }
             Box::new(RlHistory {
                 model,
-                kind: crate::agent::rl::env_kind(cfg.task)?,
+                kind: crate::config::env_kind(cfg.task)?,
             })
         }
     })

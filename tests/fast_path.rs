@@ -4,8 +4,8 @@
 //! gridworld (small sizes). Also the fused LSTM sequence op against the per-step cell graph.
 
 use candle_core::{DType, Device, Tensor, Var};
-use lvrnn::agent::rl::{Keep, RlModel, env_kind, rollout};
-use lvrnn::config::ExperimentConfig;
+use lvrnn::agent::rl::{Keep, RlModel, rollout};
+use lvrnn::config::{ExperimentConfig, env_kind};
 use lvrnn::envs::make_env;
 use lvrnn::nn::Params;
 use lvrnn::nn::lstm::{Carry, Lstm};
@@ -209,7 +209,7 @@ fn ppo_rollout_loss_and_gradients_equal_the_per_step_reference() {
                 0.9,
             );
             let mut ppo = cfg.ppo.clone();
-            ppo.reward_loss_scale = lvrnn::agent::rl::reward_loss_scale(&cfg).unwrap();
+            ppo.reward_loss_scale = lvrnn::config::reward_loss_scale(&cfg).unwrap();
             let beta = 0.5;
             let fast = ppo_loss(&model, &ro, &adv, &targets, &ppo, beta).unwrap();
             let slow = reference::ppo_loss(&model, &ro, &adv, &targets, &ppo, beta).unwrap();
@@ -647,7 +647,7 @@ fn ppo_loss_after_a_parameter_step_on_a_minibatch_equals_the_per_step_reference(
                 0.9,
             );
             let mut ppo = cfg.ppo.clone();
-            ppo.reward_loss_scale = lvrnn::agent::rl::reward_loss_scale(&cfg).unwrap();
+            ppo.reward_loss_scale = lvrnn::config::reward_loss_scale(&cfg).unwrap();
             let beta = 0.5;
             // One gradient step away from the rollout's parameters.
             let first_loss = ppo_loss(&model, &ro, &adv, &targets, &ppo, beta).unwrap();

@@ -3,9 +3,9 @@
 //! determinism and resume, the RL evaluation outputs, and the shipped RL configs.
 
 use candle_core::{Device, Tensor};
-use lvrnn::agent::rl::{Keep, RlModel, average_log_probs, env_kind, exact_entropy, rollout};
+use lvrnn::agent::rl::{Keep, RlModel, average_log_probs, exact_entropy, rollout};
 use lvrnn::commands::rl::{eval as eval_rl_checkpoint, train as train_and_eval_rl};
-use lvrnn::config::{ExperimentConfig, PpoConfig, Task};
+use lvrnn::config::{ExperimentConfig, PpoConfig, Task, env_kind};
 use lvrnn::envs::make_env;
 use lvrnn::eval::request::EvalRequest;
 use lvrnn::report::rl::EVAL_RL_HEADER;
@@ -315,7 +315,7 @@ fn loss_gradient_matches_finite_differences() {
             let (cfg, model, ro) = setup_with(task, posterior, 0.3);
             // Every term on, the bandit's reward-prediction loss included.
             let ppo = PpoConfig {
-                reward_loss_scale: lvrnn::agent::rl::reward_loss_scale(&cfg).unwrap(),
+                reward_loss_scale: lvrnn::config::reward_loss_scale(&cfg).unwrap(),
                 ..cfg.ppo.clone()
             };
             let (adv, targets) = gae(

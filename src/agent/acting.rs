@@ -10,8 +10,8 @@
 use super::Core;
 use crate::nn::kernels::{Mat, sgemm};
 use crate::nn::lstm_seq::lstm_step;
+use crate::posterior::Gaussian;
 use crate::posterior::filter::{JacobianWeights, LaplaceFilter};
-use crate::posterior::{Gaussian, PosteriorConfig};
 use anyhow::Result;
 use candle_core::Tensor;
 use std::collections::HashMap;
@@ -64,12 +64,12 @@ impl<'a> Acting<'a> {
         let weights = core.jacobian_weights()?;
         let proj_bias: Vec<f32> = core.proj.bias.flatten_all()?.to_vec1()?;
         let phi0: Vec<f32> = (0..batch).flat_map(|_| proj_bias.iter().copied()).collect();
-        let posterior = match &core.posterior_cfg {
-            PosteriorConfig::Laplace(cfg) => {
+        let posterior = match core.posterior.laplace() {
+            Some(cfg) => {
                 let filter = LaplaceFilter::new(cfg, &phi0, batch, &weights)?;
                 Posterior::Laplace(Box::new(filter))
             }
-            _ => {
+            None => {
                 let phi0 = Tensor::from_vec(phi0, (batch, n), &core.device)?;
                 Posterior::Graph(core.posterior.init(&phi0)?.detach())
             }

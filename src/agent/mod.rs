@@ -119,11 +119,11 @@ pub struct Core {
     pub embeds: Vec<Embedding>,
     pub lstm: Lstm,
     pub proj: Linear,
+    /// The posterior family; the fast paths ask it what they need (`PosteriorFamily::laplace`,
+    /// `PosteriorFamily::full_spectral`) rather than matching on a configuration.
     pub posterior: Box<dyn PosteriorFamily>,
     pub features: usize,
     pub hidden: usize,
-    /// The configuration the posterior was built from (the fast paths dispatch on it).
-    pub posterior_cfg: PosteriorConfig,
     /// Where the parameters live.
     pub device: Device,
 }
@@ -178,7 +178,6 @@ impl Core {
             posterior,
             features: cfg.features,
             hidden: cfg.hidden,
-            posterior_cfg: cfg.posterior.clone(),
             device: p.device().clone(),
         })
     }

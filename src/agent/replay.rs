@@ -22,7 +22,7 @@ use super::Core;
 use crate::nn::kernels::dedup_rows;
 use crate::nn::lstm_seq::{hidden_states, lstm_sequence};
 use crate::posterior::spectral_kl::{ChunkNoise, spectral_chunk};
-use crate::posterior::{Accumulate, Covariance, Gaussian, KnownCayley, PosteriorConfig};
+use crate::posterior::{Covariance, Gaussian, KnownCayley};
 use anyhow::{Result, bail};
 use candle_core::{D, DType, Device, Tensor};
 use std::sync::Arc;
@@ -153,9 +153,9 @@ impl Core {
         cayley: Option<&Arc<Vec<Tensor>>>,
     ) -> Result<PosteriorSequence> {
         let (steps1, batch, n) = phi.dims3()?;
-        let per_chunk = match &self.posterior_cfg {
-            PosteriorConfig::Vrnn { diagonal: false } => (CHUNK_ELEMENTS / (batch * n * n)).max(1),
-            _ => steps1,
+        let per_chunk = match self.posterior.full_spectral() {
+            true => (CHUNK_ELEMENTS / (batch * n * n)).max(1),
+            false => steps1,
         };
         self.chunks(phi, per_chunk, cayley)
     }
@@ -185,10 +185,10 @@ impl Core {
                 known.len()
             );
         }
-        Ok(match &self.posterior_cfg {
-            PosteriorConfig::Laplace(c) => {
-                let means = match c.accumulate {
-                    Accumulate::MuSigma => {
+        Ok(match self.posterior.laplace() {
+            Some(c) => {
+                let means = match c.accumulates_mean() {
+                    true => {
                         // μ_t = φ_t + stop_grad μ_{t−1}, μ_0 = φ_0: the added term is the running
                         // sum of the φ values, summed in the per-step order.
                         let values: Vec<f32> = phi.flatten_all()?.to_vec1()?;
@@ -207,11 +207,11 @@ impl Core {
                         let offsets = Tensor::from_vec(offsets, phi.shape(), &self.device)?;
                         phi.add(&offsets)?
                     }
-                    _ => phi.clone(),
+                    false => phi.clone(),
                 };
                 PosteriorSequence::Laplace { means, batch }
             }
-            _ => {
+            None => {
                 // Chunk k covers steps first_k ..= last_k, with first_{k+1} = last_k.
                 let mut chunks = vec![];
                 let mut first = 0;

@@ -11,7 +11,7 @@
 use crate::agent::acting::Acting;
 use crate::agent::replay::SequenceInputs;
 use crate::agent::{Core, CoreState, CoreStep, ModelConfig, randn};
-use crate::config::{ExperimentConfig, Task};
+use crate::config::{ExperimentConfig, env_kind, policy_sees_state, reward_loss_scale};
 use crate::envs::{EnvKind, MetaEnv, Step, make_env};
 use crate::nn::Params;
 use crate::nn::head::{Head, HeadTrace};
@@ -23,7 +23,8 @@ use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------------
-// Settings resolved from the experiment config
+// The core's inputs (what an experiment config resolves to, e.g. whether the heads see the
+// state, is in `crate::config`: `env_kind`, `policy_sees_state`, `reward_loss_scale`)
 // ---------------------------------------------------------------------------------------------
 
 /// Core input kind 0: the observation s_t (obs_dim).
@@ -32,38 +33,6 @@ pub const INPUT_OBS: usize = 0;
 pub const INPUT_PREV_ACTION: usize = 1;
 /// Core input kind 2: the previous reward r_{t−1} (0 at t = 0).
 pub const INPUT_PREV_REWARD: usize = 2;
-
-/// The environment an RL task trains on.
-pub fn env_kind(task: Task) -> Result<EnvKind> {
-    match task {
-        Task::Bandit => Ok(EnvKind::Bandit),
-        Task::Gridworld => Ok(EnvKind::Gridworld),
-        Task::Regression => bail!("`regression` is a supervised task, not an RL environment"),
-    }
-}
-
-/// Whether the policy and value heads see the state embedding besides z
-/// (`ppo.policy_input`; empty: bandit "z", gridworld "state_z").
-pub fn policy_sees_state(cfg: &ExperimentConfig) -> Result<bool> {
-    Ok(match cfg.ppo.policy_input.as_str() {
-        "z" => false,
-        "state_z" => true,
-        "" => env_kind(cfg.task)? == EnvKind::Gridworld,
-        other => bail!("ppo.policy_input = `{other}` is not valid; allowed values: z, state_z"),
-    })
-}
-
-/// The weight of the reward-prediction loss: `ppo.reward_loss_scale`, or where it is negative
-/// the environment default (bandit 1.0 as the authors' agent, gridworld 0 = no reward head).
-pub fn reward_loss_scale(cfg: &ExperimentConfig) -> Result<f64> {
-    if cfg.ppo.reward_loss_scale >= 0.0 {
-        return Ok(cfg.ppo.reward_loss_scale);
-    }
-    Ok(match env_kind(cfg.task)? {
-        EnvKind::Bandit => 1.0,
-        EnvKind::Gridworld => 0.0,
-    })
-}
 
 // ---------------------------------------------------------------------------------------------
 // The model
@@ -576,7 +545,7 @@ impl Rollout {
 /// [`rollout`] records, for a rollout whose statistics are stale because the parameters have
 /// changed since, e.g. PPO's later epochs). Empty for the other families.
 pub fn laplace_records(model: &RlModel, ro: &Rollout) -> Result<Vec<LaplaceRecord>> {
-    if !matches!(model.core.posterior_cfg, PosteriorConfig::Laplace(_)) {
+    if model.core.posterior.laplace().is_none() {
         return Ok(vec![]);
     }
     let mut acting = Acting::new(&model.core, ro.batch())?;

@@ -1,7 +1,7 @@
 //! The bandit / gridworld halves of `lvrnn train` and `lvrnn eval`.
 
-use crate::agent::rl::{RlModel, env_kind};
-use crate::config::ExperimentConfig;
+use crate::agent::rl::RlModel;
+use crate::config::{ExperimentConfig, env_kind};
 use crate::eval::request::{EvalRequest, Tunings, tuned_label, write_provenance, write_tuning_csv};
 use crate::eval::rl::{
     ReferenceCurve, RlEvalResult, evaluate_rl, reference_policies, tune_rl_prior,

@@ -242,6 +242,14 @@ impl LaplaceConfig {
         )
     }
 
+    /// Whether the mean is accumulated, the one rule every Laplace path follows (the per-step
+    /// `Laplace::step` on tensors, the filter's `update_task` and `agent::replay` on plain
+    /// numbers): μ_t = φ_t + stop_grad μ_{t−1} for Table 2's "Accumulation (μ, Σ)"
+    /// (`accumulate = "mu_sigma"`), otherwise μ_t = φ_t (k_Z = 0, and "Accumulation Σ").
+    pub fn accumulates_mean(&self) -> bool {
+        self.accumulate == Accumulate::MuSigma
+    }
+
     /// Whether a scale is still `"auto"`.
     pub fn has_auto(&self) -> bool {
         self.auto.prior_precision || self.auto.damping
@@ -419,9 +427,7 @@ impl PosteriorConfig {
                 self.label(),
                 target.label()
             ),
-            (Self::Laplace(t), _)
-                if t.accumulate == Accumulate::MuSigma && !accumulates_mean(target) =>
-            {
+            (Self::Laplace(t), _) if t.accumulates_mean() && !accumulates_mean(target) => {
                 bail!(
                     "posterior `{}` cannot be applied post hoc to a network trained as `{}`: its heads were trained on the accumulated mean μ_t = φ_t + μ_(t−1), while `{}` hands them the increment φ_t alone. Post hoc, use a `laplace:…,accumulate=mu_sigma` variant, or {finetune}",
                     target.label(),
@@ -437,7 +443,7 @@ impl PosteriorConfig {
 
 /// Whether `p`'s mean is accumulated over steps (μ_t = φ_t + μ_{t−1}).
 fn accumulates_mean(p: &PosteriorConfig) -> bool {
-    matches!(p, PosteriorConfig::Laplace(c) if c.accumulate == Accumulate::MuSigma)
+    matches!(p, PosteriorConfig::Laplace(c) if c.accumulates_mean())
 }
 
 impl fmt::Display for PosteriorConfig {

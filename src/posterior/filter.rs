@@ -293,9 +293,9 @@ fn update_task(
     let n = phi.len();
     let shape = shape::of(cfg.diagonal);
     // The new mean, and the KL's quadratic part against the previous posterior (Λ_{t−1}, μ_{t−1}).
-    let mean: Vec<f32> = match cfg.accumulate {
-        Accumulate::MuSigma => phi.iter().zip(&task.mean).map(|(p, m)| p + m).collect(),
-        _ => phi.to_vec(),
+    let mean: Vec<f32> = match cfg.accumulates_mean() {
+        true => phi.iter().zip(&task.mean).map(|(p, m)| p + m).collect(),
+        false => phi.to_vec(),
     };
     let d: Vec<f32> = mean.iter().zip(&task.mean).map(|(a, b)| a - b).collect();
     task.mean = mean;

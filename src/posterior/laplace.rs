@@ -64,6 +64,10 @@ impl PosteriorFamily for Laplace {
         self.cfg.label()
     }
 
+    fn laplace(&self) -> Option<&LaplaceConfig> {
+        Some(&self.cfg)
+    }
+
     fn history_window(&self) -> usize {
         if self.cfg.window == 0 {
             usize::MAX
@@ -102,9 +106,9 @@ impl PosteriorFamily for Laplace {
             }
             _ => bail!("the Laplace posterior can only accumulate a Laplace precision"),
         }
-        let mean = match self.cfg.accumulate {
-            Accumulate::MuSigma => input.phi.add(&prev.mean.detach())?,
-            _ => input.phi.clone(),
+        let mean = match self.cfg.accumulates_mean() {
+            true => input.phi.add(&prev.mean.detach())?,
+            false => input.phi.clone(),
         };
         let p = Precision::new(values, b, n, self.cfg.diagonal, self.cfg.jitter)?;
         Ok(Gaussian {

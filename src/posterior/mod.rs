@@ -57,8 +57,6 @@ pub struct StepInput<'a> {
     pub window: &'a [Tensor],
 }
 
-/// One posterior family. `init` gives the prior q_0 from the output at the initial carry;
-/// `step` gives q_t from the current step's input and the previous posterior q_{t−1}.
 /// The full VRNN's U = cayley(L) of some rows, already computed: the rows of steps `range` of
 /// `steps`, each step's U a (B, n, n) f32 tensor.
 #[derive(Clone)]
@@ -67,6 +65,10 @@ pub struct KnownCayley {
     pub range: std::ops::Range<usize>,
 }
 
+/// One posterior family. `init` gives the prior q_0 from the output at the initial carry;
+/// `step` gives q_t from the current step's input and the previous posterior q_{t−1}. The
+/// per-step reference calls these; the fast paths also ask the family what they need to know
+/// about it (`laplace`, `full_spectral`) instead of matching on its configuration.
 pub trait PosteriorFamily: Send + Sync {
     fn name(&self) -> String;
     fn init(&self, phi0: &Tensor) -> Result<Gaussian>;
@@ -84,6 +86,18 @@ pub trait PosteriorFamily: Send + Sync {
     /// Whether KL(q_t ‖ q_{t−1}) and the entropy are defined (false for the point estimate).
     fn is_bayesian(&self) -> bool {
         true
+    }
+    /// The Laplace VRNN's settings (its Table-2 variant); None for every other family. The
+    /// fast paths (`agent::acting`, `agent::replay`, `train::supervised`) run a family that
+    /// has them as the filter of [`filter`] on plain numbers instead of calling `step`.
+    fn laplace(&self) -> Option<&LaplaceConfig> {
+        None
+    }
+    /// Whether each q_t holds an n×n matrix in the autograd graph (the full VRNN's Cayley
+    /// factor U), so that a replay forms the posteriors of a sequence a few steps at a time
+    /// instead of all at once (`agent::replay::CHUNK_ELEMENTS`).
+    fn full_spectral(&self) -> bool {
+        false
     }
 }
 

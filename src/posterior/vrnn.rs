@@ -262,6 +262,10 @@ impl PosteriorFamily for Vrnn {
     fn step(&self, input: &StepInput, _prev: &Gaussian) -> Result<Gaussian> {
         self.head(input.phi, None)
     }
+
+    fn full_spectral(&self) -> bool {
+        !self.diagonal
+    }
 }
 
 #[cfg(test)]

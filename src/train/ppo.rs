@@ -33,10 +33,9 @@ use super::optim::AdamW;
 use super::{Learner, gradient_step, insert_step_stats};
 use crate::agent::replay::{LaplaceConstants, PosteriorSequence};
 use crate::agent::rl::{
-    HeadTraces, INPUT_OBS, Keep, RlModel, Rollout, columns, env_kind, exact_entropy,
-    laplace_records, reward_loss_scale, rollout,
+    HeadTraces, INPUT_OBS, Keep, RlModel, Rollout, columns, exact_entropy, laplace_records, rollout,
 };
-use crate::config::{EvalConfig, ExperimentConfig, PpoConfig};
+use crate::config::{EvalConfig, ExperimentConfig, PpoConfig, env_kind, reward_loss_scale};
 use crate::envs::{EnvKind, MetaEnv, make_env};
 use crate::nn::Params;
 use anyhow::{Result, bail};

@@ -11,7 +11,6 @@ use crate::agent::regression::RegressionModel;
 use crate::agent::replay::{LaplaceConstants, PosteriorSequence, SequenceInputs};
 use crate::envs::regression::FourierTask;
 use crate::nn::Params;
-use crate::posterior::PosteriorConfig;
 use crate::posterior::filter::filter_sequence;
 use anyhow::Result;
 use candle_core::Tensor;
@@ -55,8 +54,8 @@ pub fn negative_elbo(
     };
     let replay = core.replay(&inputs)?;
     let post = core.posterior_sequence(&replay.phi)?;
-    let (noise, laplace) = match (&post, &core.posterior_cfg) {
-        (PosteriorSequence::Laplace { .. }, PosteriorConfig::Laplace(cfg)) => {
+    let (noise, laplace) = match (&post, core.posterior.laplace()) {
+        (PosteriorSequence::Laplace { .. }, Some(cfg)) => {
             let w = core.jacobian_weights()?;
             let eps = noise
                 .iter()
