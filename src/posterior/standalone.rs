@@ -4,7 +4,7 @@
 //!
 //! Given the LSTM's weights (PyTorch `nn.LSTM` or Flax `LSTMCell` layout, see [`LstmWeights`]),
 //! an optional projection φ = P h + p_b to the posterior space (none: z = h) and the user's own
-//! LSTM inputs x_1..x_T (the embedding stays theirs), [`LaplaceLstm::filter`] runs the LSTM and
+//! LSTM inputs x_1..x_T (the embedding stays theirs), [`LaplaceLstm::filter_f64`] and [`LaplaceLstm::filter_f32`] runs the LSTM and
 //! returns, per task and step t = 0…T, the posterior q_t = N(μ_t, Λ_t⁻¹) of the Table-2 variant
 //! a [`LaplaceConfig`] names:
 //! - μ_t = φ_t (+ μ_{t−1} when the mean is accumulated),
@@ -343,7 +343,7 @@ enum Stat {
     C,
 }
 
-/// A foreign LSTM with its projection: the object whose posterior [`Self::filter`] computes.
+/// A foreign LSTM with its projection: the object whose posterior [`Self::filter_f64`] and [`Self::filter_f32`] computes.
 #[derive(Clone, Debug)]
 pub struct LaplaceLstm {
     pub lstm: LstmWeights,
