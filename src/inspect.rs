@@ -177,6 +177,14 @@ pub fn trace(model: &dyn HistoryModel, rows: &[Vec<f32>]) -> Result<Vec<StepPost
                 model.columns()
             );
         }
+        if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "history row {}, column {}: {} is not a finite number (as f32); every history value must be finite",
+                t + 1,
+                j + 1,
+                row[j]
+            );
+        }
         let step = model.observe_row(&state, t, row)?;
         out.push(StepPosterior::of(
             t + 1,

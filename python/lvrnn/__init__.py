@@ -218,7 +218,8 @@ class LaplaceLSTM:
 def _with(spec: str, key: str, value: float) -> str:
     """The spec with `key` set to `value` (added or replaced)."""
     family, _, rest = spec.partition(":")
-    parts = [p for p in rest.split(",") if p and not p.startswith(key + "=")]
+    parts = [p.strip() for p in rest.split(",")]
+    parts = [p for p in parts if p and p.partition("=")[0].strip() != key]
     return f"{family}:{','.join(parts + [f'{key}={float(value)!r}'])}"
 
 

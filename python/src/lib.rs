@@ -88,6 +88,16 @@ fn trajectory_dict<'py, F: numpy::Element>(
     Ok(d)
 }
 
+/// An initial carry's shape must be (B, H).
+fn check_carry(name: &str, shape: Option<&[usize]>, b: usize, hd: usize) -> anyhow::Result<()> {
+    match shape {
+        Some(s) if s != [b, hd] => {
+            anyhow::bail!("{name} has shape {s:?}; expected (B, H) = ({b}, {hd})")
+        }
+        _ => Ok(()),
+    }
+}
+
 /// (B, T) of a (B, T, d_in) array with d_in checked.
 fn sequence_shape(shape: &[usize], d_in: usize) -> anyhow::Result<(usize, usize)> {
     match shape {
@@ -173,6 +183,9 @@ impl PyLaplaceLstm {
     ) -> PyResult<Bound<'py, PyDict>> {
         let cfg = guarded(|| laplace_spec(spec))?;
         let (b, t) = guarded(|| sequence_shape(inputs.shape(), self.inner.lstm.d_in))?;
+        let hd = self.inner.lstm.hidden;
+        guarded(|| check_carry("h0", h0.as_ref().map(|a| a.shape()), b, hd))?;
+        guarded(|| check_carry("c0", c0.as_ref().map(|a| a.shape()), b, hd))?;
         let x = inputs.as_slice()?;
         let h0 = h0.as_ref().map(|a| a.as_slice()).transpose()?;
         let c0 = c0.as_ref().map(|a| a.as_slice()).transpose()?;
@@ -199,6 +212,9 @@ impl PyLaplaceLstm {
     ) -> PyResult<Bound<'py, PyDict>> {
         let cfg = guarded(|| laplace_spec(spec))?;
         let (b, t) = guarded(|| sequence_shape(inputs.shape(), self.inner.lstm.d_in))?;
+        let hd = self.inner.lstm.hidden;
+        guarded(|| check_carry("h0", h0.as_ref().map(|a| a.shape()), b, hd))?;
+        guarded(|| check_carry("c0", c0.as_ref().map(|a| a.shape()), b, hd))?;
         let x = inputs.as_slice()?;
         let h0 = h0.as_ref().map(|a| a.as_slice()).transpose()?;
         let c0 = c0.as_ref().map(|a| a.as_slice()).transpose()?;
@@ -277,10 +293,14 @@ impl PyModel {
                         model.columns()
                     ),
                 };
+                if b == 0 {
+                    anyhow::bail!("histories hold no history (B = 0)");
+                }
                 if t == 0 {
                     anyhow::bail!("histories hold no step (T = 0): a history needs at least one row");
                 }
-                (0..b)
+                let diagonal = model.core().posterior.laplace().is_some_and(|c| c.diagonal);
+                let traces = (0..b)
                     .map(|k| {
                         let rows: Vec<Vec<f32>> = (0..t)
                             .map(|s| x[(k * t + s) * d..(k * t + s + 1) * d].iter().map(|v| *v as f32).collect())
@@ -288,22 +308,24 @@ impl PyModel {
                         lvrnn::inspect::trace(model.as_ref(), &rows)
                             .map_err(|e| e.context(format!("history {k}")))
                     })
-                    .collect::<anyhow::Result<Vec<Vec<StepPosterior>>>>()
+                    .collect::<anyhow::Result<Vec<Vec<StepPosterior>>>>()?;
+                Ok((traces, diagonal))
             })
         })?;
-        stack(py, traces, spec)
+        stack(py, traces.0, traces.1)
     }
 }
 
 /// The traces of B histories as arrays with a leading B axis.
+/// `traces` holds at least one history of at least one step; `diagonal`: the posterior is a
+/// diagonal Laplace one (its precisions are returned as diagonals).
 fn stack<'py>(
     py: Python<'py>,
     traces: Vec<Vec<StepPosterior>>,
-    spec: Option<&str>,
+    diagonal: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let (b, t1) = (traces.len(), traces[0].len());
     let n = traces[0][0].mean.len();
-    let diagonal = matches!(spec.map(|s| s.parse::<PosteriorConfig>()), Some(Ok(PosteriorConfig::Laplace(c))) if c.diagonal);
     let steps = || traces.iter().flatten();
     let d = PyDict::new(py);
     d.set_item(

@@ -122,12 +122,6 @@ def test_one_history_without_a_batch_axis_gives_outputs_without_one(checkpoints,
     np.testing.assert_array_equal(model.posterior(histories[1].astype(np.int64), spec).mean, one.mean)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="bug: python/src/lib.rs `stack` takes `diagonal` from the spec argument only, so a "
-    "checkpoint trained with diagonal=true gives diagonal=False and (B, T+1, n, n) precisions "
-    "under its own posterior (spec=None), but (B, T+1, n) under the same spec named explicitly",
-)
 def test_a_diagonal_checkpoints_own_posterior_has_the_layout_of_its_spec(checkpoints, histories):
     m = lvrnn.load(checkpoints["laplace"])
     own = m.posterior(histories)

@@ -1,8 +1,7 @@
 """Bad input is refused with a ``ValueError`` whose message names the problem.
 
 Each test gives one kind of bad input and matches (``re.search``) the part of lvrnn's message
-that says what is wrong. No numeric tolerances here. The tests marked ``xfail`` document bugs of
-the bindings found while writing these tests (they pass with XPASS once fixed).
+that says what is wrong. No numeric tolerances here.
 """
 
 from __future__ import annotations
@@ -76,19 +75,14 @@ def test_a_string_array_as_inputs_or_weights_is_refused(model, torch_lstm):
 
 
 def test_an_initial_carry_of_the_wrong_size_or_not_finite_is_refused(model, x):
-    with raises(r"h0 has 8 values; expected \(B, H\) = \(2, 5\)"):
+    with raises(r"h0 has shape \[2, 4\]; expected \(B, H\) = \(2, 5\)"):
         model.filter(x, h0=np.zeros((2, 4)))
-    with raises(r"c0 has 15 values; expected \(B, H\) = \(2, 5\)"):
+    with raises(r"c0 has shape \[3, 5\]; expected \(B, H\) = \(2, 5\)"):
         model.filter(x, c0=np.zeros((3, 5)))
     with raises(r"c0 holds a non-finite value"):
         model.filter(x, c0=np.full((2, 5), np.nan))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="bug: only the number of values of h0 / c0 is checked, so an (H, B) array (e.g. h0.T) "
-    "is silently read as (B, H)",
-)
 def test_an_initial_carry_of_the_right_size_but_the_wrong_shape_is_refused(model, x):
     with raises(r"h0"):
         model.filter(x, h0=np.zeros((5, 2)))
@@ -196,11 +190,6 @@ def test_filter_priors_refuses_a_key_other_than_prior_precision_or_damping(model
         model.filter_priors(x, "laplace:window=1", [1.0], key="jitter")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="bug: lvrnn._with does not strip spaces, so a spec `filter` accepts "
-    "('laplace:window=1, prior_precision=3') gets the key twice in filter_priors / tune_prior",
-)
 def test_filter_priors_accepts_every_spec_that_filter_accepts(model, x):
     spec = "laplace:window=1, prior_precision=3"
     model.filter(x, spec)
@@ -247,7 +236,7 @@ def test_a_history_the_environment_could_not_give_is_refused_with_its_row(checkp
         m.posterior(np.array([[1, 0, 0]]))
     with raises(r"history 1: history row 2: prev_action 7 is not an action index in 0..5"):
         m.posterior(np.array([[[1, -1, 0], [1, 2, 1]], [[1, -1, 0], [1, 7, 1]]]))
-    with raises(r"history 0: history row 2: prev_reward inf is not a bandit reward"):
+    with raises(r"history 0: history row 2, column 3: inf is not a finite number"):
         m.posterior(np.array([[1, -1, 0], [1, 2, np.inf]]))
     with raises(r"the bandit's observation is the constant 1"):
         m.posterior(np.array([[2, -1, 0]]))
@@ -264,11 +253,6 @@ def test_a_spec_the_checkpoint_cannot_take_is_refused(checkpoints):
         m.posterior(h, "laplace:prior_precision=auto")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="bug: python/src/lib.rs `stack` indexes traces[0] outside `guarded`, so an empty batch "
-    "(B = 0) raises pyo3's PanicException (a BaseException) instead of ValueError",
-)
 def test_an_empty_batch_of_histories_is_a_value_error_not_a_panic(checkpoints):
     m = lvrnn.load(checkpoints["rnn"])
     try:
@@ -280,12 +264,6 @@ def test_an_empty_batch_of_histories_is_a_value_error_not_a_panic(checkpoints):
     pytest.fail("no error for an empty batch")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="bug: Model.posterior does not check that history values are finite (lvrnn inspect "
-    "refuses them with their line and column): a regression history with NaN gives NaN means under "
-    "the RNN and a Cholesky error under a Laplace spec",
-)
 @pytest.mark.parametrize("spec", [None, "laplace:window=1,accumulate=sigma"])
 def test_a_history_with_nan_is_refused_as_not_finite(checkpoints, spec):
     m = lvrnn.load(checkpoints["regression"])
