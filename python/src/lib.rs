@@ -181,23 +181,7 @@ impl PyLaplaceLstm {
         h0: Option<PyReadonlyArrayDyn<'py, f32>>,
         c0: Option<PyReadonlyArrayDyn<'py, f32>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let cfg = guarded(|| laplace_spec(spec))?;
-        let (b, t) = guarded(|| sequence_shape(inputs.shape(), self.inner.lstm.d_in))?;
-        let hd = self.inner.lstm.hidden;
-        guarded(|| check_carry("h0", h0.as_ref().map(|a| a.shape()), b, hd))?;
-        guarded(|| check_carry("c0", c0.as_ref().map(|a| a.shape()), b, hd))?;
-        let x = inputs.as_slice()?;
-        let h0 = h0.as_ref().map(|a| a.as_slice()).transpose()?;
-        let c0 = c0.as_ref().map(|a| a.as_slice()).transpose()?;
-        let seq = Sequences {
-            inputs: x,
-            batch: b,
-            steps: t,
-            h0,
-            c0,
-        };
-        let tr = py.allow_threads(|| guarded(|| self.inner.filter_f32(&cfg, &seq)))?;
-        trajectory_dict(py, tr)
+        self.filter_with(py, inputs, spec, h0, c0, LaplaceLstm::filter_f32)
     }
 
     /// The same along float64 sequences (the per-step reference, f64 throughout).
@@ -210,22 +194,35 @@ impl PyLaplaceLstm {
         h0: Option<PyReadonlyArrayDyn<'py, f64>>,
         c0: Option<PyReadonlyArrayDyn<'py, f64>>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        self.filter_with(py, inputs, spec, h0, c0, LaplaceLstm::filter_f64)
+    }
+}
+
+impl PyLaplaceLstm {
+    /// Checks the spec and the shapes, then runs `filter` without the GIL: the body of both
+    /// `filter_f32` and `filter_f64`.
+    fn filter_with<'py, F: numpy::Element + Sync>(
+        &self,
+        py: Python<'py>,
+        inputs: PyReadonlyArrayDyn<'py, F>,
+        spec: &str,
+        h0: Option<PyReadonlyArrayDyn<'py, F>>,
+        c0: Option<PyReadonlyArrayDyn<'py, F>>,
+        filter: fn(&LaplaceLstm, &LaplaceConfig, &Sequences<F>) -> anyhow::Result<Trajectory<F>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let cfg = guarded(|| laplace_spec(spec))?;
         let (b, t) = guarded(|| sequence_shape(inputs.shape(), self.inner.lstm.d_in))?;
         let hd = self.inner.lstm.hidden;
         guarded(|| check_carry("h0", h0.as_ref().map(|a| a.shape()), b, hd))?;
         guarded(|| check_carry("c0", c0.as_ref().map(|a| a.shape()), b, hd))?;
-        let x = inputs.as_slice()?;
-        let h0 = h0.as_ref().map(|a| a.as_slice()).transpose()?;
-        let c0 = c0.as_ref().map(|a| a.as_slice()).transpose()?;
         let seq = Sequences {
-            inputs: x,
+            inputs: inputs.as_slice()?,
             batch: b,
             steps: t,
-            h0,
-            c0,
+            h0: h0.as_ref().map(|a| a.as_slice()).transpose()?,
+            c0: c0.as_ref().map(|a| a.as_slice()).transpose()?,
         };
-        let tr = py.allow_threads(|| guarded(|| self.inner.filter_f64(&cfg, &seq)))?;
+        let tr = py.allow_threads(|| guarded(|| filter(&self.inner, &cfg, &seq)))?;
         trajectory_dict(py, tr)
     }
 }
