@@ -7,7 +7,7 @@
 
 use crate::agent::ModelConfig;
 use crate::agent::regression::RegressionModel;
-use crate::agent::rl::{Keep, RlModel, rollout};
+use crate::agent::rl::{ActionRule, Keep, RlModel, rollout};
 use crate::config::{ExperimentConfig, Task};
 use crate::nn::kernels::{Mat, sgemm};
 use crate::posterior::PosteriorConfig;
@@ -207,6 +207,7 @@ fn bench_one(
                 first,
                 &mut rng,
                 Keep::TRAINING,
+                ActionRule::Sample,
             )?;
             let (adv, targets) = gae(
                 &ro.rewards,

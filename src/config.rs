@@ -147,6 +147,26 @@ pub struct EvalConfig {
     /// Posterior variants to evaluate the trained network under, post hoc, besides its own
     /// (e.g. "laplace:window=1,accumulate=sigma").
     pub posthoc: Vec<String>,
+    /// RL: how the agent picks its action from the policy π(a | z, s) on the test tasks:
+    /// "sample" (draw from it, as in training) or "greedy" (its most probable action; with a
+    /// sampled z the agent still explores through the posterior, as Thompson sampling does).
+    #[serde(skip_serializing_if = "is_sample")]
+    pub actions: String,
+}
+
+/// The values of `eval.actions`.
+pub const ACTION_RULES: &[&str] = &["sample", "greedy"];
+
+#[allow(clippy::ptr_arg)] // serde's skip_serializing_if passes &String
+fn is_sample(s: &String) -> bool {
+    s == "sample"
+}
+
+impl EvalConfig {
+    /// Whether test-time actions are the policy's most probable ones (`eval.actions = "greedy"`).
+    pub fn greedy(&self) -> bool {
+        self.actions == "greedy"
+    }
 }
 
 impl Default for EvalConfig {
@@ -159,6 +179,7 @@ impl Default for EvalConfig {
             samples: 30,
             example_points: 10,
             posthoc: vec![],
+            actions: "sample".into(),
         }
     }
 }
@@ -337,6 +358,18 @@ impl ExperimentConfig {
         }
         if e.points.is_empty() {
             bail!("eval.points must list at least one number of observed points");
+        }
+        if !ACTION_RULES.contains(&e.actions.as_str()) {
+            bail!(
+                "eval.actions = `{}` is not valid; allowed values: {}",
+                e.actions,
+                ACTION_RULES.join(", ")
+            );
+        }
+        if self.task == Task::Regression && e.greedy() {
+            bail!(
+                "eval.actions = \"greedy\" applies to the RL tasks only; leave it out for regression"
+            );
         }
         for p in &e.posthoc {
             let target = p

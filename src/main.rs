@@ -96,6 +96,10 @@ enum Cmd {
         /// config's env.alpha_test), e.g. `--alpha 0.2 --alpha 0.3` for in-distribution vs shifted.
         #[arg(long = "alpha")]
         alphas: Vec<f64>,
+        /// RL only: `sample` actions from the policy or take its most probable (`greedy`);
+        /// default the config's eval.actions (sample).
+        #[arg(long)]
+        actions: Option<String>,
     },
     /// Print, per step of a history, the posterior a checkpoint gives (JSON lines).
     Inspect {
@@ -288,6 +292,7 @@ fn run(cmd: Cmd) -> Result<()> {
             tune_prior,
             tune_tasks,
             alphas,
+            actions,
         } => {
             let request = EvalRequest {
                 posteriors: EvalRequest::parse_posteriors(&posteriors)?,
@@ -296,6 +301,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 tune_prior,
                 tune_tasks,
                 alphas,
+                actions,
             };
             lvrnn::commands::eval(&checkpoint, &request, out)
         }

@@ -4,7 +4,7 @@
 //! gridworld (small sizes). Also the fused LSTM sequence op against the per-step cell graph.
 
 use candle_core::{DType, Device, Tensor, Var};
-use lvrnn::agent::rl::{Keep, RlModel, rollout};
+use lvrnn::agent::rl::{ActionRule, Keep, RlModel, rollout};
 use lvrnn::config::{ExperimentConfig, env_kind};
 use lvrnn::envs::make_env;
 use lvrnn::nn::Params;
@@ -153,7 +153,15 @@ fn ppo_rollout_loss_and_gradients_equal_the_per_step_reference() {
                         posterior: true,
                         heads: true,
                     };
-                    rollout(&model, env.as_mut(), first, &mut rng, keep).unwrap()
+                    rollout(
+                        &model,
+                        env.as_mut(),
+                        first,
+                        &mut rng,
+                        keep,
+                        ActionRule::Sample,
+                    )
+                    .unwrap()
                 } else {
                     reference::rollout(&model, env.as_mut(), first, &mut rng, true).unwrap()
                 }
@@ -637,7 +645,15 @@ fn ppo_loss_after_a_parameter_step_on_a_minibatch_equals_the_per_step_reference(
             let mut env = make_env(kind, cfg.train.batch, cfg.env.alpha_train as f32);
             let mut rng = ChaCha8Rng::seed_from_u64(11);
             let first = env.reset(&mut rng);
-            let ro = rollout(&model, env.as_mut(), first, &mut rng, Keep::TRAINING).unwrap();
+            let ro = rollout(
+                &model,
+                env.as_mut(),
+                first,
+                &mut rng,
+                Keep::TRAINING,
+                ActionRule::Sample,
+            )
+            .unwrap();
             let (adv, targets) = gae(
                 &ro.rewards,
                 &ro.values,

@@ -74,7 +74,10 @@ fn with(key: &str, value: &str) -> String {
         }
         out.push(line.to_string());
     }
-    if !done {
+    if !done && current == section {
+        // The last section is the key's: add it there rather than open the table again.
+        out.push(format!("{name} = {value}"));
+    } else if !done {
         out.push(format!("[{section}]\n{name} = {value}"));
     }
     out.join("\n")
@@ -157,6 +160,16 @@ fn malformed_mistyped_and_impossible_configs_name_the_key_and_leave_the_run_alon
             &["window", "integer"],
         ),
         ("eval.tasks", "0", &["eval.tasks"]),
+        (
+            "eval.actions",
+            "\"argmax\"",
+            &["eval.actions", "sample, greedy"],
+        ),
+        (
+            "eval.actions",
+            "\"greedy\"",
+            &["eval.actions", "RL tasks only"],
+        ),
         ("ppo.epochs", "0", &["ppo.epochs"]),
         ("task", "\"poker\"", &["poker", "regression"]),
     ];

@@ -3,7 +3,7 @@
 //! determinism and resume, the RL evaluation outputs, and the shipped RL configs.
 
 use candle_core::{Device, Tensor};
-use lvrnn::agent::rl::{Keep, RlModel, average_log_probs, exact_entropy, rollout};
+use lvrnn::agent::rl::{ActionRule, Keep, RlModel, average_log_probs, exact_entropy, rollout};
 use lvrnn::commands::rl::{eval as eval_rl_checkpoint, train as train_and_eval_rl};
 use lvrnn::config::{ExperimentConfig, PpoConfig, Task, env_kind};
 use lvrnn::envs::make_env;
@@ -169,7 +169,15 @@ fn setup_with(
     let mut env = make_env(env_kind(cfg.task).unwrap(), 6, cfg.env.alpha_train as f32);
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let first = env.reset(&mut rng);
-    let ro = rollout(&model, env.as_mut(), first, &mut rng, Keep::TRAINING).unwrap();
+    let ro = rollout(
+        &model,
+        env.as_mut(),
+        first,
+        &mut rng,
+        Keep::TRAINING,
+        ActionRule::Sample,
+    )
+    .unwrap();
     (cfg, model, ro)
 }
 
@@ -560,6 +568,21 @@ fn train_and_eval_writes_tables_and_figures_and_posthoc_eval_works() {
     assert_eq!(csv.lines().count(), 1 + 200);
     assert!(csv.contains("laplace-none-k3-full (post-hoc on rnn),1,"));
     assert!(out.join("figures/cumulative_regret.png").exists());
+
+    // Greedy test-time actions (`--actions greedy`): recorded in the folder's config, so that
+    // `lvrnn report` tells the two evaluations apart; a bad value names the allowed ones.
+    let greedy = dir.path().join("eval-greedy");
+    let with_actions = |a: &str| EvalRequest {
+        actions: Some(a.into()),
+        tasks: Some(16),
+        ..Default::default()
+    };
+    let err = eval_rl_checkpoint(&ck, &with_actions("argmax"), Some(greedy.clone())).unwrap_err();
+    assert!(format!("{err:#}").contains("sample, greedy"), "{err:#}");
+    assert!(!greedy.exists());
+    eval_rl_checkpoint(&ck, &with_actions("greedy"), Some(greedy.clone())).unwrap();
+    let cfg = std::fs::read_to_string(greedy.join("config.toml")).unwrap();
+    assert!(cfg.contains("actions = \"greedy\""), "{cfg}");
 }
 
 #[test]

@@ -962,6 +962,20 @@ fn bad_staged_sweep_files_name_the_key_and_the_allowed_values() {
     ));
     assert!(e.contains("`posteriors` is empty"), "{e}");
     let e = error(&format!(
+        "{head}[[stage]]\nname = \"ev\"\nkind = \"eval\"\nfrom = {{ stage = \"pre\" }}\nactions = \"argmax\"\n"
+    ));
+    assert!(
+        e.contains("argmax") && e.contains("allowed values: sample, greedy"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{head}[[stage]]\nname = \"tr\"\nactions = \"greedy\"\naxes = {{ seed = [2] }}\n"
+    ));
+    assert!(
+        e.contains("`actions` is for stages with kind = \"eval\""),
+        "{e}"
+    );
+    let e = error(&format!(
         "{head}[[stage]]\nname = \"ev\"\nkind = \"eval\"\nfrom = {{ stage = \"pre\" }}\nposteriors = [\"vrnn\"]\n"
     ));
     assert!(e.contains("VRNN head") && e.contains("finetune"), "{e}");
@@ -1014,4 +1028,31 @@ fn bad_staged_sweep_files_name_the_key_and_the_allowed_values() {
     assert_eq!(ft[2].config.train.updates, 2);
     assert_eq!(ft[0].after.as_ref().unwrap().update, 5);
     assert_eq!((ft[0].config.train.updates, ft[0].config.seed), (4, 1));
+}
+
+/// An eval stage with `actions` and no `posteriors` re-evaluates each parent checkpoint under
+/// its own posterior with `lvrnn eval --actions …`.
+#[test]
+fn an_eval_stage_with_actions_passes_them_to_lvrnn_eval() {
+    let dir = setup("");
+    let bandit = BASE.replace("task = \"regression\"", "task = \"bandit\"");
+    std::fs::write(dir.path().join("bandit.toml"), bandit).unwrap();
+    let e = format!(
+        "{:#}",
+        Sweep::from_toml_str(
+            "name = \"x\"\nbase = \"base.toml\"\n[[stage]]\nname = \"pre\"\naxes = { seed = [0] }\n[[stage]]\nname = \"g\"\nkind = \"eval\"\nfrom = { stage = \"pre\" }\nactions = \"greedy\"\n",
+            "s.toml",
+            dir.path()
+        )
+        .unwrap_err()
+    );
+    assert!(e.contains("regression job"), "{e}");
+    let file = "name = \"x\"\nbase = \"bandit.toml\"\n[[stage]]\nname = \"pre\"\naxes = { seed = [0, 1] }\n[[stage]]\nname = \"greedy\"\nkind = \"eval\"\nfrom = { stage = \"pre\" }\nactions = \"greedy\"\n";
+    let sweep = Sweep::from_toml_str(file, "s.toml", dir.path()).unwrap();
+    let evals: Vec<&Job> = sweep.stage_jobs("greedy").collect();
+    assert_eq!(evals.len(), 2);
+    for j in evals {
+        assert!(matches!(&j.action,
+            Action::Eval { posteriors, actions, .. } if posteriors.is_empty() && actions.as_deref() == Some("greedy")));
+    }
 }

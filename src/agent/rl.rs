@@ -357,6 +357,44 @@ pub struct Rollout {
     pub params: Option<u64>,
 }
 
+/// How a rollout picks each action from the (logit- or moment-averaged) policy π(a | z, s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActionRule {
+    /// Draw a ~ π (training, and `eval.actions = "sample"`).
+    Sample,
+    /// The most probable action, lowest index on ties (`eval.actions = "greedy"`). The uniform
+    /// a draw would use is still taken from the rng, so the environment's own draws are the
+    /// same under either rule.
+    Greedy,
+}
+
+impl ActionRule {
+    /// The rule `eval.actions` names.
+    pub fn of(eval: &crate::config::EvalConfig) -> Self {
+        if eval.greedy() {
+            Self::Greedy
+        } else {
+            Self::Sample
+        }
+    }
+
+    fn pick(self, log_probs: &[f32], rng: &mut ChaCha8Rng) -> usize {
+        let drawn = sample_categorical(log_probs, rng);
+        match self {
+            Self::Sample => drawn,
+            Self::Greedy => {
+                let mut best = 0;
+                for (i, lp) in log_probs.iter().enumerate() {
+                    if *lp > log_probs[best] {
+                        best = i;
+                    }
+                }
+                best
+            }
+        }
+    }
+}
+
 /// What a rollout keeps besides the trajectory.
 #[derive(Clone, Copy, Debug)]
 pub struct Keep {
@@ -582,7 +620,14 @@ pub fn mean_square_of_means(
         posterior: false,
         heads: false,
     };
-    let ro = rollout(model, env.as_mut(), first, &mut rng, keep)?;
+    let ro = rollout(
+        model,
+        env.as_mut(),
+        first,
+        &mut rng,
+        keep,
+        ActionRule::Sample,
+    )?;
     let mut state = model.core.initial(tasks)?.detach();
     let (mut sum, mut count) = (0.0f64, 0usize);
     for t in 0..ro.horizon() {
@@ -597,9 +642,9 @@ pub fn mean_square_of_means(
 }
 
 /// Runs the policy on the tasks `env` holds (already reset; `first_obs` is s_0) for the env
-/// horizon, without gradients (the core is stepped by `agent::acting`). Per step, in this
-/// order: the noise ε, one uniform per task for the action, then the env's own draws, all from
-/// `rng`. What is kept besides the trajectory is set by `keep` ([`Keep`]). For the Laplace VRNN
+/// horizon, without gradients (the core is stepped by `agent::acting`), picking actions by
+/// `actions`. Per step, in this order: the noise ε, one uniform per task for the action (drawn
+/// under either rule), then the env's own draws, all from `rng`. What is kept besides the trajectory is set by `keep` ([`Keep`]). For the Laplace VRNN
 /// the filter's statistics are kept for [`crate::train::ppo::ppo_loss`].
 ///
 /// Bootstrap: the task continues past T in the environment's dynamics (only the meta-episode
@@ -612,6 +657,7 @@ pub fn rollout(
     first_obs: Vec<f32>,
     rng: &mut ChaCha8Rng,
     keep: Keep,
+    actions: ActionRule,
 ) -> Result<Rollout> {
     let (b, horizon, nz) = (env.batch(), env.horizon(), model.samples());
     let device = &model.core.device;
@@ -650,10 +696,7 @@ pub fn rollout(
                 value_trace.reserve_rows(horizon * nz * b);
             }
         }
-        let actions: Vec<usize> = log_probs
-            .iter()
-            .map(|lp| sample_categorical(lp, rng))
-            .collect();
+        let chosen: Vec<usize> = log_probs.iter().map(|lp| actions.pick(lp, rng)).collect();
         if keep.posterior {
             ro.posterior_entropy
                 .push(step.entropy.clone().unwrap_or_else(|| vec![f64::NAN; b]));
@@ -667,8 +710,8 @@ pub fn rollout(
                 kl,
             });
         }
-        let out = env.step(&actions, rng);
-        obs = ro.push_step(obs, actions, &log_probs, out, eps, values);
+        let out = env.step(&chosen, rng);
+        obs = ro.push_step(obs, chosen, &log_probs, out, eps, values);
     }
     // U of q_0..q_T (the bootstrap step below is not replayed by the loss).
     let cayley = acting.take_cayley();
@@ -696,4 +739,39 @@ pub fn rollout(
         });
     }
     Ok(ro)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Greedy takes the most probable action (lowest index on ties) and consumes the same one
+    /// uniform a draw does, so the rest of the rollout's randomness is unchanged.
+    #[test]
+    fn greedy_takes_the_argmax_and_keeps_the_rng_stream() {
+        let cases: [(&[f32], usize); 3] = [
+            (&[0.2f32.ln(), 0.5f32.ln(), 0.3f32.ln()], 1),
+            (&[0.4f32.ln(), 0.1f32.ln(), 0.4f32.ln(), 0.1f32.ln()], 0),
+            (&[f32::NEG_INFINITY, 0.0], 1),
+        ];
+        for (log_probs, best) in cases {
+            for seed in 0..20 {
+                let (mut a, mut b) = (
+                    ChaCha8Rng::seed_from_u64(seed),
+                    ChaCha8Rng::seed_from_u64(seed),
+                );
+                assert_eq!(ActionRule::Greedy.pick(log_probs, &mut a), best);
+                ActionRule::Sample.pick(log_probs, &mut b);
+                assert_eq!(a.r#gen::<u64>(), b.r#gen::<u64>());
+            }
+        }
+        // Sampling follows the probabilities: P(a = 1) = 0.5 above.
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let lp = cases[0].0;
+        let ones = (0..20_000)
+            .filter(|_| ActionRule::Sample.pick(lp, &mut rng) == 1)
+            .count();
+        assert!((ones as f64 / 20_000.0 - 0.5).abs() < 0.015, "{ones}");
+    }
 }

@@ -23,6 +23,8 @@ pub struct EvalRequest {
     pub tune_tasks: Option<usize>,
     /// Bandit: evaluate at each of these Dirichlet concentrations (default: `env.alpha_test`).
     pub alphas: Vec<f64>,
+    /// Override of `eval.actions` ("sample" or "greedy").
+    pub actions: Option<String>,
 }
 
 impl EvalRequest {
@@ -41,6 +43,20 @@ impl EvalRequest {
                 bail!("--tasks must be a positive integer (got 0)");
             }
             cfg.eval.tasks = t;
+        }
+        if let Some(a) = &self.actions {
+            if !crate::config::ACTION_RULES.contains(&a.as_str()) {
+                bail!(
+                    "--actions `{a}` is not valid; allowed values: {}",
+                    crate::config::ACTION_RULES.join(", ")
+                );
+            }
+            if cfg.task == Task::Regression {
+                bail!(
+                    "--actions applies to bandit and gridworld checkpoints only (this one is `regression`)"
+                );
+            }
+            cfg.eval.actions = a.clone();
         }
         cfg.validate()?;
         let own = &cfg.model.posterior;

@@ -1,13 +1,13 @@
 //! Evaluation of RL agents on held-out tasks (paper Sec. 5.2, Figs. 4, 5, 11, 13, 14): per step
 //! t = 1..T, mean and 99% CI over tasks of the reward, the cumulative regret, the posterior's
 //! differential entropy and KL(q_t ‖ q_{t−1}), and the return of the whole trajectory; actions
-//! are sampled from the policy. The test tasks are exactly those the reference policies of
+//! are sampled from the policy (or, with `eval.actions = "greedy"`, its most probable ones). The test tasks are exactly those the reference policies of
 //! [`crate::envs::reference`] run on (task i drawn from `task_rng(eval.seed, i)`), so the
 //! agent's regret curve and the references' are paired. [`tune_rl_prior`] picks a post-hoc
 //! Laplace prior by held-out return.
 
 use super::tune::{Tuned, log_grid, tune_prior};
-use crate::agent::rl::{Keep, RlModel, rollout};
+use crate::agent::rl::{ActionRule, Keep, RlModel, rollout};
 use crate::config::EvalConfig;
 use crate::envs::bandit::{Bandit, NUM_ARMS};
 use crate::envs::gridworld::Gridworld;
@@ -100,7 +100,8 @@ pub fn test_env(
 }
 
 /// Evaluates `model` on `eval.tasks` test tasks of `kind` (bandit at `alpha_test`), actions
-/// sampled from its policy (the agent's randomness is seeded by `eval.seed` too).
+/// sampled from its policy or its most probable ones (`eval.actions`; the agent's randomness
+/// is seeded by `eval.seed` too).
 pub fn evaluate_rl(
     model: &RlModel,
     label: &str,
@@ -121,7 +122,8 @@ pub fn evaluate_rl(
     for first in (0..eval.tasks).step_by(EVAL_CHUNK) {
         let count = EVAL_CHUNK.min(eval.tasks - first);
         let (mut env, obs) = test_env(kind, alpha_test, first, count, eval.seed);
-        let ro = rollout(model, env.as_mut(), obs, &mut rng, Keep::EVALUATION)?;
+        let rule = ActionRule::of(eval);
+        let ro = rollout(model, env.as_mut(), obs, &mut rng, Keep::EVALUATION, rule)?;
         let mut cum = vec![0f64; count];
         for t in 0..horizon {
             for (c, r) in cum.iter_mut().zip(&ro.regrets[t]) {

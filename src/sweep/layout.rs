@@ -107,6 +107,7 @@ impl SweepDir {
                 Action::Eval {
                     posteriors,
                     tune_prior,
+                    actions,
                 },
                 Some(after),
             ) => {
@@ -117,6 +118,9 @@ impl SweepDir {
                 }
                 if *tune_prior {
                     args.push("--tune-prior".into());
+                }
+                if let Some(a) = actions {
+                    args.extend(["--actions".into(), a.into()]);
                 }
                 args.extend(["--out".into(), self.eval(&job.name).into()]);
             }
@@ -142,6 +146,7 @@ impl SweepDir {
                 Action::Eval {
                     posteriors,
                     tune_prior,
+                    actions,
                 },
                 Some(after),
             ) => {
@@ -158,6 +163,9 @@ impl SweepDir {
                 );
                 if *tune_prior {
                     t.insert("tune_prior".into(), true.into());
+                }
+                if let Some(a) = actions {
+                    t.insert("actions".into(), a.clone().into());
                 }
                 toml::to_string(&t).context("serialising an eval job")
             }

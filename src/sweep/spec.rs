@@ -8,7 +8,7 @@
 //! sweep without `[[stage]]` tables is one unnamed stage; stages are expanded in file order, each
 //! dependent one over the jobs of its `from` stage, so parents always come before their jobs.
 
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, Task};
 use crate::posterior::PosteriorConfig;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -60,6 +60,8 @@ struct StageFile {
     /// (`lvrnn eval --tune-prior`).
     #[serde(default)]
     tune_prior: bool,
+    /// Eval stages: `lvrnn eval --actions` ("sample" or "greedy"; default the config's).
+    actions: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -118,10 +120,11 @@ pub enum Action {
     /// `lvrnn train --config jobs/<job>.toml …` (with `--init-from` when the job has a parent).
     Train,
     /// `lvrnn eval --checkpoint <parent checkpoint> --posterior P… --out evals/<job>`, with
-    /// `--tune-prior` when `tune_prior`.
+    /// `--tune-prior` when `tune_prior` and `--actions A` when `actions` is given.
     Eval {
         posteriors: Vec<String>,
         tune_prior: bool,
+        actions: Option<String>,
     },
 }
 
@@ -236,6 +239,7 @@ impl SweepFile {
                 exclude: self.exclude,
                 posteriors: vec![],
                 tune_prior: false,
+                actions: None,
             }]
         } else {
             if self.axes.is_some() || !self.exclude.is_empty() {
@@ -431,9 +435,17 @@ impl StageFile {
                 if remaining {
                     bail!("from.updates is for train stages; an eval stage does not train");
                 }
-                if self.posteriors.is_empty() {
+                if let Some(a) = &self.actions
+                    && !crate::config::ACTION_RULES.contains(&a.as_str())
+                {
                     bail!(
-                        "`posteriors` is empty; list the posterior SPECs to evaluate post hoc, e.g. [\"laplace:window=1,accumulate=sigma\"]"
+                        "actions = `{a}` is not valid; allowed values: {}",
+                        crate::config::ACTION_RULES.join(", ")
+                    );
+                }
+                if self.posteriors.is_empty() && self.actions.is_none() {
+                    bail!(
+                        "`posteriors` is empty; list the posterior SPECs to evaluate post hoc, e.g. [\"laplace:window=1,accumulate=sigma\"] (or give `actions` to re-evaluate the checkpoints' own posteriors)"
                     );
                 }
                 for spec in &self.posteriors {
@@ -445,6 +457,11 @@ impl StageFile {
                 if self.tune_prior {
                     bail!(
                         "`tune_prior` is for stages with kind = \"eval\" (it adds --tune-prior to their lvrnn eval)"
+                    );
+                }
+                if self.actions.is_some() {
+                    bail!(
+                        "`actions` is for stages with kind = \"eval\" (it adds --actions to their lvrnn eval); a train stage sets `eval.actions`"
                     );
                 }
                 if !self.posteriors.is_empty() {
@@ -608,11 +625,18 @@ impl StageFile {
                         let (config, action) = match (self.kind, parent_job) {
                             (StageKind::Eval, Some(p)) => {
                                 check_posthoc(&self.posteriors, p)?;
+                                if self.actions.is_some() && p.config.task == Task::Regression {
+                                    bail!(
+                                        "`actions` applies to bandit and gridworld jobs; `{}` is a regression job",
+                                        p.name
+                                    );
+                                }
                                 (
                                     p.config.clone(),
                                     Action::Eval {
                                         posteriors: self.posteriors.clone(),
                                         tune_prior: self.tune_prior,
+                                        actions: self.actions.clone(),
                                     },
                                 )
                             }

@@ -33,7 +33,8 @@ use super::optim::AdamW;
 use super::{Learner, gradient_step, insert_step_stats};
 use crate::agent::replay::{LaplaceConstants, PosteriorSequence};
 use crate::agent::rl::{
-    HeadTraces, INPUT_OBS, Keep, RlModel, Rollout, columns, exact_entropy, laplace_records, rollout,
+    ActionRule, HeadTraces, INPUT_OBS, Keep, RlModel, Rollout, columns, exact_entropy,
+    laplace_records, rollout,
 };
 use crate::config::{EvalConfig, ExperimentConfig, PpoConfig, env_kind, reward_loss_scale};
 use crate::envs::{EnvKind, MetaEnv, make_env};
@@ -567,6 +568,7 @@ impl Ppo {
             first_obs,
             rng,
             Keep::TRAINING,
+            ActionRule::Sample,
         )?;
         let (advantages, targets) = gae(
             &ro.rewards,
