@@ -363,7 +363,7 @@ fn the_grid_expands_in_file_order_with_stable_names_and_exclusions() {
 }
 
 /// Every key of the config reference can be a sweep axis, including those a serialised config
-/// leaves out at their defaults (`model.sample_scale`, `ppo.target_kl`): the key list is not
+/// leaves out at their defaults (`model.sample_scale`, `ppo.target_kl`, `eval.actions`): the key list is not
 /// allowed to fall behind the config.
 #[test]
 fn every_config_key_can_be_swept_including_the_ones_left_out_at_their_default() {
@@ -380,6 +380,7 @@ base = "base.toml"
 "ppo.minibatches" = [2]
 "train.lr_schedule" = ["linear"]
 "train.clip_element" = [0.5]
+"eval.actions" = ["greedy"]
 "#;
     let s = Sweep::from_toml_str(text, "s.toml", dir.path()).unwrap();
     assert_eq!(s.jobs.len(), 2);
@@ -394,6 +395,7 @@ base = "base.toml"
         (0.0, Some(0.02), 2, 2)
     );
     assert_eq!(c.train.clip_element, Some(0.5));
+    assert!(c.eval.greedy());
     assert_eq!(s.jobs[1].config.model.sample_scale, 1.0);
 }
 
