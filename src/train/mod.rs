@@ -296,6 +296,7 @@ pub fn fit(
     let mut progress = Progress::new(opts.progress, total, start, &cfg.name);
     let t0 = Instant::now();
     let mut last = BTreeMap::new();
+    let mut clipping = ClipWatch::new(total);
     let end = match opts.stop_after {
         Some(n) => (start + n).min(total),
         None => total,
@@ -323,6 +324,7 @@ pub fn fit(
             },
         };
         let value = metrics.get("loss").copied().unwrap_or(f64::NAN);
+        clipping.push(&metrics);
         if cfg.train.lr_schedule != "constant" {
             metrics.insert("lr".into(), opt.cfg.lr);
         }
@@ -366,12 +368,62 @@ pub fn fit(
     if let Some(Progress::Bar(bar)) = progress {
         bar.finish();
     }
+    if let Some(warning) = clipping.warning(cfg.train.clip_global_norm) {
+        eprintln!("{warning}");
+    }
     Ok(FitSummary {
         updates_done: end,
         finished,
         wall_seconds: t0.elapsed().as_secs_f64(),
         last_metrics: last,
     })
+}
+
+/// Watches the global-norm clip over the last updates of a run (`clip_norm_frac` and
+/// `grad_norm_raw` of each update's metrics). A clip that acts on nearly every late update means
+/// one loss term's gradient has outgrown the rest and sets the direction of every step: the
+/// full VRNN's posterior-KL term on the bandit at β = 1e-2 (results/bandit-vrnn-kl) un-learned
+/// that way with nothing in its log but this.
+struct ClipWatch {
+    window: usize,
+    recent: std::collections::VecDeque<(f64, f64)>,
+}
+
+impl ClipWatch {
+    /// The last tenth of `total` updates, at least 20.
+    fn new(total: usize) -> Self {
+        let window = (total / 10).max(20);
+        Self {
+            window,
+            recent: std::collections::VecDeque::with_capacity(window + 1),
+        }
+    }
+
+    fn push(&mut self, metrics: &BTreeMap<String, f64>) {
+        if let (Some(f), Some(g)) = (metrics.get("clip_norm_frac"), metrics.get("grad_norm_raw")) {
+            self.recent.push_back((*f, *g));
+            if self.recent.len() > self.window {
+                self.recent.pop_front();
+            }
+        }
+    }
+
+    /// A warning when the clip acted on at least 90% of a full window of updates.
+    fn warning(&self, clip: f64) -> Option<String> {
+        if self.recent.len() < self.window {
+            return None;
+        }
+        let n = self.recent.len() as f64;
+        let acted = self.recent.iter().filter(|(f, _)| *f > 0.0).count() as f64 / n;
+        let raw = self.recent.iter().map(|(_, g)| g).sum::<f64>() / n;
+        (acted >= 0.9).then(|| {
+            format!(
+                "warning: the global-norm clip (train.clip_global_norm = {clip}) acted on {:.0}% of the last {} updates (mean raw gradient norm {raw:.2}): one loss term's gradient sets every step's direction; see grad_norm_raw and kl_term_ratio in train.jsonl (a VRNN's posterior-KL term: results/bandit-vrnn-kl, train.beta)",
+                acted * 100.0,
+                self.recent.len()
+            )
+        })
+    }
 }
 
 /// Stops a diverged run: the parameters have not been touched by the failing update, so they
@@ -472,7 +524,46 @@ fn clock(seconds: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::clock;
+    use super::{ClipWatch, clock};
+    use std::collections::BTreeMap;
+
+    fn metrics(clip_frac: f64, raw: f64) -> BTreeMap<String, f64> {
+        BTreeMap::from([
+            ("clip_norm_frac".to_string(), clip_frac),
+            ("grad_norm_raw".to_string(), raw),
+        ])
+    }
+
+    /// The warning needs a full window (the last tenth, at least 20 updates) with the clip
+    /// acting on at least 90% of it; only the window counts, not the start of the run.
+    #[test]
+    fn the_clip_warning_names_the_share_of_late_updates_clipped() {
+        let mut w = ClipWatch::new(300);
+        for _ in 0..270 {
+            w.push(&metrics(0.0, 0.3));
+        }
+        assert!(w.warning(1.0).is_none());
+        for _ in 0..27 {
+            w.push(&metrics(1.0, 4.0));
+        }
+        // 27 of the last 30 updates: exactly 90%.
+        let msg = w.warning(1.0).expect("90% of the window was clipped");
+        assert!(
+            msg.contains("acted on 90% of the last 30 updates") && msg.contains("train.beta"),
+            "{msg}"
+        );
+        let mut short = ClipWatch::new(100);
+        for _ in 0..19 {
+            short.push(&metrics(1.0, 4.0));
+        }
+        assert!(short.warning(1.0).is_none(), "19 updates: no full window");
+        // Runs without these metrics (regression) never warn.
+        let mut none = ClipWatch::new(100);
+        for _ in 0..50 {
+            none.push(&BTreeMap::new());
+        }
+        assert!(none.warning(1.0).is_none());
+    }
 
     #[test]
     fn clock_reads_like_a_person_would_write_it() {
