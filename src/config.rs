@@ -212,6 +212,25 @@ pub struct PpoConfig {
     /// policy and the current one exceeds this (CleanRL's `target_kl`; absent: never).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_kl: Option<f64>,
+    /// Anneal the entropy bonus linearly from `entropy_scale` at the first update to this at
+    /// the last (absent: `entropy_scale` throughout, the paper's constant bonus).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy_final: Option<f64>,
+}
+
+impl PpoConfig {
+    /// The entropy bonus of update `update` (0-based) of `updates`: `entropy_scale`, or with
+    /// `entropy_final` the straight line from `entropy_scale` (update 0) to `entropy_final`
+    /// (update `updates − 1`).
+    pub fn entropy_at(&self, update: usize, updates: usize) -> f64 {
+        match self.entropy_final {
+            None => self.entropy_scale,
+            Some(last) => {
+                let frac = (update as f64 / updates.saturating_sub(1).max(1) as f64).min(1.0);
+                self.entropy_scale + (last - self.entropy_scale) * frac
+            }
+        }
+    }
 }
 
 impl Default for PpoConfig {
@@ -230,6 +249,7 @@ impl Default for PpoConfig {
             epochs: 1,
             minibatches: 1,
             target_kl: None,
+            entropy_final: None,
         }
     }
 }
@@ -406,6 +426,13 @@ impl ExperimentConfig {
         {
             bail!(
                 "ppo.target_kl must be a finite number > 0 (got {k}); leave it out to never stop early"
+            );
+        }
+        if let Some(e) = p.entropy_final
+            && !(e >= 0.0 && e.is_finite())
+        {
+            bail!(
+                "ppo.entropy_final must be a finite number >= 0 (got {e}); leave it out for a constant bonus"
             );
         }
         if !["", "z", "state_z"].contains(&p.policy_input.as_str()) {

@@ -69,6 +69,11 @@ fn invalid_epoch_minibatch_target_kl_schedule_and_sample_scale_values_name_the_k
         "{e}"
     );
     assert!(e.contains("constant, linear"), "{e}");
+    let e = error(&config("entropy_final = -0.1", "", "rnn"));
+    assert!(
+        e.contains("ppo.entropy_final must be a finite number >= 0"),
+        "{e}"
+    );
     let text = config("", "", "vrnn").replace("n_z = 2", "n_z = 2\nsample_scale = 1.5");
     let e = error(&text);
     assert!(e.contains("model.sample_scale must be in [0, 1]"), "{e}");
@@ -147,6 +152,37 @@ fn a_tiny_target_kl_stops_after_the_first_epoch_and_linear_lr_decays() {
     let expect = [1e-2, 1e-2 * 2.0 / 3.0, 1e-2 / 3.0];
     for (a, b) in lr.iter().zip(expect) {
         assert!((a - b).abs() < 1e-12, "lr {lr:?}, expected {expect:?}");
+    }
+}
+
+/// `ppo.entropy_final`: the bonus goes in a straight line from `entropy_scale` (first update)
+/// to `entropy_final` (last), is logged per update, and is the one the loss used: the logged
+/// loss minus its other parts is −entropy_scale·entropy (the RNN, so no KL term).
+#[test]
+fn an_annealed_entropy_bonus_is_the_one_each_update_uses() {
+    let rows = train(
+        &config(
+            "entropy_scale = 0.1\nentropy_final = 0.01\nreward_loss_scale = 0.0",
+            "",
+            "rnn",
+        )
+        .replace("updates = 3", "updates = 4"),
+    );
+    let expect = [0.1, 0.07, 0.04, 0.01];
+    assert_eq!(rows.len(), expect.len());
+    for (row, want) in rows.iter().zip(expect) {
+        let scale = row["entropy_scale"].as_f64().unwrap();
+        assert!((scale - want).abs() < 1e-12, "{scale} vs {want}");
+        let f = |k: &str| row[k].as_f64().unwrap();
+        let implied = (f("policy_loss") + f("value_loss") - f("loss")) / f("entropy");
+        assert!(
+            (implied - want).abs() < 1e-4,
+            "the loss used {implied}, the schedule says {want}: {row}"
+        );
+    }
+    // Without the key the bonus is constant and not logged.
+    for row in train(&config("entropy_scale = 0.1", "", "rnn")) {
+        assert!(row.get("entropy_scale").is_none(), "{row}");
     }
 }
 

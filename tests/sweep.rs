@@ -381,6 +381,7 @@ base = "base.toml"
 "train.lr_schedule" = ["linear"]
 "train.clip_element" = [0.5]
 "eval.actions" = ["greedy"]
+"ppo.entropy_final" = [0.01]
 "#;
     let s = Sweep::from_toml_str(text, "s.toml", dir.path()).unwrap();
     assert_eq!(s.jobs.len(), 2);
@@ -396,6 +397,7 @@ base = "base.toml"
     );
     assert_eq!(c.train.clip_element, Some(0.5));
     assert!(c.eval.greedy());
+    assert_eq!(c.ppo.entropy_final, Some(0.01));
     assert_eq!(s.jobs[1].config.model.sample_scale, 1.0);
 }
 

@@ -379,6 +379,8 @@ pub struct Ppo {
     /// test tasks of `eval` (bandit at `alpha_test`).
     pub eval: EvalConfig,
     pub alpha_test: f32,
+    /// `train.updates`, the length of the `ppo.entropy_final` schedule.
+    pub updates: usize,
 }
 
 impl Ppo {
@@ -405,7 +407,17 @@ impl Ppo {
             beta: cfg.train.beta,
             eval: cfg.eval.clone(),
             alpha_test: cfg.env.alpha_test as f32,
+            updates: cfg.train.updates,
         })
+    }
+
+    /// Table 1's constants as update `update` uses them: the entropy bonus on its schedule
+    /// (`ppo.entropy_final`), the rest as configured.
+    fn ppo_at(&self, update: usize) -> PpoConfig {
+        PpoConfig {
+            entropy_scale: self.ppo.entropy_at(update, self.updates),
+            ..self.ppo.clone()
+        }
     }
 }
 
@@ -428,7 +440,7 @@ impl Learner for Ppo {
             &ro,
             &advantages,
             &targets,
-            &self.ppo,
+            &self.ppo_at(update),
             self.beta,
         )?;
         rollout_metrics(&mut m, &ro, &advantages, &targets);
@@ -466,6 +478,10 @@ impl Learner for Ppo {
         let mut m = self.held_out(update)?;
         let (ro, advantages, targets) = self.collect(rng)?;
         rollout_metrics(&mut m, &ro, &advantages, &targets);
+        let ppo = self.ppo_at(update);
+        if self.ppo.entropy_final.is_some() {
+            m.insert("entropy_scale".into(), ppo.entropy_scale);
+        }
 
         // Epochs × minibatches of gradient steps.
         let b = ro.batch();
@@ -488,7 +504,7 @@ impl Learner for Ppo {
                         columns(&targets, tasks),
                     )
                 };
-                let mut p = ppo_loss(&self.model, sub, &adv, &tgt, &self.ppo, self.beta)?;
+                let mut p = ppo_loss(&self.model, sub, &adv, &tgt, &ppo, self.beta)?;
                 let (value, stats) = gradient_step(&p.loss, &self.model.params, opt)?;
                 // Keep the numbers, not the step's graph.
                 p.loss = Tensor::new(value as f32, &self.model.core.device)?;
@@ -520,7 +536,7 @@ impl Learner for Ppo {
             &sub,
             &columns(&advantages, &probe),
             &columns(&targets, &probe),
-            &self.ppo,
+            &ppo,
             self.beta,
         )?;
         m.insert("approx_kl".into(), after.approx_kl);
