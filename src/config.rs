@@ -157,6 +157,18 @@ pub struct EvalConfig {
 /// The values of `eval.actions`.
 pub const ACTION_RULES: &[&str] = &["sample", "greedy"];
 
+/// Refuses an action rule other than [`ACTION_RULES`], naming `key` (`eval.actions`,
+/// `--actions`, a sweep stage's `actions`) and the allowed values.
+pub fn check_action_rule(key: &str, value: &str) -> Result<()> {
+    if !ACTION_RULES.contains(&value) {
+        bail!(
+            "{key} `{value}` is not valid; allowed values: {}",
+            ACTION_RULES.join(", ")
+        );
+    }
+    Ok(())
+}
+
 #[allow(clippy::ptr_arg)] // serde's skip_serializing_if passes &String
 fn is_sample(s: &String) -> bool {
     s == "sample"
@@ -379,13 +391,7 @@ impl ExperimentConfig {
         if e.points.is_empty() {
             bail!("eval.points must list at least one number of observed points");
         }
-        if !ACTION_RULES.contains(&e.actions.as_str()) {
-            bail!(
-                "eval.actions = `{}` is not valid; allowed values: {}",
-                e.actions,
-                ACTION_RULES.join(", ")
-            );
-        }
+        check_action_rule("eval.actions =", &e.actions)?;
         if self.task == Task::Regression && e.greedy() {
             bail!(
                 "eval.actions = \"greedy\" applies to the RL tasks only; leave it out for regression"

@@ -39,6 +39,17 @@ pub fn t_quantile(level: f64, dof: usize) -> f64 {
     }
 }
 
+/// argmax with the lowest index winning ties (the reference policies' and the greedy agent's).
+pub fn argmax<T: PartialOrd>(xs: &[T]) -> usize {
+    let mut best = 0;
+    for (i, x) in xs.iter().enumerate() {
+        if *x > xs[best] {
+            best = i;
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -382,15 +382,7 @@ impl ActionRule {
         let drawn = sample_categorical(log_probs, rng);
         match self {
             Self::Sample => drawn,
-            Self::Greedy => {
-                let mut best = 0;
-                for (i, lp) in log_probs.iter().enumerate() {
-                    if *lp > log_probs[best] {
-                        best = i;
-                    }
-                }
-                best
-            }
+            Self::Greedy => crate::stats::argmax(log_probs),
         }
     }
 }

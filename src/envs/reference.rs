@@ -36,7 +36,7 @@ use super::gridworld::{
     self, Cell, EPISODE_LEN, Gridworld, NUM_ACTIONS, manhattan, move_cell, shortest_path_action,
 };
 use super::{EnvKind, MetaEnv};
-use crate::stats::mean_ci99;
+use crate::stats::{argmax, mean_ci99};
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -159,17 +159,6 @@ pub fn task_rng(seed: u64, task: usize) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(task as u64);
     rng
-}
-
-/// argmax with the lowest index winning ties.
-fn argmax(xs: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 // ---------------------------------------------------------------------------------------------

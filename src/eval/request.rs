@@ -45,12 +45,7 @@ impl EvalRequest {
             cfg.eval.tasks = t;
         }
         if let Some(a) = &self.actions {
-            if !crate::config::ACTION_RULES.contains(&a.as_str()) {
-                bail!(
-                    "--actions `{a}` is not valid; allowed values: {}",
-                    crate::config::ACTION_RULES.join(", ")
-                );
-            }
+            crate::config::check_action_rule("--actions", a)?;
             if cfg.task == Task::Regression {
                 bail!(
                     "--actions applies to bandit and gridworld checkpoints only (this one is `regression`)"

@@ -435,13 +435,8 @@ impl StageFile {
                 if remaining {
                     bail!("from.updates is for train stages; an eval stage does not train");
                 }
-                if let Some(a) = &self.actions
-                    && !crate::config::ACTION_RULES.contains(&a.as_str())
-                {
-                    bail!(
-                        "actions = `{a}` is not valid; allowed values: {}",
-                        crate::config::ACTION_RULES.join(", ")
-                    );
+                if let Some(a) = &self.actions {
+                    crate::config::check_action_rule("actions =", a)?;
                 }
                 if self.posteriors.is_empty() && self.actions.is_none() {
                     bail!(
