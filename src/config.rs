@@ -347,6 +347,16 @@ impl ExperimentConfig {
                 self.model.sample_scale
             );
         }
+        if self.task == Task::Regression
+            && let Some(key) = [
+                ("model.sample_warmup", self.model.sample_warmup.is_some()),
+                ("model.sample_every", self.model.sample_every.is_some()),
+            ]
+            .iter()
+            .find_map(|(k, set)| set.then_some(k))
+        {
+            bail!("{key} applies to the RL heads only; leave it out for regression");
+        }
         let t = &self.train;
         for (k, v) in [
             ("train.updates", t.updates),

@@ -4,6 +4,7 @@
 //! gridworld (small sizes). Also the fused LSTM sequence op against the per-step cell graph.
 
 use candle_core::{DType, Device, Tensor, Var};
+use lvrnn::agent::SampleEvery;
 use lvrnn::agent::rl::{ActionRule, Keep, RlModel, rollout};
 use lvrnn::config::{ExperimentConfig, env_kind};
 use lvrnn::envs::make_env;
@@ -103,6 +104,8 @@ fn tiny_regression_model(posterior: &str) -> lvrnn::agent::regression::Regressio
         n_z: 2,
         posterior: posterior.parse().unwrap(),
         sample_scale: 1.0,
+        sample_warmup: None,
+        sample_every: None,
     };
     let model = lvrnn::agent::regression::RegressionModel::new(&cfg, 7).unwrap();
     jitter_biases(&model.params);
@@ -138,9 +141,18 @@ fn assert_same_gradients(what: &str, params: &Params, fast: &Tensor, reference: 
 fn ppo_rollout_loss_and_gradients_equal_the_per_step_reference() {
     lvrnn::init_threads(1);
     for task in ["bandit", "gridworld"] {
-        for posterior in FAMILIES {
-            let what = format!("{task} {posterior}");
-            let cfg = rl_config(task, posterior);
+        // Every family with a fresh sample per step; the Bayesian ones also with one sample
+        // per task (`model.sample_every = "task"`).
+        let cases = FAMILIES.iter().map(|p| (p, SampleEvery::Step)).chain(
+            FAMILIES[1..]
+                .iter()
+                .step_by(3)
+                .map(|p| (p, SampleEvery::Task)),
+        );
+        for (posterior, every) in cases {
+            let what = format!("{task} {posterior} sample_every={every:?}");
+            let mut cfg = rl_config(task, posterior);
+            cfg.model.sample_every = Some(every);
             let model = RlModel::for_experiment(&cfg).unwrap();
             jitter_biases(&model.params);
             let kind = env_kind(cfg.task).unwrap();
@@ -168,6 +180,13 @@ fn ppo_rollout_loss_and_gradients_equal_the_per_step_reference() {
             };
             let (mut ro, ro_ref) = (run(true), run(false));
             assert_eq!(ro.actions, ro_ref.actions, "{what}: actions differ");
+            if every == SampleEvery::Task {
+                let first = values(&ro.noise[0]);
+                assert!(first.iter().any(|v| *v != 0.0), "{what}: no noise");
+                for (t, eps) in ro.noise.iter().enumerate() {
+                    assert_eq!(values(eps), first, "{what}: ε of step {t} is not step 0's");
+                }
+            }
             let flat = |t: &[Vec<f32>]| t.iter().flatten().map(|v| *v as f64).collect::<Vec<_>>();
             let flat64 = |t: &[Vec<f64>]| t.iter().flatten().copied().collect::<Vec<_>>();
             assert_close(

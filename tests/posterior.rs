@@ -1493,6 +1493,8 @@ fn core_runs_every_family_end_to_end() -> Result<()> {
             n_z: nz,
             posterior: posterior.clone(),
             sample_scale: 1.0,
+            sample_warmup: None,
+            sample_every: None,
         };
         cfg.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(80 + i as u64);

@@ -77,6 +77,12 @@ fn invalid_epoch_minibatch_target_kl_schedule_and_sample_scale_values_name_the_k
     let text = config("", "", "vrnn").replace("n_z = 2", "n_z = 2\nsample_scale = 1.5");
     let e = error(&text);
     assert!(e.contains("model.sample_scale must be in [0, 1]"), "{e}");
+    let text = config("", "", "vrnn").replace("n_z = 2", "n_z = 2\nsample_warmup = 1.5");
+    let e = error(&text);
+    assert!(
+        e.contains("model.sample_warmup must be a fraction in [0, 1]"),
+        "{e}"
+    );
 }
 
 fn train(text: &str) -> Vec<serde_json::Value> {
@@ -213,4 +219,70 @@ fn acting_on_the_posterior_mean_has_no_sample_noise() {
             );
         }
     }
+}
+
+/// `model.sample_warmup`: the rollouts' noise scale ramps from 0 to `sample_scale` over that
+/// fraction of the updates (logged per update as `sample_scale`; the first update's rollout
+/// acts on the mean), while the held-out evaluation acts at `sample_scale` throughout: at the
+/// first update (the same parameters) it gives the numbers of a run without the warm-up.
+#[test]
+fn a_sample_warmup_ramps_the_rollout_noise_and_leaves_evaluation_at_full_scale() {
+    for posterior in ["vrnn", "laplace:window=1,accumulate=sigma"] {
+        let base = config("eval_every = 1", "", posterior).replace("updates = 3", "updates = 4");
+        let warm = train(&base.replace("n_z = 2", "n_z = 2\nsample_warmup = 0.5"));
+        let expect = [0.0, 0.5, 1.0, 1.0];
+        assert_eq!(warm.len(), expect.len());
+        for (row, want) in warm.iter().zip(expect) {
+            let s = row["sample_scale"].as_f64().unwrap();
+            assert!(
+                (s - want).abs() < 1e-12,
+                "{posterior}: {s} vs {want}: {row}"
+            );
+            let ratio = row["noise_ratio"].as_f64().unwrap();
+            if want == 0.0 {
+                assert!(
+                    ratio.abs() < 1e-6,
+                    "{posterior}: s = 0 but ‖z − μ‖/‖μ‖ = {ratio}"
+                );
+            } else {
+                assert!(ratio > 1e-3, "{posterior}: s = {want} but no noise: {row}");
+            }
+        }
+        let plain = train(&base.replace("n_z = 2", "n_z = 2\nsample_warmup = 0.0"));
+        assert!(plain[0].get("sample_scale").is_none(), "{}", plain[0]);
+        assert!(plain[0]["noise_ratio"].as_f64().unwrap() > 1e-3);
+        for k in ["test_return", "test_regret"] {
+            assert_eq!(
+                warm[0][k], plain[0][k],
+                "{posterior}: {k} at the first update"
+            );
+        }
+        assert_ne!(warm[1]["return"], plain[1]["return"], "{posterior}");
+    }
+}
+
+#[test]
+fn the_sample_scale_schedule_is_a_straight_line_to_the_configured_scale() {
+    use lvrnn::agent::ModelConfig;
+    let cfg = ModelConfig {
+        sample_scale: 0.8,
+        sample_warmup: Some(0.25),
+        ..ModelConfig::default()
+    };
+    let at: Vec<f64> = [0, 50, 100, 101, 399]
+        .map(|u| cfg.sample_scale_at(u, 400))
+        .to_vec();
+    for (a, b) in at.iter().zip([0.0, 0.4, 0.8, 0.8, 0.8]) {
+        assert!((a - b).abs() < 1e-12, "{at:?}");
+    }
+    let constant = ModelConfig {
+        sample_warmup: Some(0.0),
+        ..cfg.clone()
+    };
+    assert_eq!(constant.sample_scale_at(0, 400), 0.8);
+    let mean = ModelConfig {
+        sample_scale: 0.0,
+        ..cfg
+    };
+    assert_eq!(mean.sample_scale_at(399, 400), 0.0);
 }

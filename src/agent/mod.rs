@@ -47,7 +47,39 @@ pub struct ModelConfig {
     /// posterior statistics do not depend on it. Must be 1 for regression.
     #[serde(default = "d_sample_scale", skip_serializing_if = "is_one")]
     pub sample_scale: f64,
+    /// RL: the fraction w of `train.updates` over which the training rollouts' noise scale
+    /// ramps linearly from 0 to `sample_scale`, s_u = sample_scale · min(1, u / (w·U)) at
+    /// update u of U (0: `sample_scale` from the first update). Absent:
+    /// [`DEFAULT_SAMPLE_WARMUP`]. Evaluation (held out during training, and after it) always
+    /// acts at `sample_scale`. Must be absent for regression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_warmup: Option<f64>,
+    /// RL: how often the heads' posterior sample is redrawn: `"step"` (a fresh ε at every
+    /// step, z_t = μ_t + s·Σ_t^{1/2} ε_t) or `"task"` (one ε per task for its whole
+    /// meta-episode, z_t = μ_t + s·Σ_t^{1/2} ε: each z_t is still a sample of q_t, and the
+    /// agent keeps one hypothesis of the task while q_t narrows, as posterior sampling does).
+    /// Absent: [`SampleEvery::DEFAULT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_every: Option<SampleEvery>,
 }
+
+/// How often an RL rollout redraws the noise ε of its posterior samples (`model.sample_every`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleEvery {
+    /// A fresh ε at every step.
+    Step,
+    /// One ε per task, held for the whole meta-episode.
+    Task,
+}
+
+impl SampleEvery {
+    /// The rule when `model.sample_every` is absent.
+    pub const DEFAULT: SampleEvery = SampleEvery::Step;
+}
+
+/// The warm-up fraction of the sample scale when `model.sample_warmup` is absent.
+pub const DEFAULT_SAMPLE_WARMUP: f64 = 0.0;
 
 fn d_sample_scale() -> f64 {
     1.0
@@ -82,11 +114,30 @@ impl Default for ModelConfig {
             n_z: 1,
             posterior: PosteriorConfig::Rnn,
             sample_scale: 1.0,
+            sample_warmup: None,
+            sample_every: None,
         }
     }
 }
 
 impl ModelConfig {
+    /// The noise scale of the training rollouts at update `update` (0-based) of `updates`:
+    /// s_u = `sample_scale` · min(1, u / (w·U)) with w = `sample_warmup` (or its default);
+    /// `sample_scale` throughout when w = 0.
+    pub fn sample_scale_at(&self, update: usize, updates: usize) -> f64 {
+        let w = self.sample_warmup.unwrap_or(DEFAULT_SAMPLE_WARMUP);
+        let ramp = w * updates as f64;
+        if ramp <= 0.0 {
+            return self.sample_scale;
+        }
+        self.sample_scale * (update as f64 / ramp).min(1.0)
+    }
+
+    /// `model.sample_every`, or its default.
+    pub fn sample_every(&self) -> SampleEvery {
+        self.sample_every.unwrap_or(SampleEvery::DEFAULT)
+    }
+
     pub fn validate(&self) -> Result<()> {
         for (k, v) in [
             ("model.embed_width", self.embed_width),
@@ -102,6 +153,13 @@ impl ModelConfig {
             bail!(
                 "model.sample_scale must be in [0, 1] (got {}): 1 acts on samples of the posterior, 0 on its mean",
                 self.sample_scale
+            );
+        }
+        if let Some(w) = self.sample_warmup
+            && !(0.0..=1.0).contains(&w)
+        {
+            bail!(
+                "model.sample_warmup must be a fraction in [0, 1] of train.updates (got {w}): the part of training over which the sample scale ramps from 0 to model.sample_scale"
             );
         }
         if self.head_hidden.contains(&0) {

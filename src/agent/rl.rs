@@ -10,7 +10,7 @@
 
 use crate::agent::acting::Acting;
 use crate::agent::replay::SequenceInputs;
-use crate::agent::{Core, CoreState, CoreStep, ModelConfig, randn};
+use crate::agent::{Core, CoreState, CoreStep, ModelConfig, SampleEvery, randn};
 use crate::config::{ExperimentConfig, env_kind, policy_sees_state, reward_loss_scale};
 use crate::envs::{EnvKind, MetaEnv, Step, make_env};
 use crate::nn::Params;
@@ -53,6 +53,9 @@ pub struct RlModel {
     pub obs_dim: usize,
     /// Heads see [embedding of s_t, z] (true) or z only (false).
     pub policy_sees_state: bool,
+    /// The scale s of the noise that [`RlModel::noise`] draws: `cfg.sample_scale`, except
+    /// while PPO's rollouts warm it up (`model.sample_warmup`, set per update by the trainer).
+    pub noise_scale: f64,
 }
 
 impl RlModel {
@@ -105,6 +108,7 @@ impl RlModel {
             num_actions,
             obs_dim,
             policy_sees_state,
+            noise_scale: cfg.sample_scale,
         })
     }
 
@@ -156,16 +160,24 @@ impl RlModel {
         }
     }
 
-    /// The noise ε (n_Z, B, n) of one step: standard normal, times `model.sample_scale`
+    /// The noise ε (n_Z, B, n) of one step: standard normal, times s = [`RlModel::noise_scale`]
     /// (z = μ + s·Σ^{1/2}ε; s = 1 draws samples of q_t, s = 0 gives its mean). The draws from
     /// `rng` do not depend on s.
     pub fn noise(&self, rng: &mut ChaCha8Rng, batch: usize) -> Result<Tensor> {
         let shape = [self.samples(), batch, self.cfg.features];
         let eps = randn(rng, &shape, &self.core.device)?;
-        Ok(match self.cfg.sample_scale {
+        Ok(match self.noise_scale {
             1.0 => eps,
             s => (eps * s)?,
         })
+    }
+
+    /// The noise of a rollout's steps under `model.sample_every`.
+    pub fn noise_stream(&self) -> NoiseStream {
+        NoiseStream {
+            every: self.cfg.sample_every(),
+            held: None,
+        }
     }
 
     /// The raw core inputs of one step for B tasks: s_t (B·obs_dim, row-major) and, after the
@@ -355,6 +367,25 @@ pub struct Rollout {
     /// [`crate::nn::Params::fingerprint`] of the parameters the rollout (and its Laplace
     /// statistics) was computed at; None where not recorded (evaluation rollouts).
     pub params: Option<u64>,
+}
+
+/// The noise ε of a rollout's steps (and of its bootstrap step), one [`NoiseStream::next`]
+/// per step: a fresh [`RlModel::noise`] each step, or under `model.sample_every = "task"` the
+/// first step's for every step. Each step draws from the rng either way, so the environment's
+/// own draws are the same under both rules.
+pub struct NoiseStream {
+    every: SampleEvery,
+    held: Option<Tensor>,
+}
+
+impl NoiseStream {
+    pub fn next(&mut self, model: &RlModel, rng: &mut ChaCha8Rng, batch: usize) -> Result<Tensor> {
+        let eps = model.noise(rng, batch)?;
+        Ok(match self.every {
+            SampleEvery::Step => eps,
+            SampleEvery::Task => self.held.get_or_insert(eps).clone(),
+        })
+    }
 }
 
 /// How a rollout picks each action from the (logit- or moment-averaged) policy π(a | z, s).
@@ -664,9 +695,10 @@ pub fn rollout(
     let weights = (model.policy.packed_values()?, model.value.packed_values()?);
     let (mut policy_trace, mut value_trace) = (HeadTrace::default(), HeadTrace::default());
     let mut obs = first_obs;
+    let mut noise = model.noise_stream();
     for t in 0..horizon {
         let prev = ro.previous(t);
-        let eps = model.noise(rng, b)?;
+        let eps = noise.next(model, rng, b)?;
         let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
         // The heads on the (n_Z, B) inputs, as `RlModel::log_probs` / `values` compute them.
         let input: Vec<f32> = model
@@ -713,7 +745,7 @@ pub fn rollout(
         .is_some_and(|d| d.iter().any(|v| *v != 0.0));
     ro.bootstrap = if continues {
         let prev = ro.previous(horizon);
-        let eps = model.noise(rng, b)?;
+        let eps = noise.next(model, rng, b)?;
         let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
         let input = model.head_input(&step.embedded[INPUT_OBS], &step.z)?;
         model.values(&input)?.to_vec1()?

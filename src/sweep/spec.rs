@@ -948,10 +948,10 @@ fn set_dotted(table: &mut Table, key: &str, value: Value) -> Result<()> {
 /// which has every posterior option) and `model.posterior` as a whole; `name` is the job's.
 pub fn config_keys() -> Vec<String> {
     // An RL config that sets the keys left out of the serialised config at their defaults
-    // (`model.sample_scale`, `ppo.target_kl`, `ppo.entropy_final`, `eval.actions`), so that every key appears in
+    // (`model.sample_scale`, `model.sample_warmup`, `model.sample_every`, `ppo.target_kl`, `ppo.entropy_final`, `eval.actions`), so that every key appears in
     // the walk below.
     let cfg = ExperimentConfig::from_toml_str(
-        "name = \"x\"\ntask = \"bandit\"\n[model]\nsample_scale = 0.5\n\
+        "name = \"x\"\ntask = \"bandit\"\n[model]\nsample_scale = 0.5\nsample_warmup = 0.5\nsample_every = \"task\"\n\
          [model.posterior]\nfamily = \"laplace\"\n[ppo]\ntarget_kl = 0.1\nentropy_final = 0.01\n\
          [eval]\nactions = \"greedy\"\n",
         "(key list)",

@@ -411,6 +411,17 @@ impl Ppo {
         })
     }
 
+    /// The training rollouts' noise scale at update `update` (`model.sample_warmup`).
+    fn sample_scale_at(&self, update: usize) -> f64 {
+        self.model.cfg.sample_scale_at(update, self.updates)
+    }
+
+    /// Whether the rollouts' noise scale changes over the run (it is then logged per update).
+    fn warms_up(&self) -> bool {
+        self.model.core.posterior.is_bayesian()
+            && self.model.cfg.sample_scale_at(0, self.updates) != self.model.cfg.sample_scale
+    }
+
     /// Table 1's constants as update `update` uses them: the entropy bonus on its schedule
     /// (`ppo.entropy_final`), the rest as configured.
     fn ppo_at(&self, update: usize) -> PpoConfig {
@@ -434,7 +445,7 @@ impl Learner for Ppo {
         rng: &mut ChaCha8Rng,
     ) -> Result<(Tensor, BTreeMap<String, f64>)> {
         let mut m = self.held_out(update)?;
-        let (ro, advantages, targets) = self.collect(rng)?;
+        let (ro, advantages, targets) = self.collect(update, rng)?;
         let parts = ppo_loss(
             &self.model,
             &ro,
@@ -476,11 +487,14 @@ impl Learner for Ppo {
         opt: &mut AdamW,
     ) -> Result<BTreeMap<String, f64>> {
         let mut m = self.held_out(update)?;
-        let (ro, advantages, targets) = self.collect(rng)?;
+        let (ro, advantages, targets) = self.collect(update, rng)?;
         rollout_metrics(&mut m, &ro, &advantages, &targets);
         let ppo = self.ppo_at(update);
         if self.ppo.entropy_final.is_some() {
             m.insert("entropy_scale".into(), ppo.entropy_scale);
+        }
+        if self.warms_up() {
+            m.insert("sample_scale".into(), self.sample_scale_at(update));
         }
 
         // Epochs × minibatches of gradient steps.
@@ -574,10 +588,16 @@ impl Ppo {
         Ok(m)
     }
 
-    /// A rollout of fresh training tasks with its advantages and value targets.
+    /// A rollout of fresh training tasks with its advantages and value targets, acting with
+    /// the noise scale of update `update` ([`ModelConfig::sample_scale_at`]).
     #[allow(clippy::type_complexity)]
-    fn collect(&mut self, rng: &mut ChaCha8Rng) -> Result<(Rollout, Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    fn collect(
+        &mut self,
+        update: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(Rollout, Vec<Vec<f32>>, Vec<Vec<f32>>)> {
         let first_obs = self.env.reset(rng);
+        self.model.noise_scale = self.sample_scale_at(update);
         let ro = rollout(
             &self.model,
             self.env.as_mut(),
@@ -585,7 +605,10 @@ impl Ppo {
             rng,
             Keep::TRAINING,
             ActionRule::Sample,
-        )?;
+        );
+        // Evaluation acts at the configured scale, whatever the warm-up did.
+        self.model.noise_scale = self.model.cfg.sample_scale;
+        let ro = ro?;
         let (advantages, targets) = gae(
             &ro.rewards,
             &ro.values,

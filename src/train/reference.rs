@@ -34,10 +34,11 @@ pub fn rollout(
     let mut ro = Rollout::default();
     let mut state = model.core.initial(b)?.detach();
     let mut obs = first_obs;
+    let mut noise = model.noise_stream();
     for t in 0..horizon {
         let prev = ro.previous(t);
         let (step, emb_s) = model.observe(&state, &model.inputs(&obs, prev)?)?;
-        let eps = model.noise(rng, b)?;
+        let eps = noise.next(model, rng, b)?;
         let input = model.head_input(&emb_s, &step.state.q.sample(&eps)?)?;
         let log_probs: Vec<Vec<f32>> = model.log_probs(&input)?.to_vec2()?;
         let values: Vec<f32> = model.values(&input)?.to_vec1()?;
@@ -64,7 +65,7 @@ pub fn rollout(
     ro.bootstrap = if continues {
         let prev = ro.previous(horizon);
         let (step, emb_s) = model.observe(&state, &model.inputs(&obs, prev)?)?;
-        let z = step.state.q.sample(&model.noise(rng, b)?)?;
+        let z = step.state.q.sample(&noise.next(model, rng, b)?)?;
         model.values(&model.head_input(&emb_s, &z)?)?.to_vec1()?
     } else {
         vec![0.0; b]
