@@ -286,3 +286,23 @@ fn the_sample_scale_schedule_is_a_straight_line_to_the_configured_scale() {
     };
     assert_eq!(mean.sample_scale_at(399, 400), 0.0);
 }
+
+/// `train.beta` left out: the task's default (RL 1e-4, regression 1e-2), written into the
+/// resolved config so that run folders store the number used; an explicit value is kept.
+#[test]
+fn the_posterior_kl_weight_defaults_per_task_and_is_stored_resolved() {
+    use lvrnn::config::Task;
+    let rl = ExperimentConfig::from_toml_str(&config("", "", "vrnn"), "test").unwrap();
+    assert_eq!(rl.train.beta, Some(1e-4));
+    assert_eq!(Task::Bandit.default_beta(), 1e-4);
+    assert!(rl.to_toml().unwrap().contains("beta = 0.0001"));
+    let explicit = config("", "beta = 0.01", "vrnn");
+    let cfg = ExperimentConfig::from_toml_str(&explicit, "test").unwrap();
+    assert_eq!(cfg.beta(), 1e-2);
+    let reg = ExperimentConfig::from_toml_str(
+        "name = \"r\"\ntask = \"regression\"\n[model.posterior]\nfamily = \"vrnn\"\n",
+        "test",
+    )
+    .unwrap();
+    assert_eq!(reg.beta(), 1e-2);
+}

@@ -49,7 +49,7 @@ fn train(cfg: &ExperimentConfig, dir: &std::path::Path, opts: FitOptions) -> Sup
         model,
         batch: cfg.train.batch,
         points: cfg.train.seq_len,
-        beta: cfg.train.beta,
+        beta: cfg.beta(),
     };
     fit(&mut learner, cfg, &run, &opts).unwrap();
     learner

@@ -48,7 +48,7 @@ pub fn train(
         model,
         batch: cfg.train.batch,
         points: cfg.train.seq_len,
-        beta: cfg.train.beta,
+        beta: cfg.beta(),
     };
     let summary = fit(&mut learner, cfg, &run, &opts)?;
     eprintln!(

@@ -404,7 +404,7 @@ impl Ppo {
             kind,
             env,
             ppo,
-            beta: cfg.train.beta,
+            beta: cfg.beta(),
             eval: cfg.eval.clone(),
             alpha_test: cfg.env.alpha_test as f32,
             updates: cfg.train.updates,
