@@ -183,3 +183,73 @@ posthoc = []
         );
     }
 }
+
+/// One column of a run's `metrics/eval_rl_returns.csv`, by model label.
+fn returns_column(run: &std::path::Path, column: &str) -> std::collections::BTreeMap<String, f64> {
+    let text = std::fs::read_to_string(run.join("metrics/eval_rl_returns.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == column).unwrap();
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_string(), f[col].parse().unwrap())
+        })
+        .collect()
+}
+
+/// Acting on posterior samples learns the gridworld (issue 26): a Laplace Σ agent with every
+/// sampling key at its default (`model.sample_scale` 1, a fresh sample per step, the RL default
+/// β = 1e-4) trained 600 updates of a small model returns, on 128 held-out tasks, more than
+/// twice the random policy's upper 99% bound at its own lower bound. (Measured: 13.0 ± 3.9
+/// on seed 0, 16.3 on seed 1; random 2.6 ± 0.7; the same run at the old β = 1e-2, whose KL
+/// collapses the posterior, 3.6 ± 1.2: results/gridworld-samples.)
+#[test]
+fn an_agent_acting_on_posterior_samples_learns_the_gridworld() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = r#"
+name = "grid-sampled"
+task = "gridworld"
+seed = 0
+[model]
+embed_width = 32
+hidden = 32
+features = 8
+head_hidden = [64, 64]
+posterior = "laplace:window=1,accumulate=sigma,prior_precision=auto"
+[train]
+updates = 600
+batch = 32
+lr = 3e-3
+checkpoint_every = 0
+snapshots = []
+[eval]
+tasks = 128
+posthoc = []
+"#;
+    std::fs::write(d.join("grid.toml"), cfg).unwrap();
+    let t0 = Instant::now();
+    common::lvrnn_ok(&["train", "--config", "grid.toml", "--runs", "runs"], d);
+    let run = d.join("runs/grid-sampled");
+    let stored = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(stored.contains("beta = 0.0001"), "{stored}");
+    let (mean, ci) = (
+        returns_column(&run, "return_mean"),
+        returns_column(&run, "return_ci99"),
+    );
+    let label = "laplace-sigma-k1-full";
+    let random = mean["reference: random"] + ci["reference: random"];
+    eprintln!(
+        "gridworld, Laplace Σ acting on samples: return {:.2} ± {:.2} (random upper bound {random:.2}) in {:.0} s",
+        mean[label],
+        ci[label],
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        mean[label] - ci[label] > 2.0 * random,
+        "acting on samples: return {:.2} ± {:.2}, random up to {random:.2}",
+        mean[label],
+        ci[label]
+    );
+}
