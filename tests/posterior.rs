@@ -1572,3 +1572,47 @@ fn core_runs_every_family_end_to_end() -> Result<()> {
     }
     Ok(())
 }
+
+/// The VRNN's log-variance floor: s = max(W φ + b, LOG_VAR_MIN) per coordinate, for the full
+/// and the diagonal head; a floored coordinate passes no gradient to its layer, the others do.
+#[test]
+fn vrnn_log_variance_is_floored_and_the_floor_passes_no_gradient() -> Result<()> {
+    use lvrnn::posterior::vrnn::{LOG_VAR_MIN, Vrnn};
+    lvrnn::init_threads(1);
+    let n = 4;
+    for diagonal in [true, false] {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut p = Params::new();
+        let vrnn = Vrnn::new(&mut p, n, diagonal, &mut rng)?;
+        // Biases far below the floor for coordinates 0 and 2, above it for 1 and 3.
+        let bias = p
+            .get("vrnn.log_s.bias")
+            .expect("the log-variance layer's bias");
+        bias.set(&Tensor::new(&[-20f32, -1.0, -30.0, 0.5], &Device::Cpu)?)?;
+        let phi = Tensor::new(
+            &[[0.1f32, -0.2, 0.3, 0.05], [0.0, 0.1, -0.1, 0.2]],
+            &Device::Cpu,
+        )?;
+        let q = vrnn.init(&phi)?;
+        let Covariance::Spectral { log_s, .. } = &q.cov else {
+            panic!("a VRNN posterior is spectral")
+        };
+        let s = log_s.to_vec2::<f32>()?;
+        for row in &s {
+            assert_eq!(row[0] as f64, LOG_VAR_MIN, "{row:?}");
+            assert_eq!(row[2] as f64, LOG_VAR_MIN, "{row:?}");
+            assert!(
+                row[1] as f64 > LOG_VAR_MIN && row[3] as f64 > LOG_VAR_MIN,
+                "{row:?}"
+            );
+        }
+        let grads = log_s.sum_all()?.backward()?;
+        let g = grads
+            .get(bias.as_tensor())
+            .expect("a bias gradient")
+            .to_vec1::<f32>()?;
+        assert_eq!((g[0], g[2]), (0.0, 0.0), "diagonal={diagonal}: {g:?}");
+        assert_eq!((g[1], g[3]), (2.0, 2.0), "diagonal={diagonal}: {g:?}");
+    }
+    Ok(())
+}

@@ -17,6 +17,15 @@ use rand_chacha::ChaCha8Rng;
 /// Initial log-variance of the VRNN posterior (bias of `vrnn.log_s`).
 pub const INIT_LOG_VAR: f64 = -2.0;
 
+/// Floor of the VRNN's log-variances: s_t = max(W φ_t + b, LOG_VAR_MIN), so every eigenvalue
+/// of Σ_t is at least e^−6 ≈ 2.5e−3 (the authors' code bounds them to (−10, 2)). Without it an
+/// agent acting on samples drives its variance towards 0 — the RL loss prefers no noise — and
+/// the KL's mean term ½ Δμᵀ Σ_{t−1}⁻¹ Δμ grows without bound until one update saturates the
+/// policy (its entropy exactly 0, the return back to random: results/gridworld-study-v3).
+/// μ's scale is free, so the floor bounds the KL's conditioning, not how sharp q_t can be
+/// relative to its mean.
+pub const LOG_VAR_MIN: f64 = -6.0;
+
 pub struct Vrnn {
     mean: Linear,
     log_s: Linear,
@@ -61,7 +70,7 @@ impl Vrnn {
     /// (μ, s, L) ↦ N(μ, U diag(exp s) Uᵀ), with U taken from `known` where given.
     fn head(&self, phi: &Tensor, known: Option<KnownCayley>) -> Result<Gaussian> {
         let mean = self.mean.forward(phi)?;
-        let log_s = self.log_s.forward(phi)?;
+        let log_s = self.log_s.forward(phi)?.maximum(LOG_VAR_MIN)?;
         let u = match &self.tri {
             None => None,
             Some(tri) if phi.dtype() == DType::F32 => Some(cayley_head(phi, tri, known)?),
