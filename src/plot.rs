@@ -928,10 +928,10 @@ where
         let color = PALETTE[i % PALETTE.len()];
         let style = ShapeStyle::from(color).stroke_width(2);
         // Where the points land, worked out before the series' first drawing borrows `chart`.
-        let runs: Vec<(Vec<(f64, f64)>, Vec<(i32, i32)>)> = line_runs(s, plot.log_x)
+        let runs: Vec<_> = line_runs(s, plot.log_x)
             .into_iter()
             .map(|run| {
-                let pixels = run.iter().map(|p| chart.backend_coord(p)).collect();
+                let pixels: Vec<Pixel> = run.iter().map(|p| chart.backend_coord(p)).collect();
                 (run, pixels)
             })
             .collect();
@@ -1003,6 +1003,9 @@ where
     Ok(chart.plotting_area().get_pixel_range())
 }
 
+/// A point on a backend, in pixels (plotters' `BackendCoord`).
+type Pixel = (i32, i32);
+
 /// Splits a line, given as the pixels its points land on, into pieces (index ranges into it,
 /// each piece starting where the one before ends) that turn by at most 90° at any vertex.
 ///
@@ -1014,14 +1017,15 @@ where
 /// 500 updates) puts that corner hundreds of pixels away, through the figure's title and the
 /// panel below (issue 28). With θ ≥ 90° it is at most d·√2 from the data; a sharper turn ends
 /// one piece and starts the next at the same vertex.
-fn gentle_pieces(pixels: &[(i32, i32)]) -> Vec<std::ops::Range<usize>> {
+fn gentle_pieces(pixels: &[Pixel]) -> Vec<std::ops::Range<usize>> {
     let mut pieces = vec![];
     let mut start = 0;
-    // The last distinct pixel, its index, and the direction of the step into it.
-    let mut last: Option<((i32, i32), usize, Option<(i64, i64)>)> = None;
+    // The last distinct pixel and its index, and the direction of the step into it.
+    let mut last: Option<(Pixel, usize)> = None;
+    let mut into: Option<(i64, i64)> = None;
     for (i, &p) in pixels.iter().enumerate() {
-        let Some((q, j, into)) = last else {
-            last = Some((p, i, None));
+        let Some((q, j)) = last else {
+            last = Some((p, i));
             continue;
         };
         if p == q {
@@ -1034,7 +1038,8 @@ fn gentle_pieces(pixels: &[(i32, i32)]) -> Vec<std::ops::Range<usize>> {
             pieces.push(start..j + 1);
             start = j;
         }
-        last = Some((p, i, Some(step)));
+        last = Some((p, i));
+        into = Some(step);
     }
     pieces.push(start..pixels.len());
     pieces
