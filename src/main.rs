@@ -206,9 +206,20 @@ fn main() {
         lvrnn::init_threads(threads);
     }
     if let Err(e) = run(cli.cmd) {
+        // A run stopped by SIGINT / SIGTERM at a safe point: what happened and how to resume,
+        // and the exit status a shell gives a process that signal ended (130, 143).
+        if let Some(stop) = e.downcast_ref::<lvrnn::train::interrupt::Interrupted>() {
+            eprintln!("{stop}");
+            std::process::exit(stop.exit_code());
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The command line that resumes the run this process trains.
+fn resume_command() -> String {
+    lvrnn::train::interrupt::resume_command(std::env::args_os())
 }
 
 fn run(cmd: Cmd) -> Result<()> {
@@ -229,6 +240,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 FitOptions {
                     resume: !overwrite,
                     progress: true,
+                    stop_on_signal: Some(resume_command()),
                     ..Default::default()
                 },
                 overwrite,
@@ -276,6 +288,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 FitOptions {
                     resume,
                     progress: true,
+                    stop_on_signal: Some(resume_command()),
                     ..Default::default()
                 },
                 overwrite,

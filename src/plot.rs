@@ -169,12 +169,54 @@ fn with_ext(stem: &Path, ext: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Something that can draw itself onto any plotters backend.
+/// The pixel rectangle (x range, y range, in figure pixels) of one panel's plotting area: the
+/// part inside its axes, where its series are drawn.
+pub type PlotArea = (Range<i32>, Range<i32>);
+
+/// Something that can draw itself onto any plotters backend; returns the plotting area of each
+/// panel it drew.
 trait Figure {
     fn draw<DB: DrawingBackend>(
         &self,
         root: &DrawingArea<DB, plotters::coord::Shift>,
-    ) -> Result<()>;
+    ) -> Result<Vec<PlotArea>>;
+}
+
+/// A figure rendered into memory instead of a file (what [`line_plot`] and [`grid_plot`] write
+/// as PNG), for checking what was drawn where.
+pub struct Pixels {
+    pub width: u32,
+    pub height: u32,
+    /// RGB bytes, row by row from the top left.
+    pub rgb: Vec<u8>,
+    /// The plotting area of each panel, in the order of the panels.
+    pub plot_areas: Vec<PlotArea>,
+}
+
+impl Pixels {
+    /// The colour of pixel (x, y).
+    pub fn at(&self, x: u32, y: u32) -> RGBColor {
+        let i = 3 * (y as usize * self.width as usize + x as usize);
+        RGBColor(self.rgb[i], self.rgb[i + 1], self.rgb[i + 2])
+    }
+}
+
+fn render_pixels<F: Figure>(size: (u32, u32), fig: &F) -> Result<Pixels> {
+    ensure_font()?;
+    let mut rgb = vec![0u8; 3 * size.0 as usize * size.1 as usize];
+    let plot_areas = {
+        let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+        let areas = fig.draw(&root)?;
+        root.present()
+            .map_err(|e| anyhow!("rendering into memory: {e}"))?;
+        areas
+    };
+    Ok(Pixels {
+        width: size.0,
+        height: size.1,
+        rgb,
+        plot_areas,
+    })
 }
 
 fn render<F: Figure>(stem: &Path, size: (u32, u32), fig: &F) -> Result<()> {
@@ -213,25 +255,44 @@ fn render<F: Figure>(stem: &Path, size: (u32, u32), fig: &F) -> Result<()> {
 /// [`LEGEND_INSIDE_MAX`] named series the legend becomes a list to the right of the chart (the
 /// figure grows wider, and taller when the list needs it) so that it never covers the data.
 pub fn line_plot(stem: &Path, plot: &LinePlot) -> Result<()> {
-    let named = plot.series.iter().filter(|s| !s.name.is_empty()).count();
-    let drawn = if named > LEGEND_INSIDE_MAX {
-        let longest = plot
-            .series
-            .iter()
-            .map(|s| s.name.chars().count())
-            .max()
-            .unwrap_or(0) as u32;
-        let width = (48 + 7 * longest).clamp(200, 1000);
-        let height = LINE_PLOT_SIZE.1.max(40 + SIDE_LEGEND_ROW * named as u32);
-        render(
-            stem,
-            (LINE_PLOT_SIZE.0 + width, height),
-            &SideLegendFigure(plot),
-        )
-    } else {
-        render(stem, LINE_PLOT_SIZE, &SingleFigure(plot))
+    let drawn = match line_figure(plot) {
+        (size, LineFigure::Single(fig)) => render(stem, size, &fig),
+        (size, LineFigure::SideLegend(fig)) => render(stem, size, &fig),
     };
     drawn.with_context(|| format!("line plot {}", stem.display()))
+}
+
+/// [`line_plot`]'s figure rendered into memory.
+pub fn line_plot_pixels(plot: &LinePlot) -> Result<Pixels> {
+    match line_figure(plot) {
+        (size, LineFigure::Single(fig)) => render_pixels(size, &fig),
+        (size, LineFigure::SideLegend(fig)) => render_pixels(size, &fig),
+    }
+}
+
+enum LineFigure<'a> {
+    Single(SingleFigure<'a>),
+    SideLegend(SideLegendFigure<'a>),
+}
+
+/// The size and kind of [`line_plot`]'s figure: the legend inside the chart, or beside it.
+fn line_figure(plot: &LinePlot) -> ((u32, u32), LineFigure<'_>) {
+    let named = plot.series.iter().filter(|s| !s.name.is_empty()).count();
+    if named <= LEGEND_INSIDE_MAX {
+        return (LINE_PLOT_SIZE, LineFigure::Single(SingleFigure(plot)));
+    }
+    let longest = plot
+        .series
+        .iter()
+        .map(|s| s.name.chars().count())
+        .max()
+        .unwrap_or(0) as u32;
+    let width = (48 + 7 * longest).clamp(200, 1000);
+    let height = LINE_PLOT_SIZE.1.max(40 + SIDE_LEGEND_ROW * named as u32);
+    (
+        (LINE_PLOT_SIZE.0 + width, height),
+        LineFigure::SideLegend(SideLegendFigure(plot)),
+    )
 }
 
 /// A chart of [`LINE_PLOT_SIZE`] with its legend listed to the right.
@@ -241,7 +302,7 @@ impl Figure for SideLegendFigure<'_> {
     fn draw<DB: DrawingBackend>(
         &self,
         root: &DrawingArea<DB, plotters::coord::Shift>,
-    ) -> Result<()> {
+    ) -> Result<Vec<PlotArea>> {
         let e = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e}");
         root.fill(&WHITE).map_err(e)?;
         let (left, right) = root.split_horizontally(LINE_PLOT_SIZE.0);
@@ -250,7 +311,7 @@ impl Figure for SideLegendFigure<'_> {
         // as in the list.
         let mut unnamed = self.0.clone();
         unnamed.series.iter_mut().for_each(|s| s.name.clear());
-        draw_panel(&chart, &unnamed, 22)?;
+        let area = draw_panel(&chart, &unnamed, 22)?;
         let font = ("sans-serif", 13).into_font().color(&BLACK);
         let named = self
             .0
@@ -282,34 +343,91 @@ impl Figure for SideLegendFigure<'_> {
                 ))
                 .map_err(e)?;
         }
-        Ok(())
+        Ok(vec![area])
     }
 }
 
 /// Draws `panels` in a grid with `cols` columns (rows as needed) under a common `title`, into
 /// `stem.png` and `stem.svg`. Each panel is [`GRID_PANEL_SIZE`] pixels.
 pub fn grid_plot(stem: &Path, title: &str, panels: &[LinePlot], cols: usize) -> Result<()> {
-    if panels.is_empty() {
-        bail!("grid plot {}: no panels", stem.display());
+    grid_plot_noted(stem, title, "", panels, cols)
+}
+
+/// [`grid_plot`] with a `note` in smaller type under the title (wrapped to the figure's width),
+/// e.g. the metrics that were constant and so got no panel. With a note, `panels` may be empty.
+pub fn grid_plot_noted(
+    stem: &Path,
+    title: &str,
+    note: &str,
+    panels: &[LinePlot],
+    cols: usize,
+) -> Result<()> {
+    let (size, fig) = grid_figure(title, note, panels, cols)
+        .with_context(|| format!("grid plot {}", stem.display()))?;
+    render(stem, size, &fig).with_context(|| format!("grid plot {}", stem.display()))
+}
+
+/// [`grid_plot_noted`]'s figure rendered into memory.
+pub fn grid_plot_pixels(
+    title: &str,
+    note: &str,
+    panels: &[LinePlot],
+    cols: usize,
+) -> Result<Pixels> {
+    let (size, fig) = grid_figure(title, note, panels, cols)?;
+    render_pixels(size, &fig)
+}
+
+fn grid_figure<'a>(
+    title: &'a str,
+    note: &str,
+    panels: &'a [LinePlot],
+    cols: usize,
+) -> Result<((u32, u32), GridFigure<'a>)> {
+    if panels.is_empty() && note.is_empty() {
+        bail!("no panels");
     }
-    let cols = cols.clamp(1, panels.len());
+    let cols = cols.clamp(1, panels.len().max(1));
     let rows = panels.len().div_ceil(cols);
-    let size = (
-        GRID_PANEL_SIZE.0 * cols as u32,
-        GRID_PANEL_SIZE.1 * rows as u32
-            + if title.is_empty() {
-                0
-            } else {
-                GRID_TITLE_HEIGHT
-            },
-    );
+    let width = GRID_PANEL_SIZE.0 * cols as u32;
+    let note = wrap(note, (width as usize - 40) / NOTE_CHAR_WIDTH);
+    let head = if title.is_empty() {
+        0
+    } else {
+        GRID_TITLE_HEIGHT
+    } + NOTE_LINE_HEIGHT * note.len() as u32
+        + if note.is_empty() { 0 } else { 8 };
+    let size = (width, GRID_PANEL_SIZE.1 * rows as u32 + head);
     let fig = GridFigure {
         title,
+        note,
+        head,
         panels,
         rows,
         cols,
     };
-    render(stem, size, &fig).with_context(|| format!("grid plot {}", stem.display()))
+    Ok((size, fig))
+}
+
+/// Height of one line of a grid figure's note, in pixels; the note's font size is 14.
+const NOTE_LINE_HEIGHT: u32 = 20;
+/// A generous width of one character of the note's font, in pixels (for wrapping).
+const NOTE_CHAR_WIDTH: usize = 8;
+
+/// `text` broken at spaces into lines of at most `width` characters (a longer word keeps a
+/// line of its own).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = vec![];
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
 }
 
 struct SingleFigure<'a>(&'a LinePlot);
@@ -318,14 +436,18 @@ impl Figure for SingleFigure<'_> {
     fn draw<DB: DrawingBackend>(
         &self,
         root: &DrawingArea<DB, plotters::coord::Shift>,
-    ) -> Result<()> {
+    ) -> Result<Vec<PlotArea>> {
         root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        draw_panel(root, self.0, 22)
+        Ok(vec![draw_panel(root, self.0, 22)?])
     }
 }
 
 struct GridFigure<'a> {
     title: &'a str,
+    /// The note's lines, under the title.
+    note: Vec<String>,
+    /// Height of the title and note above the panels.
+    head: u32,
     panels: &'a [LinePlot],
     rows: usize,
     cols: usize,
@@ -335,35 +457,51 @@ impl Figure for GridFigure<'_> {
     fn draw<DB: DrawingBackend>(
         &self,
         root: &DrawingArea<DB, plotters::coord::Shift>,
-    ) -> Result<()> {
-        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        let area = if self.title.is_empty() {
-            root.clone()
-        } else {
-            let (top, rest) = root.split_vertically(GRID_TITLE_HEIGHT);
-            let (w, h) = top.dim_in_pixel();
-            top.draw(&Text::new(
-                self.title.to_string(),
-                (w as i32 / 2, h as i32 / 2),
-                ("sans-serif", 24)
-                    .into_font()
-                    .color(&BLACK)
-                    .pos(text_anchor::Pos::new(
-                        text_anchor::HPos::Center,
-                        text_anchor::VPos::Center,
-                    )),
-            ))
-            .map_err(|e| anyhow!("{e}"))?;
-            rest
+    ) -> Result<Vec<PlotArea>> {
+        let e = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e}");
+        root.fill(&WHITE).map_err(e)?;
+        let (top, area) = root.split_vertically(self.head);
+        let (w, _) = top.dim_in_pixel();
+        let centred = |size: u32| {
+            ("sans-serif", size)
+                .into_font()
+                .color(&BLACK)
+                .pos(text_anchor::Pos::new(
+                    text_anchor::HPos::Center,
+                    text_anchor::VPos::Center,
+                ))
         };
+        let mut y = 0;
+        if !self.title.is_empty() {
+            let text = Text::new(
+                self.title.to_string(),
+                (w as i32 / 2, GRID_TITLE_HEIGHT as i32 / 2),
+                centred(24),
+            );
+            top.draw(&text).map_err(e)?;
+            y = GRID_TITLE_HEIGHT as i32;
+        }
+        for line in &self.note {
+            let text = Text::new(
+                line.clone(),
+                (w as i32 / 2, y + NOTE_LINE_HEIGHT as i32 / 2),
+                centred(14),
+            );
+            top.draw(&text).map_err(e)?;
+            y += NOTE_LINE_HEIGHT as i32;
+        }
+        let mut areas = vec![];
+        if self.panels.is_empty() {
+            return Ok(areas);
+        }
         for (panel, sub) in self
             .panels
             .iter()
             .zip(area.split_evenly((self.rows, self.cols)))
         {
-            draw_panel(&sub, panel, 17)?;
+            areas.push(draw_panel(&sub, panel, 17)?);
         }
-        Ok(())
+        Ok(areas)
     }
 }
 
@@ -652,7 +790,7 @@ fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     plot: &LinePlot,
     title_size: u32,
-) -> Result<()> {
+) -> Result<PlotArea> {
     let layout = Layout::new(plot, title_size);
     let mut r = data_ranges(plot);
     let legend = if plot.series.iter().any(|s| !s.name.is_empty()) {
@@ -683,7 +821,7 @@ fn draw_chart<DB, XS>(
     legend: Option<SeriesLabelPosition>,
     x_spec: XS,
     y_spec: Range<f64>,
-) -> Result<()>
+) -> Result<PlotArea>
 where
     DB: DrawingBackend,
     XS: AsRangedCoord<Value = f64>,
@@ -789,24 +927,39 @@ where
     for (i, s) in plot.series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         let style = ShapeStyle::from(color).stroke_width(2);
+        // Where the points land, worked out before the series' first drawing borrows `chart`.
+        let runs: Vec<_> = line_runs(s, plot.log_x)
+            .into_iter()
+            .map(|run| {
+                let pixels: Vec<Pixel> = run.iter().map(|p| chart.backend_coord(p)).collect();
+                (run, pixels)
+            })
+            .collect();
         let mut last = None;
-        for run in line_runs(s, plot.log_x) {
-            let ann = if s.points {
+        for (run, pixels) in runs {
+            if s.points {
                 let dots = run.into_iter().map(|p| Circle::new(p, 4, style.filled()));
-                chart.draw_series(dots).map_err(e)?
-            } else if run.len() == 1 {
+                last = Some(chart.draw_series(dots).map_err(e)?);
+                continue;
+            }
+            if run.len() == 1 {
                 // A lone point: draw a dot so it stays visible.
-                chart
-                    .draw_series(std::iter::once(Circle::new(run[0], 3, style.filled())))
-                    .map_err(e)?
-            } else if s.dashed {
-                chart
-                    .draw_series(DashedLineSeries::new(run, 8, 5, style))
-                    .map_err(e)?
-            } else {
-                chart.draw_series(LineSeries::new(run, style)).map_err(e)?
-            };
-            last = Some(ann);
+                let dot = Circle::new(run[0], 3, style.filled());
+                last = Some(chart.draw_series(std::iter::once(dot)).map_err(e)?);
+                continue;
+            }
+            for piece in gentle_pieces(&pixels) {
+                let points = run[piece].to_vec();
+                last = Some(if s.dashed {
+                    chart
+                        .draw_series(DashedLineSeries::new(points, 8, 5, style))
+                        .map_err(e)?
+                } else {
+                    chart
+                        .draw_series(LineSeries::new(points, style))
+                        .map_err(e)?
+                });
+            }
         }
         if !s.name.is_empty() {
             any_label = true;
@@ -847,5 +1000,47 @@ where
             .draw()
             .map_err(e)?;
     }
-    Ok(())
+    Ok(chart.plotting_area().get_pixel_range())
+}
+
+/// A point on a backend, in pixels (plotters' `BackendCoord`).
+type Pixel = (i32, i32);
+
+/// Splits a line, given as the pixels its points land on, into pieces (index ranges into it,
+/// each piece starting where the one before ends) that turn by at most 90° at any vertex.
+///
+/// Why: plotters draws a line wider than one pixel as one polygon whose corners are the
+/// intersections of the line's edges, offset by d = half the width (a miter join). It caps the
+/// miter on the outer side of a turn, but not on the inner side, where the edges meet
+/// d / sin(θ/2) from the vertex (θ the angle between the two arms). A spike that goes up and
+/// back down within a pixel or two (θ ≈ 0.3° for a 0 → 1 → 0 step of `clip_norm_frac` over
+/// 500 updates) puts that corner hundreds of pixels away, through the figure's title and the
+/// panel below (issue 28). With θ ≥ 90° it is at most d·√2 from the data; a sharper turn ends
+/// one piece and starts the next at the same vertex.
+fn gentle_pieces(pixels: &[Pixel]) -> Vec<std::ops::Range<usize>> {
+    let mut pieces = vec![];
+    let mut start = 0;
+    // The last distinct pixel and its index, and the direction of the step into it.
+    let mut last: Option<(Pixel, usize)> = None;
+    let mut into: Option<(i64, i64)> = None;
+    for (i, &p) in pixels.iter().enumerate() {
+        let Some((q, j)) = last else {
+            last = Some((p, i));
+            continue;
+        };
+        if p == q {
+            continue;
+        }
+        let step = (i64::from(p.0 - q.0), i64::from(p.1 - q.1));
+        if let Some(u) = into
+            && u.0 * step.0 + u.1 * step.1 < 0
+        {
+            pieces.push(start..j + 1);
+            start = j;
+        }
+        last = Some((p, i));
+        into = Some(step);
+    }
+    pieces.push(start..pixels.len());
+    pieces
 }

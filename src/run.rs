@@ -7,6 +7,8 @@
 //!               metrics/train.jsonl          one JSON object per update
 //!               metrics/eval*.csv|jsonl      evaluation tables
 //!               checkpoints/latest.safetensors   model + optimizer state (for --resume)
+//!               checkpoints/previous.safetensors the latest one before it (for --resume when
+//!                                                latest cannot be read)
 //!               checkpoints/model-final.safetensors, model-step<N>.safetensors (snapshots)
 //!               init_from.json               finetuned runs: {"checkpoint": ABS_PATH, "update": U}
 //!               figures/*.png, *.svg
@@ -14,7 +16,7 @@
 
 use crate::config::ExperimentConfig;
 use crate::nn::{Params, read_safetensors};
-use crate::util::{PidLock, write_atomic};
+use crate::util::{PidLock, rename_temp, write_atomic, write_temp};
 use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
 use std::collections::{BTreeMap, HashMap};
@@ -48,7 +50,7 @@ impl RunDir {
             )
         })?;
         let run = Self { root, _lock };
-        if run.latest_checkpoint().exists() && !resume {
+        if (run.latest_checkpoint().exists() || run.previous_checkpoint().exists()) && !resume {
             if overwrite {
                 std::fs::remove_dir_all(&run.root)
                     .with_context(|| format!("removing {}", run.root.display()))?;
@@ -81,6 +83,40 @@ impl RunDir {
     }
     pub fn latest_checkpoint(&self) -> PathBuf {
         self.checkpoints().join("latest.safetensors")
+    }
+    /// The resumable checkpoint [`RunDir::latest_checkpoint`] replaced (one generation back),
+    /// for `--resume` when `latest` cannot be read; see [`RunDir::save_resumable`].
+    pub fn previous_checkpoint(&self) -> PathBuf {
+        self.checkpoints().join("previous.safetensors")
+    }
+    /// Writes the resumable checkpoint (parameters, optimiser state, update, config) as
+    /// `latest.safetensors`. With `keep_previous` the file it replaces becomes
+    /// `previous.safetensors` (one generation is kept back); without it (the current latest is
+    /// known to be unreadable, or there is none) `previous` is left as it is.
+    ///
+    /// Order: the new file is written and fsynced beside `latest` first, then `latest` is
+    /// renamed to `previous`, then the new file to `latest`. A crash between the two renames
+    /// leaves no `latest` but a good `previous`, which `--resume` then takes.
+    pub fn save_resumable(
+        &self,
+        params: &Params,
+        extra: &BTreeMap<String, Tensor>,
+        update: usize,
+        cfg: &ExperimentConfig,
+        keep_previous: bool,
+    ) -> Result<()> {
+        let latest = self.latest_checkpoint();
+        let tmp = write_temp(&latest, &checkpoint_bytes(params, extra, update, cfg)?)?;
+        if keep_previous && latest.exists() {
+            let previous = self.previous_checkpoint();
+            if let Err(e) = std::fs::rename(&latest, &previous) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e).with_context(|| {
+                    format!("renaming {} to {}", latest.display(), previous.display())
+                });
+            }
+        }
+        rename_temp(&tmp, &latest)
     }
     pub fn final_model(&self) -> PathBuf {
         self.checkpoints().join(FINAL_MODEL)
@@ -156,6 +192,16 @@ pub fn save_checkpoint(
     update: usize,
     cfg: &ExperimentConfig,
 ) -> Result<()> {
+    write_atomic(path, &checkpoint_bytes(params, extra, update, cfg)?)
+}
+
+/// The bytes of a checkpoint file (see [`save_checkpoint`]).
+fn checkpoint_bytes(
+    params: &Params,
+    extra: &BTreeMap<String, Tensor>,
+    update: usize,
+    cfg: &ExperimentConfig,
+) -> Result<Vec<u8>> {
     let mut tensors = params.tensors();
     tensors.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     // One metadata entry only: safetensors keeps metadata in a HashMap, whose order would make
@@ -168,8 +214,7 @@ pub fn save_checkpoint(
             config: cfg.clone(),
         })?,
     );
-    let bytes = crate::nn::safetensors_bytes_with_metadata(&tensors, Some(meta))?;
-    write_atomic(path, &bytes)
+    crate::nn::safetensors_bytes_with_metadata(&tensors, Some(meta))
 }
 
 pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {

@@ -65,6 +65,13 @@ pub(crate) fn commit_temp(tmp: &Path, path: &Path) -> Result<()> {
 /// temp file is renamed over `path`, so readers see either the old or the new content, never a
 /// torn file. Creates the parent directory if needed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = write_temp(path, bytes)?;
+    rename_temp(&tmp, path)
+}
+
+/// The first half of [`write_atomic`]: `bytes` written and fsynced into the temporary sibling
+/// `dir/.<file>.tmp` of `path` (returned); `path` itself is untouched.
+pub(crate) fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     ensure_parent(path)?;
     let tmp = temp_sibling(path, ".tmp")?;
     let written = (|| -> std::io::Result<()> {
@@ -77,8 +84,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(e)
             .with_context(|| format!("writing {} (via {})", path.display(), tmp.display()));
     }
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
+    Ok(tmp)
+}
+
+/// The second half of [`write_atomic`]: the finished `tmp` renamed over `path`, then the
+/// directory fsynced. On failure `tmp` is removed.
+pub(crate) fn rename_temp(tmp: &Path, path: &Path) -> Result<()> {
+    fs::rename(tmp, path).map_err(|e| {
+        let _ = fs::remove_file(tmp);
         anyhow::Error::new(e).context(format!("renaming {} to {}", tmp.display(), path.display()))
     })?;
     sync_parent_dir(path);

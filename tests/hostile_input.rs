@@ -1,6 +1,6 @@
 //! Hostile input, swept systematically through the binary (issue 19, part 2): malformed and
 //! mistyped configs, impossible sizes, non-finite numbers, malformed SPEC strings, damaged or
-//! edited checkpoints, hostile history CSVs, `--resume` from a damaged checkpoint, two `train`
+//! edited checkpoints, hostile history CSVs, `--resume` from damaged checkpoints, two `train`
 //! processes on one run folder, `report` on an empty folder and on a damaged table.
 //!
 //! Every case must end with exit status 1 (an error, never a panic's 101 or an abort's 134), a
@@ -521,7 +521,12 @@ fn resume_from_a_damaged_or_finished_checkpoint_is_refused_and_loses_nothing() {
         "--resume",
     ];
 
+    // Both resumable checkpoints truncated (a truncated latest alone falls back to the previous
+    // one: tests/checkpoints.rs), so nothing readable is left to resume from.
+    let previous = d.join("runs/tiny/checkpoints/previous.safetensors");
+    let good_previous = std::fs::read(&previous).unwrap();
     std::fs::write(&latest, &good[..good.len() / 2]).unwrap();
+    std::fs::write(&previous, &good_previous[..good_previous.len() / 2]).unwrap();
     let before = snapshot(&d.join("runs"));
     let o = lvrnn(&resume, d);
     refused(
@@ -529,10 +534,18 @@ fn resume_from_a_damaged_or_finished_checkpoint_is_refused_and_loses_nothing() {
         "truncated latest",
         &["latest.safetensors", "cannot resume", "--overwrite"],
     );
+    // It says what the run holds rather than that nothing was trained.
+    refused(
+        &o,
+        "truncated latest",
+        &["previous.safetensors", "logs 20 updates"],
+    );
+    assert!(!text(&o).contains("nothing was trained"), "{}", text(&o));
     assert!(
         snapshot(&d.join("runs")) == before,
         "a refused resume changed the run"
     );
+    std::fs::write(&previous, &good_previous).unwrap();
 
     std::fs::write(d.join("good.safetensors"), &good).unwrap();
     rewrite(&d.join("good.safetensors"), &latest, |h, _| {

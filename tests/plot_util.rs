@@ -1,9 +1,13 @@
 //! Tests for `lvrnn::util` (atomic writes, JSON/CSV, JSONL) and `lvrnn::plot` (PNG + SVG figures).
 
-use lvrnn::plot::{LinePlot, Series, grid_plot, line_plot};
+use lvrnn::plot::{
+    LinePlot, PALETTE, Pixels, Series, grid_plot, grid_plot_noted, grid_plot_pixels, line_plot,
+    line_plot_pixels,
+};
 use lvrnn::util::{
     JsonlAppender, read_jsonl, truncate_jsonl, write_atomic, write_csv_atomic, write_json_atomic,
 };
+use plotters::style::RGBColor;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::Path;
@@ -355,6 +359,123 @@ fn grid_plot_writes_all_panels() {
     grid_plot(&dir.path().join("three"), "", &panels[..3], 5).unwrap();
     grid_plot(&dir.path().join("odd"), "t", &panels[..3], 2).unwrap();
     assert!(grid_plot(&dir.path().join("none"), "t", &[], 2).is_err());
+}
+
+/// How far (pixels) a 2-pixel line may reach past its plotting area: half its width times √2
+/// at a corner, rounded up, plus a pixel for rounding the coordinates.
+const LINE_REACH: i32 = 3;
+
+/// 500 updates of a 0/1 metric that flips for single updates (`clip_norm_frac` of the
+/// quickstart, issue 28): isolated spikes up, a stretch flipping at every update, isolated
+/// dips; and, when `tall`, a few spikes 50 times the rest (a gradient norm).
+fn spiky(tall: bool) -> (Vec<f64>, Vec<f64>) {
+    let x: Vec<f64> = (1..=500).map(f64::from).collect();
+    let y = (1..=500usize)
+        .map(|u| {
+            let flip = match u {
+                ..280 => u % 17 == 0,
+                280..380 => u % 2 == 0,
+                _ => u % 23 != 0,
+            };
+            let v = f64::from(u8::from(flip));
+            if tall && u % 97 == 0 { 50.0 } else { v }
+        })
+        .collect();
+    (x, y)
+}
+
+/// Every pixel of `colour` in `pixels` lies within `area` (give or take [`LINE_REACH`]), and
+/// there are some.
+fn colour_stays_inside(
+    pixels: &Pixels,
+    colour: RGBColor,
+    area: &lvrnn::plot::PlotArea,
+    what: &str,
+) {
+    let (xs, ys) = area;
+    let mut inside = 0;
+    for y in 0..pixels.height {
+        for x in 0..pixels.width {
+            if pixels.at(x, y) != colour {
+                continue;
+            }
+            let (px, py) = (x as i32, y as i32);
+            assert!(
+                px >= xs.start - LINE_REACH
+                    && px < xs.end + LINE_REACH
+                    && py >= ys.start - LINE_REACH
+                    && py < ys.end + LINE_REACH,
+                "{what}: a pixel of the series at ({px}, {py}) lies outside its plotting area {xs:?} × {ys:?}"
+            );
+            inside += 1;
+        }
+    }
+    assert!(
+        inside > 500,
+        "{what}: only {inside} pixels of the series drawn"
+    );
+}
+
+#[test]
+fn a_spiky_series_stays_inside_its_panel() {
+    // Panel k draws its spiky series in colour k (k all-NaN series before it take colours
+    // 0..k and draw nothing), so a pixel of colour k anywhere else is that series leaving
+    // its panel: into the title above, a neighbouring panel, or the one below.
+    let panels: Vec<LinePlot> = (0..4)
+        .map(|k| {
+            let (x, y) = spiky(k % 2 == 1);
+            let mut series: Vec<Series> = (0..k)
+                .map(|_| Series::new("", vec![1.0], vec![f64::NAN]))
+                .collect();
+            let spikes = Series::new("", x, y);
+            series.push(if k == 3 { spikes.dashed() } else { spikes });
+            LinePlot {
+                title: format!("panel {k}"),
+                x_label: "update".into(),
+                series,
+                ..LinePlot::default()
+            }
+        })
+        .collect();
+    let pixels = grid_plot_pixels("Training metrics per update", "", &panels, 2).unwrap();
+    assert_eq!(pixels.plot_areas.len(), 4);
+    for (k, area) in pixels.plot_areas.iter().enumerate() {
+        colour_stays_inside(&pixels, PALETTE[k], area, &format!("panel {k}"));
+    }
+
+    // The same in a single chart, with a legend and a band.
+    let (x, y) = spiky(true);
+    let hw = vec![0.5; x.len()];
+    let plot = LinePlot {
+        title: "spikes".into(),
+        series: vec![Series::new("per update", x, y).with_halfwidth(&hw)],
+        ..LinePlot::default()
+    };
+    let pixels = line_plot_pixels(&plot).unwrap();
+    colour_stays_inside(&pixels, PALETTE[0], &pixels.plot_areas[0], "line plot");
+}
+
+#[test]
+fn a_grid_note_takes_room_under_the_title_and_may_stand_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let panels = sine_panels();
+    let note = "constant at every update: clip_element_frac = 0";
+    let plain = grid_plot_pixels("t", "", &panels, 2).unwrap();
+    let noted = grid_plot_pixels("t", note, &panels, 2).unwrap();
+    assert_eq!(noted.width, plain.width);
+    assert!(noted.height > plain.height);
+    // The panels move down by the note's height.
+    let shift = (noted.height - plain.height) as i32;
+    assert_eq!(
+        noted.plot_areas[0].1.start,
+        plain.plot_areas[0].1.start + shift
+    );
+    grid_plot_noted(&dir.path().join("noted"), "t", note, &panels, 2).unwrap();
+    let svg = fs::read_to_string(dir.path().join("noted.svg")).unwrap();
+    assert!(svg.contains(note), "the SVG lacks the note");
+    // Only a note: no panels to draw, still a figure.
+    grid_plot_noted(&dir.path().join("alone"), "t", note, &[], 3).unwrap();
+    assert!(png_dims(&dir.path().join("alone.png")).0 > 0);
 }
 
 /// Renders example figures to `$LVRNN_PLOT_EXAMPLE_DIR` for eyeballing (skipped if unset).

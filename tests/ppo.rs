@@ -434,6 +434,7 @@ fn training_is_deterministic_and_resumes_exactly() {
                     resume: i > 0,
                     stop_after: Some(*stop),
                     progress: false,
+                    stop_on_signal: None,
                 },
             )
             .unwrap();

@@ -1,14 +1,17 @@
 //! Training curves from a run's `metrics/train.jsonl`: every metric the update loop logs
 //! (loss, KL, regret, return, gradient norm, …), so that none is left without a figure.
 
-use crate::plot::{LinePlot, Series, grid_plot, line_plot};
+use crate::plot::{LinePlot, Series, grid_plot_noted, line_plot};
 use crate::util::read_jsonl;
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Writes the run's training figures into `figures` (PNG + SVG) and returns the PNG paths:
-/// - `training`: one panel per logged metric, per update and as a trailing moving average;
+/// - `training`: one panel per logged metric, per update and as a trailing moving average; a
+///   metric that kept one value at every update it was logged (e.g. `clip_element_frac` = 0
+///   when the element clip never acts) gets no flat panel but a line under the title saying
+///   so, with its value;
 /// - `training_return` (RL): the mean return per update with the held-out `test_return`.
 ///
 /// Nothing when the log does not exist or holds no update.
@@ -20,7 +23,8 @@ pub fn plot_training(train_jsonl: &Path, figures: &Path) -> Result<Vec<PathBuf>>
     let curves = metric_curves(&records);
     let mut written = vec![];
     if !curves.is_empty() {
-        let panels: Vec<LinePlot> = curves
+        let (varying, constant) = split_constant(&curves);
+        let panels: Vec<LinePlot> = varying
             .iter()
             .map(|(name, (x, y))| {
                 let mut plot = LinePlot::new(name.as_str(), "update", name.as_str());
@@ -30,7 +34,7 @@ pub fn plot_training(train_jsonl: &Path, figures: &Path) -> Result<Vec<PathBuf>>
             .collect();
         let stem = figures.join("training");
         let title = format!("Training metrics per update ({})", file_label(train_jsonl));
-        grid_plot(&stem, &title, &panels, 3)?;
+        grid_plot_noted(&stem, &title, &constant_note(&constant), &panels, 3)?;
         written.push(stem.with_extension("png"));
     }
     if let Some((x, y)) = curves.get("return") {
@@ -50,8 +54,8 @@ pub fn plot_training(train_jsonl: &Path, figures: &Path) -> Result<Vec<PathBuf>>
 /// Every numeric metric of the log against its update, in name order. Held-out evaluations
 /// (`test_…`, `ppo.eval_every`) are logged on the row of update u but measure the parameters
 /// after u − 1 updates, so they are placed at u − 1.
-fn metric_curves(records: &[serde_json::Value]) -> BTreeMap<String, (Vec<f64>, Vec<f64>)> {
-    let mut curves: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+fn metric_curves(records: &[serde_json::Value]) -> BTreeMap<String, Curve> {
+    let mut curves: BTreeMap<String, Curve> = BTreeMap::new();
     for record in records {
         let (Some(update), Some(fields)) = (
             record.get("update").and_then(|u| u.as_f64()),
@@ -74,6 +78,35 @@ fn metric_curves(records: &[serde_json::Value]) -> BTreeMap<String, (Vec<f64>, V
         }
     }
     curves
+}
+
+type Curve = (Vec<f64>, Vec<f64>);
+
+/// The curves that change (their panels) and those that hold one value at two or more updates
+/// (name and value, for the note). A metric logged once is a curve of one point, not constant.
+fn split_constant(
+    curves: &BTreeMap<String, Curve>,
+) -> (BTreeMap<&String, &Curve>, Vec<(&String, f64)>) {
+    let mut varying = BTreeMap::new();
+    let mut constant = vec![];
+    for (name, curve) in curves {
+        let y = &curve.1;
+        if y.len() >= 2 && y.iter().all(|v| *v == y[0]) {
+            constant.push((name, y[0]));
+        } else {
+            varying.insert(name, curve);
+        }
+    }
+    (varying, constant)
+}
+
+/// "constant at every update: clip_element_frac = 0, lr = 0.001", or nothing.
+fn constant_note(constant: &[(&String, f64)]) -> String {
+    if constant.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = constant.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+    format!("constant at every update: {}", list.join(", "))
 }
 
 /// The values per update and their trailing moving average over ~2% of the updates.
@@ -129,6 +162,30 @@ mod tests {
         assert_eq!(curves["regret"], (vec![1.0, 2.0], vec![20.0, 18.0]));
         assert_eq!(curves["test_return"], (vec![1.0], vec![7.0]));
         assert_eq!(curves["kl"], (vec![3.0], vec![0.5]));
+    }
+
+    #[test]
+    fn a_metric_with_one_value_throughout_is_named_in_the_note_not_given_a_panel() {
+        let curves = BTreeMap::from([
+            (
+                "clip".to_string(),
+                (vec![1.0, 2.0, 3.0], vec![0.0, 0.0, 0.0]),
+            ),
+            (
+                "loss".to_string(),
+                (vec![1.0, 2.0, 3.0], vec![2.0, 1.5, 1.5]),
+            ),
+            ("once".to_string(), (vec![3.0], vec![7.0])),
+            ("lr".to_string(), (vec![1.0, 2.0], vec![1e-3, 1e-3])),
+        ]);
+        let (varying, constant) = split_constant(&curves);
+        let names: Vec<&str> = varying.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["loss", "once"]);
+        assert_eq!(
+            constant_note(&constant),
+            "constant at every update: clip = 0, lr = 0.001"
+        );
+        assert_eq!(constant_note(&[]), "");
     }
 
     #[test]

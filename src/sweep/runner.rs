@@ -23,6 +23,14 @@
 //! pid keeps two sweeps off one folder. Both checks read `/proc`; where there is none (not
 //! Linux) a pid file or lock is taken to be stale, and neither safeguard applies.
 //!
+//! Signals. SIGINT (Ctrl-C) or SIGTERM (Slurm at a time limit, `kill`) to the sweep stops it
+//! cleanly: no waiting job starts, each running worker gets the same signal (a training worker
+//! stops after its current update with its checkpoint written and exits 130 / 143; an eval
+//! worker ends at once), the sweep waits for them and writes their status (`failed`, with the
+//! exit code and the worker's message), and exits with 128 + the signal. No job is left marked
+//! as running: a status is only ever `done`, `failed` or `skipped`, and a job without one is
+//! simply not done. Running the sweep again resumes every job that is not done.
+//!
 //! One window remains: a sweep killed after a worker exited 0 but before the `done` status was
 //! written runs that job once more; `--resume` then starts at the final update, writes the same
 //! final checkpoint again and re-evaluates.
@@ -138,11 +146,35 @@ pub fn run_local(sweep: &Sweep, dir: &SweepDir, opts: &LocalOptions) -> Result<(
     let mut failed: Vec<(String, String)> = vec![];
     let mut skipped: Vec<(String, String)> = vec![];
     let mut done_now = 0;
+    // SIGINT / SIGTERM: no new job starts, the running workers get the signal (they stop at
+    // their next safe point with the checkpoint written), their statuses are written as they
+    // exit, and the sweep ends with 128 + the signal.
+    let _signals = crate::train::interrupt::StopOnSignal::install()
+        .context("installing the SIGINT/SIGTERM handlers")?;
+    let mut forwarded = None;
     loop {
+        let signal = crate::train::interrupt::requested();
+        if let Some(sig) = signal
+            && forwarded.is_none()
+        {
+            forwarded = Some(sig);
+            say(
+                &bar,
+                format!(
+                    "{}: stopping; {} running jobs finish their update and write a checkpoint, {} waiting jobs are not started",
+                    crate::train::interrupt::signal_name(sig),
+                    running.len(),
+                    pending.len()
+                ),
+            );
+            for r in &running {
+                forward(&r.child, sig);
+            }
+        }
         // Dependants of failed or skipped jobs are skipped (in order, so a chain goes at once);
         // the others start, in file order, once their parent is done and a worker is free.
         let mut i = 0;
-        while i < pending.len() {
+        while i < pending.len() && signal.is_none() {
             let job = pending[i];
             let parent = job
                 .after
@@ -189,6 +221,22 @@ pub fn run_local(sweep: &Sweep, dir: &SweepDir, opts: &LocalOptions) -> Result<(
             }
         }
         if running.is_empty() {
+            if let Some(sig) = signal {
+                bar.finish_and_clear();
+                return Err(crate::train::interrupt::Interrupted {
+                    signal: sig,
+                    message: format!(
+                        "sweep {} interrupted by {}: {} jobs done ({done_now} this time), {} stopped or failed (their runs keep their latest checkpoint), {} not started; status in {}. Run the same `lvrnn sweep` command again to go on: it resumes every job that is not done",
+                        sweep.name,
+                        crate::train::interrupt::signal_name(sig),
+                        total - failed.len() - skipped.len() - pending.len(),
+                        failed.len(),
+                        pending.len(),
+                        dir.status_dir().display()
+                    ),
+                }
+                .into());
+            }
             if let Some(job) = pending.first() {
                 bail!(
                     "job `{}` waits for a job that is neither done nor in this sweep (a bug in the sweep's order)",
@@ -255,7 +303,14 @@ pub fn run_local(sweep: &Sweep, dir: &SweepDir, opts: &LocalOptions) -> Result<(
                     say(&bar, format!("done    {} ({wall:.1} s)", r.job.name));
                 }
                 Some(e) => {
-                    let last = e.lines().last().unwrap_or("").to_string();
+                    // A worker stopped by a signal ends with its resume command: show why.
+                    let last = e
+                        .lines()
+                        .rev()
+                        .find(|l| l.starts_with("interrupted by"))
+                        .or(e.lines().last())
+                        .unwrap_or("")
+                        .to_string();
                     say(
                         &bar,
                         format!("FAILED  {} ({}): {last}", r.job.name, exit_text(&status)),
@@ -335,6 +390,17 @@ fn spawn<'a>(dir: &SweepDir, bin: &Path, job: &'a Job, attempt: u32) -> Result<R
         log_start,
         started: Instant::now(),
     })
+}
+
+/// Sends `signal` to a worker (best effort: it may have exited already).
+fn forward(child: &Child, signal: i32) {
+    #[cfg(unix)]
+    // SAFETY: kill(2) on the pid of a child this process has not waited for yet.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, signal);
+    }
+    #[cfg(not(unix))]
+    let _ = (child, signal);
 }
 
 /// Linux (glibc): the kernel SIGKILLs the worker when the thread that spawned it — the sweep's

@@ -1,7 +1,9 @@
 //! Training: the generic update loop shared by the supervised ELBO and recurrent PPO —
-//! seeded per-update randomness, AdamW with clipping, metrics, checkpoints, snapshots, resume,
-//! and a clean stop when the loss diverges.
+//! seeded per-update randomness, AdamW with clipping, metrics, checkpoints (the latest and the
+//! one before it), snapshots, resume (from the one before when the latest cannot be read), and
+//! a clean stop when the loss diverges or a signal arrives ([`interrupt`]).
 
+pub mod interrupt;
 pub mod optim;
 pub mod ppo;
 pub mod reference;
@@ -10,7 +12,7 @@ pub mod supervised;
 use crate::config::ExperimentConfig;
 use crate::nn::Params;
 use crate::run::{Checkpoint, RunDir, load_checkpoint, save_checkpoint};
-use crate::util::{JsonlAppender, truncate_jsonl};
+use crate::util::{JsonlAppender, read_jsonl, truncate_jsonl};
 use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
 use optim::{AdamW, AdamWConfig};
@@ -134,6 +136,10 @@ pub struct FitOptions {
     pub stop_after: Option<usize>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Stop at the next safe point on SIGINT or SIGTERM (see [`interrupt`]), write the
+    /// checkpoint and fail with an [`interrupt::Interrupted`] naming this command, the one that
+    /// resumes the run. `None` (library callers, tests) leaves signals alone.
+    pub stop_on_signal: Option<String>,
 }
 
 pub struct FitSummary {
@@ -251,18 +257,22 @@ pub fn fit(
 ) -> Result<FitSummary> {
     let mut opt = AdamW::new(adamw_config(cfg), learner.params())?;
     let mut start = 0;
+    // Whether `latest` holds a readable checkpoint (of this run), so that the next write may
+    // keep it as `previous`; an unreadable one is overwritten instead.
+    let mut latest_good = false;
     let latest = run.latest_checkpoint();
-    if opts.resume && latest.exists() {
-        let ck = load_checkpoint(&latest).with_context(|| {
-            format!(
-                "cannot resume from {}: nothing was trained on it (start the run again with --overwrite)",
-                latest.display()
-            )
-        })?;
+    if opts.resume
+        && let Some((ck, from_latest)) = resume_point(run)?
+    {
+        let path = if from_latest {
+            latest.clone()
+        } else {
+            run.previous_checkpoint()
+        };
         if ck.update > cfg.train.updates {
             bail!(
                 "cannot resume {}: it is at update {}, past train.updates = {} (raise train.updates to go on, or evaluate it with `lvrnn eval`)",
-                latest.display(),
+                path.display(),
                 ck.update,
                 cfg.train.updates
             );
@@ -270,12 +280,13 @@ pub fn fit(
         if let Some(what) = resume_mismatch(&ck.config, cfg) {
             bail!(
                 "cannot resume {}: its {what} differs from the given config (start a new run or use --overwrite)",
-                latest.display()
+                path.display()
             );
         }
         learner.params().load_from(&ck.model_tensors(), true)?;
         opt.load_state(&ck.tensors, ck.update)?;
         start = ck.update;
+        latest_good = from_latest;
         truncate_jsonl(&run.train_metrics(), |v| {
             v.get("update")
                 .and_then(|u| u.as_u64())
@@ -301,6 +312,12 @@ pub fn fit(
         Some(n) => (start + n).min(total),
         None => total,
     };
+    let _signals = match &opts.stop_on_signal {
+        Some(_) => Some(
+            interrupt::StopOnSignal::install().context("installing the SIGINT/SIGTERM handlers")?,
+        ),
+        None => None,
+    };
     for update in start..end {
         let mut rng = update_rng(cfg.seed, update);
         opt.cfg.lr = cfg.train.lr_at(update);
@@ -318,7 +335,7 @@ pub fn fit(
                         learner.params().load_from(&tensors, true)?;
                         opt = old;
                     }
-                    return diverged(learner, &opt, update, cfg, &latest, why);
+                    return diverged(learner, &opt, update, cfg, run, latest_good, why);
                 }
                 None => return Err(e),
             },
@@ -344,9 +361,17 @@ pub fn fit(
                 cfg,
             )?;
         }
-        if (cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0) || done == end
+        let signal = opts
+            .stop_on_signal
+            .as_ref()
+            .and_then(|_| interrupt::requested());
+        if (cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0)
+            || done == end
+            || signal.is_some()
         {
-            save_checkpoint(&latest, learner.params(), &opt.state_tensors(), done, cfg)?;
+            let state = opt.state_tensors();
+            run.save_resumable(learner.params(), &state, done, cfg, latest_good)?;
+            latest_good = true;
         }
         if let Some(progress) = &mut progress {
             let head = learner.headline();
@@ -354,6 +379,23 @@ pub fn fit(
             progress.update(done, end, &format!("{head} {shown:.4}"));
         }
         last = metrics;
+        if let (Some(signal), Some(command)) = (signal, &opts.stop_on_signal)
+            && done < end
+        {
+            if let Some(Progress::Bar(bar)) = &progress {
+                bar.abandon();
+            }
+            return Err(interrupt::Interrupted {
+                signal,
+                message: format!(
+                    "interrupted by {}: stopped after update {done} of {total}; {} holds that state (updates {}..={done} were trained in this session). Resume with:\n  {command}",
+                    interrupt::signal_name(signal),
+                    latest.display(),
+                    start + 1
+                ),
+            }
+            .into());
+        }
     }
     let finished = end == total;
     if finished {
@@ -370,6 +412,20 @@ pub fn fit(
     }
     if let Some(warning) = clipping.warning(cfg.train.clip_global_norm) {
         eprintln!("{warning}");
+    }
+    if let (Some(signal), Some(command)) = (interrupt::requested(), &opts.stop_on_signal) {
+        // The signal came during the last update: the training is complete, what follows it
+        // (evaluation) is not.
+        return Err(interrupt::Interrupted {
+            signal,
+            message: format!(
+                "interrupted by {} as training ended: all {end} updates are done and saved in {}{}; what follows training was not run. Run it with:\n  {command}",
+                interrupt::signal_name(signal),
+                run.checkpoints().display(),
+                if finished { " (model-final too)" } else { "" },
+            ),
+        }
+        .into());
     }
     Ok(FitSummary {
         updates_done: end,
@@ -433,14 +489,95 @@ fn diverged(
     opt: &AdamW,
     update: usize,
     cfg: &ExperimentConfig,
-    latest: &Path,
+    run: &RunDir,
+    latest_good: bool,
     why: String,
 ) -> Result<FitSummary> {
-    save_checkpoint(latest, learner.params(), &opt.state_tensors(), update, cfg)?;
+    let state = opt.state_tensors();
+    run.save_resumable(learner.params(), &state, update, cfg, latest_good)?;
     bail!(
         "training diverged at update {} ({why}); stopped. The last good state (after update {update}) is kept in {}",
         update + 1,
-        latest.display()
+        run.latest_checkpoint().display()
+    )
+}
+
+/// The checkpoint `--resume` continues from, and whether it is `latest` (else `previous`):
+/// `latest` when it can be read; otherwise `previous`, with a warning on stderr that says why,
+/// which update the run restarts from and which logged updates are trained again. `None` when
+/// the folder holds neither (the run starts at update 0; a note says so when updates were
+/// logged). An error when neither can be read, saying what each is and what the log holds.
+fn resume_point(run: &RunDir) -> Result<Option<(Checkpoint, bool)>> {
+    let (latest, previous) = (run.latest_checkpoint(), run.previous_checkpoint());
+    let logged = logged_updates(run);
+    let log = run.train_metrics();
+    if !latest.exists() && !previous.exists() {
+        if let Some(n) = logged.filter(|&n| n > 0) {
+            eprintln!(
+                "note: {} holds no checkpoint to resume from; {} logs {n} updates, which are discarded: training starts at update 0",
+                run.checkpoints().display(),
+                log.display()
+            );
+        }
+        return Ok(None);
+    }
+    let latest_err = match load_checkpoint(&latest) {
+        Ok(ck) => return Ok(Some((ck, true))),
+        Err(_) if !latest.exists() => format!("{} is missing", latest.display()),
+        Err(e) => format!("{} cannot be read: {e:#}", latest.display()),
+    };
+    let log_text = match logged {
+        Some(n) => format!("{} logs {n} updates", log.display()),
+        None => format!("{} is missing or unreadable", log.display()),
+    };
+    match load_checkpoint(&previous) {
+        Ok(ck) => {
+            let lost = match logged {
+                Some(n) if n > ck.update => format!(
+                    "updates {}..={n}, logged after it, are lost and will be trained again",
+                    ck.update + 1
+                ),
+                _ => "no logged update is lost".to_string(),
+            };
+            eprintln!(
+                "warning: {latest_err}\nwarning: resuming from the checkpoint before it, {} (update {}): {lost}",
+                previous.display(),
+                ck.update
+            );
+            Ok(Some((ck, false)))
+        }
+        Err(e) => {
+            let previous_err = if previous.exists() {
+                format!(
+                    "the one before it, {}, cannot be read either: {e:#}",
+                    previous.display()
+                )
+            } else {
+                format!(
+                    "there is no checkpoint before it ({} is missing)",
+                    previous.display()
+                )
+            };
+            bail!(
+                "cannot resume: {latest_err}; {previous_err}. {log_text}, but no readable checkpoint of them is left: start the run again with --overwrite (training from update 0), or choose another --name to keep this folder as it is"
+            )
+        }
+    }
+}
+
+/// The highest update logged in the run's `metrics/train.jsonl` (0 for an empty log), `None`
+/// when the log is missing or unreadable.
+fn logged_updates(run: &RunDir) -> Option<usize> {
+    let path = run.train_metrics();
+    if !path.exists() {
+        return None;
+    }
+    let rows: Vec<serde_json::Value> = read_jsonl(&path).ok()?;
+    Some(
+        rows.iter()
+            .filter_map(|r| r.get("update").and_then(|u| u.as_u64()))
+            .max()
+            .unwrap_or(0) as usize,
     )
 }
 
