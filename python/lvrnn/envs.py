@@ -213,7 +213,7 @@ class _VectorEnv(_Tasks, VectorEnv):
             if a.dtype.kind not in "iu":
                 raise ValueError(f"actions has dtype {a.dtype}; expected integers")
             a = a.astype(np.int64)
-        obs, reward, inner, truncated = self._batch.step(a)
+        obs, reward, inner, truncated = self._batch.step(np.ascontiguousarray(a))
         info = {} if inner is None else {"inner_done": inner}
         if truncated:
             self._done, self._autoreset = True, True

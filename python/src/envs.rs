@@ -480,6 +480,8 @@ pub fn bandit_belief<'py>(
         }
         Ok((b, t))
     })?;
+    // The references hold α as the environment's f32 (`Bandit::alpha`): the same particles.
+    let alpha = alpha as f32 as f64;
     let posts: Vec<(Vec<f64>, Vec<f64>, DirichletParticles)> = py.allow_threads(|| {
         (0..b)
             .into_par_iter()
