@@ -159,3 +159,13 @@ def test_bandit_belief_uses_the_references_particles():
 def test_bad_arguments_raise_value_error_naming_them(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_import_lvrnn_does_not_import_gymnasium():
+    """The posterior API and the references work without gymnasium: it is imported only by
+    ``lvrnn.envs`` (or the first use of ``lvrnn.BanditEnv`` ...)."""
+    import subprocess
+    import sys
+
+    code = "import sys, lvrnn; lvrnn.references('bandit', 1, horizon=2); assert 'gymnasium' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
