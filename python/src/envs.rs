@@ -52,7 +52,9 @@ fn check_args(kind: Kind, horizon: usize, alpha: f64, size: usize) -> anyhow::Re
     }
     match kind {
         Kind::Bandit if !(alpha > 0.0 && alpha.is_finite()) => {
-            anyhow::bail!("alpha = {alpha} is not valid: the Dirichlet concentration must be a finite number > 0")
+            anyhow::bail!(
+                "alpha = {alpha} is not valid: the Dirichlet concentration must be a finite number > 0"
+            )
         }
         Kind::Grid if !(2..=MAX_SIZE).contains(&size) => anyhow::bail!(
             "size = {size} is not valid: the grid side must be 2 to {MAX_SIZE} (every cell reachable within an inner episode of {} steps)",
@@ -112,7 +114,11 @@ impl PyTaskBatch {
             Tasks::Grid { env, .. } => env.obs_dim(),
         }
     }
-    fn observe<'py>(&self, py: Python<'py>, obs: Vec<f32>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    fn observe<'py>(
+        &self,
+        py: Python<'py>,
+        obs: Vec<f32>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         array(py, obs, &[self.batch(), self.obs_dim()])
     }
 }
@@ -151,12 +157,19 @@ impl PyTaskBatch {
     }
 
     /// Starts tasks `first`, …, `first + B − 1` under `seed`; the first observation (B, obs_dim).
-    fn reset<'py>(&mut self, py: Python<'py>, seed: u64, first: u64) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    fn reset<'py>(
+        &mut self,
+        py: Python<'py>,
+        seed: u64,
+        first: u64,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let b = self.batch() as u64;
         let alpha = self.alpha;
         let obs = match &mut self.tasks {
             Tasks::Bandit { env, rngs } => {
-                let drawn: Vec<_> = (first..first + b).map(|i| draw_bandit(alpha, seed, i)).collect();
+                let drawn: Vec<_> = (first..first + b)
+                    .map(|i| draw_bandit(alpha, seed, i))
+                    .collect();
                 let probs: Vec<[f64; NUM_ARMS]> = drawn.iter().map(|(e, _)| e.probs()[0]).collect();
                 *rngs = drawn.into_iter().map(|(_, r)| r).collect();
                 env.set_probs(&probs)
@@ -192,13 +205,19 @@ impl PyTaskBatch {
         let obs = guarded(|| match &mut self.tasks {
             Tasks::Bandit { env, rngs } => {
                 if shape != [b, NUM_ARMS] {
-                    anyhow::bail!("options['task'] has shape {shape:?}; expected ({b}, {NUM_ARMS}) arm probabilities");
+                    anyhow::bail!(
+                        "options['task'] has shape {shape:?}; expected ({b}, {NUM_ARMS}) arm probabilities"
+                    );
                 }
                 if let Some(x) = v.iter().find(|x| !(0.0..=1.0).contains(*x)) {
-                    anyhow::bail!("options['task'] holds {x}; arm probabilities must lie in [0, 1]");
+                    anyhow::bail!(
+                        "options['task'] holds {x}; arm probabilities must lie in [0, 1]"
+                    );
                 }
-                let probs: Vec<[f64; NUM_ARMS]> =
-                    v.chunks(NUM_ARMS).map(|c| c.try_into().expect("5 arms")).collect();
+                let probs: Vec<[f64; NUM_ARMS]> = v
+                    .chunks(NUM_ARMS)
+                    .map(|c| c.try_into().expect("5 arms"))
+                    .collect();
                 *rngs = (first..first + b as u64)
                     .map(|i| draw_bandit(self.alpha, seed, i).1)
                     .collect();
@@ -207,17 +226,31 @@ impl PyTaskBatch {
             Tasks::Grid { env, .. } => {
                 let n = env.rows();
                 if shape != [b, 4] {
-                    anyhow::bail!("options['task'] has shape {shape:?}; expected ({b}, 4) cells (start row, start col, goal row, goal col)");
+                    anyhow::bail!(
+                        "options['task'] has shape {shape:?}; expected ({b}, 4) cells (start row, start col, goal row, goal col)"
+                    );
                 }
-                if let Some(x) = v.iter().find(|x| !(x.fract() == 0.0 && (0.0..n as f64).contains(*x))) {
-                    anyhow::bail!("options['task'] holds {x}; a cell coordinate is an integer in 0..{n}");
+                if let Some(x) = v
+                    .iter()
+                    .find(|x| !(x.fract() == 0.0 && (0.0..n as f64).contains(*x)))
+                {
+                    anyhow::bail!(
+                        "options['task'] holds {x}; a cell coordinate is an integer in 0..{n}"
+                    );
                 }
                 let cells: Vec<(Cell, Cell)> = v
                     .chunks(4)
-                    .map(|c| ((c[0] as usize, c[1] as usize), (c[2] as usize, c[3] as usize)))
+                    .map(|c| {
+                        (
+                            (c[0] as usize, c[1] as usize),
+                            (c[2] as usize, c[3] as usize),
+                        )
+                    })
                     .collect();
                 if let Some((s, _)) = cells.iter().find(|(s, g)| s == g) {
-                    anyhow::bail!("options['task'] puts the start and the goal on the same cell {s:?}; they must differ");
+                    anyhow::bail!(
+                        "options['task'] puts the start and the goal on the same cell {s:?}; they must differ"
+                    );
                 }
                 Ok(env.set_tasks(&cells))
             }
@@ -234,19 +267,34 @@ impl PyTaskBatch {
         &mut self,
         py: Python<'py>,
         actions: PyReadonlyArrayDyn<'py, i64>,
-    ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<f64>>, Option<Bound<'py, PyArrayDyn<bool>>>, bool)> {
+    ) -> PyResult<(
+        Bound<'py, PyArrayDyn<f32>>,
+        Bound<'py, PyArrayDyn<f64>>,
+        Option<Bound<'py, PyArrayDyn<bool>>>,
+        bool,
+    )> {
         let b = self.batch();
         let a = actions.as_slice()?;
         let n_actions = self.num_actions();
         guarded(|| {
             if a.len() != b || actions.shape().len() != 1 {
-                anyhow::bail!("actions has shape {:?}; expected ({b},), one action per task", actions.shape());
+                anyhow::bail!(
+                    "actions has shape {:?}; expected ({b},), one action per task",
+                    actions.shape()
+                );
             }
-            if let Some((i, x)) = a.iter().enumerate().find(|(_, x)| !(0..n_actions as i64).contains(*x)) {
+            if let Some((i, x)) = a
+                .iter()
+                .enumerate()
+                .find(|(_, x)| !(0..n_actions as i64).contains(*x))
+            {
                 anyhow::bail!("actions[{i}] = {x} is out of range: actions are 0..{n_actions}");
             }
             if self.t >= self.horizon {
-                anyhow::bail!("step after the end of the task (t = T = {}): call reset", self.horizon);
+                anyhow::bail!(
+                    "step after the end of the task (t = T = {}): call reset",
+                    self.horizon
+                );
             }
             Ok(())
         })?;
@@ -275,14 +323,21 @@ impl PyTaskBatch {
         };
         self.t += 1;
         let done = done.map(|d| array(py, d, &[b])).transpose()?;
-        Ok((self.observe(py, obs)?, array(py, reward, &[b])?, done, self.t == self.horizon))
+        Ok((
+            self.observe(py, obs)?,
+            array(py, reward, &[b])?,
+            done,
+            self.t == self.horizon,
+        ))
     }
 
     /// The tasks' parameters (evaluation only): bandit (B, 5) arm probabilities, gridworld
     /// (B, 4) start row, start col, goal row, goal col.
     fn task_params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
         let (v, k): (Vec<f64>, usize) = match &self.tasks {
-            Tasks::Bandit { env, .. } => (env.probs().iter().flatten().copied().collect(), NUM_ARMS),
+            Tasks::Bandit { env, .. } => {
+                (env.probs().iter().flatten().copied().collect(), NUM_ARMS)
+            }
             Tasks::Grid { env, .. } => (
                 (0..self.batch())
                     .flat_map(|i| {
@@ -398,8 +453,17 @@ pub fn reference_runs<'py>(
     let names = PyList::empty(py);
     for sim in &sims {
         let d = PyDict::new(py);
-        let flat = |f: &dyn Fn(&Trace) -> &Vec<f64>| sim.traces.iter().flat_map(|tr| f(tr).iter().copied()).collect::<Vec<f64>>();
-        let actions: Vec<i64> = sim.traces.iter().flat_map(|tr| tr.actions.iter().map(|&a| a as i64)).collect();
+        let flat = |f: &dyn Fn(&Trace) -> &Vec<f64>| {
+            sim.traces
+                .iter()
+                .flat_map(|tr| f(tr).iter().copied())
+                .collect::<Vec<f64>>()
+        };
+        let actions: Vec<i64> = sim
+            .traces
+            .iter()
+            .flat_map(|tr| tr.actions.iter().map(|&a| a as i64))
+            .collect();
         d.set_item("actions", array(py, actions, &[n, t])?)?;
         d.set_item("reward", array(py, flat(&|tr| &tr.reward), &[n, t])?)?;
         d.set_item("regret", array(py, flat(&|tr| &tr.regret), &[n, t])?)?;
@@ -434,7 +498,9 @@ pub fn reference_runs<'py>(
 fn batch_shape(name: &str, shape: &[usize]) -> anyhow::Result<(usize, usize)> {
     match shape {
         [b, t] => Ok((*b, *t)),
-        _ => anyhow::bail!("{name} has shape {shape:?}; expected (B, T) (add a leading axis for one history)"),
+        _ => anyhow::bail!(
+            "{name} has shape {shape:?}; expected (B, T) (add a leading axis for one history)"
+        ),
     }
 }
 
@@ -460,16 +526,33 @@ pub fn bandit_belief<'py>(
     let (b, t) = guarded(|| {
         let (b, t) = batch_shape("actions", actions.shape())?;
         if rewards.shape() != actions.shape() {
-            anyhow::bail!("rewards has shape {:?}; expected that of actions {:?}", rewards.shape(), actions.shape());
+            anyhow::bail!(
+                "rewards has shape {:?}; expected that of actions {:?}",
+                rewards.shape(),
+                actions.shape()
+            );
         }
         if tasks.shape() != [b] {
-            anyhow::bail!("tasks has shape {:?}; expected ({b},), one task index per history", tasks.shape());
+            anyhow::bail!(
+                "tasks has shape {:?}; expected ({b},), one task index per history",
+                tasks.shape()
+            );
         }
         if let Some(i) = a.iter().position(|x| !(0..NUM_ARMS as i64).contains(x)) {
-            anyhow::bail!("actions[{}, {}] = {} is out of range: arms are 0..{NUM_ARMS}", i / t, i % t, a[i]);
+            anyhow::bail!(
+                "actions[{}, {}] = {} is out of range: arms are 0..{NUM_ARMS}",
+                i / t,
+                i % t,
+                a[i]
+            );
         }
         if let Some(i) = r.iter().position(|&x| x != 0.0 && x != 1.0) {
-            anyhow::bail!("rewards[{}, {}] = {} is not a bandit reward (0 or 1)", i / t, i % t, r[i]);
+            anyhow::bail!(
+                "rewards[{}, {}] = {} is not a bandit reward (0 or 1)",
+                i / t,
+                i % t,
+                r[i]
+            );
         }
         if let Some(x) = ids.iter().find(|&&x| x < 0) {
             anyhow::bail!("tasks holds {x}; a task index is >= 0");
@@ -505,8 +588,14 @@ pub fn bandit_belief<'py>(
     d.set_item("mean", array(py, mean, &[b, t + 1, NUM_ARMS])?)?;
     d.set_item("ess", array(py, ess, &[b, t + 1])?)?;
     if return_particles {
-        let p: Vec<f64> = posts.iter().flat_map(|p| p.2.particles().iter().flatten().copied()).collect();
-        let w: Vec<f64> = posts.iter().flat_map(|p| p.2.weights().iter().copied()).collect();
+        let p: Vec<f64> = posts
+            .iter()
+            .flat_map(|p| p.2.particles().iter().flatten().copied())
+            .collect();
+        let w: Vec<f64> = posts
+            .iter()
+            .flat_map(|p| p.2.weights().iter().copied())
+            .collect();
         d.set_item("particles", array(py, p, &[b, particles, NUM_ARMS])?)?;
         d.set_item("weights", array(py, w, &[b, particles])?)?;
     }
@@ -527,12 +616,20 @@ pub fn grid_belief<'py>(
     rewards: PyReadonlyArrayDyn<'py, f64>,
     size: usize,
 ) -> PyResult<Bound<'py, PyArrayDyn<bool>>> {
-    let (o, a, r) = (observations.as_slice()?, actions.as_slice()?, rewards.as_slice()?);
+    let (o, a, r) = (
+        observations.as_slice()?,
+        actions.as_slice()?,
+        rewards.as_slice()?,
+    );
     let (b, t, masks) = guarded(|| {
         check_args(Kind::Grid, 1, 1.0, size)?;
         let (b, t) = batch_shape("actions", actions.shape())?;
         if rewards.shape() != actions.shape() {
-            anyhow::bail!("rewards has shape {:?}; expected that of actions {:?}", rewards.shape(), actions.shape());
+            anyhow::bail!(
+                "rewards has shape {:?}; expected that of actions {:?}",
+                rewards.shape(),
+                actions.shape()
+            );
         }
         let d = 2 * size;
         if observations.shape() != [b, t + 1, d] {
@@ -547,45 +644,69 @@ pub fn grid_belief<'py>(
         let decode = |k: usize, s: usize| -> anyhow::Result<Cell> {
             let v = &o[(k * (t + 1) + s) * d..(k * (t + 1) + s + 1) * d];
             if !one_hot_pair(v, size) {
-                anyhow::bail!("observations[{k}, {s}] = {v:?} is not a one-hot row then a one-hot column of a {size}×{size} grid");
+                anyhow::bail!(
+                    "observations[{k}, {s}] = {v:?} is not a one-hot row then a one-hot column of a {size}×{size} grid"
+                );
             }
             Ok(Gridworld::decode_obs(v, size, size))
         };
         let mut masks = Vec::with_capacity(b * (t + 1) * cells);
         for k in 0..b {
             let start = decode(k, 0)?;
-            let full = if cells == 64 { u64::MAX } else { (1u64 << cells) - 1 };
+            let full = if cells == 64 {
+                u64::MAX
+            } else {
+                (1u64 << cells) - 1
+            };
             let mut possible = full & !bit(start);
             let mut pos = start;
-            let push = |m: u64, masks: &mut Vec<bool>| masks.extend((0..cells).map(|i| m >> i & 1 == 1));
+            let push =
+                |m: u64, masks: &mut Vec<bool>| masks.extend((0..cells).map(|i| m >> i & 1 == 1));
             push(possible, &mut masks);
             for s in 0..t {
                 let act = a[k * t + s];
                 if !(0..gridworld::NUM_ACTIONS as i64).contains(&act) {
-                    anyhow::bail!("actions[{k}, {s}] = {act} is out of range: actions are 0..{}", gridworld::NUM_ACTIONS);
+                    anyhow::bail!(
+                        "actions[{k}, {s}] = {act} is out of range: actions are 0..{}",
+                        gridworld::NUM_ACTIONS
+                    );
                 }
                 let target = move_cell(pos, act as usize, size, size);
                 let next = decode(k, s + 1)?;
                 match r[k * t + s] {
                     x if x == 1.0 => {
                         if possible & bit(target) == 0 {
-                            anyhow::bail!("history {k} is impossible: a reward at step {} on cell {target:?}, which the history had already ruled out as the goal", s + 1);
+                            anyhow::bail!(
+                                "history {k} is impossible: a reward at step {} on cell {target:?}, which the history had already ruled out as the goal",
+                                s + 1
+                            );
                         }
                         possible = bit(target);
                         if next != start {
-                            anyhow::bail!("history {k} is impossible: after the reward at step {} the agent is back on its start {start:?}, not on {next:?}", s + 1);
+                            anyhow::bail!(
+                                "history {k} is impossible: after the reward at step {} the agent is back on its start {start:?}, not on {next:?}",
+                                s + 1
+                            );
                         }
                     }
                     x if x == 0.0 => {
                         possible &= !bit(target);
                         if possible == 0 {
-                            anyhow::bail!("history {k} is impossible: no reward on {target:?} at step {} leaves no cell for the goal", s + 1);
+                            anyhow::bail!(
+                                "history {k} is impossible: no reward on {target:?} at step {} leaves no cell for the goal",
+                                s + 1
+                            );
                         }
                         if next != target && next != start {
-                            anyhow::bail!("history {k} is impossible: step {} moves from {pos:?} to {target:?}, but the next observation is {next:?} (neither that cell nor the start)", s + 1);
+                            anyhow::bail!(
+                                "history {k} is impossible: step {} moves from {pos:?} to {target:?}, but the next observation is {next:?} (neither that cell nor the start)",
+                                s + 1
+                            );
                         }
                     }
-                    x => anyhow::bail!("rewards[{k}, {s}] = {x} is not a gridworld reward (0 or 1)"),
+                    x => {
+                        anyhow::bail!("rewards[{k}, {s}] = {x} is not a gridworld reward (0 or 1)")
+                    }
                 }
                 pos = next;
                 push(possible, &mut masks);
@@ -598,6 +719,8 @@ pub fn grid_belief<'py>(
 
 /// Whether `v` is a one-hot row then a one-hot column of a `size`×`size` grid.
 fn one_hot_pair(v: &[f32], size: usize) -> bool {
-    let one_hot = |v: &[f32]| v.iter().all(|&x| x == 0.0 || x == 1.0) && v.iter().filter(|&&x| x == 1.0).count() == 1;
+    let one_hot = |v: &[f32]| {
+        v.iter().all(|&x| x == 0.0 || x == 1.0) && v.iter().filter(|&&x| x == 1.0).count() == 1
+    };
     v.len() == 2 * size && one_hot(&v[..size]) && one_hot(&v[size..])
 }

@@ -87,10 +87,16 @@ impl Bandit {
     /// `rng`, reward 1 iff u < p_arm, and the regret max p − p_arm. Public so that a caller can
     /// give every task its own random stream (the Python environments).
     pub fn pull(&self, b: usize, arm: usize, rng: &mut ChaCha8Rng) -> (f32, f32) {
-        assert!(arm < NUM_ARMS, "bandit action {arm} out of range 0..{NUM_ARMS}");
+        assert!(
+            arm < NUM_ARMS,
+            "bandit action {arm} out of range 0..{NUM_ARMS}"
+        );
         let p = self.probs[b][arm];
         let u: f64 = rng.r#gen();
-        (if u < p { 1.0 } else { 0.0 }, (self.best_prob(b) - p) as f32)
+        (
+            if u < p { 1.0 } else { 0.0 },
+            (self.best_prob(b) - p) as f32,
+        )
     }
 
     /// max_i p_i of task b.
