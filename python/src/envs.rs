@@ -84,7 +84,10 @@ enum Tasks {
     /// The tasks' arm probabilities, and each task's own reward stream.
     Bandit { env: Bandit, rngs: Vec<ChaCha8Rng> },
     /// The gridworld uses no randomness when stepped (`rng` is never drawn from).
-    Grid { env: Gridworld, rng: ChaCha8Rng },
+    Grid {
+        env: Gridworld,
+        rng: Box<ChaCha8Rng>,
+    },
 }
 
 /// B tasks stepped together, one meta-episode of T interactions each (see `lvrnn.envs`).
@@ -142,7 +145,7 @@ impl PyTaskBatch {
                 },
                 Kind::Grid => Tasks::Grid {
                     env: Gridworld::with_size(num_envs, size, size),
-                    rng: ChaCha8Rng::seed_from_u64(0),
+                    rng: Box::new(ChaCha8Rng::seed_from_u64(0)),
                 },
             };
             Ok(Self {
@@ -312,8 +315,8 @@ impl PyTaskBatch {
             Tasks::Grid { env, rng } => {
                 let acts: Vec<usize> = a.iter().map(|&x| x as usize).collect();
                 let s = env.step(&acts, rng);
-                for i in 0..b {
-                    reward[i] = s.reward[i] as f64;
+                for (i, out) in reward.iter_mut().enumerate() {
+                    *out = s.reward[i] as f64;
                     self.regret[i] += s.regret[i] as f64;
                     self.returns[i] += s.reward[i] as f64;
                 }
@@ -674,7 +677,7 @@ pub fn grid_belief<'py>(
                 let target = move_cell(pos, act as usize, size, size);
                 let next = decode(k, s + 1)?;
                 match r[k * t + s] {
-                    x if x == 1.0 => {
+                    1.0 => {
                         if possible & bit(target) == 0 {
                             anyhow::bail!(
                                 "history {k} is impossible: a reward at step {} on cell {target:?}, which the history had already ruled out as the goal",
@@ -689,7 +692,7 @@ pub fn grid_belief<'py>(
                             );
                         }
                     }
-                    x if x == 0.0 => {
+                    0.0 => {
                         possible &= !bit(target);
                         if possible == 0 {
                             anyhow::bail!(
