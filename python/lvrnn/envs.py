@@ -208,12 +208,13 @@ class _VectorEnv(_Tasks, VectorEnv):
             return obs, np.zeros(self.num_envs), self._false.copy(), self._false.copy(), {}
         if self._done:
             raise ValueError("step before reset: call reset first")
-        a = np.asarray(actions)
-        if a.dtype != np.int64:
+        a = actions
+        if not (type(a) is np.ndarray and a.dtype == np.int64 and a.flags.c_contiguous):
+            a = np.asarray(a)
             if a.dtype.kind not in "iu":
                 raise ValueError(f"actions has dtype {a.dtype}; expected integers")
-            a = a.astype(np.int64)
-        obs, reward, inner, truncated = self._batch.step(np.ascontiguousarray(a))
+            a = np.ascontiguousarray(a, dtype=np.int64)
+        obs, reward, inner, truncated = self._batch.step(a)
         info = {} if inner is None else {"inner_done": inner}
         if truncated:
             self._done, self._autoreset = True, True
