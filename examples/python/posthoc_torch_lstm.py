@@ -1,13 +1,18 @@
 """The post-hoc Laplace posterior of a PyTorch LSTM agent, with lvrnn.
 
 What it trains: a small PyTorch LSTM agent (nn.LSTM with 48 units -> nn.Linear "features"
-layer z (n = 8) -> policy and value heads) on the 5-armed Dirichlet(0.2)-Bernoulli bandit of
-the paper: every task draws arm probabilities p ~ Dirichlet(0.2, ..., 0.2); the agent pulls 50
-times and sees, at each pull, the one-hot of its previous action and the previous reward. It is
-trained by advantage actor-critic (A2C: REINFORCE on returns-to-go with a learned value
-baseline and an entropy bonus) on batches of 64 tasks for --seconds of wall time, printing its
-regret (sum over the 50 pulls of max p - p[action]) against a random policy's, whose expected
-regret is (max p - mean p) * 50.
+layer z (n = 8) -> policy and value heads) on the paper's 5-armed Dirichlet(0.2)-Bernoulli
+bandit, ``lvrnn/DirichletBandit-v0``, through its Gymnasium vector environment (64 tasks
+stepped together in one Rust call): every task draws arm probabilities p ~ Dirichlet(0.2, ...,
+0.2); the agent pulls 50 times and sees, at each pull, the one-hot of its previous action and
+the previous reward. It is trained by advantage actor-critic (A2C: REINFORCE on returns-to-go
+with a learned value baseline and an entropy bonus) for --seconds of wall time, printing its
+regret (sum over the 50 pulls of max p - p[action], from the environment's final info).
+
+What it compares: the trained agent then plays 256 test tasks (the paper's test tasks,
+alpha = 0.3, seed --seed), and its regret is printed beside the exact reference policies' on the
+very same tasks (``lvrnn.references``: Thompson sampling and the knowledge gradient on the
+particle posterior, the oracle, random; what ``lvrnn reference`` prints).
 
 What it shows: the trained agent is then played on 256 new tasks, and lvrnn computes, with no
 retraining and no change to the agent, the Laplace posterior over its features
@@ -23,7 +28,7 @@ last 5 pulls' Jacobians, so the entropy falls over the first pulls, then rises b
 off once the agent has settled on an arm and its LSTM state reacts less to the inputs, and the
 KL falls.
 
-Run (about a minute on one core; torch, matplotlib and the lvrnn package installed):
+Run (about a minute on one core; torch, matplotlib and the lvrnn package with its gym extra):
     python examples/python/posthoc_torch_lstm.py --seconds 40 --out posthoc_torch_lstm.png
 """
 
@@ -40,9 +45,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-import lvrnn  # noqa: E402
+import gymnasium as gym  # noqa: E402
 
-ARMS, PULLS, ALPHA = 5, 50, 0.2
+import lvrnn  # noqa: E402
+import lvrnn.envs  # noqa: E402,F401  (registers lvrnn/DirichletBandit-v0)
+
+ARMS, PULLS, ALPHA, ALPHA_TEST = 5, 50, 0.2, 0.3
 
 
 class Agent(nn.Module):
@@ -60,17 +68,13 @@ class Agent(nn.Module):
         return self.policy(z), self.value(z).squeeze(-1)
 
 
-def sample_tasks(batch: int) -> torch.Tensor:
-    """Arm probabilities p ~ Dirichlet(ALPHA * 1), (batch, ARMS)."""
-    p = torch.distributions.Dirichlet(torch.full((ARMS,), ALPHA)).sample((batch,))
-    return p.nan_to_num(0.0).clamp_min(0.0) / p.nan_to_num(0.0).sum(-1, keepdim=True).clamp_min(1e-30)
-
-
-def play(agent: Agent, p: torch.Tensor):
-    """One episode of PULLS pulls on each task (no gradients). Returns the LSTM inputs
-    (B, PULLS, ARMS + 1) (input t, 0-based: one-hot of action t-1 and reward t-1; zeros at t = 0), the
-    actions and rewards (B, PULLS) and the regret per pull (B, PULLS)."""
-    b = p.shape[0]
+def play(agent: Agent, env, seed=None):
+    """One task per sub-environment of the vector env (PULLS pulls; no gradients). Returns the
+    LSTM inputs (B, PULLS, ARMS + 1) (input t, 0-based: one-hot of action t-1 and reward t-1;
+    zeros at t = 0), the actions and rewards (B, PULLS) and each task's regret over the PULLS
+    pulls (B,), from the environment's final info."""
+    env.reset(seed=seed)  # the next B tasks (or tasks 0..B-1 of `seed`)
+    b = env.num_envs
     inputs = torch.zeros(b, PULLS, ARMS + 1)
     actions = torch.zeros(b, PULLS, dtype=torch.long)
     rewards = torch.zeros(b, PULLS)
@@ -82,23 +86,26 @@ def play(agent: Agent, p: torch.Tensor):
             out, carry = agent.lstm(x, carry)
             logits, _ = agent.heads(out[:, 0])
             a = torch.distributions.Categorical(logits=logits).sample()
-            r = torch.bernoulli(p.gather(1, a[:, None])[:, 0])
+            _, r, _, truncated, info = env.step(a.numpy())
+            r = torch.as_tensor(r, dtype=torch.float32)
             actions[:, t], rewards[:, t] = a, r
             x = torch.cat([nn.functional.one_hot(a, ARMS).float(), r[:, None]], -1)[:, None]
-    regret = p.max(-1, keepdim=True).values - p.gather(1, actions)
-    return inputs, actions, rewards, regret
+    assert truncated.all(), "a task is PULLS pulls"
+    return inputs, actions, rewards, torch.as_tensor(info["regret"], dtype=torch.float32)
 
 
-def train(agent: Agent, seconds: float, batch: int = 64, gamma: float = 0.8, lr: float = 1e-2):
+def train(agent: Agent, seconds: float, batch: int = 64, gamma: float = 0.8, lr: float = 1e-2, seed: int = 0):
     """A2C on fresh tasks each update until `seconds` have passed. The episode is played step by
     step without gradients, then the recorded inputs go through the LSTM once with gradients
-    (the same policy, so the gradient is on-policy)."""
+    (the same policy, so the gradient is on-policy). Training tasks: seed + 1 (the test tasks
+    below are those of seed)."""
+    env = gym.make_vec("lvrnn/DirichletBandit-v0", num_envs=batch, alpha=ALPHA)
+    env.reset(seed=seed + 1)
     opt = torch.optim.Adam(agent.parameters(), lr=lr)
     start, last_print, update, recent = time.time(), 0.0, 0, []
     discount = gamma ** torch.arange(PULLS, dtype=torch.float32)
     while time.time() - start < seconds:
-        p = sample_tasks(batch)
-        inputs, actions, rewards, regret = play(agent, p)
+        inputs, actions, rewards, regret = play(agent, env)
         # returns-to-go G_t = sum_{s >= t} gamma^(s-t) r_s
         g = torch.flip(torch.cumsum(torch.flip(rewards * discount, [1]), 1), [1]) / discount
         g = g * (1 - gamma)  # returns in [0, 1], the value head's scale
@@ -121,7 +128,7 @@ def train(agent: Agent, seconds: float, batch: int = 64, gamma: float = 0.8, lr:
         nn.utils.clip_grad_norm_(agent.parameters(), 5.0)
         opt.step()
         update += 1
-        recent = (recent + [regret.sum(1).mean().item()])[-20:]
+        recent = (recent + [regret.mean().item()])[-20:]
         elapsed = time.time() - start
         if elapsed - last_print >= 5 or elapsed >= seconds:
             last_print = elapsed
@@ -149,17 +156,24 @@ def main():
     torch.manual_seed(args.seed)
 
     agent = Agent()
-    eval_p = sample_tasks(256)  # held-out tasks for the evaluation below
-    random_regret = ((eval_p.max(-1).values - eval_p.mean(-1)) * PULLS).mean().item()
-    print(f"training a {agent.lstm.hidden_size}-unit torch LSTM agent (A2C, 64 tasks per update) "
-          f"for {args.seconds:.0f} s; a random policy's regret is about {random_regret:.2f}")
-    updates = train(agent, args.seconds)
+    print(f"training a {agent.lstm.hidden_size}-unit torch LSTM agent (A2C, 64 tasks per update, "
+          f"lvrnn/DirichletBandit-v0, alpha = {ALPHA}) for {args.seconds:.0f} s")
+    updates = train(agent, args.seconds, seed=args.seed)
 
-    # The trained agent on 256 new tasks: the inputs its LSTM saw are what lvrnn needs.
-    inputs, _, _, regret = play(agent, eval_p)
-    agent_regret = regret.sum(1).mean().item()
-    print(f"after {updates} updates: regret over {PULLS} pulls {agent_regret:.2f} "
-          f"(random {random_regret:.2f}) on 256 new tasks")
+    # The trained agent on 256 test tasks (alpha = 0.3, seed --seed), beside the exact references
+    # on the same tasks: the inputs its LSTM saw are also what lvrnn needs below.
+    tasks = 256
+    test_env = gym.make_vec("lvrnn/DirichletBandit-v0", num_envs=tasks, alpha=ALPHA_TEST)
+    inputs, _, _, regret = play(agent, test_env, seed=args.seed)
+    agent_regret = regret.mean().item()
+    refs = lvrnn.references("bandit", tasks, seed=args.seed, alpha=ALPHA_TEST)
+    ci = lambda v: 2.576 * v.std(ddof=1) / np.sqrt(len(v))  # noqa: E731  (99% interval)
+    print(f"after {updates} updates, regret over {PULLS} pulls on {tasks} test tasks (alpha = {ALPHA_TEST}, "
+          f"seed {args.seed}; mean ± 99% CI):")
+    print(f"  {'torch LSTM agent':<22} {agent_regret:6.2f} ± {ci(regret.numpy()):.2f}")
+    for run in refs:
+        print(f"  {run.policy:<22} {run.cum_regret.mean():6.2f} ± {ci(run.cum_regret):.2f}")
+    random_regret = refs["random"].cum_regret.mean()
 
     # The post-hoc Laplace posterior over z = features(h): no retraining, the agent's weights as
     # they are. nn.Linear(H, n) stores weight as (n, H); lvrnn takes the (H, n) projection.

@@ -11,6 +11,11 @@ outer products of Jacobians of that output with respect to the hidden state. Two
 - ``lvrnn.load(path)``: an lvrnn checkpoint; ``.posterior(histories, spec)`` gives the numbers
   ``lvrnn inspect`` prints, for a batch of histories.
 
+The paper's tasks: ``import lvrnn.envs`` (needs gymnasium) registers ``lvrnn/DirichletBandit-v0``
+and ``lvrnn/GridWorld-v0``; ``lvrnn.references(env, tasks, seed)`` runs the exact reference
+policies on the same tasks, ``lvrnn.bandit_belief`` / ``lvrnn.grid_belief`` give the exact belief
+after a history (no gymnasium needed).
+
 Every statistic comes from the Rust crate (this module only converts arrays); errors are
 ``ValueError`` with lvrnn's message. Specs are the CLI's, e.g.
 ``"laplace:window=1,accumulate=sigma"``, ``"laplace:window=10,accumulate=none,damping=2"``,
@@ -26,8 +31,24 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from . import _lvrnn
+from .reference import PolicyRuns, References, bandit_belief, grid_belief, references
 
-__all__ = ["LaplaceLSTM", "Model", "Posterior", "load", "set_threads"]
+__all__ = [
+    "LaplaceLSTM", "Model", "Posterior", "load", "set_threads",
+    "references", "References", "PolicyRuns", "bandit_belief", "grid_belief",
+]
+
+#: Names of lvrnn.envs, imported (with gymnasium) on first use.
+_ENV_NAMES = ("BanditEnv", "GridWorldEnv", "BanditVectorEnv", "GridWorldVectorEnv")
+
+
+def __getattr__(name: str):
+    if name in _ENV_NAMES or name == "envs":
+        import importlib
+
+        envs = importlib.import_module(".envs", __name__)
+        return envs if name == "envs" else getattr(envs, name)
+    raise AttributeError(f"module 'lvrnn' has no attribute {name!r}")
 
 
 def set_threads(n: int) -> None:

@@ -2,10 +2,14 @@
 //! thin conversions between numpy arrays and the Rust API, no mathematics of their own.
 //! - [`PyLaplaceLstm`]: `posterior::standalone::LaplaceLstm`, a foreign LSTM's posterior;
 //! - [`PyModel`]: an lvrnn checkpoint read by `inspect::load`, its posterior along histories;
-//! - `read_safetensors`: the arrays of a safetensors file as float64.
+//! - `read_safetensors`: the arrays of a safetensors file as float64;
+//! - [`envs`]: the bandit and the gridworld stepped in batches, their reference policies and
+//!   exact beliefs (`lvrnn.envs`, `lvrnn.references`).
 //!
 //! Every error is a `ValueError` with lvrnn's message; a panic (a bug) is caught and raised as
 //! `RuntimeError`, never unwinding into Python. Long calls release the GIL.
+
+mod envs;
 
 use lvrnn::inspect::{HistoryModel, StepPosterior};
 use lvrnn::posterior::PosteriorConfig;
@@ -22,7 +26,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 
 /// Runs `f`, turning an error into `ValueError` and a panic into `RuntimeError`.
-fn guarded<T>(f: impl FnOnce() -> anyhow::Result<T>) -> PyResult<T> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> anyhow::Result<T>) -> PyResult<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(PyValueError::new_err(format!("{e:#}"))),
@@ -59,7 +63,7 @@ fn laplace_spec(spec: &str) -> anyhow::Result<LaplaceConfig> {
 }
 
 /// A numpy array of `shape` owning `v` (no copy: the vector becomes the array's buffer).
-fn array<'py, T: numpy::Element>(
+pub(crate) fn array<'py, T: numpy::Element>(
     py: Python<'py>,
     v: Vec<T>,
     shape: &[usize],
@@ -449,5 +453,9 @@ fn _lvrnn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     m.add_function(wrap_pyfunction!(read_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(set_threads, m)?)?;
+    m.add_class::<envs::PyTaskBatch>()?;
+    m.add_function(wrap_pyfunction!(envs::reference_runs, m)?)?;
+    m.add_function(wrap_pyfunction!(envs::bandit_belief, m)?)?;
+    m.add_function(wrap_pyfunction!(envs::grid_belief, m)?)?;
     Ok(())
 }

@@ -83,6 +83,22 @@ impl Bandit {
         &self.probs
     }
 
+    /// One pull of `arm` on task b, the body of `step` for one task: one uniform draw u from
+    /// `rng`, reward 1 iff u < p_arm, and the regret max p − p_arm. Public so that a caller can
+    /// give every task its own random stream (the Python environments).
+    pub fn pull(&self, b: usize, arm: usize, rng: &mut ChaCha8Rng) -> (f32, f32) {
+        assert!(
+            arm < NUM_ARMS,
+            "bandit action {arm} out of range 0..{NUM_ARMS}"
+        );
+        let p = self.probs[b][arm];
+        let u: f64 = rng.r#gen();
+        (
+            if u < p { 1.0 } else { 0.0 },
+            (self.best_prob(b) - p) as f32,
+        )
+    }
+
     /// max_i p_i of task b.
     pub fn best_prob(&self, b: usize) -> f64 {
         self.probs[b]
@@ -127,11 +143,9 @@ impl MetaEnv for Bandit {
         let mut reward = Vec::with_capacity(b);
         let mut regret = Vec::with_capacity(b);
         for (i, &a) in actions.iter().enumerate() {
-            assert!(a < NUM_ARMS, "bandit action {a} out of range 0..{NUM_ARMS}");
-            let p = self.probs[i][a];
-            let u: f64 = rng.r#gen();
-            reward.push(if u < p { 1.0 } else { 0.0 });
-            regret.push((self.best_prob(i) - p) as f32);
+            let (r, g) = self.pull(i, a, rng);
+            reward.push(r);
+            regret.push(g);
         }
         Step {
             obs: vec![1.0; b],

@@ -131,6 +131,8 @@ pub struct Trace {
     /// Effective sample size 1/Σw² of the particle posterior after step t (policies on
     /// [`DirichletParticles`] only; empty otherwise).
     pub ess: Vec<f64>,
+    /// The action taken at step t (index t−1).
+    pub actions: Vec<usize>,
 }
 
 impl Trace {
@@ -232,6 +234,16 @@ impl DirichletParticles {
     /// The knowledge gradient of every arm under these particles, see [`knowledge_gradient`].
     pub fn knowledge_gradient(&self) -> [f64; NUM_ARMS] {
         knowledge_gradient(&self.p, &self.w)
+    }
+
+    /// The particles, each a vector of arm probabilities.
+    pub fn particles(&self) -> &[[f64; NUM_ARMS]] {
+        &self.p
+    }
+
+    /// The particles' normalised weights.
+    pub fn weights(&self) -> &[f64] {
+        &self.w
     }
 
     /// Effective sample size 1 / Σ w².
@@ -350,6 +362,7 @@ pub fn run_bandit(
                 argmax(&draws)
             }
         };
+        trace.actions.push(a);
         let s = env.step(&[a], rng);
         let r = s.reward[0] > 0.5;
         if r {
@@ -586,6 +599,7 @@ pub fn run_grid(
                 }
             },
         };
+        trace.actions.push(a);
         let target = move_cell(pos, a, rows, cols);
         let s = env.step(&[a], rng);
         if s.reward[0] > 0.5 {
