@@ -341,9 +341,7 @@ impl ExperimentConfig {
     /// The posterior-KL weight β training uses: `train.beta`, or the task's default where the
     /// config leaves it out.
     pub fn beta(&self) -> f64 {
-        self.train
-            .beta
-            .unwrap_or_else(|| self.task.default_beta())
+        self.train.beta.unwrap_or_else(|| self.task.default_beta())
     }
 
     /// The element-wise gradient clip c training uses: `train.clip_element`, or the task's

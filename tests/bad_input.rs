@@ -121,7 +121,10 @@ fn a_checkpoint_gives_back_its_config_bit_for_bit() {
     lvrnn::run::save_checkpoint(&path, &params, &Default::default(), 7, &cfg).unwrap();
     let ck = lvrnn::run::load_checkpoint(&path).unwrap();
     assert_eq!(ck.config.train.lr.to_bits(), cfg.train.lr.to_bits());
-    assert_eq!(ck.config.train.beta.unwrap().to_bits(), cfg.train.beta.unwrap().to_bits());
+    assert_eq!(
+        ck.config.train.beta.unwrap().to_bits(),
+        cfg.train.beta.unwrap().to_bits()
+    );
     assert_eq!(
         ck.config.env.alpha_train.to_bits(),
         cfg.env.alpha_train.to_bits()
