@@ -4,7 +4,7 @@ use crate::agent::rl::RlModel;
 use crate::config::{ExperimentConfig, env_kind};
 use crate::eval::request::{EvalRequest, Tunings, tuned_label, write_provenance, write_tuning_csv};
 use crate::eval::rl::{
-    ReferenceCurve, RlEvalResult, evaluate_rl, reference_policies, tune_rl_prior,
+    ReferenceCurve, RlEvalResult, evaluate_rl_scored, reference_policies, tune_rl_prior,
 };
 use crate::posterior::PosteriorConfig;
 use crate::report::rl::{format_rl_table, write_rl_report};
@@ -131,7 +131,7 @@ pub fn evaluate(
                 cfg.eval.tasks
             );
             let a = alpha as f32;
-            results.push(evaluate_rl(
+            results.push(evaluate_rl_scored(
                 &variant,
                 &at(&label, alpha),
                 kind,
@@ -139,7 +139,13 @@ pub fn evaluate(
                 a,
             )?);
             if let Some((tuned_label, m)) = &tuned_variant {
-                results.push(evaluate_rl(m, &at(tuned_label, alpha), kind, &cfg.eval, a)?);
+                results.push(evaluate_rl_scored(
+                    m,
+                    &at(tuned_label, alpha),
+                    kind,
+                    &cfg.eval,
+                    a,
+                )?);
             }
         }
     }

@@ -6,6 +6,7 @@
 //! so the same seed gives the same tasks, rewards and observations.
 
 pub mod bandit;
+pub mod belief;
 pub mod grid_bayes;
 pub mod gridworld;
 pub mod reference;

@@ -221,6 +221,18 @@ impl DirichletParticles {
         m
     }
 
+    /// Posterior variance of each p_k, Σ_i w_i (p_ik − μ_k)².
+    pub fn variance(&self) -> [f64; NUM_ARMS] {
+        let m = self.mean();
+        let mut v = [0.0; NUM_ARMS];
+        for (w, p) in self.w.iter().zip(&self.p) {
+            for k in 0..NUM_ARMS {
+                v[k] += w * (p[k] - m[k]).powi(2);
+            }
+        }
+        v
+    }
+
     /// Posterior probability that each arm is the best one, P(argmax p = k | data): the
     /// action distribution of exact Thompson sampling.
     pub fn argmax_probs(&self) -> [f64; NUM_ARMS] {

@@ -5,6 +5,7 @@
 //! 50/90/99% credible intervals over the true function values ([`calibration`]); mean and 99%
 //! interval over tasks. [`tune`] picks a post-hoc Laplace prior on held-out tasks.
 
+pub mod belief;
 pub mod calibration;
 pub mod request;
 pub mod rl;

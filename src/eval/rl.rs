@@ -4,8 +4,10 @@
 //! are sampled from the policy (or, with `eval.actions = "greedy"`, its most probable ones). The test tasks are exactly those the reference policies of
 //! [`crate::envs::reference`] run on (task i drawn from `task_rng(eval.seed, i)`), so the
 //! agent's regret curve and the references' are paired. [`tune_rl_prior`] picks a post-hoc
-//! Laplace prior by held-out return.
+//! Laplace prior by held-out return. [`evaluate_rl_scored`] also scores the posterior against
+//! the exact belief ([`super::belief`]).
 
+use super::belief::{BeliefAccumulator, BeliefScores};
 use super::tune::{Tuned, log_grid, tune_prior};
 use crate::agent::rl::{ActionRule, Keep, RlModel, rollout};
 use crate::config::EvalConfig;
@@ -49,6 +51,8 @@ pub struct RlEvalResult {
     /// Σ_{t ≤ T} r_t: mean and 99% CI half-width over the tasks.
     pub return_mean: f64,
     pub return_ci99: f64,
+    /// The posterior against the exact belief ([`evaluate_rl_scored`] only).
+    pub belief: Option<BeliefScores>,
 }
 
 /// A reference policy on the same test tasks.
@@ -109,6 +113,31 @@ pub fn evaluate_rl(
     eval: &EvalConfig,
     alpha_test: f32,
 ) -> Result<RlEvalResult> {
+    evaluate(model, label, kind, eval, alpha_test, false)
+}
+
+/// [`evaluate_rl`] on the same tasks with the same numbers, plus the scores of the posterior
+/// against the exact belief ([`super::belief`]) in `belief`: what `lvrnn eval` and a training
+/// run's final evaluation write.
+pub fn evaluate_rl_scored(
+    model: &RlModel,
+    label: &str,
+    kind: EnvKind,
+    eval: &EvalConfig,
+    alpha_test: f32,
+) -> Result<RlEvalResult> {
+    evaluate(model, label, kind, eval, alpha_test, true)
+}
+
+fn evaluate(
+    model: &RlModel,
+    label: &str,
+    kind: EnvKind,
+    eval: &EvalConfig,
+    alpha_test: f32,
+    score_belief: bool,
+) -> Result<RlEvalResult> {
+    let mut belief = score_belief.then(|| BeliefAccumulator::new(kind, alpha_test, eval.seed));
     let mut rng = ChaCha8Rng::seed_from_u64(eval.seed ^ 0xa6e7_5eed);
     let horizon = kind.horizon();
     // Per step t: one value per task.
@@ -135,6 +164,9 @@ pub fn evaluate_rl(
             kl[t].extend_from_slice(&ro.posterior_kl[t]);
         }
         returns.extend(ro.returns());
+        if let Some(b) = belief.as_mut() {
+            b.add(model, &ro)?;
+        }
     }
     let rows = (0..horizon)
         .map(|t| {
@@ -162,6 +194,7 @@ pub fn evaluate_rl(
         rows,
         return_mean,
         return_ci99,
+        belief: belief.map(BeliefAccumulator::finish),
     })
 }
 

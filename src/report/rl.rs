@@ -1,12 +1,15 @@
 //! Writes RL evaluation results: `eval_rl.csv` (per step), `eval_rl_returns.csv` (return and
 //! regret, agents and reference policies), the figures (training return, cumulative regret
-//! against the references, posterior entropy and KL over time) and the text table.
+//! against the references, posterior entropy and KL over time) and the text table; with the
+//! scores of the posterior against the exact belief (`eval::belief`), `eval_belief.csv`,
+//! `eval_belief_summary.csv` and the figure `exact_belief`.
 
 use super::fmt;
 use crate::envs::EnvKind;
-use crate::envs::reference::default_checkpoints;
+use crate::envs::reference::{PARTICLES, default_checkpoints};
+use crate::eval::belief::{BeliefRow, BeliefScores};
 use crate::eval::rl::{ReferenceCurve, RlEvalResult, RlEvalRow};
-use crate::plot::{LinePlot, Series, line_plot};
+use crate::plot::{LinePlot, Series, grid_plot, line_plot};
 use crate::util::write_csv_atomic;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,50 @@ pub const RETURNS_HEADER: [&str; 5] = [
     "return_ci99",
     "final_regret_mean",
     "final_regret_ci99",
+];
+
+/// Header of `eval_belief.csv` on the gridworld.
+pub const GRID_BELIEF_HEADER: [&str; 8] = [
+    "model",
+    "t",
+    "entropy_mean",
+    "entropy_ci99",
+    "exact_entropy_mean",
+    "exact_entropy_ci99",
+    "entropy_belief_corr_t",
+    "entropy_drop_corr_t",
+];
+
+/// Header of `eval_belief.csv` on the bandit.
+pub const BANDIT_BELIEF_HEADER: [&str; 16] = [
+    "model",
+    "t",
+    "entropy_mean",
+    "entropy_ci99",
+    "exact_var_mean",
+    "exact_var_ci99",
+    "ess_mean",
+    "ess_ci99",
+    "reward_kl_exact_mean",
+    "reward_kl_exact_ci99",
+    "reward_brier_mean",
+    "reward_brier_ci99",
+    "reward_brier_exact_mean",
+    "reward_brier_exact_ci99",
+    "entropy_belief_corr_t",
+    "entropy_drop_corr_t",
+];
+
+/// Header of `eval_belief_summary.csv` (the reward columns are NaN on the gridworld).
+pub const BELIEF_SUMMARY_HEADER: [&str; 8] = [
+    "model",
+    "entropy_belief_corr",
+    "entropy_belief_corr_steps",
+    "entropy_drop_corr",
+    "entropy_drop_corr_steps",
+    "reward_kl_exact_tmean",
+    "reward_brier_tmean",
+    "reward_brier_exact_tmean",
 ];
 
 /// Writes `<metrics>/eval_rl.csv`, `<metrics>/eval_rl_returns.csv` and the figures
@@ -150,6 +197,166 @@ pub fn write_rl_report(
         }
         let stem = figures.join(name);
         line_plot(&stem, &plot)?;
+        written.push(stem.with_extension("png"));
+    }
+    written.extend(write_belief_report(results, metrics, figures)?);
+    Ok(written)
+}
+
+/// `<metrics>/eval_belief.csv` (per t), `<metrics>/eval_belief_summary.csv` (per model) and the
+/// figure `exact_belief`, for the results scored against the exact belief; nothing without.
+pub fn write_belief_report(
+    results: &[RlEvalResult],
+    metrics: &Path,
+    figures: &Path,
+) -> Result<Vec<PathBuf>> {
+    let scored: Vec<(&str, &BeliefScores)> = results
+        .iter()
+        .filter_map(|r| r.belief.as_ref().map(|b| (r.model.as_str(), b)))
+        .collect();
+    let Some((_, first)) = scored.first() else {
+        return Ok(vec![]);
+    };
+    let grid = first.kind == EnvKind::Gridworld;
+    let pair = |(m, h): (f64, f64)| [fmt(m), fmt(h)];
+    let rows: Vec<Vec<String>> = scored
+        .iter()
+        .flat_map(|(model, b)| b.rows.iter().map(move |r| (model, r)))
+        .map(|(model, r)| {
+            let mut row = vec![model.to_string(), r.t.to_string()];
+            row.extend(pair(r.entropy));
+            row.extend(pair(r.exact));
+            if !grid {
+                row.extend(pair(r.ess));
+                row.extend(pair(r.reward_kl));
+                row.extend(pair(r.brier));
+                row.extend(pair(r.brier_exact));
+            }
+            row.extend([fmt(r.corr), fmt(r.drop_corr)]);
+            row
+        })
+        .collect();
+    let header: &[&str] = if grid {
+        &GRID_BELIEF_HEADER
+    } else {
+        &BANDIT_BELIEF_HEADER
+    };
+    let mut written = vec![];
+    let csv = metrics.join("eval_belief.csv");
+    write_csv_atomic(&csv, header, &rows)?;
+    written.push(csv);
+    let summary: Vec<Vec<String>> = scored
+        .iter()
+        .map(|(model, b)| {
+            vec![
+                model.to_string(),
+                fmt(b.corr.value),
+                b.corr.steps.to_string(),
+                fmt(b.drop_corr.value),
+                b.drop_corr.steps.to_string(),
+                fmt(b.reward_kl),
+                fmt(b.brier),
+                fmt(b.brier_exact),
+            ]
+        })
+        .collect();
+    let csv = metrics.join("eval_belief_summary.csv");
+    write_csv_atomic(&csv, &BELIEF_SUMMARY_HEADER, &summary)?;
+    written.push(csv);
+
+    // One panel per quantity, a curve per model (99% bands over the test tasks).
+    type Pick = fn(&BeliefRow) -> (f64, f64);
+    let panel = |title: &str, ylabel: &str, picks: &[(&str, Pick, bool)]| {
+        let mut plot = LinePlot::new(title, "interactions t", ylabel);
+        for (model, b) in &scored {
+            for (suffix, pick, dashed) in picks {
+                let (y, h): (Vec<f64>, Vec<f64>) = b.rows.iter().map(pick).unzip();
+                let x: Vec<f64> = b.rows.iter().map(|r| r.t as f64).collect();
+                if y.iter().all(|v| v.is_nan()) {
+                    // Out of the legend, but holding its colour: a model keeps one colour
+                    // in every panel.
+                    plot.series.push(Series::new("", x, y));
+                    continue;
+                }
+                let mut s = Series::new(format!("{model}{suffix}"), x, y);
+                if h.iter().any(|v| v.is_finite()) {
+                    s = s.with_halfwidth(&h);
+                }
+                plot.series.push(if *dashed { s.dashed() } else { s });
+            }
+        }
+        plot
+    };
+    let corr: [(&str, Pick, bool); 2] = [
+        ("", |r| (r.corr, f64::NAN), false),
+        (" (drops)", |r| (r.drop_corr, f64::NAN), true),
+    ];
+    let panels = if grid {
+        vec![
+            panel(
+                "Agent: posterior entropy H[q_t]",
+                "entropy [nats]",
+                &[("", |r| r.entropy, false)],
+            ),
+            panel(
+                "Exact belief: entropy ln|C_t| of the goal",
+                "ln |C_t| [nats]",
+                &[("", |r| r.exact, false)],
+            ),
+            panel(
+                "corr over tasks of H[q_t] with ln|C_t|",
+                "Pearson r (drops dashed)",
+                &corr,
+            ),
+        ]
+    } else {
+        vec![
+            panel(
+                "Reward head vs exact posterior mean",
+                "mean Bernoulli KL [nats]",
+                &[("", |r| r.reward_kl, false)],
+            ),
+            panel(
+                "Brier score of the pulled arm",
+                "Brier (exact mean dashed)",
+                &[
+                    ("", |r| r.brier, false),
+                    (" (exact mean)", |r| r.brier_exact, true),
+                ],
+            ),
+            panel(
+                "corr over tasks of H[q_t] with Σ Var[p_k]",
+                "Pearson r (drops dashed)",
+                &corr,
+            ),
+            panel(
+                "Agent: posterior entropy H[q_t]",
+                "entropy [nats]",
+                &[("", |r| r.entropy, false)],
+            ),
+            panel(
+                "Exact posterior: total variance Σ_k Var[p_k]",
+                "total variance",
+                &[("", |r| r.exact, false)],
+            ),
+            panel(
+                "Particles: effective sample size",
+                &format!("ESS (of {PARTICLES} particles)"),
+                &[("", |r| r.ess, false)],
+            ),
+        ]
+    };
+    let panels: Vec<LinePlot> = panels
+        .into_iter()
+        .filter(|p| p.series.iter().any(|s| !s.name.is_empty()))
+        .collect();
+    if !panels.is_empty() {
+        let stem = figures.join("exact_belief");
+        let title = format!(
+            "The posterior against the exact belief ({}, 99% CI over test tasks)",
+            first.kind
+        );
+        grid_plot(&stem, &title, &panels, 3)?;
         written.push(stem.with_extension("png"));
     }
     Ok(written)
