@@ -6,6 +6,10 @@
 //! - an evaluation folder of `lvrnn eval --out X`: `source.json` (`{"checkpoint", "update"}`) and
 //!   `eval.csv` or `eval_rl.csv` + `eval_rl_returns.csv` beside its `config.toml`.
 //!
+//! Where present, `eval_belief.csv` and `eval_belief_summary.csv` (the posterior against the
+//! exact belief) add [`BELIEF_STEP_METRICS`], [`BELIEF_STEP_CORRELATIONS`] per t and
+//! [`BELIEF_SUMMARY_METRICS`] at T.
+//!
 //! Every CSV row becomes one [`Record`] per metric and x (points or t): the row's mean over the
 //! folder's test tasks, which is one seed's value for the across-seed intervals of
 //! [`super::aggregate`]. A training run's `metrics/train.jsonl` adds its training curves
@@ -325,6 +329,40 @@ fn read_folder(dir: &Path, rel: PathBuf, index: usize) -> Result<Option<(Folder,
         }
         let r = read_csv(&tables.join("eval_rl_returns.csv"))?;
         let default_t = horizon.values().copied().max().unwrap_or(0);
+        // The posterior against the exact belief, in tables written since issue 26.
+        let belief = tables.join("eval_belief.csv");
+        if belief.is_file() {
+            let b = read_csv(&belief)?;
+            for row in &b.rows {
+                let model = b.get(row, "model")?;
+                let x = b.num(row, "t")? as usize;
+                for m in BELIEF_STEP_METRICS {
+                    if b.header.iter().any(|h| *h == format!("{m}_mean")) {
+                        push(
+                            model,
+                            m,
+                            x,
+                            b.num(row, &format!("{m}_mean"))?,
+                            b.num(row, &format!("{m}_ci99"))?,
+                        );
+                    }
+                }
+                for m in BELIEF_STEP_CORRELATIONS {
+                    push(model, m, x, b.num(row, m)?, f64::NAN);
+                }
+            }
+        }
+        let summary = tables.join("eval_belief_summary.csv");
+        if summary.is_file() {
+            let b = read_csv(&summary)?;
+            for row in &b.rows {
+                let model = b.get(row, "model")?;
+                let x = horizon.get(model).copied().unwrap_or(default_t);
+                for m in BELIEF_SUMMARY_METRICS {
+                    push(model, m, x, b.num(row, m)?, f64::NAN);
+                }
+            }
+        }
         for row in &r.rows {
             let model = r.get(row, "model")?;
             let x = horizon.get(model).copied().unwrap_or(default_t);
@@ -363,6 +401,29 @@ fn read_folder(dir: &Path, rel: PathBuf, index: usize) -> Result<Option<(Folder,
     }
     Ok(Some((folder, records)))
 }
+
+/// Per-step metrics of `eval_belief.csv` (columns `<name>_mean`, `<name>_ci99`; those of the
+/// table's environment).
+pub const BELIEF_STEP_METRICS: [&str; 6] = [
+    "exact_entropy",
+    "exact_var",
+    "ess",
+    "reward_kl_exact",
+    "reward_brier",
+    "reward_brier_exact",
+];
+
+/// Per-step correlations of `eval_belief.csv` (one column each).
+pub const BELIEF_STEP_CORRELATIONS: [&str; 2] = ["entropy_belief_corr_t", "entropy_drop_corr_t"];
+
+/// Columns of `eval_belief_summary.csv`, each a record at the horizon T.
+pub const BELIEF_SUMMARY_METRICS: [&str; 5] = [
+    "entropy_belief_corr",
+    "entropy_drop_corr",
+    "reward_kl_exact_tmean",
+    "reward_brier_tmean",
+    "reward_brier_exact_tmean",
+];
 
 /// Metrics of `train.jsonl` that the report draws against the update: the prefix of their
 /// record names, and the logged keys.

@@ -7,7 +7,7 @@ use super::collect::{Collection, Provenance, Section, TRAINING_PREFIX, collect};
 use super::reference::add_reference_curves;
 use super::regression::slug;
 use super::targets::{Outcome, Target, evaluate, load_targets};
-use crate::plot::{LinePlot, Series, line_plot};
+use crate::plot::{LinePlot, PALETTE, Series, line_plot};
 use crate::util::{write_atomic, write_csv_atomic};
 use anyhow::{Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
@@ -423,9 +423,56 @@ fn section_tables(agg: &Aggregate, section: Section) -> String {
         _ => vec![
             ("cum_return", "Return through t"),
             ("cum_regret", "Cumulative regret through t"),
+            (
+                "entropy_belief_corr",
+                "Posterior against the exact belief: correlation over test tasks of H[q_t] with \
+                 the exact belief's uncertainty (gridworld ln |C_t|, bandit Σ_k Var[p_k]), \
+                 averaged over the t where it is defined (listed at t = T)",
+            ),
+            (
+                "entropy_drop_corr",
+                "The same correlation for the drops H_1 − H_t and U_1 − U_t (listed at t = T)",
+            ),
+            (
+                "entropy",
+                "Posterior entropy H[q_t] [nats], beside the exact belief's uncertainty below",
+            ),
+            ("exact_entropy", "Exact belief entropy ln |C_t| [nats]"),
+            (
+                "exact_var",
+                "Exact posterior total variance Σ_k Var[p_k | data] (particles)",
+            ),
+            (
+                "ess",
+                "Effective sample size 1/Σw² of the exact posterior's particles",
+            ),
+            (
+                "reward_kl_exact",
+                "Mean Bernoulli KL from the exact posterior mean to the reward head [nats]",
+            ),
+            (
+                "reward_kl_exact_tmean",
+                "Reward-head KL to the exact posterior mean, averaged over t (listed at t = T)",
+            ),
+            (
+                "reward_brier_tmean",
+                "Brier score of the reward head on the pulled arm, averaged over t (listed at t = T)",
+            ),
+            (
+                "reward_brier_exact_tmean",
+                "Brier score of the exact posterior mean on the same pulls, averaged over t \
+                 (listed at t = T)",
+            ),
         ],
     };
+    // The RL posterior entropy is tabled beside the exact belief only (its figure has it).
+    let scored = ["exact_entropy", "exact_var"]
+        .iter()
+        .any(|m| !agg.curves(section, m).is_empty());
     for (metric, title) in metrics {
+        if section != Section::Regression && metric == "entropy" && !scored {
+            continue;
+        }
         let xs = table_xs(agg, section, metric);
         let curves = agg.curves(section, metric);
         if curves.is_empty() {
@@ -696,6 +743,15 @@ fn seed_band(name: String, x: Vec<f64>, rows: &[&Row]) -> Series {
     }
 }
 
+/// `s` with its band cut to [lo, hi] (a correlation's interval over few seeds can pass ±1).
+fn clip_band(mut s: Series, lo: f64, hi: f64) -> Series {
+    if let Some((lower, upper)) = &mut s.band {
+        lower.iter_mut().for_each(|v| *v = v.max(lo));
+        upper.iter_mut().for_each(|v| *v = v.min(hi));
+    }
+    s
+}
+
 /// Whether a group is part of the comparison the figures draw: each run's own evaluation (or,
 /// for an `lvrnn eval` folder, that of the final model), and post-hoc posteriors of
 /// point-estimate networks (`post-hoc on rnn`). Snapshot evaluations and post-hoc variants of
@@ -798,8 +854,11 @@ fn provenance_figure(
             .iter()
             .map(|r| r.interval.halfwidth().unwrap_or(f64::NAN))
             .collect();
-        plot.series
-            .push(Series::new(name, x, y).with_halfwidth(&h).as_points());
+        let mut dots = Series::new(name, x, y).with_halfwidth(&h);
+        if metric.ends_with("_corr") {
+            dots = clip_band(dots, -1.0, 1.0);
+        }
+        plot.series.push(dots.as_points());
     }
     plot.x_ticks = cats
         .iter()
@@ -812,7 +871,11 @@ fn provenance_figure(
         vec![0.5, cats.len() as f64 + 0.5],
         vec![f64::NAN, f64::NAN],
     ));
-    let stem = format!("{}-provenance", section.as_str());
+    // The first provenance figure of a section keeps its name; others are named by metric.
+    let stem = match metric {
+        "ce" | "final_regret" => format!("{}-provenance", section.as_str()),
+        m => format!("{}-provenance-{}", section.as_str(), slug(m)),
+    };
     line_plot(&dir.join(&stem), &plot)?;
     Ok(Some((stem, caption)))
 }
@@ -867,6 +930,140 @@ fn training_figure(
     Ok(Some((stem, caption)))
 }
 
+/// The posterior against the exact belief (`eval_belief.csv`): one panel per quantity, a curve
+/// per drawn group (mean over seeds, 99% band over seeds), the second metric of a panel
+/// dashed; returns (stem, caption).
+fn belief_figure(
+    agg: &Aggregate,
+    section: Section,
+    dir: &Path,
+) -> Result<Option<(String, String)>> {
+    // (title, y label, [(metric, legend suffix)]).
+    type Panel = (
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+    );
+    const CORR: &[(&str, &str)] = &[
+        ("entropy_belief_corr_t", ""),
+        ("entropy_drop_corr_t", " (drops)"),
+    ];
+    let panels: &[Panel] = match section {
+        Section::Gridworld => &[
+            (
+                "Agent: posterior entropy H[q_t]",
+                "entropy [nats]",
+                &[("entropy", "")],
+            ),
+            (
+                "Exact belief: entropy ln|C_t| of the goal",
+                "ln |C_t| [nats]",
+                &[("exact_entropy", "")],
+            ),
+            (
+                "corr over tasks of H[q_t] with ln|C_t|",
+                "Pearson r, mean over seeds (drops dashed)",
+                CORR,
+            ),
+        ],
+        Section::Bandit => &[
+            (
+                "Reward head vs exact posterior mean",
+                "mean Bernoulli KL [nats]",
+                &[("reward_kl_exact", "")],
+            ),
+            (
+                "Brier score of the pulled arm",
+                "Brier (exact mean dashed)",
+                &[
+                    ("reward_brier", ""),
+                    ("reward_brier_exact", " (exact mean)"),
+                ],
+            ),
+            (
+                "corr over tasks of H[q_t] with Σ Var[p_k]",
+                "Pearson r, mean over seeds (drops dashed)",
+                CORR,
+            ),
+            (
+                "Exact posterior: total variance Σ_k Var[p_k]",
+                "total variance",
+                &[("exact_var", "")],
+            ),
+            ("Particles: effective sample size", "ESS", &[("ess", "")]),
+        ],
+        Section::Regression => return Ok(None),
+    };
+    // Every panel lists the groups in one order, a group without the metric as an unnamed NaN
+    // series, so a group keeps its colour (palette index) in every panel; a panel's second
+    // metric starts at the palette's light half (index 10), the same hue lighter, where the
+    // groups fit in it.
+    let order: Vec<&GroupKey> = panels
+        .iter()
+        .flat_map(|(_, _, metrics)| metrics.iter())
+        .flat_map(|(metric, _)| drawn_curves(agg, section, metric, false))
+        .map(|(g, _)| g)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let light = PALETTE.len() / 2;
+    let mut all: Vec<&Row> = vec![];
+    let mut plots = vec![];
+    for (title, ylabel, metrics) in panels {
+        let mut plot = LinePlot::new(*title, "interactions t", *ylabel);
+        for (k, (metric, suffix)) in metrics.iter().enumerate() {
+            let curves = drawn_curves(agg, section, metric, false);
+            if curves.is_empty() {
+                continue;
+            }
+            if k > 0 && order.len() <= light {
+                while plot.series.len() < light {
+                    plot.series.push(Series::new("", vec![], vec![]));
+                }
+            }
+            for g in &order {
+                let Some((_, rows)) = curves.iter().find(|(c, _)| c == g) else {
+                    plot.series.push(Series::new("", vec![], vec![]));
+                    continue;
+                };
+                let x: Vec<f64> = rows.iter().map(|r| r.x as f64).collect();
+                let name = format!("{}{suffix}", agg.label(g));
+                // A per-t correlation's interval over a few seeds (t_{0.995, n−1} · s/√n) spans
+                // most of [−1, 1] and would hide the curves: means only (the averaged
+                // correlation has its interval in the tables and the provenance figure).
+                let s = if metric.ends_with("_corr_t") {
+                    Series::new(name, x, rows.iter().map(|r| r.mean).collect())
+                } else {
+                    seed_band(name, x, rows)
+                };
+                plot.series.push(if k > 0 { s.dashed() } else { s });
+                all.extend(rows);
+            }
+        }
+        if plot.series.iter().any(|s| !s.name.is_empty()) {
+            plots.push(plot);
+        }
+    }
+    // Only the entropy: no belief table in these folders.
+    if plots.len() < 2 {
+        return Ok(None);
+    }
+    let caption = format!(
+        "The posterior against the exact belief ({}): mean over seeds, {}; row t holds the \
+         posterior the action at t is drawn under and the exact belief on the same t − 1 \
+         transitions (docs/outputs.md)",
+        section.as_str(),
+        interval_caption(&all)
+    );
+    let title = format!(
+        "The posterior against the exact belief: {}",
+        interval_text(&all, true)
+    );
+    let stem = format!("{}-belief", section.as_str());
+    crate::plot::grid_plot(&dir.join(&stem), &title, &plots, 3)?;
+    Ok(Some((stem, caption)))
+}
+
 fn section_figures(agg: &Aggregate, section: Section, dir: &Path) -> Result<Vec<(String, String)>> {
     let mut figs = vec![];
     if section == Section::Regression {
@@ -916,7 +1113,16 @@ fn section_figures(agg: &Aggregate, section: Section, dir: &Path) -> Result<Vec<
                 "cumulative regret at T",
                 dir,
             )?);
+            figs.extend(provenance_figure(
+                agg,
+                section,
+                "entropy_belief_corr",
+                t,
+                "corr of H[q_t] with the exact belief",
+                dir,
+            )?);
         }
+        figs.extend(belief_figure(agg, section, dir)?);
     }
     let training: &[(&str, &str)] = match section {
         Section::Regression => &[("nll", "NLL"), ("kl", "KL")],

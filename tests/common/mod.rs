@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests that run the `lvrnn` binary.
 #![allow(dead_code)] // each test file uses a subset
 
+pub mod exact_bandit;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
