@@ -163,6 +163,11 @@ pub struct EvalConfig {
     /// Posterior variants to evaluate the trained network under, post hoc, besides its own
     /// (e.g. "laplace:window=1,accumulate=sigma").
     pub posthoc: Vec<String>,
+    /// Also evaluate each Laplace posterior (the run's own or one of `eval.posthoc`) with its
+    /// prior tuned on held-out tasks, beside the configured prior — what `lvrnn eval
+    /// --tune-prior` does, in the run's final evaluation (the quickstart sets it).
+    #[serde(skip_serializing_if = "is_false")]
+    pub tune_prior: bool,
     /// RL: how the agent picks its action from the policy π(a | z, s) on the test tasks:
     /// "sample" (draw from it, as in training) or "greedy" (its most probable action; with a
     /// sampled z the agent still explores through the posterior, as Thompson sampling does).
@@ -183,6 +188,10 @@ pub fn check_action_rule(key: &str, value: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[allow(clippy::ptr_arg)] // serde's skip_serializing_if passes &String
@@ -207,6 +216,7 @@ impl Default for EvalConfig {
             samples: 30,
             example_points: 10,
             posthoc: vec![],
+            tune_prior: false,
             actions: "sample".into(),
         }
     }
@@ -438,6 +448,21 @@ impl ExperimentConfig {
                 .posterior
                 .check_posthoc(&target)
                 .with_context(|| format!("eval.posthoc entry `{p}`"))?;
+        }
+        if e.tune_prior
+            && !matches!(self.model.posterior, crate::posterior::PosteriorConfig::Laplace(_))
+            && !e.posthoc.iter().any(|p| {
+                matches!(
+                    p.parse::<crate::posterior::PosteriorConfig>(),
+                    Ok(crate::posterior::PosteriorConfig::Laplace(_))
+                )
+            })
+        {
+            bail!(
+                "eval.tune_prior = true tunes the prior of Laplace posteriors, but the run evaluates none (model.posterior is `{}`, eval.posthoc {:?}); add e.g. eval.posthoc = [\"laplace:window=1,accumulate=sigma\"] or drop the key",
+                self.model.posterior.label(),
+                e.posthoc
+            );
         }
         let p = &self.ppo;
         for (k, v) in [("ppo.gamma", p.gamma), ("ppo.gae_lambda", p.gae_lambda)] {

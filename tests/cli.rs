@@ -536,3 +536,27 @@ fn bench_json_rows_carry_the_documented_keys() {
     assert!(!bad.status.success());
     assert!(text(&bad).contains("allowed values: regression, bandit, gridworld"));
 }
+
+/// The README's first command, shortened: the embedded quickstart trains, evaluates the RNN and
+/// the post-hoc Laplace posterior with its prior tuned on held-out tasks (labelled so, with the
+/// tuning written beside the metrics), and warns about nothing in its own config (issue 28).
+#[test]
+fn the_quickstart_shows_the_tuned_post_hoc_posterior_and_no_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = lvrnn(&["quickstart", "--updates", "40", "--runs", "runs"], d);
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert!(!all.contains("warning"), "the quickstart warned: {all}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    for row in [
+        "rnn",
+        "laplace-sigma-k1-full (post-hoc on rnn)",
+        "laplace-sigma-k1-full (post-hoc on rnn), tuned prior",
+    ] {
+        assert!(stdout.contains(row), "no `{row}` row in:\n{stdout}");
+    }
+    let metrics = d.join("runs/quickstart/metrics");
+    let tuning = std::fs::read_to_string(metrics.join("tuning.csv")).unwrap();
+    assert!(tuning.lines().count() > 2, "{tuning}");
+}

@@ -161,6 +161,11 @@ fn malformed_mistyped_and_impossible_configs_name_the_key_and_leave_the_run_alon
         ),
         ("eval.tasks", "0", &["eval.tasks"]),
         (
+            "eval.tune_prior",
+            "true",
+            &["eval.tune_prior", "Laplace", "eval.posthoc"],
+        ),
+        (
             "eval.actions",
             "\"argmax\"",
             &["eval.actions", "sample, greedy"],

@@ -52,6 +52,7 @@ pub fn inspect(checkpoint: &Path, posterior: Option<&str>, history: &Path) -> Re
 fn posthoc_request(cfg: &ExperimentConfig) -> Result<EvalRequest> {
     Ok(EvalRequest {
         posteriors: EvalRequest::parse_posteriors(&cfg.eval.posthoc).context("eval.posthoc")?,
+        tune_prior: cfg.eval.tune_prior,
         ..Default::default()
     })
 }

@@ -57,13 +57,20 @@ pub fn train(
     );
     let mut files: Vec<PathBuf> = plot_training(&run.train_metrics(), &run.figures())?;
     if !no_eval {
-        let (results, _) = evaluate(&learner.model, cfg, &request)?;
+        let (results, tunings) = evaluate(&learner.model, cfg, &request)?;
         files.extend(write_regression_report(
             &results,
             &run.metrics(),
             &run.figures(),
             Some(cfg.train.seq_len),
         )?);
+        if !tunings.is_empty() {
+            files.push(write_tuning_csv(
+                &run.metrics(),
+                "mean predictive CE",
+                &tunings,
+            )?);
+        }
         println!("{}", format_table(&results, &[0, 10, 50, 100]));
     }
     println!("run folder: {}", run.root.display());

@@ -57,13 +57,20 @@ pub fn train(
     );
     let mut files: Vec<PathBuf> = plot_training(&run.train_metrics(), &run.figures())?;
     if !no_eval {
-        let (results, refs, _) = evaluate(&learner.model, cfg, &request)?;
+        let (results, refs, tunings) = evaluate(&learner.model, cfg, &request)?;
         files.extend(write_rl_report(
             &results,
             &refs,
             &run.metrics(),
             &run.figures(),
         )?);
+        if !tunings.is_empty() {
+            files.push(write_tuning_csv(
+                &run.metrics(),
+                "negative mean return",
+                &tunings,
+            )?);
+        }
         println!("{}", format_rl_table(kind, &results, &refs));
     }
     println!("run folder: {}", run.root.display());
