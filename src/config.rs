@@ -173,6 +173,32 @@ pub struct EvalConfig {
     /// sampled z the agent still explores through the posterior, as Thompson sampling does).
     #[serde(skip_serializing_if = "is_sample")]
     pub actions: String,
+    /// Regression: the posterior predictive p(y | x, H) the metrics are computed under:
+    /// "sampled" (the Monte-Carlo mixture (1/m) Σ_s N(y; mean(x, z_s), σ²), z_s ~ q, as in
+    /// the paper) or "linearised" (the head linearised at μ: N(y; mean(x, μ), σ² + J Σ Jᵀ),
+    /// J = ∂mean/∂z at μ, Σ the posterior covariance; laplace-torch's `glm` predictive).
+    #[serde(skip_serializing_if = "is_sampled")]
+    pub predictive: String,
+}
+
+/// The values of `eval.predictive`.
+pub const PREDICTIVES: &[&str] = &["sampled", "linearised"];
+
+/// Refuses a predictive other than [`PREDICTIVES`], naming `key` (`eval.predictive`,
+/// `--predictive`, a sweep stage's `predictive`) and the allowed values.
+pub fn check_predictive(key: &str, value: &str) -> Result<()> {
+    if !PREDICTIVES.contains(&value) {
+        bail!(
+            "{key} `{value}` is not valid; allowed values: {}",
+            PREDICTIVES.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::ptr_arg)] // serde's skip_serializing_if passes &String
+fn is_sampled(s: &String) -> bool {
+    s == "sampled"
 }
 
 /// The values of `eval.actions`.
@@ -204,6 +230,12 @@ impl EvalConfig {
     pub fn greedy(&self) -> bool {
         self.actions == "greedy"
     }
+
+    /// Whether the regression metrics use the linearised predictive
+    /// (`eval.predictive = "linearised"`).
+    pub fn linearised(&self) -> bool {
+        self.predictive == "linearised"
+    }
 }
 
 impl Default for EvalConfig {
@@ -218,6 +250,7 @@ impl Default for EvalConfig {
             posthoc: vec![],
             tune_prior: false,
             actions: "sample".into(),
+            predictive: "sampled".into(),
         }
     }
 }
@@ -438,6 +471,13 @@ impl ExperimentConfig {
         if self.task == Task::Regression && e.greedy() {
             bail!(
                 "eval.actions = \"greedy\" applies to the RL tasks only; leave it out for regression"
+            );
+        }
+        check_predictive("eval.predictive =", &e.predictive)?;
+        if self.task != Task::Regression && e.linearised() {
+            bail!(
+                "eval.predictive = \"linearised\" applies to regression only (the RL tasks act on samples); leave it out for `{}`",
+                self.task
             );
         }
         for p in &e.posthoc {

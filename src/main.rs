@@ -100,6 +100,11 @@ enum Cmd {
         /// default the config's eval.actions (sample).
         #[arg(long)]
         actions: Option<String>,
+        /// Regression only: the predictive the metrics use, `sampled` (Monte Carlo over
+        /// posterior samples) or `linearised` (the head linearised at the posterior mean);
+        /// default the config's eval.predictive (sampled).
+        #[arg(long)]
+        predictive: Option<String>,
     },
     /// Print, per step of a history, the posterior a checkpoint gives (JSON lines).
     Inspect {
@@ -306,6 +311,7 @@ fn run(cmd: Cmd) -> Result<()> {
             tune_tasks,
             alphas,
             actions,
+            predictive,
         } => {
             let request = EvalRequest {
                 posteriors: EvalRequest::parse_posteriors(&posteriors)?,
@@ -315,6 +321,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 tune_tasks,
                 alphas,
                 actions,
+                predictive,
             };
             lvrnn::commands::eval(&checkpoint, &request, out)
         }

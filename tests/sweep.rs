@@ -1060,3 +1060,66 @@ fn an_eval_stage_with_actions_passes_them_to_lvrnn_eval() {
             Action::Eval { posteriors, actions, .. } if posteriors.is_empty() && actions.as_deref() == Some("greedy")));
     }
 }
+
+#[test]
+fn an_eval_stage_with_a_predictive_passes_it_to_lvrnn_eval() {
+    let dir = setup("");
+    let bandit = BASE.replace("task = \"regression\"", "task = \"bandit\"");
+    std::fs::write(dir.path().join("bandit.toml"), bandit).unwrap();
+    let sweep_file = |base: &str, extra: &str| {
+        format!(
+            "name = \"x\"\nbase = \"{base}\"\n[[stage]]\nname = \"pre\"\naxes = {{ seed = [0, 1] }}\n{extra}"
+        )
+    };
+    let eval_stage = |predictive: &str| {
+        format!(
+            "[[stage]]\nname = \"glm\"\nkind = \"eval\"\nfrom = {{ stage = \"pre\" }}\nposteriors = [\"laplace:window=1,accumulate=sigma\"]\ntune_prior = true\npredictive = \"{predictive}\"\n"
+        )
+    };
+    let err = |text: &str| {
+        format!(
+            "{:#}",
+            Sweep::from_toml_str(text, "s.toml", dir.path()).unwrap_err()
+        )
+    };
+    let e = err(&sweep_file("base.toml", &eval_stage("glm")));
+    assert!(
+        e.contains("predictive") && e.contains("sampled, linearised"),
+        "{e}"
+    );
+    let e = err(&sweep_file("bandit.toml", &eval_stage("linearised")));
+    assert!(e.contains("regression jobs"), "{e}");
+    let e = err(&sweep_file(
+        "base.toml",
+        "[[stage]]\nname = \"t\"\nfrom = { stage = \"pre\" }\npredictive = \"linearised\"\n",
+    ));
+    assert!(e.contains("eval.predictive"), "{e}");
+    let sweep = Sweep::from_toml_str(
+        &sweep_file("base.toml", &eval_stage("linearised")),
+        "s.toml",
+        dir.path(),
+    )
+    .unwrap();
+    let layout = lvrnn::sweep::SweepDir::new(&dir.path().join("out")).unwrap();
+    let evals: Vec<&Job> = sweep.stage_jobs("glm").collect();
+    assert_eq!(evals.len(), 2);
+    for j in evals {
+        assert!(matches!(&j.action,
+            Action::Eval { predictive, tune_prior: true, .. } if predictive.as_deref() == Some("linearised")));
+        let line: Vec<String> = layout
+            .command(Path::new(BIN), j)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = line.iter().position(|a| a == "--predictive").unwrap();
+        assert_eq!(line[at + 1], "linearised", "{line:?}");
+        assert!(line.iter().any(|a| a == "--tune-prior"), "{line:?}");
+        assert!(
+            layout
+                .job_text(j)
+                .unwrap()
+                .contains("predictive = \"linearised\""),
+            "{j:?}"
+        );
+    }
+}

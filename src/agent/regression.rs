@@ -66,6 +66,30 @@ impl RegressionModel {
         Ok(self.head.forward(&input)?.squeeze(D::Minus1)?)
     }
 
+    /// The head linearised at z = μ for every pair of an embedded input and a task: for
+    /// `emb_x` (G × E, row-major) and the posterior means `mu` (B × n), the means
+    /// mean(x_g, μ_b) (B × G) and their Jacobians ∂mean(x_g, z)/∂z at z = μ_b (B × G × n),
+    /// analytic through the head ([`Head::input_gradient`]).
+    pub fn linearised_mean(&self, emb_x: &[f32], mu: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (e, n) = (self.cfg.embed_width, self.cfg.features);
+        let (g, b) = (emb_x.len() / e.max(1), mu.len() / n.max(1));
+        let d = e + n;
+        let mut rows = Vec::with_capacity(b * g * d);
+        for m in mu.chunks(n) {
+            for x in emb_x.chunks(e) {
+                rows.extend_from_slice(x);
+                rows.extend_from_slice(m);
+            }
+        }
+        let packed = self.head.packed_values()?;
+        let (means, grads) = self.head.input_gradient(&packed, &rows, b * g)?;
+        let jac = grads
+            .chunks(d)
+            .flat_map(|r| r[e..].iter().copied())
+            .collect();
+        Ok((means, jac))
+    }
+
     pub fn embed_scalar(&self, kind: usize, v: &[f32]) -> Result<Tensor> {
         self.core.embed(
             kind,

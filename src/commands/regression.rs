@@ -105,6 +105,12 @@ pub fn evaluate(
     let tune_tasks = request.tune_tasks.unwrap_or(64);
     let (mut results, mut tunings) = (vec![], vec![]);
     for (label, p) in request.variants(&cfg.model.posterior) {
+        // The linearised predictive names itself (for a point estimate it is the sampled one).
+        let label = if cfg.eval.linearised() && p.is_bayesian() {
+            format!("{label}, linearised")
+        } else {
+            label
+        };
         eprintln!("evaluating {label} on {} held-out tasks …", cfg.eval.tasks);
         let variant = with_posterior(model, &p)?;
         results.push(evaluate_regression(&variant, &label, &cfg.eval)?);

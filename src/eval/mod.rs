@@ -4,6 +4,14 @@
 //! posterior's differential entropy, KL(q_k ‖ q_{k−1}), and the coverage of the predictive's
 //! 50/90/99% credible intervals over the true function values ([`calibration`]); mean and 99%
 //! interval over tasks. [`tune`] picks a post-hoc Laplace prior on held-out tasks.
+//!
+//! With `eval.predictive = "linearised"` the predictive is instead the head linearised at the
+//! posterior mean (laplace-torch's `glm` predictive; Immer et al. 2021): for a task with
+//! posterior N(μ, Σ), N(y; mean(x, μ), σ² + J Σ Jᵀ) with J = ∂mean(x, z)/∂z at z = μ
+//! ([`RegressionModel::linearised_mean`], analytic through the head). Σ is the covariance the
+//! sampled predictive's draws have (Laplace: (Λ_t + jitter·I)⁻¹), read from the sampler as the
+//! offsets a_i = sample(e_i) − μ of the unit noises e_i, Σ = Σ_i a_i a_iᵀ
+//! ([`posterior_factor`]); so J Σ Jᵀ = Σ_i (J·a_i)².
 
 pub mod belief;
 pub mod calibration;
@@ -92,6 +100,11 @@ pub fn evaluate_regression(
         })
         .collect();
     let emb_grid = model.embed_scalar(0, &grid)?.detach(); // (G, E)
+    let emb_grid_values: Vec<f32> = if cfg.linearised() {
+        emb_grid.flatten_all()?.to_vec1()?
+    } else {
+        vec![]
+    };
     let sigma = model.log_sigma.to_vec1::<f32>()?[0].exp() as f64;
     let bayes = model.core.posterior.is_bayesian();
     // Samples of the same point estimate are identical: one suffices.
@@ -116,14 +129,34 @@ pub fn evaluate_regression(
         for k in 0..=horizon {
             if let Some(slot) = cfg.points.iter().position(|p| *p == k) {
                 let entropy = acting.entropy()?.unwrap_or_else(|| vec![f64::NAN; b]);
-                let z = acting.sample(&randn(&mut rng, &[m, b, n], &model.core.device)?)?; // (m, B, n)
-                // (m, B, G) predictive means.
-                let means =
-                    model.predict_mean(&emb_grid.unsqueeze(0)?.unsqueeze(0)?, &z.unsqueeze(2)?)?;
-                let means: Vec<Vec<Vec<f32>>> = means.to_vec3()?;
-                for j in 0..b {
-                    let (task_ce, mu, sd) =
-                        mixture_stats(&means, j, &truth[j], sigma, &mut pits[slot]);
+                let stats: Vec<(f64, Vec<f64>, Vec<f64>)> = if cfg.linearised() {
+                    let (mu, factor) = posterior_factor(&acting, b, n, &model.core.device)?;
+                    let (means, jac) = model.linearised_mean(&emb_grid_values, &mu)?;
+                    let g = grid.len();
+                    (0..b)
+                        .map(|j| {
+                            linearised_stats(
+                                &means[j * g..(j + 1) * g],
+                                &jac[j * g * n..(j + 1) * g * n],
+                                &factor[j * n * n..(j + 1) * n * n],
+                                &truth[j],
+                                sigma,
+                                &mut pits[slot],
+                            )
+                        })
+                        .collect()
+                } else {
+                    let eps = randn(&mut rng, &[m, b, n], &model.core.device)?;
+                    let z = acting.sample(&eps)?; // (m, B, n)
+                    // (m, B, G) predictive means.
+                    let means = model
+                        .predict_mean(&emb_grid.unsqueeze(0)?.unsqueeze(0)?, &z.unsqueeze(2)?)?;
+                    let means: Vec<Vec<Vec<f32>>> = means.to_vec3()?;
+                    (0..b)
+                        .map(|j| mixture_stats(&means, j, &truth[j], sigma, &mut pits[slot]))
+                        .collect()
+                };
+                for (j, (task_ce, mu, sd)) in stats.into_iter().enumerate() {
                     ce[slot].push(task_ce);
                     ent[slot].push(entropy[j]);
                     kl[slot].push(last_kl[j]);
@@ -183,10 +216,84 @@ pub fn evaluate_regression(
     })
 }
 
+/// The current posteriors of `acting` as plain values: the means μ (B·n) and, per task, a
+/// factor A (n × n, row-major; B of them) with Σ = Aᵀ A, whose row i is the offset
+/// sample(e_i) − μ the sampler gives the unit noise e_i (Laplace: row i of L⁻¹ for
+/// Λ + jitter·I = L Lᵀ; VRNN: U diag(e^{s/2}) transposed; point estimate: 0).
+pub fn posterior_factor(
+    acting: &Acting,
+    b: usize,
+    n: usize,
+    device: &candle_core::Device,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let mean: Vec<f32> = acting
+        .sample(&Tensor::zeros((1, b, n), DType::F32, device)?)?
+        .flatten_all()?
+        .to_vec1()?;
+    let mut unit = vec![0f32; n * b * n];
+    for i in 0..n {
+        for j in 0..b {
+            unit[(i * b + j) * n + i] = 1.0;
+        }
+    }
+    let z: Vec<f32> = acting
+        .sample(&Tensor::from_vec(unit, (n, b, n), device)?)?
+        .flatten_all()?
+        .to_vec1()?;
+    let mut factor = vec![0f32; b * n * n];
+    for i in 0..n {
+        for j in 0..b {
+            for k in 0..n {
+                factor[(j * n + i) * n + k] = z[(i * b + j) * n + k] - mean[j * n + k];
+            }
+        }
+    }
+    Ok((mean, factor))
+}
+
+/// For one task, the linearised predictive N(y; m_g, σ² + J_g Σ J_gᵀ) at each grid point x_g,
+/// given the means m_g = mean(x_g, μ) (G), the Jacobians J_g (G × n) and a factor A (n × n)
+/// with Σ = Aᵀ A ([`posterior_factor`]), so J Σ Jᵀ = |A J|²: the cross-entropy
+/// −(1/G) Σ_g ln N(f(x_g); m_g, v_g), and the predictive's mean and standard deviation per x_g.
+/// Appends the PIT value of each f(x_g) to `pits`.
+pub fn linearised_stats(
+    means: &[f32],
+    jac: &[f32],
+    factor: &[f32],
+    truth: &[f32],
+    sigma: f64,
+    pits: &mut Vec<f64>,
+) -> (f64, Vec<f64>, Vec<f64>) {
+    let g = truth.len();
+    let n = jac.len() / g.max(1);
+    let (mut ce, mut mu, mut sd) = (0.0, vec![0.0; g], vec![0.0; g]);
+    let half_ln_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
+    for k in 0..g {
+        let j = &jac[k * n..(k + 1) * n];
+        let spread: f64 = factor
+            .chunks(n)
+            .map(|a| {
+                a.iter()
+                    .zip(j)
+                    .map(|(a, j)| *a as f64 * *j as f64)
+                    .sum::<f64>()
+                    .powi(2)
+            })
+            .sum();
+        let var = sigma * sigma + spread;
+        let (m, y) = (means[k] as f64, truth[k] as f64);
+        ce += half_ln_2pi + 0.5 * var.ln() + 0.5 * (y - m).powi(2) / var;
+        mu[k] = m;
+        sd[k] = var.sqrt();
+        pits.push(calibration::normal_cdf((y - m) / sd[k]));
+    }
+    (ce / g as f64, mu, sd)
+}
+
 /// For task j: the cross-entropy −(1/G) Σ_g ln (1/m Σ_s N(f(x_g); μ_s(x_g), σ²)) of the
 /// Monte-Carlo posterior predictive, and that mixture's mean and standard deviation per x_g.
 /// Appends the PIT value of each f(x_g) under the mixture to `pits`.
-fn mixture_stats(
+pub fn mixture_stats(
     means: &[Vec<Vec<f32>>],
     j: usize,
     truth: &[f32],
@@ -257,7 +364,8 @@ pub fn tuning_config(cfg: &EvalConfig, tasks: usize) -> EvalConfig {
 
 /// Tunes the prior scales of the post-hoc Laplace posterior `posterior` of `model`
 /// ([`tune::tune_prior`]) by the mean predictive cross-entropy over `cfg.points` on `tasks`
-/// held-out tasks ([`tuning_config`]).
+/// held-out tasks ([`tuning_config`]), under `cfg`'s predictive (`eval.predictive`): the
+/// prior is chosen for the predictive it will be evaluated with.
 pub fn tune_regression_prior(
     model: &RegressionModel,
     posterior: &crate::posterior::LaplaceConfig,

@@ -25,6 +25,8 @@ pub struct EvalRequest {
     pub alphas: Vec<f64>,
     /// Override of `eval.actions` ("sample" or "greedy").
     pub actions: Option<String>,
+    /// Override of `eval.predictive` ("sampled" or "linearised"; regression).
+    pub predictive: Option<String>,
 }
 
 impl EvalRequest {
@@ -52,6 +54,16 @@ impl EvalRequest {
                 );
             }
             cfg.eval.actions = a.clone();
+        }
+        if let Some(p) = &self.predictive {
+            crate::config::check_predictive("--predictive", p)?;
+            if cfg.task != Task::Regression {
+                bail!(
+                    "--predictive applies to regression checkpoints only (this one is `{}`)",
+                    cfg.task
+                );
+            }
+            cfg.eval.predictive = p.clone();
         }
         cfg.validate()?;
         let own = &cfg.model.posterior;

@@ -5,7 +5,8 @@
 //! Both scales are arbitrary against the scale of the features φ, so a post-hoc posterior can
 //! be far too wide or too narrow. Like laplace-torch's `optimize_prior_precision` (grid search
 //! on validation data), we pick them on held-out tasks — never the test tasks — by a score to
-//! minimise: the mean predictive cross-entropy (regression) or the negative mean return (RL).
+//! minimise: the mean predictive cross-entropy (regression, under the predictive the evaluation
+//! uses, `eval.predictive`: sampled or linearised) or the negative mean return (RL).
 //!
 //! Search: a log grid 10^{−3}, 10^{−2.5}, …, 10^{3} plus the configured value (tried first, so a
 //! tie keeps it); when the best value is an end of the grid, the search walks on past it by

@@ -19,6 +19,7 @@
 //! the heads' backward (`train::ppo`).
 
 use super::Params;
+use super::kernels::{Mat, sgemm};
 use super::mlp::{
     LayerNorm, Mlp, affine_gradient_values, affine_values, f32_values, layer_norm_gradients,
     layer_norm_values, leaky, leaky_derivative,
@@ -121,6 +122,55 @@ impl Head {
             layer_inputs,
             output,
         })
+    }
+}
+
+impl Head {
+    /// The head's output and its gradient with respect to the input, for a head with one
+    /// output, on `rows` rows of plain values x (rows × d_in), given its
+    /// [`Head::packed_values`]: returns (y (rows), ∂y/∂x (rows × d_in)). The chain rule of
+    /// [`HeadOp`]'s backward with δy = 1 and only the input gradients:
+    /// δy_{l−1} = (δy_l ∘ act_l′) W_lᵀ, then layer norm's backward on δy_0. The linearised
+    /// predictive (`eval`) takes the Jacobian of the mean with respect to z from it.
+    pub fn input_gradient(
+        &self,
+        packed: &[f32],
+        x: &[f32],
+        rows: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let sizes = self.sizes()?;
+        if *sizes.last().unwrap() != 1 {
+            anyhow::bail!(
+                "head: input_gradient needs a head with one output (this one has {})",
+                sizes.last().unwrap()
+            );
+        }
+        let d = sizes[0];
+        let (layers, _) = param_offsets(&sizes);
+        let (saved, output) = forward_values(&sizes, packed, x, rows);
+        let mut g = vec![1f32; rows];
+        for (l, &(w, _)) in layers.iter().enumerate().rev() {
+            let (k, n) = (sizes[l], sizes[l + 1]);
+            if l + 1 < layers.len() {
+                g.iter_mut()
+                    .zip(saved[l + 1].iter())
+                    .for_each(|(g, y)| *g *= leaky_derivative(*y));
+            }
+            let mut gx = vec![0f32; rows * k];
+            sgemm(
+                rows,
+                k,
+                n,
+                Mat::rows(&g, n),
+                Mat::rows_t(&packed[w..w + k * n], n),
+                &mut gx,
+                false,
+                true,
+            );
+            g = gx;
+        }
+        let (dx, _, _) = layer_norm_gradients(x, &packed[..d], &g, d);
+        Ok((output, dx))
     }
 }
 

@@ -693,5 +693,16 @@ mod tests {
             "laplace-sigma-k1-full, tuned prior (post-hoc on rnn) @ alpha=0.2"
         );
         assert_eq!(normalise_label("rnn"), "rnn");
+        // The linearised predictive's rows keep their suffix: a report never pools them with
+        // the sampled predictive's.
+        assert_eq!(
+            normalise_label(
+                "laplace-sigma-k1-full (post-hoc on rnn), linearised, tuned prior prior_precision=0.1"
+            ),
+            "laplace-sigma-k1-full (post-hoc on rnn), linearised, tuned prior"
+        );
+        assert!(!same_posterior(
+            "laplace-sigma-k1-full (post-hoc on rnn), linearised"
+        ));
     }
 }

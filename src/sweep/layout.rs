@@ -99,7 +99,8 @@ impl SweepDir {
     /// checkpoint>` for a dependent one (`--resume` also starts a fresh run, so the same line
     /// serves a first start, a restart and a cluster requeue; a resumed run continues from its
     /// own latest checkpoint, not the parent's). An eval job: `BIN --threads 1 eval --checkpoint
-    /// <parent checkpoint> --posterior P… --out <evals/name>` (rewritten whole when run again).
+    /// <parent checkpoint> --posterior P… --out <evals/name>` (rewritten whole when run again), with
+    /// the stage's `--tune-prior`, `--actions` and `--predictive`.
     pub fn command(&self, bin: &Path, job: &Job) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![bin.into(), "--threads".into(), "1".into()];
         match (&job.action, &job.after) {
@@ -108,6 +109,7 @@ impl SweepDir {
                     posteriors,
                     tune_prior,
                     actions,
+                    predictive,
                 },
                 Some(after),
             ) => {
@@ -121,6 +123,9 @@ impl SweepDir {
                 }
                 if let Some(a) = actions {
                     args.extend(["--actions".into(), a.into()]);
+                }
+                if let Some(p) = predictive {
+                    args.extend(["--predictive".into(), p.into()]);
                 }
                 args.extend(["--out".into(), self.eval(&job.name).into()]);
             }
@@ -147,6 +152,7 @@ impl SweepDir {
                     posteriors,
                     tune_prior,
                     actions,
+                    predictive,
                 },
                 Some(after),
             ) => {
@@ -166,6 +172,9 @@ impl SweepDir {
                 }
                 if let Some(a) = actions {
                     t.insert("actions".into(), a.clone().into());
+                }
+                if let Some(p) = predictive {
+                    t.insert("predictive".into(), p.clone().into());
                 }
                 toml::to_string(&t).context("serialising an eval job")
             }

@@ -60,10 +60,11 @@
 //! with `updates = "remaining"` the parent's minus the snapshot's update (so pre-training plus
 //! finetuning make one full budget). It runs `train … --init-from <parent
 //! run>/checkpoints/<snapshot>` and records that in `runs/<job>/init_from.json`. An eval job
-//! (`kind = "eval"`, `posteriors` = SPECs, optional `tune_prior = true`; `exclude` but no `axes`
-//! or `set`) runs `eval --checkpoint <parent run>/checkpoints/<snapshot> --posterior P… --out
-//! <out>/evals/<job>` (plus `--tune-prior`), which also evaluates the checkpoint under its own
-//! posterior. Top-level `[set]` applies to every root stage; a
+//! (`kind = "eval"`, `posteriors` = SPECs, optional `tune_prior = true`, `actions = "greedy"`
+//! (RL), `predictive = "linearised"` (regression); `exclude` but no `axes` or `set`) runs `eval
+//! --checkpoint <parent run>/checkpoints/<snapshot> --posterior P… --out <out>/evals/<job>` (plus
+//! `--tune-prior`, `--actions`, `--predictive`), which also evaluates the checkpoint under its
+//! own posterior. Top-level `[set]` applies to every root stage; a
 //! stage's `set` and axes win over it. A dependent job waits until its parent is done; a parent
 //! that fails marks it `skipped` with the reason (unrelated jobs go on), and a restart retries
 //! both.

@@ -62,6 +62,9 @@ struct StageFile {
     tune_prior: bool,
     /// Eval stages: `lvrnn eval --actions` ("sample" or "greedy"; default the config's).
     actions: Option<String>,
+    /// Eval stages: `lvrnn eval --predictive` ("sampled" or "linearised"; regression; default
+    /// the config's).
+    predictive: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -120,11 +123,13 @@ pub enum Action {
     /// `lvrnn train --config jobs/<job>.toml …` (with `--init-from` when the job has a parent).
     Train,
     /// `lvrnn eval --checkpoint <parent checkpoint> --posterior P… --out evals/<job>`, with
-    /// `--tune-prior` when `tune_prior` and `--actions A` when `actions` is given.
+    /// `--tune-prior` when `tune_prior`, `--actions A` when `actions` and `--predictive P` when
+    /// `predictive` is given.
     Eval {
         posteriors: Vec<String>,
         tune_prior: bool,
         actions: Option<String>,
+        predictive: Option<String>,
     },
 }
 
@@ -240,6 +245,7 @@ impl SweepFile {
                 posteriors: vec![],
                 tune_prior: false,
                 actions: None,
+                predictive: None,
             }]
         } else {
             if self.axes.is_some() || !self.exclude.is_empty() {
@@ -438,9 +444,13 @@ impl StageFile {
                 if let Some(a) = &self.actions {
                     crate::config::check_action_rule("actions =", a)?;
                 }
-                if self.posteriors.is_empty() && self.actions.is_none() {
+                if let Some(p) = &self.predictive {
+                    crate::config::check_predictive("predictive =", p)?;
+                }
+                if self.posteriors.is_empty() && self.actions.is_none() && self.predictive.is_none()
+                {
                     bail!(
-                        "`posteriors` is empty; list the posterior SPECs to evaluate post hoc, e.g. [\"laplace:window=1,accumulate=sigma\"] (or give `actions` to re-evaluate the checkpoints' own posteriors)"
+                        "`posteriors` is empty; list the posterior SPECs to evaluate post hoc, e.g. [\"laplace:window=1,accumulate=sigma\"] (or give `actions` or `predictive` to re-evaluate the checkpoints' own posteriors)"
                     );
                 }
                 for spec in &self.posteriors {
@@ -457,6 +467,11 @@ impl StageFile {
                 if self.actions.is_some() {
                     bail!(
                         "`actions` is for stages with kind = \"eval\" (it adds --actions to their lvrnn eval); a train stage sets `eval.actions`"
+                    );
+                }
+                if self.predictive.is_some() {
+                    bail!(
+                        "`predictive` is for stages with kind = \"eval\" (it adds --predictive to their lvrnn eval); a train stage sets `eval.predictive`"
                     );
                 }
                 if !self.posteriors.is_empty() {
@@ -626,12 +641,20 @@ impl StageFile {
                                         p.name
                                     );
                                 }
+                                if self.predictive.is_some() && p.config.task != Task::Regression {
+                                    bail!(
+                                        "`predictive` applies to regression jobs; `{}` is a `{}` job",
+                                        p.name,
+                                        p.config.task
+                                    );
+                                }
                                 (
                                     p.config.clone(),
                                     Action::Eval {
                                         posteriors: self.posteriors.clone(),
                                         tune_prior: self.tune_prior,
                                         actions: self.actions.clone(),
+                                        predictive: self.predictive.clone(),
                                     },
                                 )
                             }
