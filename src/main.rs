@@ -256,7 +256,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 .join(&cfg.name)
                 .join("checkpoints/model-final.safetensors");
             println!(
-                "\nThe rows: `rnn` is the trained point estimate; `laplace-sigma-k1-full (post-hoc on rnn)` the same network read as a Laplace VRNN with the untuned prior Λ_0 = I, and `…, tuned prior` with Λ_0 = λ·I chosen on 64 other held-out tasks (metrics/tuning.csv) — the post-hoc posterior to use.\nnext: other post-hoc posteriors or the linearised predictive on the same weights:\n  lvrnn eval --checkpoint {} --posterior laplace:window=0,accumulate=none --tune-prior --predictive linearised",
+                "\nThe rows: `rnn` is the trained point estimate; `laplace-sigma-k1-full (post-hoc on rnn)` the same network read as a Laplace VRNN with the untuned prior Λ_0 = I, and `…, tuned prior` with Λ_0 = λ·I chosen on 64 other held-out tasks (metrics/prior_tuning.csv) — the post-hoc posterior to use.\nnext: other post-hoc posteriors or the linearised predictive on the same weights:\n  lvrnn eval --checkpoint {} --posterior laplace:window=0,accumulate=none --tune-prior --predictive linearised",
                 ck.display()
             );
             Ok(())

@@ -557,6 +557,6 @@ fn the_quickstart_shows_the_tuned_post_hoc_posterior_and_no_warning() {
         assert!(stdout.contains(row), "no `{row}` row in:\n{stdout}");
     }
     let metrics = d.join("runs/quickstart/metrics");
-    let tuning = std::fs::read_to_string(metrics.join("tuning.csv")).unwrap();
+    let tuning = std::fs::read_to_string(metrics.join("prior_tuning.csv")).unwrap();
     assert!(tuning.lines().count() > 2, "{tuning}");
 }

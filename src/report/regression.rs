@@ -246,8 +246,15 @@ pub fn slug(label: &str) -> String {
 /// A compact text table of CE / entropy / KL / 90%-interval coverage at selected numbers of
 /// points.
 pub fn format_table(results: &[EvalResult], points: &[usize]) -> String {
+    // The model column is as wide as its longest label (a tuned prior's label is long).
+    let w = results
+        .iter()
+        .map(|r| r.model.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     let mut s = format!(
-        "{:<44} {:>6} {:>18} {:>18} {:>18} {:>6}\n",
+        "{:<w$} {:>6} {:>18} {:>18} {:>18} {:>6}\n",
         "model", "points", "CE", "entropy", "KL", "cov90"
     );
     for r in results {
@@ -264,7 +271,7 @@ pub fn format_table(results: &[EvalResult], points: &[usize]) -> String {
                 }
             };
             s += &format!(
-                "{:<44} {:>6} {:>18} {:>18} {:>18} {:>6.3}\n",
+                "{:<w$} {:>6} {:>18} {:>18} {:>18} {:>6.3}\n",
                 r.model,
                 row.points,
                 cell(row.ce_mean, row.ce_ci99),
