@@ -490,7 +490,10 @@ impl ExperimentConfig {
                 .with_context(|| format!("eval.posthoc entry `{p}`"))?;
         }
         if e.tune_prior
-            && !matches!(self.model.posterior, crate::posterior::PosteriorConfig::Laplace(_))
+            && !matches!(
+                self.model.posterior,
+                crate::posterior::PosteriorConfig::Laplace(_)
+            )
             && !e.posthoc.iter().any(|p| {
                 matches!(
                     p.parse::<crate::posterior::PosteriorConfig>(),
