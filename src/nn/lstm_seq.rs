@@ -26,12 +26,36 @@ use crate::linalg::logical;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-struct LstmSequence;
+/// The op; `steps` = T where xw comes as step-major rows (T·B, 4H), None for (T, B, 4H).
+struct LstmSequence {
+    steps: Option<usize>,
+}
+
+impl LstmSequence {
+    /// (T, B, 4H) of an xw of shape (T, B, 4H), or (T·B, 4H) with `steps` = T.
+    fn dims(&self, dims: &[usize]) -> candle_core::Result<(usize, usize, usize)> {
+        match (dims, self.steps) {
+            (&[t, b, g], None) => Ok((t, b, g)),
+            (&[rows, g], Some(t)) if t > 0 && rows % t == 0 => Ok((t, rows / t, g)),
+            _ => candle_core::bail!(
+                "lstm-sequence: xw {dims:?} is neither (T, B, 4H) nor (T·B, 4H) for T = {:?}",
+                self.steps
+            ),
+        }
+    }
+}
 
 /// The outputs [h_t, c_t] for t = 1..T of the recurrence above: (T, B, 2H) from xw (T, B, 4H)
 /// and W_h (H, 4H). Differentiable in both inputs (and in both halves of the output).
 pub fn lstm_sequence(xw: &Tensor, wh: &Tensor) -> Result<Tensor> {
-    Ok(xw.apply_op2(wh, LstmSequence)?)
+    Ok(xw.apply_op2(wh, LstmSequence { steps: None })?)
+}
+
+/// [`lstm_sequence`] for xw given as step-major rows (T·B, 4H) (row t·B + b: step t of task b),
+/// without a reshape node in the graph (candle's backward zero-fills and adds a gradient buffer
+/// for every node, and xw is the largest activation of a replay).
+pub fn lstm_sequence_rows(xw: &Tensor, wh: &Tensor, steps: usize) -> Result<Tensor> {
+    Ok(xw.apply_op2(wh, LstmSequence { steps: Some(steps) })?)
 }
 
 /// The h half of [`lstm_sequence`]'s output, (T, B, H).
@@ -208,7 +232,7 @@ impl CustomOp2 for LstmSequence {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (t_len, batch, g4) = l1.shape().dims3()?;
+        let (t_len, batch, g4) = self.dims(l1.dims())?;
         let (hidden, g4w) = l2.shape().dims2()?;
         if g4 != 4 * hidden || g4w != g4 {
             candle_core::bail!(
@@ -245,7 +269,7 @@ impl CustomOp2 for LstmSequence {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (t_len, batch, g4) = xw.dims3()?;
+        let (t_len, batch, g4) = self.dims(xw.dims())?;
         let hidden = g4 / 4;
         let h2 = 2 * hidden;
         let device = xw.device().clone();
@@ -340,7 +364,7 @@ impl CustomOp2 for LstmSequence {
             dwh
         });
         let dwh = sum_in_order(shares);
-        let dxw = Tensor::from_vec(gates, (t_len, batch, g4), &device)?;
+        let dxw = Tensor::from_vec(gates, xw.shape(), &device)?;
         let dwh = Tensor::from_vec(dwh, (hidden, g4), &device)?;
         Ok((Some(dxw), Some(dwh)))
     }
