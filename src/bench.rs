@@ -81,6 +81,17 @@ pub struct BenchRow {
     /// the optimiser step. NaN for regression.
     pub extra_epoch_s: f64,
     pub peak_rss_mb: f64,
+    /// The projected wall time of the paper's protocol, [`PROTOCOL_UPDATES`] updates at this
+    /// row's s/update, in hours (training only: no evaluation, no checkpoints).
+    pub protocol_hours: f64,
+}
+
+/// Updates of the paper's training protocol (Table 1), for [`BenchRow::protocol_hours`].
+pub const PROTOCOL_UPDATES: usize = 20_000;
+
+/// Hours that `updates` updates take at `s_per_update` seconds each.
+pub fn protocol_hours(s_per_update: f64, updates: usize) -> f64 {
+    s_per_update * updates as f64 / 3600.0
 }
 
 pub fn run(opts: &BenchOptions) -> Result<()> {
@@ -107,7 +118,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             opts.batch * opts.seq_len.max(50)
         );
         println!(
-            "{:<10} {:<46} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8}",
+            "{:<10} {:<46} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8} {:>10}",
             "task",
             "posterior",
             "T",
@@ -120,7 +131,8 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             "floor s",
             "ratio",
             "+1 epoch",
-            "peak MB"
+            "peak MB",
+            "20k upd h"
         );
     }
     for task in tasks {
@@ -137,7 +149,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
                 println!("{}", serde_json::to_string(&row)?);
             } else {
                 println!(
-                    "{:<10} {:<46} {:>4} {:>9.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.1} {:>8.3} {:>6.1} {:>9.3} {:>8.0}",
+                    "{:<10} {:<46} {:>4} {:>9.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.1} {:>8.3} {:>6.1} {:>9.3} {:>8.0} {:>10.2}",
                     row.task,
                     row.posterior,
                     row.steps,
@@ -150,7 +162,8 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
                     row.floor_s,
                     row.ratio,
                     row.extra_epoch_s,
-                    row.peak_rss_mb
+                    row.peak_rss_mb,
+                    row.protocol_hours
                 );
             }
         }
@@ -270,6 +283,7 @@ fn bench_one(
         ratio: total / floor,
         extra_epoch_s: median(&mut extra),
         peak_rss_mb: peak_rss_mb(),
+        protocol_hours: protocol_hours(total, PROTOCOL_UPDATES),
     })
 }
 

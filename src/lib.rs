@@ -23,17 +23,26 @@ pub mod sweep;
 pub mod train;
 pub mod util;
 
-/// Sets the number of CPU threads used by the tensor kernels (candle's gemm reads
-/// `RAYON_NUM_THREADS`). Call once, before any tensor work; later calls with another
-/// value are ignored so that concurrently running tests agree.
+/// Sets the number of CPU threads used by the tensor kernels (candle's gemm and the project's
+/// batch-parallel loops, `nn::kernels::parts`, read `RAYON_NUM_THREADS`). Call once, before
+/// any tensor work; later calls with another value are ignored so that concurrently running
+/// tests agree. `n` = 0 leaves the thread count at its default (the machine's cores).
+///
+/// candle's own elementwise pool (`CANDLE_NUM_THREADS`) is kept at one thread, the caller:
+/// its helper threads busy-wait at a barrier between ops, competing for the cores with the
+/// rayon threads that do the heavy work, and measured here at two threads it made an update
+/// slower (bandit RNN 0.64–0.83 s against 0.44–0.47 s, the optimiser step 0.1 s against
+/// 0.01 s, on a loaded 2-core machine; docs/performance.md).
 pub fn init_threads(n: usize) {
     tune_allocator();
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // SAFETY: called before the tensor kernels spawn threads that read the environment.
         unsafe {
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+            if n > 0 {
+                std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            }
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
         }
     });
 }

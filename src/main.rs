@@ -206,10 +206,8 @@ enum Cmd {
 fn main() {
     lvrnn::tune_allocator();
     let cli = Cli::parse();
-    let threads = cli.threads.unwrap_or(0);
-    if threads > 0 {
-        lvrnn::init_threads(threads);
-    }
+    // 0: the default thread count (the machine's cores).
+    lvrnn::init_threads(cli.threads.unwrap_or(0));
     if let Err(e) = run(cli.cmd) {
         // A run stopped by SIGINT / SIGTERM at a safe point: what happened and how to resume,
         // and the exit status a shell gives a process that signal ended (130, 143).

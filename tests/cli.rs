@@ -482,7 +482,8 @@ fn reference_writes_the_documented_csv() {
 }
 
 /// `bench --json` prints one object per configuration with the documented keys, its split adds
-/// up to the total, and the floor is the FLOP count over the measured gemm throughput.
+/// up to the total, the floor is the FLOP count over the measured gemm throughput, and the
+/// projected protocol time is s/update × 20,000 in hours.
 #[test]
 fn bench_json_rows_carry_the_documented_keys() {
     let dir = tempfile::tempdir().unwrap();
@@ -531,6 +532,9 @@ fn bench_json_rows_carry_the_documented_keys() {
         let floor = num("gflop_per_update") / num("gemm_gflops");
         assert!((floor - num("floor_s")).abs() <= 1e-12 + 1e-9 * floor);
         assert!(num("peak_rss_mb") > 0.0);
+        // The paper's protocol (20,000 updates) at this s/update, in hours.
+        let hours = num("s_per_update") * 20_000.0 / 3600.0;
+        assert!((num("protocol_hours") - hours).abs() <= 1e-12 + 1e-9 * hours);
     }
     let bad = lvrnn(&["bench", "--task", "chess"], dir.path());
     assert!(!bad.status.success());

@@ -20,7 +20,7 @@
 
 use super::Core;
 use crate::nn::kernels::dedup_rows;
-use crate::nn::lstm_seq::{hidden_states, lstm_sequence};
+use crate::nn::lstm_seq::{hidden_states, lstm_sequence_rows};
 use crate::posterior::spectral_kl::{ChunkNoise, spectral_chunk};
 use crate::posterior::{Covariance, Gaussian, KnownCayley};
 use anyhow::{Result, bail};
@@ -75,8 +75,9 @@ impl Core {
         let (steps, batch) = (inputs.steps, inputs.batch);
         let rows = steps * batch;
         let stage = self.project_inputs(&inputs.kinds, rows)?;
+        // The recurrence reads the step-major rows directly; `xw` (T, B, 4H) is for values.
+        let states = lstm_sequence_rows(&stage.xw, &self.lstm.wh, steps)?;
         let xw = stage.xw.reshape((steps, batch, 4 * self.hidden))?;
-        let states = lstm_sequence(&xw, &self.lstm.wh)?;
         let phi = self.proj.forward(&hidden_states(&states)?)?; // (T, B, n)
         let zero = Tensor::zeros((1, batch, self.hidden), DType::F32, &self.device)?;
         let phi0 = self.proj.forward(&zero)?;

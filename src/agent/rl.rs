@@ -705,8 +705,13 @@ pub fn rollout(
             .head_input(&step.embedded[INPUT_OBS], &step.z)?
             .flatten_all()?
             .to_vec1()?;
-        let policy = model.policy.trace(&weights.0, &input, nz * b)?;
-        let value = model.value.trace(&weights.1, &input, nz * b)?;
+        let heads = [
+            (&model.policy, &weights.0[..]),
+            (&model.value, &weights.1[..]),
+        ];
+        let [policy, value]: [HeadTrace; 2] = Head::trace_all(&heads, &input, nz * b)?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("two head traces"))?;
         let logits = Tensor::from_vec(policy.output.clone(), (nz, b, model.num_actions), device)?;
         let log_probs: Vec<Vec<f32>> = average_log_probs(&logits)?.to_vec2()?;
         let values: Vec<f32> = Tensor::from_vec(value.output.clone(), (nz, b), device)?

@@ -19,10 +19,10 @@
 //! the heads' backward (`train::ppo`).
 
 use super::Params;
-use super::kernels::{Mat, sgemm};
+use super::kernels::{Mat, parts, run_parts, sgemm, split_even, split_rows_mut, sum_in_order};
 use super::mlp::{
-    LayerNorm, Mlp, affine_gradient_values, affine_values, f32_values, layer_norm_gradients,
-    layer_norm_values, leaky, leaky_derivative,
+    LayerNorm, Mlp, affine_gradient_values, affine_into, f32_values, layer_norm_gradients,
+    layer_norm_gradients_into, layer_norm_into, leaky, leaky_derivative,
 };
 use crate::linalg::logical;
 use anyhow::Result;
@@ -115,13 +115,31 @@ impl Head {
     /// The head's forward on `rows` rows of plain values x (rows × d_in), without a graph,
     /// given its [`Head::packed_values`]: the output and the layer inputs.
     pub fn trace(&self, packed: &[f32], x: &[f32], rows: usize) -> Result<HeadTrace> {
-        let sizes = self.sizes()?;
-        let (layer_inputs, output) = forward_values(&sizes, packed, x, rows);
-        Ok(HeadTrace {
-            rows,
-            layer_inputs,
-            output,
-        })
+        Ok(Head::trace_all(&[(self, packed)], x, rows)?.remove(0))
+    }
+
+    /// [`Head::trace`] of several heads with the same input width on the same rows.
+    pub fn trace_all(heads: &[(&Head, &[f32])], x: &[f32], rows: usize) -> Result<Vec<HeadTrace>> {
+        let sizes = heads
+            .iter()
+            .map(|(h, _)| h.sizes())
+            .collect::<Result<Vec<_>>>()?;
+        if sizes.iter().any(|s| s[0] != sizes[0][0]) {
+            anyhow::bail!("head traces on the same rows need the same input width");
+        }
+        let specs: Vec<(&[usize], &[f32])> = sizes
+            .iter()
+            .zip(heads)
+            .map(|(s, (_, p))| (&s[..], *p))
+            .collect();
+        Ok(forward_many(&specs, x, rows)
+            .into_iter()
+            .map(|(layer_inputs, output)| HeadTrace {
+                rows,
+                layer_inputs,
+                output,
+            })
+            .collect())
     }
 }
 
@@ -219,23 +237,126 @@ fn param_offsets(sizes: &[usize]) -> (Vec<(usize, usize)>, usize) {
 }
 
 /// The forward of [`HeadOp`] on plain values: the layer inputs y_0 … y_{L−1} and the output.
+/// Rows are independent: with several threads each computes a contiguous part of them
+/// ([`parts`]; one part: the serial code, its products free to use the threads).
 fn forward_values(sizes: &[usize], p: &[f32], x: &[f32], rows: usize) -> (Vec<Vec<f32>>, Vec<f32>) {
+    forward_many(&[(sizes, p)], x, rows).remove(0)
+}
+
+/// [`forward_values`] of several heads on the same input rows, each part of the rows running
+/// all of them (one parallel region instead of one per head).
+fn forward_many(
+    heads: &[(&[usize], &[f32])],
+    x: &[f32],
+    rows: usize,
+) -> Vec<(Vec<Vec<f32>>, Vec<f32>)> {
+    let mut results: Vec<(Vec<Vec<f32>>, Vec<f32>)> = heads
+        .iter()
+        .map(|(sizes, _)| {
+            let layers = sizes.len() - 1;
+            let saved = sizes[..layers]
+                .iter()
+                .map(|d| vec![0f32; rows * d])
+                .collect();
+            (saved, vec![0f32; rows * sizes[layers]])
+        })
+        .collect();
+    let ranges = split_even(rows, parts(rows));
+    let serial = ranges.len() == 1;
+    // Per part and head: its rows of every layer input and of the output.
+    type Views<'a> = Vec<(Vec<&'a mut [f32]>, &'a mut [f32])>;
+    let mut views: Vec<Views> = ranges.iter().map(|_| vec![]).collect();
+    for ((saved, output), (sizes, _)) in results.iter_mut().zip(heads) {
+        let mut ys: Vec<Vec<&mut [f32]>> = ranges.iter().map(|_| vec![]).collect();
+        for (buf, width) in saved.iter_mut().zip(sizes.iter()) {
+            for (part, rows) in ys.iter_mut().zip(split_rows_mut(buf, *width, &ranges)) {
+                part.push(rows);
+            }
+        }
+        let outputs = split_rows_mut(output, *sizes.last().unwrap(), &ranges);
+        for (part, view) in views.iter_mut().zip(ys.into_iter().zip(outputs)) {
+            part.push(view);
+        }
+    }
+    let d = heads[0].0[0];
+    let work: Vec<_> = ranges.iter().cloned().zip(views).collect();
+    run_parts(work, |(r, views)| {
+        let x = &x[r.start * d..r.end * d];
+        for ((sizes, p), (mut ys, out)) in heads.iter().zip(views) {
+            forward_rows(sizes, p, x, r.len(), &mut ys, out, serial);
+        }
+    });
+    results
+}
+
+/// [`forward_values`] of `rows` rows on the calling thread into the layer inputs `ys` and the
+/// output `out` (`parallel`: whether the matrix products may use the other threads).
+fn forward_rows(
+    sizes: &[usize],
+    p: &[f32],
+    x: &[f32],
+    rows: usize,
+    ys: &mut [&mut [f32]],
+    out: &mut [f32],
+    parallel: bool,
+) {
     let d = sizes[0];
-    let mut y = layer_norm_values(x, &p[..d], &p[d..2 * d], d);
+    layer_norm_into(x, &p[..d], &p[d..2 * d], d, ys[0]);
     let (offsets, _) = param_offsets(sizes);
     let layers = offsets.len();
-    let mut saved = Vec::with_capacity(layers);
     for (l, &(w, b)) in offsets.iter().enumerate() {
         let (k, n) = (sizes[l], sizes[l + 1]);
         let (w, b) = (&p[w..w + k * n], &p[b..b + n]);
-        let next = if l + 1 < layers {
-            affine_values(&y, w, b, (rows, k, n), leaky)
+        let (inputs, rest) = ys.split_at_mut(l + 1);
+        let y = &*inputs[l];
+        if l + 1 < layers {
+            affine_into(y, w, b, (rows, k, n), leaky, rest[0], parallel);
         } else {
-            affine_values(&y, w, b, (rows, k, n), |z| z)
-        };
-        saved.push(std::mem::replace(&mut y, next));
+            affine_into(y, w, b, (rows, k, n), |z| z, out, parallel);
+        }
     }
-    (saved, y)
+}
+
+/// The backward of [`HeadOp`] for the rows `r` of its input x (d_in wide) and output gradient
+/// `grad` (d_L wide), on the calling thread: writes the rows' ∂L/∂x into `dx` and returns the
+/// rows' part of the packed parameters' gradient (`parallel` as in [`forward_rows`]).
+#[allow(clippy::too_many_arguments)]
+fn backward_rows(
+    sizes: &[usize],
+    p: &[f32],
+    saved: &[Vec<f32>],
+    x: &[f32],
+    grad: &[f32],
+    r: std::ops::Range<usize>,
+    dx: &mut [f32],
+    parallel: bool,
+) -> Vec<f32> {
+    let (layers, total) = param_offsets(sizes);
+    let (d, rows) = (sizes[0], r.len());
+    let mut dp = vec![0f32; total];
+    let out_width = *sizes.last().unwrap();
+    let mut g = grad[r.start * out_width..r.end * out_width].to_vec();
+    for (l, &(w, b)) in layers.iter().enumerate().rev() {
+        let (k, n) = (sizes[l], sizes[l + 1]);
+        if l + 1 < layers.len() {
+            // y_l = leaky(z_l) has the sign of z_l, so act′ is read from the output.
+            let out = &saved[l + 1][r.start * n..r.end * n];
+            g.iter_mut()
+                .zip(out.iter())
+                .for_each(|(g, y)| *g *= leaky_derivative(*y));
+        }
+        let input = &saved[l][r.start * k..r.end * k];
+        let (gx, gw, gb) =
+            affine_gradient_values(input, &p[w..w + k * n], &g, (rows, k, n), parallel);
+        dp[w..w + k * n].copy_from_slice(&gw);
+        dp[b..b + n].copy_from_slice(&gb);
+        g = gx;
+    }
+    let x = &x[r.start * d..r.end * d];
+    let (dgamma, dbeta) = layer_norm_gradients_into(x, &p[..d], &g, d, dx);
+    dp[..d].copy_from_slice(&dgamma);
+    dp[d..2 * d].copy_from_slice(&dbeta);
+    dp
 }
 
 /// The head of [`Head::forward`] as one op on (rows, d_in) inputs and the parameters packed as
@@ -309,7 +430,7 @@ impl CustomOp2 for HeadOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (rows, d) = x.dims2()?;
-        let (layers, total) = param_offsets(&self.sizes);
+        let (_, total) = param_offsets(&self.sizes);
         let guard = self.saved.lock().expect("head: saved activations");
         let Some(trace) = guard.as_ref() else {
             candle_core::bail!("head: the backward ran before the forward");
@@ -317,28 +438,23 @@ impl CustomOp2 for HeadOp {
         let saved = &trace.layer_inputs;
         let (ps, pl) = packed.storage_and_layout();
         let p = f32_values(&ps, pl)?;
-        let mut dp = vec![0f32; total];
         let (gs, gl) = grad.storage_and_layout();
-        let mut g = f32_values(&gs, gl)?.into_owned();
-        for (l, &(w, b)) in layers.iter().enumerate().rev() {
-            let (k, n) = (self.sizes[l], self.sizes[l + 1]);
-            if l + 1 < layers.len() {
-                // y_l = leaky(z_l) has the sign of z_l, so act′ is read from the output.
-                let out = &saved[l + 1];
-                g.iter_mut()
-                    .zip(out.iter())
-                    .for_each(|(g, y)| *g *= leaky_derivative(*y));
-            }
-            let (gx, gw, gb) =
-                affine_gradient_values(&saved[l], &p[w..w + k * n], &g, (rows, k, n));
-            dp[w..w + k * n].copy_from_slice(&gw);
-            dp[b..b + n].copy_from_slice(&gb);
-            g = gx;
-        }
+        let g = f32_values(&gs, gl)?;
         let (xs, xl) = x.storage_and_layout();
-        let (dx, dgamma, dbeta) = layer_norm_gradients(&f32_values(&xs, xl)?, &p[..d], &g, d);
-        dp[..d].copy_from_slice(&dgamma);
-        dp[d..2 * d].copy_from_slice(&dbeta);
+        let xv = f32_values(&xs, xl)?;
+        // Rows are independent except for the parameters' gradient, a sum over rows: with
+        // several threads each part of the rows gives its share, added in the parts' order
+        // (deterministic for a given thread count; one part: the serial code).
+        let mut dx = vec![0f32; rows * d];
+        let ranges = split_even(rows, parts(rows));
+        let serial = ranges.len() == 1;
+        let dxs = split_rows_mut(&mut dx, d, &ranges);
+        let work: Vec<_> = ranges.into_iter().zip(dxs).collect();
+        let shares = run_parts(work, |(r, dx)| {
+            backward_rows(&self.sizes, &p, saved, &xv, &g, r, dx, serial)
+        });
+        let dp = sum_in_order(shares);
+        debug_assert_eq!(dp.len(), total);
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, (rows, d), dev)?),

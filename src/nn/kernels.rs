@@ -5,7 +5,90 @@
 //! Everything here works on row-major buffers outside the autograd graph; the graph-level
 //! wrappers (`nn::lstm_seq`, `posterior::filter`) call them and own the mathematics.
 
+use rayon::prelude::*;
 use std::collections::HashMap;
+use std::ops::Range;
+
+/// Items (tasks, rows) a part of a batch-parallel loop gets at least: below that, a second
+/// thread costs more to wake than it saves.
+pub const MIN_PART_ITEMS: usize = 32;
+
+/// How many parts a loop over `items` independent items (the tasks of a batch, the rows of a
+/// layer) is split into: the configured thread count (`candle_core::utils::get_num_threads`),
+/// at most one part per [`MIN_PART_ITEMS`] items, at least one. One part is the serial code
+/// on the calling thread. The split depends only on the thread count and the sizes, so results
+/// are deterministic for a given thread count.
+pub fn parts(items: usize) -> usize {
+    let threads = candle_core::utils::get_num_threads();
+    threads.min(items / MIN_PART_ITEMS).max(1)
+}
+
+/// 0..len as `parts` contiguous ranges of near-equal length (the first len % parts one longer).
+pub fn split_even(len: usize, parts: usize) -> Vec<Range<usize>> {
+    let parts = parts.max(1);
+    let (base, extra) = (len / parts, len % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|p| {
+            let end = start + base + usize::from(p < extra);
+            let r = start..end;
+            start = end;
+            r
+        })
+        .collect()
+}
+
+/// The rows `ranges` (consecutive, covering all rows) of a row-major buffer of `width`
+/// columns, as disjoint mutable slices.
+pub fn split_rows_mut<'a, T>(
+    mut buf: &'a mut [T],
+    width: usize,
+    ranges: &[Range<usize>],
+) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut(r.len() * width);
+        out.push(head);
+        buf = tail;
+    }
+    out
+}
+
+/// A step-major buffer (steps × batch rows of `width`) split by tasks: part p holds, for every
+/// step, the rows of the tasks `ranges[p]` (consecutive, covering the batch).
+pub fn split_steps_mut<'a, T>(
+    buf: &'a mut [T],
+    batch: usize,
+    width: usize,
+    ranges: &[Range<usize>],
+) -> Vec<Vec<&'a mut [T]>> {
+    let mut parts: Vec<Vec<&mut [T]>> = ranges.iter().map(|_| vec![]).collect();
+    for step in buf.chunks_mut(batch * width) {
+        for (part, rows) in parts.iter_mut().zip(split_rows_mut(step, width, ranges)) {
+            part.push(rows);
+        }
+    }
+    parts
+}
+
+/// `f` on every item of `parts`, on the calling thread for one item, else on rayon's threads;
+/// the results in the items' order.
+pub fn run_parts<I: Send, R: Send>(parts: Vec<I>, f: impl Fn(I) -> R + Sync + Send) -> Vec<R> {
+    if parts.len() <= 1 {
+        parts.into_iter().map(f).collect()
+    } else {
+        parts.into_par_iter().map(f).collect()
+    }
+}
+
+/// Σ_p parts[p] elementwise, added in the parts' order (the same sum for a given split).
+pub fn sum_in_order(mut parts: Vec<Vec<f32>>) -> Vec<f32> {
+    let mut total = parts.remove(0);
+    for p in parts {
+        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+    }
+    total
+}
 
 /// A read-only matrix view: `data[r·rs + c·cs]` is entry (r, c).
 #[derive(Clone, Copy)]
@@ -195,8 +278,21 @@ pub fn activate_gates(z: &mut [f32], hidden: usize) {
     o.iter_mut().for_each(|v| *v = sigmoid(*v));
 }
 
-/// [`activate_gates`] on every row of `z` (rows of 4H).
+/// [`activate_gates`] on every row of `z` (rows of 4H), the rows split between the threads
+/// ([`parts`]).
 pub fn activate_gate_rows(z: &mut [f32], hidden: usize) {
+    let g4 = 4 * hidden;
+    let rows = z.len() / g4.max(1);
+    let ranges = split_even(rows, parts(rows));
+    if ranges.len() == 1 {
+        return activate_gate_rows_serial(z, hidden);
+    }
+    run_parts(split_rows_mut(z, g4, &ranges), |part| {
+        activate_gate_rows_serial(part, hidden)
+    });
+}
+
+fn activate_gate_rows_serial(z: &mut [f32], hidden: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {

@@ -17,17 +17,45 @@
 //! The gates are recomputed in the backward pass from the saved outputs with one large matrix
 //! product, so the op keeps no state. Checked against the per-step graph in `tests/fast_path.rs`.
 
-use super::kernels::{Mat, activate_gate_rows, lstm_cells, sgemm, tanh};
+use super::kernels::{
+    Mat, activate_gate_rows, lstm_cells, parts, run_parts, sgemm, split_even, split_rows_mut,
+    split_steps_mut, sum_in_order, tanh,
+};
+use super::mlp::f32_values;
 use crate::linalg::logical;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-struct LstmSequence;
+/// The op; `steps` = T where xw comes as step-major rows (T·B, 4H), None for (T, B, 4H).
+struct LstmSequence {
+    steps: Option<usize>,
+}
+
+impl LstmSequence {
+    /// (T, B, 4H) of an xw of shape (T, B, 4H), or (T·B, 4H) with `steps` = T.
+    fn dims(&self, dims: &[usize]) -> candle_core::Result<(usize, usize, usize)> {
+        match (dims, self.steps) {
+            (&[t, b, g], None) => Ok((t, b, g)),
+            (&[rows, g], Some(t)) if t > 0 && rows % t == 0 => Ok((t, rows / t, g)),
+            _ => candle_core::bail!(
+                "lstm-sequence: xw {dims:?} is neither (T, B, 4H) nor (T·B, 4H) for T = {:?}",
+                self.steps
+            ),
+        }
+    }
+}
 
 /// The outputs [h_t, c_t] for t = 1..T of the recurrence above: (T, B, 2H) from xw (T, B, 4H)
 /// and W_h (H, 4H). Differentiable in both inputs (and in both halves of the output).
 pub fn lstm_sequence(xw: &Tensor, wh: &Tensor) -> Result<Tensor> {
-    Ok(xw.apply_op2(wh, LstmSequence)?)
+    Ok(xw.apply_op2(wh, LstmSequence { steps: None })?)
+}
+
+/// [`lstm_sequence`] for xw given as step-major rows (T·B, 4H) (row t·B + b: step t of task b),
+/// without a reshape node in the graph (candle's backward zero-fills and adds a gradient buffer
+/// for every node, and xw is the largest activation of a replay).
+pub fn lstm_sequence_rows(xw: &Tensor, wh: &Tensor, steps: usize) -> Result<Tensor> {
+    Ok(xw.apply_op2(wh, LstmSequence { steps: Some(steps) })?)
 }
 
 /// The h half of [`lstm_sequence`]'s output, (T, B, H).
@@ -36,7 +64,9 @@ pub fn hidden_states(out: &Tensor) -> Result<Tensor> {
     Ok(out.narrow(2, 0, h2 / 2)?)
 }
 
-/// Forward recurrence on plain slices: returns [h_t, c_t] per step, (T·B·2H).
+/// Forward recurrence on plain slices: returns [h_t, c_t] per step, (T·B·2H). The tasks are
+/// independent, so with several threads each runs the whole recurrence of a contiguous part of
+/// the batch ([`parts`]; one part: the serial loop).
 pub fn forward_values(
     xw: &[f32],
     wh: &[f32],
@@ -46,21 +76,28 @@ pub fn forward_values(
 ) -> Vec<f32> {
     let (g4, h2) = (4 * hidden, 2 * hidden);
     let mut out = vec![0f32; t_len * batch * h2];
-    let (mut c, mut h) = (vec![0f32; batch * hidden], vec![0f32; batch * hidden]);
-    for t in 0..t_len {
-        let xw_t = &xw[t * batch * g4..(t + 1) * batch * g4];
-        lstm_step(xw_t, wh, &mut c, &mut h, batch, hidden);
-        for b in 0..batch {
-            let row = &mut out[(t * batch + b) * h2..(t * batch + b + 1) * h2];
-            row[..hidden].copy_from_slice(&h[b * hidden..(b + 1) * hidden]);
-            row[hidden..].copy_from_slice(&c[b * hidden..(b + 1) * hidden]);
+    let ranges = split_even(batch, parts(batch));
+    let serial = ranges.len() == 1;
+    let views = split_steps_mut(&mut out, batch, h2, &ranges);
+    run_parts(ranges.into_iter().zip(views).collect(), |(tasks, steps)| {
+        let rows = tasks.len();
+        let (mut c, mut h) = (vec![0f32; rows * hidden], vec![0f32; rows * hidden]);
+        for (t, dst) in steps.into_iter().enumerate() {
+            let xw_t = &xw[(t * batch + tasks.start) * g4..(t * batch + tasks.end) * g4];
+            lstm_step_rows(xw_t, wh, &mut c, &mut h, rows, hidden, serial);
+            for b in 0..rows {
+                let row = &mut dst[b * h2..(b + 1) * h2];
+                row[..hidden].copy_from_slice(&h[b * hidden..(b + 1) * hidden]);
+                row[hidden..].copy_from_slice(&c[b * hidden..(b + 1) * hidden]);
+            }
         }
-    }
+    });
     out
 }
 
 /// One LSTM step on plain buffers (gates i, f, g, o; see `nn::lstm`):
-/// z = xw + h W_h, c ← f∘c + i∘g, h ← o∘tanh(c), for B rows.
+/// z = xw + h W_h, c ← f∘c + i∘g, h ← o∘tanh(c), for B rows, the rows split between the
+/// threads ([`parts`]).
 pub fn lstm_step(
     xw: &[f32],
     wh: &[f32],
@@ -69,8 +106,35 @@ pub fn lstm_step(
     batch: usize,
     hidden: usize,
 ) {
+    let ranges = split_even(batch, parts(batch));
+    if ranges.len() == 1 {
+        return lstm_step_rows(xw, wh, c, h, batch, hidden, true);
+    }
     let g4 = 4 * hidden;
-    let mut z = xw.to_vec();
+    let (cs, hs) = (
+        split_rows_mut(c, hidden, &ranges),
+        split_rows_mut(h, hidden, &ranges),
+    );
+    let work: Vec<_> = ranges.into_iter().zip(cs.into_iter().zip(hs)).collect();
+    run_parts(work, |(rows, (c, h))| {
+        let xw = &xw[rows.start * g4..rows.end * g4];
+        lstm_step_rows(xw, wh, c, h, rows.len(), hidden, false)
+    });
+}
+
+/// [`lstm_step`] on the calling thread (`parallel`: whether its matrix product may use the
+/// other threads).
+fn lstm_step_rows(
+    xw: &[f32],
+    wh: &[f32],
+    c: &mut [f32],
+    h: &mut [f32],
+    batch: usize,
+    hidden: usize,
+    parallel: bool,
+) {
+    let g4 = 4 * hidden;
+    let mut z = xw[..batch * g4].to_vec();
     sgemm(
         batch,
         g4,
@@ -79,7 +143,7 @@ pub fn lstm_step(
         Mat::rows(wh, g4),
         &mut z,
         true,
-        true,
+        parallel,
     );
     lstm_cells(&mut z[..batch * g4], c, h, hidden);
 }
@@ -168,7 +232,7 @@ impl CustomOp2 for LstmSequence {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (t_len, batch, g4) = l1.shape().dims3()?;
+        let (t_len, batch, g4) = self.dims(l1.dims())?;
         let (hidden, g4w) = l2.shape().dims2()?;
         if g4 != 4 * hidden || g4w != g4 {
             candle_core::bail!(
@@ -205,15 +269,21 @@ impl CustomOp2 for LstmSequence {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (t_len, batch, g4) = xw.dims3()?;
+        let (t_len, batch, g4) = self.dims(xw.dims())?;
         let hidden = g4 / 4;
         let h2 = 2 * hidden;
         let device = xw.device().clone();
-        let xw_v: Vec<f32> = xw.flatten_all()?.to_vec1()?;
+        // The inputs are read in place where contiguous (only xw is copied: it becomes the gates).
+        let (xs, xl) = xw.storage_and_layout();
+        let mut gates = f32_values(&xs, xl)?.into_owned();
+        drop(xs);
         let wh_v: Vec<f32> = wh.flatten_all()?.to_vec1()?;
-        let out: Vec<f32> = res.flatten_all()?.to_vec1()?;
-        let grad: Vec<f32> = grad_res.contiguous()?.flatten_all()?.to_vec1()?;
-        // h_{t−1} for every step (zeros at t = 0), (T·B, H).
+        let (rs, rl) = res.storage_and_layout();
+        let out = f32_values(&rs, rl)?;
+        let (gs, gl) = grad_res.storage_and_layout();
+        let grad = f32_values(&gs, gl)?;
+        // h_{t−1} for every step (zeros at t = 0), (T·B, H). (∂L/∂W_h sums over all T·B rows,
+        // the zero ones included, so that its rounding is the same whatever the thread count.)
         let mut h_prev = vec![0f32; t_len * batch * hidden];
         for t in 1..t_len {
             for b in 0..batch {
@@ -223,7 +293,6 @@ impl CustomOp2 for LstmSequence {
             }
         }
         // Gates of every step at once: z = xw + h_{t−1} W_h.
-        let mut gates = xw_v;
         sgemm(
             t_len * batch,
             g4,
@@ -235,49 +304,67 @@ impl CustomOp2 for LstmSequence {
             true,
         );
         activate_gate_rows(&mut gates, hidden);
-        // Backward through time; dz overwrites the gates step by step.
-        let mut dh_next = vec![0f32; batch * hidden];
-        let mut dc_next = vec![0f32; batch * hidden];
-        for t in (0..t_len).rev() {
-            let rows = t * batch..(t + 1) * batch;
-            let prev = (t > 0).then(|| &out[(t - 1) * batch * h2..t * batch * h2]);
-            bptt_cells(
-                &mut gates[rows.start * g4..rows.end * g4],
-                &grad[rows.start * h2..rows.end * h2],
-                &out[rows.start * h2..rows.end * h2],
-                prev,
-                &dh_next,
-                &mut dc_next,
-                hidden,
-            );
-            if t > 0 {
-                // δh_{t−1} (recurrent part) = δz_t W_hᵀ.
-                let dz = &gates[t * batch * g4..(t + 1) * batch * g4];
-                sgemm(
-                    batch,
-                    hidden,
-                    g4,
-                    Mat::rows(dz, g4),
-                    Mat::rows_t(&wh_v, g4),
-                    &mut dh_next,
-                    false,
-                    true,
-                );
-            }
-        }
-        // ∂L/∂W_h = Σ_t h_{t−1}ᵀ δz_t.
-        let mut dwh = vec![0f32; hidden * g4];
-        sgemm(
-            hidden,
-            g4,
-            t_len * batch,
-            Mat::rows_t(&h_prev, hidden),
-            Mat::rows(&gates, g4),
-            &mut dwh,
-            false,
-            true,
+        // Backward through time; dz overwrites the gates step by step. The tasks' recurrences
+        // are independent: with several threads each runs a contiguous part of the batch
+        // ([`parts`]; one part: the serial loop).
+        let ranges = split_even(batch, parts(batch));
+        let serial = ranges.len() == 1;
+        let views = split_steps_mut(&mut gates, batch, g4, &ranges);
+        run_parts(
+            ranges.into_iter().zip(views).collect(),
+            |(tasks, mut steps)| {
+                let rows = tasks.len();
+                let mut dh_next = vec![0f32; rows * hidden];
+                let mut dc_next = vec![0f32; rows * hidden];
+                let at = |t: usize| (t * batch + tasks.start) * h2..(t * batch + tasks.end) * h2;
+                for t in (0..t_len).rev() {
+                    let prev = (t > 0).then(|| &out[at(t - 1)]);
+                    bptt_cells(
+                        steps[t],
+                        &grad[at(t)],
+                        &out[at(t)],
+                        prev,
+                        &dh_next,
+                        &mut dc_next,
+                        hidden,
+                    );
+                    if t > 0 {
+                        // δh_{t−1} (recurrent part) = δz_t W_hᵀ.
+                        sgemm(
+                            rows,
+                            hidden,
+                            g4,
+                            Mat::rows(steps[t], g4),
+                            Mat::rows_t(&wh_v, g4),
+                            &mut dh_next,
+                            false,
+                            serial,
+                        );
+                    }
+                }
+            },
         );
-        let dxw = Tensor::from_vec(gates, (t_len, batch, g4), &device)?;
+        // ∂L/∂W_h = Σ_t h_{t−1}ᵀ δz_t over all T·B rows: with several threads each sums a
+        // contiguous part of the rows, the parts added in order (one part: one product).
+        let all = t_len * batch;
+        let ranges = split_even(all, parts(all));
+        let serial = ranges.len() == 1;
+        let shares = run_parts(ranges, |r| {
+            let mut dwh = vec![0f32; hidden * g4];
+            sgemm(
+                hidden,
+                g4,
+                r.len(),
+                Mat::rows_t(&h_prev[r.start * hidden..r.end * hidden], hidden),
+                Mat::rows(&gates[r.start * g4..r.end * g4], g4),
+                &mut dwh,
+                false,
+                serial,
+            );
+            dwh
+        });
+        let dwh = sum_in_order(shares);
+        let dxw = Tensor::from_vec(gates, xw.shape(), &device)?;
         let dwh = Tensor::from_vec(dwh, (hidden, g4), &device)?;
         Ok((Some(dxw), Some(dwh)))
     }

@@ -253,22 +253,36 @@ pub(crate) fn affine_values(
     act: impl Fn(f32) -> f32,
 ) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
+    affine_into(x, w, b, (m, k, n), act, &mut y, true);
+    y
+}
+
+/// [`affine_values`] into `y` (m×n); `parallel` = false keeps its matrix product on the
+/// calling thread (inside an outer parallel loop).
+pub(crate) fn affine_into(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    act: impl Fn(f32) -> f32,
+    y: &mut [f32],
+    parallel: bool,
+) {
     sgemm(
         m,
         n,
         k,
         Mat::rows(x, k),
         Mat::rows(w, n),
-        &mut y,
+        y,
         false,
-        true,
+        parallel,
     );
-    for row in y.chunks_mut(n.max(1)) {
+    for row in y[..m * n].chunks_mut(n.max(1)) {
         for (v, bias) in row.iter_mut().zip(b.iter()) {
             *v = act(*v + bias);
         }
     }
-    y
 }
 
 /// The gradients of z = x W + b given δz (m×n, row-major): δx = δz Wᵀ, δW = xᵀ δz,
@@ -282,7 +296,7 @@ pub(crate) fn affine_gradients(
     let n = w.dim(1)?;
     let ((xs, xl), (ws, wl)) = (x.storage_and_layout(), w.storage_and_layout());
     let (xv, wv) = (f32_values(&xs, xl)?, f32_values(&ws, wl)?);
-    let (gx, gw, gb) = affine_gradient_values(&xv, &wv, gz, (m, k, n));
+    let (gx, gw, gb) = affine_gradient_values(&xv, &wv, gz, (m, k, n), true);
     let dev = x.device();
     Ok((
         Some(Tensor::from_vec(gx, (m, k), dev)?),
@@ -292,19 +306,20 @@ pub(crate) fn affine_gradients(
 }
 
 /// [`affine_gradients`] on plain row-major values: (δx, δW, δb) for x (m×k), W (k×n) and
-/// δz (m×n).
+/// δz (m×n); `parallel` = false keeps the matrix products on the calling thread.
 pub(crate) fn affine_gradient_values(
     x: &[f32],
     w: &[f32],
     gz: &[f32],
     (m, k, n): (usize, usize, usize),
+    parallel: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut gx = vec![0f32; m * k];
     let mut gw = vec![0f32; k * n];
     let mut gb = vec![0f32; n];
     let gzm = Mat::rows(gz, n);
-    sgemm(m, k, n, gzm, Mat::rows_t(w, n), &mut gx, false, true);
-    sgemm(k, n, m, Mat::rows_t(x, k), gzm, &mut gw, false, true);
+    sgemm(m, k, n, gzm, Mat::rows_t(w, n), &mut gx, false, parallel);
+    sgemm(k, n, m, Mat::rows_t(x, k), gzm, &mut gw, false, parallel);
     for row in gz.chunks(n.max(1)) {
         gb.iter_mut().zip(row).for_each(|(s, g)| *s += g);
     }
@@ -355,6 +370,12 @@ struct FusedLayerNorm;
 /// Per row: x̂ and 1/√(var + ε).
 fn normalise_rows(x: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
     let mut xhat = vec![0f32; x.len()];
+    let inv = normalise_rows_into(x, d, &mut xhat);
+    (xhat, inv)
+}
+
+/// [`normalise_rows`] with x̂ written into `xhat`; returns 1/√(var + ε) per row.
+fn normalise_rows_into(x: &[f32], d: usize, xhat: &mut [f32]) -> Vec<f32> {
     let mut inv = Vec::with_capacity(x.len() / d.max(1));
     for (row, out) in x.chunks(d).zip(xhat.chunks_mut(d)) {
         let mean = lane_sum(row) / d as f32;
@@ -364,18 +385,24 @@ fn normalise_rows(x: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
         out.iter_mut().for_each(|o| *o *= s);
         inv.push(s);
     }
-    (xhat, inv)
+    inv
 }
 
 /// y = x̂∘γ + β for every row of x (rows of d).
 pub(crate) fn layer_norm_values(x: &[f32], gamma: &[f32], beta: &[f32], d: usize) -> Vec<f32> {
-    let (mut y, _) = normalise_rows(x, d);
+    let mut y = vec![0f32; x.len()];
+    layer_norm_into(x, gamma, beta, d, &mut y);
+    y
+}
+
+/// [`layer_norm_values`] into `y` (the size of x).
+pub(crate) fn layer_norm_into(x: &[f32], gamma: &[f32], beta: &[f32], d: usize, y: &mut [f32]) {
+    normalise_rows_into(x, d, y);
     for row in y.chunks_mut(d) {
         row.iter_mut()
             .zip(gamma.iter().zip(beta.iter()))
             .for_each(|(v, (g, b))| *v = *v * g + b);
     }
-    y
 }
 
 /// The gradients (∂L/∂x, ∂L/∂γ, ∂L/∂β) of layer norm given ∂L/∂y (see [`FusedLayerNorm`]).
@@ -385,8 +412,20 @@ pub(crate) fn layer_norm_gradients(
     grad: &[f32],
     d: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (xhat, inv) = normalise_rows(x, d);
     let mut dx = vec![0f32; x.len()];
+    let (dgamma, dbeta) = layer_norm_gradients_into(x, gamma, grad, d, &mut dx);
+    (dx, dgamma, dbeta)
+}
+
+/// [`layer_norm_gradients`] with ∂L/∂x written into `dx` (the size of x); returns (∂L/∂γ, ∂L/∂β).
+pub(crate) fn layer_norm_gradients_into(
+    x: &[f32],
+    gamma: &[f32],
+    grad: &[f32],
+    d: usize,
+    dx: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (xhat, inv) = normalise_rows(x, d);
     let (mut dgamma, mut dbeta) = (vec![0f32; d], vec![0f32; d]);
     for (r, s) in inv.iter().enumerate() {
         let (xh, g) = (&xhat[r * d..(r + 1) * d], &grad[r * d..(r + 1) * d]);
@@ -401,7 +440,7 @@ pub(crate) fn layer_norm_gradients(
         (dgamma.iter_mut().zip(g.iter().zip(xh))).for_each(|(dg, (gk, xk))| *dg += gk * xk);
         dbeta.iter_mut().zip(g).for_each(|(db, gk)| *db += gk);
     }
-    (dx, dgamma, dbeta)
+    (dgamma, dbeta)
 }
 
 impl candle_core::CustomOp3 for FusedLayerNorm {

@@ -191,7 +191,8 @@ impl CustomOp3 for CayleyHead {
         })?;
         let ((xs, xl), (ws, wl)) = (x.storage_and_layout(), w.storage_and_layout());
         let (xv, wv) = (f32_values(&xs, xl)?, f32_values(&ws, wl)?);
-        let (gx, gw, gb) = affine_gradient_values(&xv, &lower.gather(&wv, d), &gt, (rows, d, m));
+        let (gx, gw, gb) =
+            affine_gradient_values(&xv, &lower.gather(&wv, d), &gt, (rows, d, m), true);
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(gx, (rows, d), dev)?),
