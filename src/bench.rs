@@ -5,7 +5,7 @@
 //!
 //! One row per (task, posterior SPEC); `--json` prints one JSON object per row.
 
-use crate::agent::ModelConfig;
+use crate::config::ModelConfig;
 use crate::agent::regression::RegressionModel;
 use crate::agent::rl::{ActionRule, Keep, RlModel, rollout};
 use crate::config::{ExperimentConfig, Task};

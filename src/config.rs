@@ -3,8 +3,8 @@
 //! resolves to where it leaves them to the task ([`env_kind`], [`policy_sees_state`],
 //! [`reward_loss_scale`]).
 
-use crate::agent::ModelConfig;
 use crate::envs::EnvKind;
+use crate::posterior::PosteriorConfig;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -598,3 +598,156 @@ pub fn reward_loss_scale(cfg: &ExperimentConfig) -> Result<f64> {
         EnvKind::Gridworld => 0.0,
     })
 }
+
+/// Architecture and posterior of a model (`[model]` in the TOML configs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Width of each input embedding MLP (two layers) — paper: 256.
+    #[serde(default = "d_embed")]
+    pub embed_width: usize,
+    /// LSTM hidden size — paper: 128.
+    #[serde(default = "d_hidden")]
+    pub hidden: usize,
+    /// Posterior dimensionality n (the projection P: h → φ ∈ R^n) — paper: 32 or 64.
+    #[serde(default = "d_features")]
+    pub features: usize,
+    /// Hidden sizes of the prediction / policy / value heads — paper: [256, 256, 64].
+    #[serde(default = "d_head")]
+    pub head_hidden: Vec<usize>,
+    /// Number of posterior samples n_Z per step (outputs averaged over samples, App. B.3).
+    #[serde(default = "d_nz")]
+    pub n_z: usize,
+    #[serde(default)]
+    pub posterior: PosteriorConfig,
+    /// RL: the scale s of the posterior noise in what the policy and value heads see,
+    /// z = μ_t + s·Σ_t^{1/2} ε (1: samples of q_t, as the paper describes; 0: the posterior
+    /// mean, which is what the authors' RL agents act on, see DESIGN.md). The KL term and the
+    /// posterior statistics do not depend on it. Must be 1 for regression.
+    #[serde(default = "d_sample_scale", skip_serializing_if = "is_one")]
+    pub sample_scale: f64,
+    /// RL: the fraction w of `train.updates` over which the training rollouts' noise scale
+    /// ramps linearly from 0 to `sample_scale`, s_u = sample_scale · min(1, u / (w·U)) at
+    /// update u of U (0: `sample_scale` from the first update). Absent:
+    /// [`DEFAULT_SAMPLE_WARMUP`]. Evaluation (held out during training, and after it) always
+    /// acts at `sample_scale`. Must be absent for regression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_warmup: Option<f64>,
+    /// RL: how often the heads' posterior sample is redrawn: `"step"` (a fresh ε at every
+    /// step, z_t = μ_t + s·Σ_t^{1/2} ε_t) or `"task"` (one ε per task for its whole
+    /// meta-episode, z_t = μ_t + s·Σ_t^{1/2} ε: each z_t is still a sample of q_t, and the
+    /// agent keeps one hypothesis of the task while q_t narrows, as posterior sampling does).
+    /// Absent: [`SampleEvery::DEFAULT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_every: Option<SampleEvery>,
+}
+
+/// How often an RL rollout redraws the noise ε of its posterior samples (`model.sample_every`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleEvery {
+    /// A fresh ε at every step.
+    Step,
+    /// One ε per task, held for the whole meta-episode.
+    Task,
+}
+
+impl SampleEvery {
+    /// The rule when `model.sample_every` is absent.
+    pub const DEFAULT: SampleEvery = SampleEvery::Step;
+}
+
+/// The warm-up fraction of the sample scale when `model.sample_warmup` is absent.
+pub const DEFAULT_SAMPLE_WARMUP: f64 = 0.0;
+
+fn d_sample_scale() -> f64 {
+    1.0
+}
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+
+fn d_embed() -> usize {
+    256
+}
+fn d_hidden() -> usize {
+    128
+}
+fn d_features() -> usize {
+    64
+}
+fn d_head() -> Vec<usize> {
+    vec![256, 256, 64]
+}
+fn d_nz() -> usize {
+    1
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            embed_width: 256,
+            hidden: 128,
+            features: 64,
+            head_hidden: d_head(),
+            n_z: 1,
+            posterior: PosteriorConfig::Rnn,
+            sample_scale: 1.0,
+            sample_warmup: None,
+            sample_every: None,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The noise scale of the training rollouts at update `update` (0-based) of `updates`:
+    /// s_u = `sample_scale` · min(1, u / (w·U)) with w = `sample_warmup` (or its default);
+    /// `sample_scale` throughout when w = 0.
+    pub fn sample_scale_at(&self, update: usize, updates: usize) -> f64 {
+        let w = self.sample_warmup.unwrap_or(DEFAULT_SAMPLE_WARMUP);
+        let ramp = w * updates as f64;
+        if ramp <= 0.0 {
+            return self.sample_scale;
+        }
+        self.sample_scale * (update as f64 / ramp).min(1.0)
+    }
+
+    /// `model.sample_every`, or its default.
+    pub fn sample_every(&self) -> SampleEvery {
+        self.sample_every.unwrap_or(SampleEvery::DEFAULT)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for (k, v) in [
+            ("model.embed_width", self.embed_width),
+            ("model.hidden", self.hidden),
+            ("model.features", self.features),
+            ("model.n_z", self.n_z),
+        ] {
+            if v == 0 {
+                bail!("{k} must be a positive integer (got 0)");
+            }
+        }
+        if !(0.0..=1.0).contains(&self.sample_scale) {
+            bail!(
+                "model.sample_scale must be in [0, 1] (got {}): 1 acts on samples of the posterior, 0 on its mean",
+                self.sample_scale
+            );
+        }
+        if let Some(w) = self.sample_warmup
+            && !(0.0..=1.0).contains(&w)
+        {
+            bail!(
+                "model.sample_warmup must be a fraction in [0, 1] of train.updates (got {w}): the part of training over which the sample scale ramps from 0 to model.sample_scale"
+            );
+        }
+        if self.head_hidden.contains(&0) {
+            bail!(
+                "model.head_hidden entries must be positive integers (got {:?})",
+                self.head_hidden
+            );
+        }
+        self.posterior.validate()
+    }
+}
+

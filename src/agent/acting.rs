@@ -313,7 +313,7 @@ fn laplace_samples(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::ModelConfig;
+    use crate::config::ModelConfig;
     use crate::nn::Params;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;

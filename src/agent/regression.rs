@@ -2,7 +2,8 @@
 //! p(y | x, z) = N(mean(x, z), σ²). Trained by the ELBO of `crate::train::supervised`,
 //! evaluated by `crate::eval`.
 
-use crate::agent::{Core, CoreState, ModelConfig};
+use crate::agent::{Core, CoreState};
+use crate::config::ModelConfig;
 use crate::nn::Params;
 use crate::nn::head::Head;
 use anyhow::Result;
