@@ -5,9 +5,9 @@
 //!
 //! One row per (task, posterior SPEC); `--json` prints one JSON object per row.
 
-use crate::config::ModelConfig;
 use crate::agent::regression::RegressionModel;
 use crate::agent::rl::{ActionRule, Keep, RlModel, rollout};
+use crate::config::ModelConfig;
 use crate::config::{ExperimentConfig, Task};
 use crate::nn::kernels::{Mat, sgemm};
 use crate::posterior::PosteriorConfig;

@@ -750,4 +750,3 @@ impl ModelConfig {
         self.posterior.validate()
     }
 }
-

@@ -11,7 +11,7 @@ use crate::nn::Params;
 use crate::nn::lstm::{Carry, Lstm};
 use crate::nn::mlp::{Embedding, Linear};
 use crate::posterior::filter::JacobianWeights;
-use crate::posterior::{self, Gaussian, PosteriorConfig, PosteriorFamily, StepInput};
+use crate::posterior::{self, Gaussian, PosteriorFamily, StepInput};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rand::Rng;

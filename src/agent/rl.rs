@@ -11,8 +11,8 @@
 use crate::agent::acting::Acting;
 use crate::agent::replay::SequenceInputs;
 use crate::agent::{Core, CoreState, CoreStep, randn};
-use crate::config::{ModelConfig, SampleEvery};
 use crate::config::{ExperimentConfig, env_kind, policy_sees_state, reward_loss_scale};
+use crate::config::{ModelConfig, SampleEvery};
 use crate::envs::{EnvKind, MetaEnv, Step, make_env};
 use crate::nn::Params;
 use crate::nn::head::{Head, HeadTrace};
