@@ -339,41 +339,7 @@ fn run(cmd: Cmd) -> Result<()> {
             tasks,
             seed,
             csv,
-        } => {
-            use lvrnn::envs::reference::{
-                default_checkpoints, format_reference_table, reference_table, write_reference_csv,
-            };
-            let kind: lvrnn::envs::EnvKind = env.parse().context("--env")?;
-            if !(alpha > 0.0 && alpha.is_finite()) {
-                bail!("--alpha must be a finite number > 0 (got {alpha})");
-            }
-            if tasks == 0 {
-                bail!("--tasks must be a positive integer");
-            }
-            let rows = reference_table(kind, alpha, tasks, seed, &default_checkpoints(kind));
-            let alpha_note = if kind == lvrnn::envs::EnvKind::Bandit {
-                format!(", alpha {alpha}")
-            } else {
-                String::new()
-            };
-            println!(
-                "{} reference policies, {tasks} tasks, seed {seed}{alpha_note}",
-                kind.as_str()
-            );
-            print!("{}", format_reference_table(&rows));
-            if rows.iter().any(|r| r.ess_mean.is_some()) {
-                println!(
-                    "ess: mean over tasks of the effective sample size 1/Σw² of the {} \
-                     importance-sampled particles after t pulls",
-                    lvrnn::envs::reference::PARTICLES
-                );
-            }
-            if let Some(path) = csv {
-                write_reference_csv(&path, &rows)?;
-                println!("wrote {}", path.display());
-            }
-            Ok(())
-        }
+        } => lvrnn::commands::reference::run(&env, alpha, tasks, seed, csv.as_deref()),
         Cmd::Bench {
             batch,
             seq_len,

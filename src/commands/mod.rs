@@ -2,6 +2,7 @@
 //! its [`regression`] or [`rl`] half. Both halves evaluate the same way after training (the
 //! config's `eval.posthoc`) as `lvrnn eval` does (an [`EvalRequest`]).
 
+pub mod reference;
 pub mod regression;
 pub mod rl;
 
