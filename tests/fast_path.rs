@@ -3,7 +3,10 @@
 //! gradient equal to ≤ 1e-4 relative, for every posterior family on regression, bandit and
 //! gridworld (small sizes). Also the fused LSTM sequence op against the per-step cell graph.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::tensors::values;
 use lvrnn::agent::SampleEvery;
 use lvrnn::agent::rl::{ActionRule, Keep, RlModel, rollout};
 use lvrnn::config::{ExperimentConfig, env_kind};
@@ -33,15 +36,6 @@ const FAMILIES: &[&str] = &[
     "laplace:window=3,accumulate=none,diagonal=true",
     "laplace:window=0,accumulate=none",
 ];
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
 
 /// max |a − b| ≤ REL · max(|b|∞, floor).
 fn assert_close(what: &str, a: &[f64], b: &[f64], floor: f64) {

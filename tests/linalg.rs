@@ -6,7 +6,10 @@
 //! the f64 analytic gradient (tolerance 1e-7 max abs, which checks the formula) and the f32
 //! analytic gradient as used in training (tolerance 1e-4 max abs; gradients here are O(1)).
 
+mod common;
+
 use candle_core::{DType, Device, IndexOp, Result, Tensor, Var};
+use common::tensors::{max_abs_diff, values};
 use lvrnn::linalg::{cayley_lower, cholesky, inverse, logdet_spd, solve_triangular};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -28,23 +31,6 @@ fn tensor(data: &[f64], shape: &[usize], dtype: DType) -> Tensor {
         .unwrap()
         .to_dtype(dtype)
         .unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 /// Batched identity of shape (b, n, n).

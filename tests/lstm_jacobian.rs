@@ -13,8 +13,11 @@
 //! Sizes: batch 3, hidden H = 16, features n = 5, input d_in = 7. Weights are scaled so that the
 //! pre-activations are O(1): gates neither saturated nor trivially linear (checked).
 
+mod common;
+
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
+use common::tensors::{max_abs_diff, tensor, values};
 use lvrnn::nn::lstm::{Carry, Lstm};
 use lvrnn::nn::mlp::Linear;
 use rand::{Rng, SeedableRng};
@@ -40,21 +43,6 @@ fn uniform(rng: &mut ChaCha8Rng, len: usize, bound: f64) -> Vec<f64> {
 fn normal(rng: &mut ChaCha8Rng, len: usize, scale: f64) -> Vec<f64> {
     (0..len)
         .map(|_| (scale * rng.sample::<f64, _>(StandardNormal)) as f32 as f64)
-        .collect()
-}
-
-fn tensor(v: &[f64], shape: &[usize]) -> Tensor {
-    let v: Vec<f32> = v.iter().map(|x| *x as f32).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(|x| x as f64)
         .collect()
 }
 
@@ -191,14 +179,6 @@ impl Setup {
             &self.h[b * H..(b + 1) * H],
         )
     }
-}
-
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 fn max_abs(a: &[f64]) -> f64 {

@@ -11,8 +11,11 @@
 //! - Laplace precisions vs J Jᵀ from f64 finite-difference Jacobians: 1e-4·(1 + |Λ|);
 //! - Cayley map orthogonality: max |UᵀU − I| < 1e-5.
 
+mod common;
+
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
+use common::tensors::{max_abs_diff, tensor, values};
 use lvrnn::agent::{Core, ModelConfig, randn};
 use lvrnn::nn::Params;
 use lvrnn::nn::lstm::{Carry, Lstm};
@@ -194,28 +197,6 @@ fn random_spd(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
 /// Rounds to f32 so that the crate and the reference see identical numbers.
 fn f32r(v: &[f64]) -> Vec<f64> {
     v.iter().map(|x| *x as f32 as f64).collect()
-}
-
-fn tensor(v: &[f64], shape: &[usize]) -> Tensor {
-    let v: Vec<f32> = v.iter().map(|x| *x as f32).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 /// A Laplace posterior from row-major precisions (B·n·n full, or B·n diagonal).
