@@ -6,10 +6,11 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
+use common::fast_path::{assert_close, assert_same_gradients, jitter_biases, rl_config};
 use common::tensors::values;
 use lvrnn::agent::SampleEvery;
 use lvrnn::agent::rl::{ActionRule, Keep, RlModel, rollout};
-use lvrnn::config::{ExperimentConfig, env_kind};
+use lvrnn::config::env_kind;
 use lvrnn::envs::make_env;
 use lvrnn::nn::Params;
 use lvrnn::nn::lstm::{Carry, Lstm};
@@ -18,9 +19,6 @@ use lvrnn::train::ppo::{gae, ppo_loss};
 use lvrnn::train::reference;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-/// Relative tolerance of every comparison (values and gradients).
-const REL: f64 = 1e-4;
 
 /// Every posterior family and Table-2 variant the fast paths serve.
 const FAMILIES: &[&str] = &[
@@ -36,57 +34,6 @@ const FAMILIES: &[&str] = &[
     "laplace:window=3,accumulate=none,diagonal=true",
     "laplace:window=0,accumulate=none",
 ];
-
-/// max |a − b| ≤ REL · max(|b|∞, floor).
-fn assert_close(what: &str, a: &[f64], b: &[f64], floor: f64) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
-    let scale = b.iter().fold(floor, |m, v| m.max(v.abs()));
-    let err = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    assert!(
-        err <= REL * scale,
-        "{what}: max |fast − reference| = {err:.3e} against scale {scale:.3e}"
-    );
-}
-
-fn rl_config(task: &str, posterior: &str) -> ExperimentConfig {
-    let text = format!(
-        r#"
-name = "fast"
-task = "{task}"
-seed = 3
-[model]
-embed_width = 8
-hidden = 8
-features = 4
-head_hidden = [8]
-n_z = 2
-[train]
-batch = 5
-"#
-    );
-    let mut cfg = ExperimentConfig::from_toml_str(&text, "test").unwrap();
-    cfg.model.posterior = posterior.parse().unwrap();
-    cfg
-}
-
-/// Moves every bias off zero so that no unit sits on the leaky-ReLU kink (where two correct
-/// implementations may pick different subgradients).
-fn jitter_biases(params: &Params) {
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    for (name, var) in params.vars() {
-        if name.ends_with("bias") {
-            let noise =
-                lvrnn::agent::randn(&mut rng, var.as_tensor().dims(), &candle_core::Device::Cpu)
-                    .unwrap();
-            var.set(&(var.as_tensor() + (noise * 0.3).unwrap()).unwrap())
-                .unwrap();
-        }
-    }
-}
 
 /// A small regression model (n_Z = 2) with biases off zero.
 fn tiny_regression_model(posterior: &str) -> lvrnn::agent::regression::RegressionModel {
@@ -106,31 +53,6 @@ fn tiny_regression_model(posterior: &str) -> lvrnn::agent::regression::Regressio
     model
 }
 
-fn assert_same_gradients(what: &str, params: &Params, fast: &Tensor, reference: &Tensor) {
-    let gf = fast.backward().unwrap();
-    let gr = reference.backward().unwrap();
-    for (name, var) in params.vars() {
-        match (gf.get(var.as_tensor()), gr.get(var.as_tensor())) {
-            (Some(a), Some(b)) => assert_close(
-                &format!("{what}: gradient of {name}"),
-                &values(a),
-                &values(b),
-                1e-6,
-            ),
-            (None, None) => {}
-            (a, b) => {
-                // One side may lack a gradient that is identically zero on the other.
-                let g = a.or(b).unwrap();
-                let max = values(g).iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                assert!(
-                    max == 0.0,
-                    "{what}: only one path has a gradient for {name}"
-                );
-            }
-        }
-    }
-}
-
 #[test]
 fn ppo_rollout_loss_and_gradients_equal_the_per_step_reference() {
     lvrnn::init_threads(1);
@@ -145,7 +67,7 @@ fn ppo_rollout_loss_and_gradients_equal_the_per_step_reference() {
         );
         for (posterior, every) in cases {
             let what = format!("{task} {posterior} sample_every={every:?}");
-            let mut cfg = rl_config(task, posterior);
+            let mut cfg = rl_config(task, posterior, 5);
             cfg.model.sample_every = Some(every);
             let model = RlModel::for_experiment(&cfg).unwrap();
             jitter_biases(&model.params);
@@ -651,7 +573,7 @@ fn ppo_loss_after_a_parameter_step_on_a_minibatch_equals_the_per_step_reference(
     for task in ["bandit", "gridworld"] {
         for posterior in FAMILIES {
             let what = format!("{task} {posterior} (after a step, minibatch)");
-            let cfg = rl_config(task, posterior);
+            let cfg = rl_config(task, posterior, 5);
             let model = RlModel::for_experiment(&cfg).unwrap();
             jitter_biases(&model.params);
             let kind = env_kind(cfg.task).unwrap();

@@ -1,10 +1,13 @@
 //! The fast training paths at two threads, where the batch's tasks (and the heads' rows) are
 //! split between the threads (`nn::kernels::parts`): the rollout, the PPO loss and every
 //! parameter gradient equal the per-step reference (`lvrnn::train::reference`) within the
-//! tolerance of `tests/fast_path.rs`, and two runs give the same bits. A separate test binary,
+//! tolerance of `tests/fast_path.rs` (`common::fast_path`), and two runs give the same bits. A separate test binary,
 //! because the thread count is fixed once per process (`lvrnn::init_threads`).
 
+mod common;
+
 use candle_core::Tensor;
+use common::fast_path::{assert_close, assert_same_gradients, jitter_biases, rl_config};
 use lvrnn::agent::rl::{ActionRule, Keep, RlModel, rollout};
 use lvrnn::config::{ExperimentConfig, env_kind};
 use lvrnn::envs::make_env;
@@ -13,9 +16,6 @@ use lvrnn::train::ppo::{LossParts, gae, ppo_loss};
 use lvrnn::train::reference;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-/// Relative tolerance of every comparison (as in `tests/fast_path.rs`).
-const REL: f64 = 1e-4;
 
 /// Tasks per batch: enough for two parts of at least `MIN_PART_ITEMS` tasks.
 const BATCH: usize = 2 * lvrnn::nn::kernels::MIN_PART_ITEMS + 5;
@@ -26,56 +26,6 @@ const FAMILIES: &[&str] = &[
     "laplace:window=1,accumulate=sigma",
     "laplace:window=3,accumulate=none",
 ];
-
-/// max |a − b| ≤ REL · max(|b|∞, floor).
-fn assert_close(what: &str, a: &[f64], b: &[f64], floor: f64) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
-    let scale = b.iter().fold(floor, |m, v| m.max(v.abs()));
-    let err = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    assert!(
-        err <= REL * scale,
-        "{what}: max |fast − reference| = {err:.3e} against scale {scale:.3e}"
-    );
-}
-
-fn rl_config(task: &str, posterior: &str) -> ExperimentConfig {
-    let text = format!(
-        r#"
-name = "fast"
-task = "{task}"
-seed = 3
-[model]
-embed_width = 8
-hidden = 8
-features = 4
-head_hidden = [8]
-n_z = 2
-[train]
-batch = {BATCH}
-"#
-    );
-    let mut cfg = ExperimentConfig::from_toml_str(&text, "test").unwrap();
-    cfg.model.posterior = posterior.parse().unwrap();
-    cfg
-}
-
-/// Moves every bias off zero (no unit on the leaky-ReLU kink).
-fn jitter_biases(params: &Params) {
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    for (name, var) in params.vars() {
-        if name.ends_with("bias") {
-            let noise =
-                lvrnn::agent::randn(&mut rng, var.as_tensor().dims(), &candle_core::Device::Cpu)
-                    .unwrap();
-            var.set(&(var.as_tensor() + (noise * 0.3).unwrap()).unwrap())
-                .unwrap();
-        }
-    }
-}
 
 fn scalars(p: &LossParts) -> Vec<f64> {
     vec![
@@ -147,7 +97,7 @@ fn two_thread_update_equals_the_per_step_reference() {
     for task in ["bandit", "gridworld"] {
         for posterior in FAMILIES {
             let what = format!("{task} {posterior} at 2 threads");
-            let cfg = rl_config(task, posterior);
+            let cfg = rl_config(task, posterior, BATCH);
             let (model, mut ro, fast) = fast_update(&cfg);
             let kind = env_kind(cfg.task).unwrap();
             let mut env = make_env(kind, cfg.train.batch, cfg.env.alpha_train as f32);
@@ -185,34 +135,7 @@ fn two_thread_update_equals_the_per_step_reference() {
                 &scalars(&slow),
                 1.0,
             );
-            let compare = |label: &str, fast: &Tensor| {
-                let (gf, gr) = (
-                    gradient_bits(&model.params, fast),
-                    gradient_bits(&model.params, &slow.loss),
-                );
-                for ((name, a), (_, b)) in gf.iter().zip(&gr) {
-                    let as_f64 = |bits: &Vec<u32>| -> Vec<f64> {
-                        bits.iter().map(|b| f32::from_bits(*b) as f64).collect()
-                    };
-                    match (a, b) {
-                        (Some(a), Some(b)) => assert_close(
-                            &format!("{what}{label}: gradient of {name}"),
-                            &as_f64(a),
-                            &as_f64(b),
-                            1e-6,
-                        ),
-                        (None, None) => {}
-                        (a, b) => {
-                            let g = as_f64(a.as_ref().or(b.as_ref()).unwrap());
-                            assert!(
-                                g.iter().all(|v| *v == 0.0),
-                                "{what}{label}: only one path has a gradient for {name}"
-                            );
-                        }
-                    }
-                }
-            };
-            compare("", &fast.loss);
+            assert_same_gradients(&what, &model.params, &fast.loss, &slow.loss);
             // Without the rollout's head traces the heads run forward in the loss pass.
             ro.heads.take().expect("the rollout's head traces");
             let untraced = ppo_loss(&model, &ro, &adv, &targets, &ppo, 0.5).unwrap();
@@ -222,7 +145,12 @@ fn two_thread_update_equals_the_per_step_reference() {
                 &scalars(&slow),
                 1.0,
             );
-            compare(" (untraced)", &untraced.loss);
+            assert_same_gradients(
+                &format!("{what} (untraced)"),
+                &model.params,
+                &untraced.loss,
+                &slow.loss,
+            );
         }
     }
 }
@@ -233,7 +161,7 @@ fn two_thread_update_is_the_same_bits_on_every_run() {
     for task in ["bandit", "gridworld"] {
         for posterior in FAMILIES {
             let what = format!("{task} {posterior} at 2 threads");
-            let cfg = rl_config(task, posterior);
+            let cfg = rl_config(task, posterior, BATCH);
             let run = || {
                 let (model, ro, loss) = fast_update(&cfg);
                 let log_probs: Vec<u32> =

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test file uses a subset
 
 pub mod exact_bandit;
+pub mod fast_path;
 pub mod tensors;
 
 use std::path::Path;
