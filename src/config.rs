@@ -480,27 +480,19 @@ impl ExperimentConfig {
                 self.task
             );
         }
+        // Whether any posterior the run evaluates is a Laplace one (what `tune_prior` tunes).
+        let mut laplace = matches!(self.model.posterior, PosteriorConfig::Laplace(_));
         for p in &e.posthoc {
             let target = p
-                .parse::<crate::posterior::PosteriorConfig>()
+                .parse::<PosteriorConfig>()
                 .with_context(|| format!("eval.posthoc entry `{p}`"))?;
             self.model
                 .posterior
                 .check_posthoc(&target)
                 .with_context(|| format!("eval.posthoc entry `{p}`"))?;
+            laplace |= matches!(target, PosteriorConfig::Laplace(_));
         }
-        if e.tune_prior
-            && !matches!(
-                self.model.posterior,
-                crate::posterior::PosteriorConfig::Laplace(_)
-            )
-            && !e.posthoc.iter().any(|p| {
-                matches!(
-                    p.parse::<crate::posterior::PosteriorConfig>(),
-                    Ok(crate::posterior::PosteriorConfig::Laplace(_))
-                )
-            })
-        {
+        if e.tune_prior && !laplace {
             bail!(
                 "eval.tune_prior = true tunes the prior of Laplace posteriors, but the run evaluates none (model.posterior is `{}`, eval.posthoc {:?}); add e.g. eval.posthoc = [\"laplace:window=1,accumulate=sigma\"] or drop the key",
                 self.model.posterior.label(),

@@ -64,13 +64,11 @@ pub fn train(
             &run.figures(),
             Some(cfg.train.seq_len),
         )?);
-        if !tunings.is_empty() {
-            files.push(write_tuning_csv(
-                &run.metrics(),
-                "mean predictive CE",
-                &tunings,
-            )?);
-        }
+        files.extend(write_tuning_csv(
+            &run.metrics(),
+            "mean predictive CE",
+            &tunings,
+        )?);
         println!("{}", format_table(&results, &[0, 10, 50, 100]));
     }
     println!("run folder: {}", run.root.display());
@@ -146,9 +144,7 @@ pub fn eval(checkpoint: &Path, request: &EvalRequest, out: Option<PathBuf>) -> R
     write_provenance(&out, checkpoint, &cfg)?;
     let figures = out.join("figures");
     let mut files = write_regression_report(&results, &out, &figures, Some(cfg.train.seq_len))?;
-    if !tunings.is_empty() {
-        files.push(write_tuning_csv(&out, "mean predictive CE", &tunings)?);
-    }
+    files.extend(write_tuning_csv(&out, "mean predictive CE", &tunings)?);
     println!("{}", format_table(&results, &[0, 10, 50, 100]));
     for f in files {
         println!("  {}", f.display());

@@ -64,13 +64,11 @@ pub fn train(
             &run.metrics(),
             &run.figures(),
         )?);
-        if !tunings.is_empty() {
-            files.push(write_tuning_csv(
-                &run.metrics(),
-                "negative mean return",
-                &tunings,
-            )?);
-        }
+        files.extend(write_tuning_csv(
+            &run.metrics(),
+            "negative mean return",
+            &tunings,
+        )?);
         println!("{}", format_rl_table(kind, &results, &refs));
     }
     println!("run folder: {}", run.root.display());
@@ -180,9 +178,7 @@ pub fn eval(checkpoint: &Path, request: &EvalRequest, out: Option<PathBuf>) -> R
     write_provenance(&out, checkpoint, &cfg)?;
     let figures = out.join("figures");
     let mut files = write_rl_report(&results, &refs, &out, &figures)?;
-    if !tunings.is_empty() {
-        files.push(write_tuning_csv(&out, "negative mean return", &tunings)?);
-    }
+    files.extend(write_tuning_csv(&out, "negative mean return", &tunings)?);
     println!("{}", format_rl_table(kind, &results, &refs));
     for f in files {
         println!("  {}", f.display());

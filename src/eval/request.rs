@@ -140,12 +140,15 @@ pub const TUNING_HEADER: [&str; 6] = [
 ];
 
 /// Writes every tuning trial to `<dir>/prior_tuning.csv` (one row per candidate; `chosen` marks
-/// the selected one).
+/// the selected one); nothing (None) when no prior was tuned.
 pub fn write_tuning_csv(
     dir: &Path,
     criterion: &str,
     tunings: &Tunings,
-) -> Result<std::path::PathBuf> {
+) -> Result<Option<std::path::PathBuf>> {
+    if tunings.is_empty() {
+        return Ok(None);
+    }
     let rows: Vec<Vec<String>> = tunings
         .iter()
         .flat_map(|(label, t)| {
@@ -165,7 +168,7 @@ pub fn write_tuning_csv(
         .collect();
     let path = dir.join("prior_tuning.csv");
     write_csv_atomic(&path, &TUNING_HEADER, &rows)?;
-    Ok(path)
+    Ok(Some(path))
 }
 
 /// Records where an evaluation folder's results come from, so that `lvrnn report` can group
