@@ -1,9 +1,10 @@
 //! `lvrnn inspect`: the posterior a checkpoint gives along a given history, step by step, as
 //! JSON lines (mean, precision for the Laplace VRNN or covariance for the VRNN, entropy, KL).
 
+use crate::agent::model::load_under;
 use crate::agent::regression::RegressionModel;
 use crate::agent::rl::RlModel;
-use crate::agent::{Core, CoreState, CoreStep};
+use crate::agent::{Core, CoreState};
 use crate::config::Task;
 use crate::envs::EnvKind;
 use crate::posterior::{Covariance, Gaussian, PosteriorConfig};
@@ -160,15 +161,16 @@ pub trait HistoryModel: Send + Sync {
     fn core(&self) -> &Core;
     /// Columns of one history row (regression: x, y; RL: obs…, prev_action, prev_reward).
     fn columns(&self) -> usize;
-    /// Checks row t (0-based) of a history and feeds it into the core from `state`.
-    fn observe_row(&self, state: &CoreState, t: usize, row: &[f32]) -> Result<CoreStep>;
+    /// Checks row t (0-based) of a history and gives the core's embedded inputs for it.
+    fn row_inputs(&self, t: usize, row: &[f32]) -> Result<Vec<Tensor>>;
 }
 
 /// The posterior along one history, step by step: q_0 (the prior) … q_T.
 pub fn trace(model: &dyn HistoryModel, rows: &[Vec<f32>]) -> Result<Vec<StepPosterior>> {
-    let mut state = model.core().initial(1)?.detach();
-    let mut out = vec![StepPosterior::of(0, &[], &state.q, None)?];
-    for (t, row) in rows.iter().enumerate() {
+    let prior = model.core().initial(1)?;
+    let mut out = vec![StepPosterior::of(0, &[], &prior.q, None)?];
+    let feed = |t: usize, _: &CoreState| {
+        let row = &rows[t];
         if row.len() != model.columns() {
             bail!(
                 "history row {}: {} columns; expected {}",
@@ -185,15 +187,15 @@ pub fn trace(model: &dyn HistoryModel, rows: &[Vec<f32>]) -> Result<Vec<StepPost
                 row[j]
             );
         }
-        let step = model.observe_row(&state, t, row)?;
-        out.push(StepPosterior::of(
-            t + 1,
-            row,
-            &step.state.q,
-            step.kl.as_ref(),
-        )?);
-        state = step.state.detach();
-    }
+        model.row_inputs(t, row)
+    };
+    model
+        .core()
+        .unroll(1, rows.len(), true, feed, |t, step, _| {
+            let q = &step.state.q;
+            out.push(StepPosterior::of(t + 1, &rows[t], q, step.kl.as_ref())?);
+            Ok(())
+        })?;
     Ok(out)
 }
 
@@ -205,9 +207,8 @@ impl HistoryModel for RegressionModel {
         2
     }
     /// Rows (x, y).
-    fn observe_row(&self, state: &CoreState, _t: usize, row: &[f32]) -> Result<CoreStep> {
-        let emb_x = self.embed_scalar(0, &row[..1])?;
-        self.observe(state, &emb_x, &row[1..2])
+    fn row_inputs(&self, _t: usize, row: &[f32]) -> Result<Vec<Tensor>> {
+        self.inputs(&self.embed_scalar(0, &row[..1])?, &row[1..2])
     }
 }
 
@@ -228,7 +229,7 @@ impl HistoryModel for RlHistory {
     /// prev_action is −1 ("none"; its prev_reward is not read), every later row's an action
     /// index. Rows the environment could not have produced (`EnvKind::implausible`) are
     /// refused with their row number.
-    fn observe_row(&self, state: &CoreState, t: usize, row: &[f32]) -> Result<CoreStep> {
+    fn row_inputs(&self, t: usize, row: &[f32]) -> Result<Vec<Tensor>> {
         let (model, d) = (&self.model, self.model.obs_dim);
         let (a, r) = (row[d], row[d + 1]);
         let prev = if t == 0 {
@@ -254,7 +255,7 @@ impl HistoryModel for RlHistory {
         }
         let (acts, rews): (Vec<usize>, Vec<f32>) = (prev.into_iter().collect(), vec![r]);
         let x = model.inputs(&row[..d], prev.map(|_| (&acts[..], &rews[..])))?;
-        Ok(model.observe(state, &x)?.0)
+        model.embed_inputs(&x)
     }
 }
 
@@ -263,19 +264,11 @@ pub fn load(checkpoint: &Path, posterior: Option<&str>) -> Result<Box<dyn Histor
     let posterior: Option<PosteriorConfig> = posterior
         .map(|s| s.parse().context("--posterior"))
         .transpose()?;
+    let posterior = posterior.as_ref();
     Ok(match crate::run::load_checkpoint(checkpoint)?.config.task {
-        Task::Regression => {
-            let (mut model, _) = crate::commands::regression::load(checkpoint)?;
-            if let Some(p) = &posterior {
-                model = crate::eval::with_posterior(&model, p)?;
-            }
-            Box::new(model)
-        }
+        Task::Regression => Box::new(load_under::<RegressionModel>(checkpoint, posterior)?.0),
         Task::Bandit | Task::Gridworld => {
-            let (mut model, cfg) = crate::commands::rl::load(checkpoint)?;
-            if let Some(p) = &posterior {
-                model = model.with_posterior(p)?;
-            }
+            let (model, cfg) = load_under::<RlModel>(checkpoint, posterior)?;
             Box::new(RlHistory {
                 model,
                 kind: crate::config::env_kind(cfg.task)?,

@@ -9,6 +9,7 @@
 mod common;
 
 use common::{lvrnn, lvrnn_ok, text};
+use lvrnn::agent::Model;
 use lvrnn::agent::ModelConfig;
 use lvrnn::agent::acting::Acting;
 use lvrnn::agent::regression::RegressionModel;
@@ -16,7 +17,7 @@ use lvrnn::config::ExperimentConfig;
 use lvrnn::eval::request::EvalRequest;
 use lvrnn::eval::{
     evaluate_regression, linearised_stats, mixture_stats, posterior_factor, tune_regression_prior,
-    tuning_config, with_posterior,
+    tuning_config,
 };
 use lvrnn::nn::Params;
 use lvrnn::nn::head::Head;
@@ -255,13 +256,13 @@ fn posterior_factor_is_the_samplers_covariance() {
     // A post-hoc Laplace posterior before any observation: Σ = (p + jitter)⁻¹ I.
     let rnn = small_model("rnn", 3);
     let p = 1e3;
-    let post = with_posterior(
-        &rnn,
-        &format!("laplace:window=1,accumulate=sigma,prior_precision={p}")
-            .parse()
-            .unwrap(),
-    )
-    .unwrap();
+    let post = rnn
+        .with_posterior(
+            &format!("laplace:window=1,accumulate=sigma,prior_precision={p}")
+                .parse()
+                .unwrap(),
+        )
+        .unwrap();
     let acting = Acting::new(&post.core, b).unwrap();
     let (_, factor) = posterior_factor(&acting, b, n, &dev).unwrap();
     let sigma = gram(&factor[..n * n], n);
@@ -530,13 +531,13 @@ fn evaluate_regression_agrees_across_predictives_when_the_posterior_is_narrow() 
     let rnn = small_model("rnn", 6);
     let sampled = eval_config("");
     let linearised = eval_config("predictive = \"linearised\"\n");
-    let narrow = with_posterior(
-        &rnn,
-        &"laplace:window=1,accumulate=sigma,prior_precision=1e6"
-            .parse()
-            .unwrap(),
-    )
-    .unwrap();
+    let narrow = rnn
+        .with_posterior(
+            &"laplace:window=1,accumulate=sigma,prior_precision=1e6"
+                .parse()
+                .unwrap(),
+        )
+        .unwrap();
     let point = ce(&evaluate_regression(&rnn, "rnn", &sampled.eval)
         .unwrap()
         .rows);
@@ -559,7 +560,9 @@ fn evaluate_regression_agrees_across_predictives_when_the_posterior_is_narrow() 
         assert_eq!(a.entropy_mean, b.entropy_mean);
     }
     // The default prior: J Σ Jᵀ > 0 widens the linearised predictive beyond σ.
-    let wide = with_posterior(&rnn, &"laplace:window=1,accumulate=sigma".parse().unwrap()).unwrap();
+    let wide = rnn
+        .with_posterior(&"laplace:window=1,accumulate=sigma".parse().unwrap())
+        .unwrap();
     let l = evaluate_regression(&wide, "l", &linearised.eval).unwrap();
     let sigma = rnn.log_sigma.to_vec1::<f32>().unwrap()[0].exp() as f64;
     let ex = &l.examples[0];
@@ -584,7 +587,9 @@ fn the_prior_is_tuned_under_the_selected_predictive() {
     };
     let tasks = 8;
     let score = |cfg: &lvrnn::config::EvalConfig, c: &lvrnn::posterior::LaplaceConfig| {
-        let m = with_posterior(&rnn, &PosteriorConfig::Laplace(c.clone())).unwrap();
+        let m = rnn
+            .with_posterior(&PosteriorConfig::Laplace(c.clone()))
+            .unwrap();
         let rows = evaluate_regression(&m, "x", &tuning_config(cfg, tasks))
             .unwrap()
             .rows;

@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use lvrnn::agent::rl::{ActionRule, Keep, RlModel, average_log_probs, exact_entropy, rollout};
-use lvrnn::commands::rl::{eval as eval_rl_checkpoint, train as train_and_eval_rl};
+use lvrnn::commands::{eval as eval_rl_checkpoint, train as train_and_eval_rl};
 use lvrnn::config::{ExperimentConfig, PpoConfig, Task, env_kind};
 use lvrnn::envs::make_env;
 use lvrnn::eval::request::EvalRequest;

@@ -1,9 +1,10 @@
 //! The supervised pipeline end to end: learning for each posterior family, post-hoc Laplace,
 //! determinism, resume, divergence handling, finetuning and config validation.
 
+use lvrnn::agent::Model;
 use lvrnn::agent::regression::RegressionModel;
 use lvrnn::config::ExperimentConfig;
-use lvrnn::eval::{evaluate_regression, with_posterior};
+use lvrnn::eval::evaluate_regression;
 use lvrnn::nn::Params;
 use lvrnn::run::{RunDir, load_checkpoint};
 use lvrnn::train::supervised::Supervised;
@@ -113,11 +114,10 @@ fn posthoc_laplace_entropy_decreases_with_observations() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_config("posthoc", "rnn", 60);
     let learner = train(&cfg, dir.path(), FitOptions::default());
-    let laplace = with_posterior(
-        &learner.model,
-        &"laplace:window=1,accumulate=sigma".parse().unwrap(),
-    )
-    .unwrap();
+    let laplace = learner
+        .model
+        .with_posterior(&"laplace:window=1,accumulate=sigma".parse().unwrap())
+        .unwrap();
     let res = evaluate_regression(&laplace, "posthoc", &cfg.eval).unwrap();
     let ent: Vec<f64> = res.rows.iter().map(|r| r.entropy_mean).collect();
     eprintln!("post-hoc entropies {ent:?}");
@@ -151,7 +151,7 @@ fn tuned_posthoc_prior_is_no_worse_than_the_default_on_test_tasks() {
     };
     let tuned = lvrnn::eval::tune_regression_prior(&learner.model, lc, &cfg.eval, 16).unwrap();
     let mean_ce = |p: &lvrnn::posterior::PosteriorConfig| {
-        let m = with_posterior(&learner.model, p).unwrap();
+        let m = learner.model.with_posterior(p).unwrap();
         let rows = evaluate_regression(&m, "x", &cfg.eval).unwrap().rows;
         rows.iter().map(|r| r.ce_mean).sum::<f64>() / rows.len() as f64
     };

@@ -3,6 +3,7 @@
 //! that turns φ_t (and, for the Laplace VRNN, the LSTM's Jacobians) into q_t.
 
 pub mod acting;
+pub mod model;
 pub mod regression;
 pub mod replay;
 pub mod rl;
@@ -20,6 +21,7 @@ use rand_distr::StandardNormal;
 use std::collections::VecDeque;
 
 pub use crate::config::{DEFAULT_SAMPLE_WARMUP, ModelConfig, SampleEvery};
+pub use model::Model;
 
 /// Embeddings + LSTM + projection + posterior.
 pub struct Core {
@@ -142,6 +144,37 @@ impl Core {
             state: CoreState { carry, window, q },
             kl,
         })
+    }
+
+    /// The core along a sequence of `steps` steps for `batch` tasks, from the state before any
+    /// observation (q_0): at step t the embedded inputs `feed(t, s_t)` (one tensor per input
+    /// kind, read from the state s_t the step starts from) enter [`Core::step`], and
+    /// `visit(t, step, inputs)` reads what it produced (the posterior once step t's inputs are in,
+    /// and its KL to the one before). With `detached` the
+    /// graph is cut between steps (evaluation, statistics); otherwise gradients flow through
+    /// time (the per-step reference losses). Returns the last state.
+    pub fn unroll(
+        &self,
+        batch: usize,
+        steps: usize,
+        detached: bool,
+        mut feed: impl FnMut(usize, &CoreState) -> Result<Vec<Tensor>>,
+        mut visit: impl FnMut(usize, &CoreStep, &[Tensor]) -> Result<()>,
+    ) -> Result<CoreState> {
+        let mut state = self.initial(batch)?;
+        if detached {
+            state = state.detach();
+        }
+        for t in 0..steps {
+            let inputs = feed(t, &state)?;
+            let step = self.step(&state, &inputs)?;
+            visit(t, &step, &inputs)?;
+            state = match detached {
+                true => step.state.detach(),
+                false => step.state,
+            };
+        }
+        Ok(state)
     }
 }
 

@@ -2,8 +2,8 @@
 //! p(y | x, z) = N(mean(x, z), σ²). Trained by the ELBO of `crate::train::supervised`,
 //! evaluated by `crate::eval`.
 
-use crate::agent::{Core, CoreState};
-use crate::config::ModelConfig;
+use crate::agent::{Core, CoreState, Model};
+use crate::config::{ExperimentConfig, ModelConfig, Task};
 use crate::nn::Params;
 use crate::nn::head::Head;
 use anyhow::Result;
@@ -98,6 +98,12 @@ impl RegressionModel {
         )
     }
 
+    /// The core's embedded inputs of one observed pair (x_t, y_t) per task, x_t already
+    /// embedded: [emb(x_t), emb(y_t)].
+    pub fn inputs(&self, emb_x: &Tensor, y: &[f32]) -> Result<Vec<Tensor>> {
+        Ok(vec![emb_x.clone(), self.embed_scalar(1, y)?])
+    }
+
     /// Feeds one observed pair (x_t, y_t) per task into the core.
     pub fn observe(
         &self,
@@ -105,8 +111,32 @@ impl RegressionModel {
         emb_x: &Tensor,
         y: &[f32],
     ) -> Result<crate::agent::CoreStep> {
-        let emb_y = self.embed_scalar(1, y)?;
-        self.core.step(state, &[emb_x.clone(), emb_y])
+        self.core.step(state, &self.inputs(emb_x, y)?)
+    }
+}
+
+impl Model for RegressionModel {
+    const TASKS: &'static [Task] = &[Task::Regression];
+    const KIND: &'static str = "a regression";
+
+    fn params(&self) -> &Params {
+        &self.params
+    }
+    fn core(&self) -> &Core {
+        &self.core
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn for_experiment(cfg: &ExperimentConfig) -> Result<Self> {
+        Self::new(&cfg.model, cfg.seed)
+    }
+    fn rebuild(&self, cfg: &ModelConfig) -> Result<Self> {
+        Self::new(cfg, 0)
+    }
+    /// On tasks of `train.seq_len` points ([`mean_square_of_means`]).
+    fn mean_square_of_means(&self, cfg: &ExperimentConfig, tasks: usize) -> Result<f64> {
+        mean_square_of_means(self, tasks, cfg.train.seq_len, cfg.seed)
     }
 }
 
@@ -122,16 +152,10 @@ pub fn mean_square_of_means(
     use crate::envs::regression::{FourierTask, sample_x};
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let fns: Vec<FourierTask> = (0..tasks).map(|_| FourierTask::sample(&mut rng)).collect();
-    let mut state = model.core.initial(tasks)?.detach();
-    let (mut sum, mut count) = (0.0f64, 0usize);
-    for _ in 0..points {
+    let feed = |_t: usize, _: &CoreState| {
         let xs: Vec<f32> = (0..tasks).map(|_| sample_x(&mut rng)).collect();
         let ys: Vec<f32> = fns.iter().zip(&xs).map(|(f, &x)| f.eval(x)).collect();
-        let step = model.observe(&state, &model.embed_scalar(0, &xs)?, &ys)?;
-        let mean: Vec<f32> = step.state.q.mean.flatten_all()?.to_vec1()?;
-        sum += mean.iter().map(|&m| (m as f64).powi(2)).sum::<f64>();
-        count += mean.len();
-        state = step.state.detach();
-    }
-    Ok(sum / count.max(1) as f64)
+        model.inputs(&model.embed_scalar(0, &xs)?, &ys)
+    };
+    crate::agent::model::mean_square_along(&model.core, tasks, points, feed)
 }

@@ -10,13 +10,12 @@
 
 use crate::agent::acting::Acting;
 use crate::agent::replay::SequenceInputs;
-use crate::agent::{Core, CoreState, CoreStep, randn};
-use crate::config::{ExperimentConfig, env_kind, policy_sees_state, reward_loss_scale};
+use crate::agent::{Core, CoreState, CoreStep, Model, randn};
+use crate::config::{ExperimentConfig, Task, env_kind, policy_sees_state, reward_loss_scale};
 use crate::config::{ModelConfig, SampleEvery};
 use crate::envs::{EnvKind, MetaEnv, Step, make_env};
 use crate::nn::Params;
 use crate::nn::head::{Head, HeadTrace};
-use crate::posterior::PosteriorConfig;
 use anyhow::{Result, bail};
 use candle_core::{D, Tensor};
 use rand::{Rng, SeedableRng};
@@ -127,31 +126,6 @@ impl RlModel {
         )
     }
 
-    /// The same network under another posterior family (post hoc); refuses a family whose
-    /// parameters the network lacks, see [`PosteriorConfig::check_posthoc`].
-    pub fn with_posterior(&self, posterior: &PosteriorConfig) -> Result<Self> {
-        self.cfg.posterior.check_posthoc(posterior)?;
-        let mut cfg = self.cfg.clone();
-        cfg.posterior = posterior.clone();
-        let other = Self::new(
-            &cfg,
-            self.obs_dim,
-            self.num_actions,
-            self.policy_sees_state,
-            self.reward.is_some(),
-            0,
-        )?;
-        let missing = other.params.load_from(&self.params.tensors(), false)?;
-        if !missing.is_empty() {
-            bail!(
-                "posterior `{}` needs parameters the trained network lacks: {}",
-                posterior.label(),
-                missing.join(", ")
-            );
-        }
-        Ok(other)
-    }
-
     /// n_Z, the posterior samples per step (1 for a point estimate: its samples are identical).
     pub fn samples(&self) -> usize {
         if self.core.posterior.is_bayesian() {
@@ -225,14 +199,19 @@ impl RlModel {
         })
     }
 
+    /// The embedded core inputs x_t = (emb(s_t), emb(a_{t−1}), emb(r_{t−1})); the first is
+    /// also what the heads see of s_t ([`RlModel::head_input`]).
+    pub fn embed_inputs(&self, x: &[Tensor; 3]) -> Result<Vec<Tensor>> {
+        [INPUT_OBS, INPUT_PREV_ACTION, INPUT_PREV_REWARD]
+            .iter()
+            .map(|&k| self.core.embed(k, &x[k]))
+            .collect()
+    }
+
     /// Embeds x_t and steps the core: q_t (and KL(q_t ‖ stop_grad q_{t−1})), plus the embedding
     /// of s_t for the heads.
     pub fn observe(&self, state: &CoreState, x: &[Tensor; 3]) -> Result<(CoreStep, Tensor)> {
-        let embedded = [
-            self.core.embed(INPUT_OBS, &x[0])?,
-            self.core.embed(INPUT_PREV_ACTION, &x[1])?,
-            self.core.embed(INPUT_PREV_REWARD, &x[2])?,
-        ];
+        let embedded = self.embed_inputs(x)?;
         let step = self.core.step(state, &embedded)?;
         Ok((step, embedded[INPUT_OBS].clone()))
     }
@@ -299,6 +278,40 @@ impl RlModel {
             .forward(&Tensor::cat(&[z, &a], D::Minus1)?)?
             .squeeze(D::Minus1)?;
         Ok(Some(logits.mean(axis)?))
+    }
+}
+
+impl Model for RlModel {
+    const TASKS: &'static [Task] = &[Task::Bandit, Task::Gridworld];
+    const KIND: &'static str = "an RL";
+
+    fn params(&self) -> &Params {
+        &self.params
+    }
+    fn core(&self) -> &Core {
+        &self.core
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn for_experiment(cfg: &ExperimentConfig) -> Result<Self> {
+        RlModel::for_experiment(cfg)
+    }
+    /// Same observation and action sizes, heads and reward head.
+    fn rebuild(&self, cfg: &ModelConfig) -> Result<Self> {
+        Self::new(
+            cfg,
+            self.obs_dim,
+            self.num_actions,
+            self.policy_sees_state,
+            self.reward.is_some(),
+            0,
+        )
+    }
+    /// While acting on training tasks at `env.alpha_train` ([`mean_square_of_means`]).
+    fn mean_square_of_means(&self, cfg: &ExperimentConfig, tasks: usize) -> Result<f64> {
+        let alpha = cfg.env.alpha_train as f32;
+        mean_square_of_means(self, env_kind(cfg.task)?, alpha, tasks, cfg.seed)
     }
 }
 
@@ -652,17 +665,9 @@ pub fn mean_square_of_means(
         keep,
         ActionRule::Sample,
     )?;
-    let mut state = model.core.initial(tasks)?.detach();
-    let (mut sum, mut count) = (0.0f64, 0usize);
-    for t in 0..ro.horizon() {
-        let x = model.inputs(&ro.obs[t], ro.previous(t))?;
-        let (step, _) = model.observe(&state, &x)?;
-        let mean: Vec<f32> = step.state.q.mean.flatten_all()?.to_vec1()?;
-        sum += mean.iter().map(|&m| (m as f64).powi(2)).sum::<f64>();
-        count += mean.len();
-        state = step.state.detach();
-    }
-    Ok(sum / count.max(1) as f64)
+    let feed =
+        |t: usize, _: &CoreState| model.embed_inputs(&model.inputs(&ro.obs[t], ro.previous(t))?);
+    crate::agent::model::mean_square_along(&model.core, tasks, ro.horizon(), feed)
 }
 
 /// Runs the policy on the tasks `env` holds (already reset; `first_obs` is s_0) for the env

@@ -19,6 +19,7 @@ pub mod request;
 pub mod rl;
 pub mod tune;
 
+use crate::agent::Model;
 use crate::agent::acting::Acting;
 use crate::agent::randn;
 use crate::agent::regression::RegressionModel;
@@ -26,7 +27,7 @@ use crate::config::EvalConfig;
 use crate::envs::regression::{FourierTask, sample_x};
 use crate::posterior::PosteriorConfig;
 use crate::stats::{finite_mean_ci99, mean_ci99};
-use anyhow::{Result, bail};
+use anyhow::Result;
 use candle_core::{DType, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -329,28 +330,6 @@ pub fn mixture_stats(
     (ce / g as f64, mu, sd)
 }
 
-/// Builds a copy of a trained model under another posterior family (post hoc: same weights,
-/// no retraining). Refuses a family whose parameters the trained network lacks (a VRNN head
-/// on a network not trained as a VRNN), see [`PosteriorConfig::check_posthoc`].
-pub fn with_posterior(
-    model: &RegressionModel,
-    posterior: &PosteriorConfig,
-) -> Result<RegressionModel> {
-    model.cfg.posterior.check_posthoc(posterior)?;
-    let mut cfg = model.cfg.clone();
-    cfg.posterior = posterior.clone();
-    let other = RegressionModel::new(&cfg, 0)?;
-    let missing = other.params.load_from(&model.params.tensors(), false)?;
-    if !missing.is_empty() {
-        bail!(
-            "posterior `{}` needs parameters the trained network lacks: {}",
-            posterior.label(),
-            missing.join(", ")
-        );
-    }
-    Ok(other)
-}
-
 /// The held-out tasks prior tuning uses: `tasks` tasks drawn from another seed than the test
 /// tasks, evaluated at the same numbers of points.
 pub fn tuning_config(cfg: &EvalConfig, tasks: usize) -> EvalConfig {
@@ -374,7 +353,7 @@ pub fn tune_regression_prior(
 ) -> Result<tune::Tuned> {
     let held_out = tuning_config(cfg, tasks);
     tune::tune_prior(posterior, &tune::log_grid(), |c| {
-        let m = with_posterior(model, &PosteriorConfig::Laplace(c.clone()))?;
+        let m = model.with_posterior(&PosteriorConfig::Laplace(c.clone()))?;
         let r = evaluate_regression(&m, "tuning", &held_out)?;
         Ok(r.rows.iter().map(|row| row.ce_mean).sum::<f64>() / r.rows.len() as f64)
     })

@@ -9,6 +9,7 @@
 
 use super::belief::{BeliefAccumulator, BeliefScores};
 use super::tune::{Tuned, log_grid, tune_prior};
+use crate::agent::Model;
 use crate::agent::rl::{ActionRule, Keep, RlModel, rollout};
 use crate::config::EvalConfig;
 use crate::envs::bandit::{Bandit, NUM_ARMS};

@@ -3,9 +3,10 @@
 //! the core through `Core::step` (embedding, LSTM cell, projection, `PosteriorFamily::step`
 //! with tensors), exactly as the model is defined in DESIGN.md, with nothing precomputed.
 
-use crate::agent::randn;
 use crate::agent::regression::RegressionModel;
+use crate::agent::rl::INPUT_OBS;
 use crate::agent::rl::{RlModel, Rollout, sample_categorical};
+use crate::agent::{CoreState, randn};
 use crate::config::PpoConfig;
 use crate::envs::MetaEnv;
 use crate::train::ppo::{LossParts, ObjectiveInputs, ppo_objective};
@@ -87,22 +88,23 @@ pub fn ppo_loss(
     let (horizon, b) = (ro.horizon(), ro.batch());
     // Core, per step (slicing a grad-carrying (T, B, ·) tensor per step would make backward
     // quadratic in T): samples z_t under the stored noise, state embeddings, KL terms.
-    let mut state = model.core.initial(b)?;
     let (mut zs, mut embs, mut kls) = (
         Vec::with_capacity(horizon),
         Vec::with_capacity(horizon),
         vec![],
     );
-    for t in 0..horizon {
-        let prev = ro.previous(t);
-        let (step, emb_s) = model.observe(&state, &model.inputs(&ro.obs[t], prev)?)?;
-        zs.push(step.state.q.sample(&ro.noise[t])?);
-        embs.push(emb_s);
-        if let Some(kl) = &step.kl {
-            kls.push(kl.mean_all()?);
-        }
-        state = step.state;
-    }
+    let feed =
+        |t: usize, _: &CoreState| model.embed_inputs(&model.inputs(&ro.obs[t], ro.previous(t))?);
+    model
+        .core
+        .unroll(b, horizon, false, feed, |t, step, inputs| {
+            zs.push(step.state.q.sample(&ro.noise[t])?);
+            embs.push(inputs[INPUT_OBS].clone());
+            if let Some(kl) = &step.kl {
+                kls.push(kl.mean_all()?);
+            }
+            Ok(())
+        })?;
     let z = Tensor::stack(&zs, 0)?; // (T, n_Z, B, n)
     let kl = match kls.is_empty() {
         true => None,
@@ -135,11 +137,11 @@ pub fn negative_elbo(
     let b = xs[0].len();
     let n = model.cfg.features;
     let nz = model.cfg.n_z;
-    let mut state = model.core.initial(b)?;
     let sigma2 = (&model.log_sigma * 2.0)?.exp()?; // (1,)
     let mut nll_terms = Vec::with_capacity(xs.len());
     let mut kl_terms = Vec::with_capacity(xs.len());
-    for (x, y) in xs.iter().zip(ys) {
+    let feed = |t: usize, state: &CoreState| {
+        let (x, y) = (&xs[t], &ys[t]);
         let emb_x = model.embed_scalar(0, x)?;
         // Predict y_t from q_{t−1}: averaged mean over the n_Z samples (variance is shared).
         let z = state
@@ -153,12 +155,14 @@ pub fn negative_elbo(
             .broadcast_add(&model.log_sigma)?
             + HALF_LN_2PI)?;
         nll_terms.push(nll.mean_all()?);
-        let step = model.observe(&state, &emb_x, y)?;
+        model.inputs(&emb_x, y)
+    };
+    model.core.unroll(b, xs.len(), false, feed, |_, step, _| {
         if let Some(kl) = &step.kl {
             kl_terms.push(kl.mean_all()?);
         }
-        state = step.state;
-    }
+        Ok(())
+    })?;
     let t = xs.len() as f64;
     let nll = (Tensor::stack(&nll_terms, 0)?.sum_all()? / t)?;
     let kl = match kl_terms.is_empty() {
