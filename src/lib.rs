@@ -12,7 +12,6 @@ pub mod envs;
 pub mod eval;
 pub mod inspect;
 pub mod linalg;
-pub mod memory;
 pub mod nn;
 pub mod plot;
 pub mod posterior;

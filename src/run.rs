@@ -272,7 +272,7 @@ fn check_tensors(tensors: &BTreeMap<String, Tensor>, config: &ExperimentConfig) 
             }
         }
     }
-    let expected = crate::memory::MemoryEstimate::for_config(config)?.parameters;
+    let expected = crate::config::memory::MemoryEstimate::for_config(config)?.parameters;
     if expected > stored {
         bail!(
             "its config implies {expected} model parameters but the file holds {stored} (model.hidden = {}, model.features = {})",

@@ -148,7 +148,7 @@ fn a_non_positive_clip_element_names_the_key() {
 // Sizes: refused with the estimate and the keys, before anything is allocated
 // ---------------------------------------------------------------------------------------------
 
-use lvrnn::memory::{MemoryEstimate, check_fits};
+use lvrnn::config::memory::{MemoryEstimate, check_fits};
 
 const GB: u64 = 1_000_000_000;
 

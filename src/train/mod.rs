@@ -173,7 +173,7 @@ pub fn open_run(
     opts: &FitOptions,
     overwrite: bool,
 ) -> Result<RunDir> {
-    crate::memory::check_fits_machine(cfg)?;
+    crate::config::memory::check_fits_machine(cfg)?;
     if cfg.train.threads > 0 {
         crate::init_threads(cfg.train.threads);
     }

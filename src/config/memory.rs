@@ -22,7 +22,7 @@
 //! The constants lean low (docs/performance.md's measured peaks are 1.5–3× the estimate), so a config this
 //! refuses could not have run; one it accepts may still be close to the limit.
 
-use crate::config::{ExperimentConfig, Task, env_kind, policy_sees_state, reward_loss_scale};
+use super::{ExperimentConfig, Task, env_kind, policy_sees_state, reward_loss_scale};
 use crate::envs::make_env;
 use crate::posterior::PosteriorConfig;
 use anyhow::{Result, bail};

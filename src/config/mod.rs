@@ -1,7 +1,10 @@
 //! Typed experiment configuration (one TOML file per experiment, see `configs/`), with
 //! validation that names the offending key and the allowed values, and the settings a config
 //! resolves to where it leaves them to the task ([`env_kind`], [`policy_sees_state`],
-//! [`reward_loss_scale`]).
+//! [`reward_loss_scale`]). [`memory`] estimates what a config needs before anything is
+//! allocated; validation ends with its check that no tensor is larger than one allocation.
+
+pub mod memory;
 
 use crate::envs::EnvKind;
 use crate::posterior::PosteriorConfig;
@@ -551,7 +554,7 @@ impl ExperimentConfig {
         // Last: the estimate needs the other keys valid. Sizes no machine can hold fail here;
         // the comparison with this machine's memory is `memory::check_fits_machine`, at the
         // start of `lvrnn train`.
-        crate::memory::check_dimensions(self)
+        memory::check_dimensions(self)
     }
 }
 
