@@ -239,7 +239,7 @@ pub fn solve_upper_transposed(u: &[f64], n: usize, x: &mut [f64]) {
         u.len() == n * n && x.len() == n,
         "solve_upper_transposed: n·n and n numbers"
     );
-    super::tri_solve(u, n, 1, x, false, true);
+    super::solve::tri_solve(u, n, 1, x, false, true);
 }
 
 #[cfg(test)]

@@ -19,12 +19,12 @@
 //! the heads' backward (`train::ppo`).
 
 use super::Params;
+use super::kernels::logical;
 use super::kernels::{Mat, parts, run_parts, sgemm, split_even, split_rows_mut, sum_in_order};
 use super::mlp::{
     LayerNorm, Mlp, affine_gradient_values, affine_into, f32_values, layer_norm_gradients,
     layer_norm_gradients_into, layer_norm_into, leaky, leaky_derivative,
 };
-use crate::linalg::logical;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;

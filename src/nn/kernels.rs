@@ -373,6 +373,40 @@ pub fn dedup_rows(data: &[f32], cols: usize) -> (Vec<f32>, Vec<u32>) {
     (unique, index)
 }
 
+// Candle CPU storage: how the custom ops (`nn`, `posterior`, `linalg`) read their inputs.
+
+use candle_core::Layout;
+use std::borrow::Cow;
+
+/// The logical (row-major) elements of a CPU storage slice described by `layout`.
+pub(crate) fn logical<'a, T: Copy>(data: &'a [T], layout: &Layout) -> Cow<'a, [T]> {
+    if let Some((start, end)) = layout.contiguous_offsets() {
+        return Cow::Borrowed(&data[start..end]);
+    }
+    let dims = layout.dims();
+    let stride = layout.stride();
+    let count = layout.shape().elem_count();
+    let mut out = Vec::with_capacity(count);
+    if count == 0 {
+        return Cow::Owned(out);
+    }
+    let mut idx = vec![0usize; dims.len()];
+    let mut off = layout.start_offset();
+    for _ in 0..count {
+        out.push(data[off]);
+        for d in (0..dims.len()).rev() {
+            idx[d] += 1;
+            off += stride[d];
+            if idx[d] < dims[d] {
+                break;
+            }
+            off -= stride[d] * dims[d];
+            idx[d] = 0;
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

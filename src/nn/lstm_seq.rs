@@ -17,12 +17,12 @@
 //! The gates are recomputed in the backward pass from the saved outputs with one large matrix
 //! product, so the op keeps no state. Checked against the per-step graph in `tests/fast_path.rs`.
 
+use super::kernels::logical;
 use super::kernels::{
     Mat, activate_gate_rows, lstm_cells, parts, run_parts, sgemm, split_even, split_rows_mut,
     split_steps_mut, sum_in_order, tanh,
 };
 use super::mlp::f32_values;
-use crate::linalg::logical;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 

@@ -2,8 +2,8 @@
 //! ops (candle's fused layer-norm has no backward pass).
 
 use super::Params;
+use super::kernels::logical;
 use super::kernels::{Mat, lane_dot, lane_sum, sgemm};
-use crate::linalg::logical;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;

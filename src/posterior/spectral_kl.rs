@@ -23,7 +23,7 @@
 //!
 //! and nothing flows to the previous rows' U_p and s_p.
 
-use crate::linalg::logical;
+use crate::nn::kernels::logical;
 use crate::nn::kernels::{Mat, sgemm};
 use crate::nn::mlp::f32_values;
 use anyhow::{Result, bail};

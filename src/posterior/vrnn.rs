@@ -7,8 +7,9 @@
 //! (n→n·n, of which only the strictly-lower entries of the reshaped (n, n) output are used).
 
 use super::{Covariance, Gaussian, KnownCayley, PosteriorFamily, StepInput};
-use crate::linalg::{self, logical, map_items};
+use crate::linalg::{self, map_items};
 use crate::nn::Params;
+use crate::nn::kernels::logical;
 use crate::nn::mlp::{Linear, affine_gradient_values, affine_values, f32_values};
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
