@@ -40,8 +40,9 @@ pub struct SequenceInputs {
 pub struct InputStage {
     /// Embeddings of the distinct input rows, one (U, E) tensor per kind.
     unique_embedded: Vec<Tensor>,
-    /// For every row, its distinct row (None: every row is distinct).
-    index: Option<Tensor>,
+    /// For every row, its distinct row (None: every row is distinct), as a tensor and as
+    /// values.
+    index: Option<(Tensor, Vec<u32>)>,
     /// x W_x + b of every row, (rows, 4H).
     pub xw: Tensor,
 }
@@ -51,9 +52,18 @@ impl InputStage {
     pub fn embedding(&self, kind: usize) -> Result<Tensor> {
         let e = &self.unique_embedded[kind];
         Ok(match &self.index {
-            Some(idx) => e.index_select(idx, 0)?,
+            Some((idx, _)) => e.index_select(idx, 0)?,
             None => e.clone(),
         })
+    }
+
+    /// The embeddings of input kind `kind` as [`InputStage::embedding`] gathers them: the
+    /// distinct rows' (U, E) and, per row, its distinct row (None: the rows are distinct).
+    pub fn embedding_table(&self, kind: usize) -> (&Tensor, Option<&[u32]>) {
+        (
+            &self.unique_embedded[kind],
+            self.index.as_ref().map(|(_, v)| &v[..]),
+        )
     }
 }
 
@@ -110,8 +120,8 @@ impl Core {
         let (unique, index) = dedup_rows(&joint, width);
         let distinct = unique.len() / width.max(1);
         let (source, index) = if distinct < rows {
-            let idx = Tensor::from_vec(index, rows, &self.device)?;
-            (unique, Some(idx))
+            let idx = Tensor::from_vec(index.clone(), rows, &self.device)?;
+            (unique, Some((idx, index)))
         } else {
             (joint, None)
         };
@@ -128,7 +138,7 @@ impl Core {
         }
         let x = Tensor::cat(&unique_embedded, 1)?;
         let mut xw = x.matmul(&self.lstm.wx)?.broadcast_add(&self.lstm.b)?;
-        if let Some(idx) = &index {
+        if let Some((idx, _)) = &index {
             xw = xw.index_select(idx, 0)?;
         }
         Ok(InputStage {

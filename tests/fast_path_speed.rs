@@ -1,0 +1,140 @@
+//! The fused ops of issue 27 against the unfused candle graphs they replace, values and
+//! gradients (nothing timed).
+
+mod common;
+
+use candle_core::{D, Device, Tensor, Var};
+use common::fast_path::assert_close;
+use common::tensors::values;
+use lvrnn::nn::Params;
+use lvrnn::nn::head::{Gathered, Head, HeadTrace};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
+
+fn randn(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
+    lvrnn::agent::randn(rng, shape, &Device::Cpu).unwrap()
+}
+
+/// Moves the heads' biases off zero (no unit on the leaky-ReLU kink).
+fn jitter(params: &Params) {
+    common::fast_path::jitter_biases(params);
+}
+
+/// `Head::forward_shared` (both heads as one node, the state part of the input gathered from a
+/// table of distinct rows) equals the unfused graph — `index_select`, broadcast over the
+/// samples, `cat` with z, then each head as its chain of one-layer nodes — in the outputs
+/// and in the gradients of the table, z and every head parameter; with and without the
+/// gathered part, with and without an index, and from the heads' traces.
+#[test]
+fn shared_heads_equal_the_unfused_graph_with_gradients() {
+    lvrnn::init_threads(1);
+    let (steps, samples, batch, e, n, distinct) = (5, 2, 7, 6, 4, 9);
+    for (gather, indexed, traced) in [
+        (true, true, false),
+        (true, true, true),
+        (true, false, false),
+        (false, false, false),
+        (false, false, true),
+    ] {
+        let what = format!("gather {gather}, index {indexed}, traced {traced}");
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut params = Params::new();
+        let d = if gather { e + n } else { n };
+        let policy = Head::new(&mut params, "policy", d, &[8, 8], 3, &mut rng).unwrap();
+        let value = Head::new(&mut params, "value", d, &[8], 1, &mut rng).unwrap();
+        jitter(&params);
+        let table_rows = if indexed { distinct } else { steps * batch };
+        let table = Var::from_tensor(&randn(&mut rng, &[table_rows, e])).unwrap();
+        let z = Var::from_tensor(&randn(&mut rng, &[steps, samples, batch, n])).unwrap();
+        let index: Vec<u32> = (0..steps * batch)
+            .map(|_| rng.gen_range(0..distinct as u32))
+            .collect();
+        let rows = steps * samples * batch;
+        let weights = [randn(&mut rng, &[rows, 3]), randn(&mut rng, &[rows, 1])];
+
+        // The unfused reference.
+        let input = if gather {
+            let emb = match indexed {
+                true => {
+                    let idx = Tensor::from_vec(index.clone(), steps * batch, &Device::Cpu).unwrap();
+                    table.as_tensor().index_select(&idx, 0).unwrap()
+                }
+                false => table.as_tensor().clone(),
+            };
+            let emb = emb
+                .reshape((steps, 1, batch, e))
+                .unwrap()
+                .broadcast_as((steps, samples, batch, e))
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            Tensor::cat(&[&emb, z.as_tensor()], D::Minus1).unwrap()
+        } else {
+            z.as_tensor().clone()
+        };
+        let flat = input.reshape((rows, d)).unwrap();
+        let slow = [
+            policy.forward_layers(&flat).unwrap(),
+            value.forward_layers(&flat).unwrap(),
+        ];
+
+        // The fused node.
+        let traces = traced.then(|| {
+            let x: Vec<f32> = flat.flatten_all().unwrap().to_vec1().unwrap();
+            let packed = [
+                policy.packed_values().unwrap(),
+                value.packed_values().unwrap(),
+            ];
+            let heads = [(&policy, &packed[0][..]), (&value, &packed[1][..])];
+            Head::trace_all(&heads, &x, rows)
+                .unwrap()
+                .into_iter()
+                .map(Arc::new)
+                .collect::<Vec<Arc<HeadTrace>>>()
+        });
+        let gathered = Gathered {
+            table: table.as_tensor(),
+            index: indexed.then_some(&index[..]),
+            samples,
+            batch,
+        };
+        let fast = Head::forward_shared(
+            &[&policy, &value],
+            gather.then_some(&gathered),
+            z.as_tensor(),
+            traces,
+        )
+        .unwrap();
+
+        let loss = |outs: &[Tensor]| {
+            let a = outs[0].mul(&weights[0]).unwrap().sum_all().unwrap();
+            let b = outs[1].mul(&weights[1]).unwrap().sum_all().unwrap();
+            (a + b).unwrap()
+        };
+        for h in 0..2 {
+            assert_close(
+                &format!("{what}: head {h} output"),
+                &values(&fast[h]),
+                &values(&slow[h]),
+                1.0,
+            );
+        }
+        let (gf, gs) = (
+            loss(&fast).backward().unwrap(),
+            loss(&slow).backward().unwrap(),
+        );
+        let mut checked = vec![("z", z.as_tensor().clone())];
+        if gather {
+            checked.push(("table", table.as_tensor().clone()));
+        }
+        for (name, var) in params.vars() {
+            checked.push((name.as_str(), var.as_tensor().clone()));
+        }
+        for (name, t) in checked {
+            let (a, b) = (gf.get(&t), gs.get(&t));
+            let (a, b) = (a.expect(name), b.expect(name));
+            assert_close(&format!("{what}: ∂L/∂{name}"), &values(a), &values(b), 1.0);
+        }
+    }
+}
