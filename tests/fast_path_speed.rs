@@ -138,3 +138,36 @@ fn shared_heads_equal_the_unfused_graph_with_gradients() {
         }
     }
 }
+
+/// `lstm_sequence_gathered` (the sequence's input rows gathered from distinct rows inside the
+/// fused LSTM op) equals `index_select` followed by `lstm_sequence_rows`, in the outputs and in
+/// the gradients of the distinct rows and of W_h.
+#[test]
+fn gathered_lstm_sequence_equals_index_select_then_the_sequence() {
+    use lvrnn::nn::lstm_seq::{lstm_sequence_gathered, lstm_sequence_rows};
+    lvrnn::init_threads(1);
+    let (steps, batch, hidden, distinct) = (6, 5, 4, 7);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let xw = Var::from_tensor(&(randn(&mut rng, &[distinct, 4 * hidden]) * 0.5).unwrap()).unwrap();
+    let wh = Var::from_tensor(&(randn(&mut rng, &[hidden, 4 * hidden]) * 0.5).unwrap()).unwrap();
+    // Some distinct rows unused, others repeated.
+    let index: Vec<u32> = (0..steps * batch)
+        .map(|_| rng.gen_range(0..distinct as u32 - 1))
+        .collect();
+    let weights = randn(&mut rng, &[steps, batch, 2 * hidden]);
+    let idx = Tensor::from_vec(index.clone(), steps * batch, &Device::Cpu).unwrap();
+    let rows = xw.as_tensor().index_select(&idx, 0).unwrap();
+    let slow = lstm_sequence_rows(&rows, wh.as_tensor(), steps).unwrap();
+    let fast =
+        lstm_sequence_gathered(xw.as_tensor(), Arc::new(index), wh.as_tensor(), steps).unwrap();
+    assert_close("states", &values(&fast), &values(&slow), 1.0);
+    let loss = |out: &Tensor| out.mul(&weights).unwrap().sum_all().unwrap();
+    let (gf, gs) = (
+        loss(&fast).backward().unwrap(),
+        loss(&slow).backward().unwrap(),
+    );
+    for (name, t) in [("xw", xw.as_tensor()), ("W_h", wh.as_tensor())] {
+        let (a, b) = (gf.get(t).expect(name), gs.get(t).expect(name));
+        assert_close(&format!("∂L/∂{name}"), &values(a), &values(b), 1.0);
+    }
+}

@@ -20,7 +20,7 @@
 
 use super::Core;
 use crate::nn::kernels::dedup_rows;
-use crate::nn::lstm_seq::{hidden_states, lstm_sequence_rows};
+use crate::nn::lstm_seq::{hidden_states, lstm_sequence_gathered, lstm_sequence_rows};
 use crate::posterior::spectral_kl::{ChunkNoise, spectral_chunk};
 use crate::posterior::{Covariance, Gaussian, KnownCayley};
 use anyhow::{Result, bail};
@@ -42,8 +42,12 @@ pub struct InputStage {
     unique_embedded: Vec<Tensor>,
     /// For every row, its distinct row (None: every row is distinct), as a tensor and as
     /// values.
-    index: Option<(Tensor, Vec<u32>)>,
-    /// x W_x + b of every row, (rows, 4H).
+    index: Option<(Tensor, Arc<Vec<u32>>)>,
+    /// x W_x + b of the distinct rows (U, 4H), with gradient.
+    distinct_xw: Tensor,
+    /// x W_x + b of every row, (rows, 4H); gathered from the distinct rows without a graph
+    /// (values only: the replay's recurrence gathers its rows itself,
+    /// [`lstm_sequence_gathered`]).
     pub xw: Tensor,
 }
 
@@ -86,7 +90,12 @@ impl Core {
         let rows = steps * batch;
         let stage = self.project_inputs(&inputs.kinds, rows)?;
         // The recurrence reads the step-major rows directly; `xw` (T, B, 4H) is for values.
-        let states = lstm_sequence_rows(&stage.xw, &self.lstm.wh, steps)?;
+        let states = match &stage.index {
+            Some((_, index)) => {
+                lstm_sequence_gathered(&stage.distinct_xw, index.clone(), &self.lstm.wh, steps)?
+            }
+            None => lstm_sequence_rows(&stage.xw, &self.lstm.wh, steps)?,
+        };
         let xw = stage.xw.reshape((steps, batch, 4 * self.hidden))?;
         let phi = self.proj.forward(&hidden_states(&states)?)?; // (T, B, n)
         let zero = Tensor::zeros((1, batch, self.hidden), DType::F32, &self.device)?;
@@ -121,7 +130,7 @@ impl Core {
         let distinct = unique.len() / width.max(1);
         let (source, index) = if distinct < rows {
             let idx = Tensor::from_vec(index.clone(), rows, &self.device)?;
-            (unique, Some((idx, index)))
+            (unique, Some((idx, Arc::new(index))))
         } else {
             (joint, None)
         };
@@ -137,13 +146,15 @@ impl Core {
             unique_embedded.push(self.embed(k, &x)?);
         }
         let x = Tensor::cat(&unique_embedded, 1)?;
-        let mut xw = x.matmul(&self.lstm.wx)?.broadcast_add(&self.lstm.b)?;
-        if let Some((idx, _)) = &index {
-            xw = xw.index_select(idx, 0)?;
-        }
+        let distinct_xw = x.matmul(&self.lstm.wx)?.broadcast_add(&self.lstm.b)?;
+        let xw = match &index {
+            Some((idx, _)) => distinct_xw.detach().index_select(idx, 0)?,
+            None => distinct_xw.clone(),
+        };
         Ok(InputStage {
             unique_embedded,
             index,
+            distinct_xw,
             xw,
         })
     }
