@@ -171,3 +171,37 @@ fn gathered_lstm_sequence_equals_index_select_then_the_sequence() {
         assert_close(&format!("∂L/∂{name}"), &values(a), &values(b), 1.0);
     }
 }
+
+/// `project_hidden` (φ = h W + b on the h half of the LSTM sequence's output, in place) equals
+/// `Linear::forward` on `hidden_states`, in φ and in the gradients of the states, W and b.
+#[test]
+fn projection_of_the_hidden_half_equals_narrow_then_linear() {
+    use lvrnn::nn::lstm_seq::{hidden_states, project_hidden};
+    use lvrnn::nn::mlp::Linear;
+    lvrnn::init_threads(1);
+    let (steps, batch, hidden, n) = (4, 6, 5, 3);
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let mut params = Params::new();
+    let proj = Linear::new(&mut params, "proj", hidden, n, &mut rng).unwrap();
+    jitter(&params);
+    let states = Var::from_tensor(&randn(&mut rng, &[steps, batch, 2 * hidden])).unwrap();
+    let weights = randn(&mut rng, &[steps, batch, n]);
+    let slow = proj
+        .forward(&hidden_states(states.as_tensor()).unwrap())
+        .unwrap();
+    let fast = project_hidden(states.as_tensor(), &proj.weight, &proj.bias).unwrap();
+    assert_close("φ", &values(&fast), &values(&slow), 1.0);
+    let loss = |out: &Tensor| out.mul(&weights).unwrap().sum_all().unwrap();
+    let (gf, gs) = (
+        loss(&fast).backward().unwrap(),
+        loss(&slow).backward().unwrap(),
+    );
+    for (name, t) in [
+        ("states", states.as_tensor()),
+        ("W", &proj.weight),
+        ("b", &proj.bias),
+    ] {
+        let (a, b) = (gf.get(t).expect(name), gs.get(t).expect(name));
+        assert_close(&format!("∂L/∂{name}"), &values(a), &values(b), 1.0);
+    }
+}

@@ -20,7 +20,7 @@
 
 use super::Core;
 use crate::nn::kernels::dedup_rows;
-use crate::nn::lstm_seq::{hidden_states, lstm_sequence_gathered, lstm_sequence_rows};
+use crate::nn::lstm_seq::{lstm_sequence_gathered, lstm_sequence_rows, project_hidden};
 use crate::posterior::spectral_kl::{ChunkNoise, spectral_chunk};
 use crate::posterior::{Covariance, Gaussian, KnownCayley};
 use anyhow::{Result, bail};
@@ -97,7 +97,7 @@ impl Core {
             None => lstm_sequence_rows(&stage.xw, &self.lstm.wh, steps)?,
         };
         let xw = stage.xw.reshape((steps, batch, 4 * self.hidden))?;
-        let phi = self.proj.forward(&hidden_states(&states)?)?; // (T, B, n)
+        let phi = project_hidden(&states, &self.proj.weight, &self.proj.bias)?; // (T, B, n)
         let zero = Tensor::zeros((1, batch, self.hidden), DType::F32, &self.device)?;
         let phi0 = self.proj.forward(&zero)?;
         Ok(CoreReplay {

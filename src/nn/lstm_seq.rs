@@ -118,6 +118,108 @@ fn sequence_rows<'a>(
     }
 }
 
+/// φ = h W + b for the h half of [`lstm_sequence`]'s output `states` (T, B, 2H), W (H, n),
+/// b (n): returns (T, B, n), as one node that reads the h half in place. The same as
+/// `Linear::forward(&hidden_states(states))`, whose narrow and reshape nodes cost candle's
+/// backward a zero-padded copy, a zero fill and an addition of the (T, B, 2H) gradient.
+/// Backward: δW = hᵀδφ, δb = Σ_rows δφ, δstates = [δφ Wᵀ, 0].
+pub fn project_hidden(states: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(states.apply_op3(w, b, ProjectHidden)?)
+}
+
+/// The op of [`project_hidden`].
+struct ProjectHidden;
+
+impl candle_core::CustomOp3 for ProjectHidden {
+    fn name(&self) -> &'static str {
+        "project-hidden"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (t_len, batch, h2) = l1.shape().dims3()?;
+        let (hidden, n) = l2.shape().dims2()?;
+        if h2 != 2 * hidden || l3.shape().elem_count() != n {
+            candle_core::bail!(
+                "project-hidden: states {:?}, W {:?} and b {:?} do not fit",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let states = logical(s1.as_slice::<f32>()?, l1);
+        let w = logical(s2.as_slice::<f32>()?, l2);
+        let b = logical(s3.as_slice::<f32>()?, l3);
+        let rows = t_len * batch;
+        let mut y: Vec<f32> = (0..rows).flat_map(|_| b.iter().copied()).collect();
+        let h = Mat {
+            data: &states,
+            rs: h2 as isize,
+            cs: 1,
+        };
+        sgemm(rows, n, hidden, h, Mat::rows(&w, n), &mut y, true, true);
+        Ok((CpuStorage::F32(y), Shape::from((t_len, batch, n))))
+    }
+
+    fn bwd(
+        &self,
+        states: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h2) = states.dims3()?;
+        let (hidden, n) = w.dims2()?;
+        let (ss, sl) = states.storage_and_layout();
+        let sv = f32_values(&ss, sl)?;
+        let (ws, wl) = w.storage_and_layout();
+        let wv = f32_values(&ws, wl)?;
+        let (gs, gl) = grad.storage_and_layout();
+        let g = f32_values(&gs, gl)?;
+        let rows = g.len() / n.max(1);
+        let ht = Mat {
+            data: &sv,
+            rs: 1,
+            cs: h2 as isize,
+        };
+        let mut dw = vec![0f32; hidden * n];
+        sgemm(hidden, n, rows, ht, Mat::rows(&g, n), &mut dw, false, true);
+        let mut db = vec![0f32; n];
+        for row in g.chunks(n.max(1)) {
+            db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        }
+        let mut dh = vec![0f32; rows * hidden];
+        sgemm(
+            rows,
+            hidden,
+            n,
+            Mat::rows(&g, n),
+            Mat::rows_t(&wv, n),
+            &mut dh,
+            false,
+            true,
+        );
+        let mut ds = vec![0f32; rows * h2];
+        for (dst, src) in ds.chunks_mut(h2).zip(dh.chunks(hidden)) {
+            dst[..hidden].copy_from_slice(src);
+        }
+        let dev = states.device();
+        Ok((
+            Some(Tensor::from_vec(ds, states.shape(), dev)?),
+            Some(Tensor::from_vec(dw, (hidden, n), dev)?),
+            Some(Tensor::from_vec(db, n, dev)?),
+        ))
+    }
+}
+
 /// The h half of [`lstm_sequence`]'s output, (T, B, H).
 pub fn hidden_states(out: &Tensor) -> Result<Tensor> {
     let h2 = out.dim(2)?;
