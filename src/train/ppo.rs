@@ -206,9 +206,9 @@ pub fn ppo_loss(
         false => None,
     };
     // Both heads as one node on the rows [embedding of s_t, z] (or z), the state embeddings
-    // gathered from the distinct rows' inside it (`Head::forward_shared`): the same values as
-    // `RlModel::log_probs_and_values` on `RlModel::head_input`, without the (T·n_Z·B, d)
-    // input in the graph.
+    // gathered from the distinct rows' table inside it (`Head::forward_shared`): the same
+    // values as `RlModel::log_probs_and_values` on `RlModel::head_input`, without the
+    // (T·n_Z·B, d) input in the graph.
     let (table, index) = replay.inputs.embedding_table(INPUT_OBS);
     let gathered = Gathered {
         table,
