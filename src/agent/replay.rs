@@ -20,7 +20,7 @@
 
 use super::Core;
 use crate::nn::kernels::dedup_rows;
-use crate::nn::lstm_seq::{hidden_states, lstm_sequence_rows};
+use crate::nn::lstm_seq::{lstm_sequence_gathered, lstm_sequence_rows, project_hidden};
 use crate::posterior::spectral_kl::{ChunkNoise, spectral_chunk};
 use crate::posterior::{Covariance, Gaussian, KnownCayley};
 use anyhow::{Result, bail};
@@ -40,9 +40,14 @@ pub struct SequenceInputs {
 pub struct InputStage {
     /// Embeddings of the distinct input rows, one (U, E) tensor per kind.
     unique_embedded: Vec<Tensor>,
-    /// For every row, its distinct row (None: every row is distinct).
-    index: Option<Tensor>,
-    /// x W_x + b of every row, (rows, 4H).
+    /// For every row, its distinct row (None: every row is distinct), as a tensor and as
+    /// values.
+    index: Option<(Tensor, Arc<Vec<u32>>)>,
+    /// x W_x + b of the distinct rows (U, 4H), with gradient.
+    distinct_xw: Tensor,
+    /// x W_x + b of every row, (rows, 4H); gathered from the distinct rows without a graph
+    /// (values only: the replay's recurrence gathers its rows itself,
+    /// [`lstm_sequence_gathered`]).
     pub xw: Tensor,
 }
 
@@ -51,9 +56,18 @@ impl InputStage {
     pub fn embedding(&self, kind: usize) -> Result<Tensor> {
         let e = &self.unique_embedded[kind];
         Ok(match &self.index {
-            Some(idx) => e.index_select(idx, 0)?,
+            Some((idx, _)) => e.index_select(idx, 0)?,
             None => e.clone(),
         })
+    }
+
+    /// The embeddings of input kind `kind` as [`InputStage::embedding`] gathers them: the
+    /// distinct rows' (U, E) and, per row, its distinct row (None: the rows are distinct).
+    pub fn embedding_table(&self, kind: usize) -> (&Tensor, Option<&[u32]>) {
+        (
+            &self.unique_embedded[kind],
+            self.index.as_ref().map(|(_, v)| &v[..]),
+        )
     }
 }
 
@@ -76,9 +90,14 @@ impl Core {
         let rows = steps * batch;
         let stage = self.project_inputs(&inputs.kinds, rows)?;
         // The recurrence reads the step-major rows directly; `xw` (T, B, 4H) is for values.
-        let states = lstm_sequence_rows(&stage.xw, &self.lstm.wh, steps)?;
+        let states = match &stage.index {
+            Some((_, index)) => {
+                lstm_sequence_gathered(&stage.distinct_xw, index.clone(), &self.lstm.wh, steps)?
+            }
+            None => lstm_sequence_rows(&stage.xw, &self.lstm.wh, steps)?,
+        };
         let xw = stage.xw.reshape((steps, batch, 4 * self.hidden))?;
-        let phi = self.proj.forward(&hidden_states(&states)?)?; // (T, B, n)
+        let phi = project_hidden(&states, &self.proj.weight, &self.proj.bias)?; // (T, B, n)
         let zero = Tensor::zeros((1, batch, self.hidden), DType::F32, &self.device)?;
         let phi0 = self.proj.forward(&zero)?;
         Ok(CoreReplay {
@@ -110,8 +129,8 @@ impl Core {
         let (unique, index) = dedup_rows(&joint, width);
         let distinct = unique.len() / width.max(1);
         let (source, index) = if distinct < rows {
-            let idx = Tensor::from_vec(index, rows, &self.device)?;
-            (unique, Some(idx))
+            let idx = Tensor::from_vec(index.clone(), rows, &self.device)?;
+            (unique, Some((idx, Arc::new(index))))
         } else {
             (joint, None)
         };
@@ -127,13 +146,15 @@ impl Core {
             unique_embedded.push(self.embed(k, &x)?);
         }
         let x = Tensor::cat(&unique_embedded, 1)?;
-        let mut xw = x.matmul(&self.lstm.wx)?.broadcast_add(&self.lstm.b)?;
-        if let Some(idx) = &index {
-            xw = xw.index_select(idx, 0)?;
-        }
+        let distinct_xw = x.matmul(&self.lstm.wx)?.broadcast_add(&self.lstm.b)?;
+        let xw = match &index {
+            Some((idx, _)) => distinct_xw.detach().index_select(idx, 0)?,
+            None => distinct_xw.clone(),
+        };
         Ok(InputStage {
             unique_embedded,
             index,
+            distinct_xw,
             xw,
         })
     }

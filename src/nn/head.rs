@@ -26,9 +26,14 @@ use super::mlp::{
     layer_norm_gradients_into, layer_norm_into, leaky, leaky_derivative,
 };
 use anyhow::Result;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
+use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
+
+/// The input rows r of a head op as (r.len() × d_in) values, borrowed or assembled.
+type RowSource<'a> = dyn Fn(Range<usize>) -> Cow<'a, [f32]> + Sync + 'a;
 
 /// Layer norm of the input, then an MLP with leaky-ReLU hidden layers and a linear output.
 #[derive(Clone)]
@@ -250,6 +255,21 @@ fn forward_many(
     x: &[f32],
     rows: usize,
 ) -> Vec<(Vec<Vec<f32>>, Vec<f32>)> {
+    let d = heads[0].0[0];
+    forward_many_with(
+        heads,
+        &|r: Range<usize>| Cow::Borrowed(&x[r.start * d..r.end * d]),
+        rows,
+    )
+}
+
+/// [`forward_many`] with the input rows of each part given by `x_rows` (rows r → their
+/// (r.len() × d_in) values), for inputs assembled per part ([`SharedHeadsOp`]).
+fn forward_many_with(
+    heads: &[(&[usize], &[f32])],
+    x_rows: &RowSource,
+    rows: usize,
+) -> Vec<(Vec<Vec<f32>>, Vec<f32>)> {
     let mut results: Vec<(Vec<Vec<f32>>, Vec<f32>)> = heads
         .iter()
         .map(|(sizes, _)| {
@@ -278,12 +298,11 @@ fn forward_many(
             part.push(view);
         }
     }
-    let d = heads[0].0[0];
     let work: Vec<_> = ranges.iter().cloned().zip(views).collect();
     run_parts(work, |(r, views)| {
-        let x = &x[r.start * d..r.end * d];
+        let x = x_rows(r.clone());
         for ((sizes, p), (mut ys, out)) in heads.iter().zip(views) {
-            forward_rows(sizes, p, x, r.len(), &mut ys, out, serial);
+            forward_rows(sizes, p, &x, r.len(), &mut ys, out, serial);
         }
     });
     results
@@ -317,15 +336,16 @@ fn forward_rows(
     }
 }
 
-/// The backward of [`HeadOp`] for the rows `r` of its input x (d_in wide) and output gradient
-/// `grad` (d_L wide), on the calling thread: writes the rows' ∂L/∂x into `dx` and returns the
-/// rows' part of the packed parameters' gradient (`parallel` as in [`forward_rows`]).
+/// The backward of [`HeadOp`] for the rows `r` of its input x (d_in wide; `x` holds the rows
+/// from `x_first` on) and output gradient `grad` (d_L wide), on the calling thread: writes the
+/// rows' ∂L/∂x into `dx` and returns the rows' part of the packed parameters' gradient
+/// (`parallel` as in [`forward_rows`]).
 #[allow(clippy::too_many_arguments)]
 fn backward_rows(
     sizes: &[usize],
     p: &[f32],
     saved: &[Vec<f32>],
-    x: &[f32],
+    (x, x_first): (&[f32], usize),
     grad: &[f32],
     r: std::ops::Range<usize>,
     dx: &mut [f32],
@@ -352,7 +372,7 @@ fn backward_rows(
         dp[b..b + n].copy_from_slice(&gb);
         g = gx;
     }
-    let x = &x[r.start * d..r.end * d];
+    let x = &x[(r.start - x_first) * d..(r.end - x_first) * d];
     let (dgamma, dbeta) = layer_norm_gradients_into(x, &p[..d], &g, d, dx);
     dp[..d].copy_from_slice(&dgamma);
     dp[d..2 * d].copy_from_slice(&dbeta);
@@ -451,7 +471,7 @@ impl CustomOp2 for HeadOp {
         let dxs = split_rows_mut(&mut dx, d, &ranges);
         let work: Vec<_> = ranges.into_iter().zip(dxs).collect();
         let shares = run_parts(work, |(r, dx)| {
-            backward_rows(&self.sizes, &p, saved, &xv, &g, r, dx, serial)
+            backward_rows(&self.sizes, &p, saved, (&xv, 0), &g, r, dx, serial)
         });
         let dp = sum_in_order(shares);
         debug_assert_eq!(dp.len(), total);
@@ -459,6 +479,410 @@ impl CustomOp2 for HeadOp {
         Ok((
             Some(Tensor::from_vec(dx, (rows, d), dev)?),
             Some(Tensor::from_vec(dp, total, dev)?),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several heads on one input, its state part gathered
+// ---------------------------------------------------------------------------------------------
+
+/// The leading part of the heads' input rows, gathered from a table of distinct rows: row r of
+/// the input (rows in (T, n_Z, B) order, r = (t·n_Z + s)·B + b) starts with row
+/// g(r) = `index[t·B + b]` of `table` (U, E) — the embedding of s_t of task b, which its n_Z
+/// samples share — and ends with z_r. Without an index the table has one row per (t, b):
+/// g(r) = t·B + b.
+pub struct Gathered<'a> {
+    /// (U, E).
+    pub table: &'a Tensor,
+    /// T·B entries, t-major; None: g(r) = t·B + b.
+    pub index: Option<&'a [u32]>,
+    /// n_Z.
+    pub samples: usize,
+    /// B.
+    pub batch: usize,
+}
+
+impl Head {
+    /// Several heads on the same input rows x_r = [table_{g(r)}, z_r] (with `gathered`, see
+    /// [`Gathered`]) or x_r = z_r, as one graph node: head h's output (rows, d_L) equals
+    /// `heads[h].forward(x)` on the concatenated, broadcast input, which is never formed. Its
+    /// backward is [`HeadOp`]'s per head, the input gradients summed over the heads,
+    /// ∂L/∂x_r = Σ_h ∂L_h/∂x_r, then split: ∂L/∂z_r = (∂L/∂x_r)[E..] and
+    /// ∂L/∂table_u = Σ_{r: g(r) = u} (∂L/∂x_r)[..E] (rows added in order). This replaces the
+    /// graph `cat([broadcast(index_select(table)), z])` → reshape → one node per head, each of
+    /// whose nodes candle's backward zero-fills and adds a (rows × d_in) gradient for.
+    /// `z` is (…, n) with the rows in its leading dimensions. With `traces` (one per head, of
+    /// these rows at these parameters, the caller's responsibility) the forward values are
+    /// taken from them and only the backward runs. Tested against the unfused graph in
+    /// `tests/fast_path_speed.rs`.
+    pub fn forward_shared(
+        heads: &[&Head],
+        gathered: Option<&Gathered>,
+        z: &Tensor,
+        traces: Option<Vec<Arc<HeadTrace>>>,
+    ) -> Result<Vec<Tensor>> {
+        let n = z.dim(candle_core::D::Minus1)?;
+        let rows = z.elem_count() / n.max(1);
+        let sizes = heads
+            .iter()
+            .map(|h| h.sizes())
+            .collect::<Result<Vec<_>>>()?;
+        let gather = match gathered {
+            Some(g) => {
+                let (u, width) = g.table.dims2()?;
+                let steps = rows / (g.samples * g.batch).max(1);
+                if steps * g.samples * g.batch != rows {
+                    anyhow::bail!(
+                        "shared heads: {rows} rows are not (T, {}, {})",
+                        g.samples,
+                        g.batch
+                    );
+                }
+                let index = match g.index {
+                    Some(idx) => {
+                        if idx.len() != steps * g.batch || idx.iter().any(|&i| i as usize >= u) {
+                            anyhow::bail!(
+                                "shared heads: an index of {} rows into {u} for {steps} × {} rows",
+                                idx.len(),
+                                g.batch
+                            );
+                        }
+                        idx.to_vec()
+                    }
+                    None => {
+                        if u != steps * g.batch {
+                            anyhow::bail!(
+                                "shared heads: a table of {u} rows for {steps} × {} rows",
+                                g.batch
+                            );
+                        }
+                        (0..u as u32).collect()
+                    }
+                };
+                Some(GatherSpec {
+                    index,
+                    samples: g.samples,
+                    batch: g.batch,
+                    width,
+                    table_rows: u,
+                })
+            }
+            None => None,
+        };
+        let d = n + gather.as_ref().map_or(0, |g| g.width);
+        if let Some(s) = sizes.iter().find(|s| s[0] != d) {
+            anyhow::bail!(
+                "shared heads: a head of input width {} for rows of {d}",
+                s[0]
+            );
+        }
+        let packed = heads
+            .iter()
+            .map(|h| h.packed())
+            .collect::<Result<Vec<_>>>()?;
+        let packed = Tensor::cat(&packed, 0)?;
+        let outputs: Vec<usize> = sizes.iter().map(|s| *s.last().unwrap()).collect();
+        let op = SharedHeadsOp {
+            sizes,
+            gather,
+            z_width: n,
+            saved: Mutex::new(traces),
+        };
+        let y = match gathered {
+            Some(g) => g.table.apply_op3(z, &packed, op)?,
+            None => z.apply_op2(&packed, op)?,
+        };
+        let mut at = 0;
+        let mut out = vec![];
+        for width in outputs {
+            out.push(y.narrow(0, at, rows * width)?.reshape((rows, width))?);
+            at += rows * width;
+        }
+        Ok(out)
+    }
+}
+
+/// [`Gathered`] as the op keeps it (the index always present).
+struct GatherSpec {
+    index: Vec<u32>,
+    samples: usize,
+    batch: usize,
+    /// E.
+    width: usize,
+    /// U.
+    table_rows: usize,
+}
+
+impl GatherSpec {
+    /// g(r) of [`Gathered`].
+    fn source(&self, r: usize) -> usize {
+        let (t, b) = (r / (self.samples * self.batch), r % self.batch);
+        self.index[t * self.batch + b] as usize
+    }
+}
+
+/// The heads of [`Head::forward_shared`]: inputs ([table,] z, packed parameters of all heads,
+/// one after the other); output the heads' outputs one after the other, flat.
+struct SharedHeadsOp {
+    sizes: Vec<Vec<usize>>,
+    gather: Option<GatherSpec>,
+    /// n.
+    z_width: usize,
+    /// The forward's values per head (see [`HeadOp::saved`]).
+    saved: Mutex<Option<Vec<Arc<HeadTrace>>>>,
+}
+
+impl SharedHeadsOp {
+    /// Where each head's packed parameters start, and their total length.
+    fn param_starts(&self) -> (Vec<usize>, usize) {
+        let mut starts = vec![];
+        let mut at = 0;
+        for s in &self.sizes {
+            starts.push(at);
+            at += param_offsets(s).1;
+        }
+        (starts, at)
+    }
+
+    /// Rows `r` of the input x_r = [table_{g(r)}, z_r] (or z_r) as values.
+    fn assemble<'a>(&self, table: &[f32], z: &'a [f32], r: Range<usize>) -> Cow<'a, [f32]> {
+        let n = self.z_width;
+        let Some(g) = &self.gather else {
+            return Cow::Borrowed(&z[r.start * n..r.end * n]);
+        };
+        let (e, d) = (g.width, g.width + n);
+        let mut x = vec![0f32; r.len() * d];
+        for (row, dst) in r.zip(x.chunks_mut(d)) {
+            let u = g.source(row);
+            dst[..e].copy_from_slice(&table[u * e..(u + 1) * e]);
+            dst[e..].copy_from_slice(&z[row * n..(row + 1) * n]);
+        }
+        Cow::Owned(x)
+    }
+
+    fn forward(
+        &self,
+        table: &[f32],
+        z: &[f32],
+        rows: usize,
+        packed: &[f32],
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (starts, total) = self.param_starts();
+        if packed.len() != total || z.len() != rows * self.z_width {
+            candle_core::bail!("shared heads: the inputs do not fit the heads");
+        }
+        let mut saved = self.saved.lock().expect("shared heads: saved activations");
+        let output: Vec<f32> = match saved.as_ref() {
+            Some(traces) => {
+                let fits = traces.len() == self.sizes.len()
+                    && traces
+                        .iter()
+                        .zip(&self.sizes)
+                        .all(|(t, s)| t.rows == rows && t.layer_inputs.len() == s.len() - 1);
+                if !fits {
+                    candle_core::bail!("shared heads: the traces do not fit {rows} rows");
+                }
+                traces
+                    .iter()
+                    .flat_map(|t| t.output.iter().copied())
+                    .collect()
+            }
+            None => {
+                let specs: Vec<(&[usize], &[f32])> = self
+                    .sizes
+                    .iter()
+                    .zip(&starts)
+                    .map(|(s, &at)| (&s[..], &packed[at..at + param_offsets(s).1]))
+                    .collect();
+                let source = |r: Range<usize>| self.assemble(table, z, r);
+                let results = forward_many_with(&specs, &source, rows);
+                let mut output = vec![];
+                let mut traces = vec![];
+                for (layer_inputs, out) in results {
+                    output.extend_from_slice(&out);
+                    traces.push(Arc::new(HeadTrace {
+                        rows,
+                        layer_inputs,
+                        output: vec![],
+                    }));
+                }
+                *saved = Some(traces);
+                output
+            }
+        };
+        let len = output.len();
+        Ok((CpuStorage::F32(output), Shape::from(len)))
+    }
+
+    /// (∂L/∂table or empty, ∂L/∂z, ∂L/∂packed) for the output gradient `grad`.
+    fn backward(
+        &self,
+        table: &[f32],
+        z: &[f32],
+        packed: &[f32],
+        grad: &[f32],
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let n = self.z_width;
+        let rows = z.len() / n.max(1);
+        let (starts, total) = self.param_starts();
+        let guard = self.saved.lock().expect("shared heads: saved activations");
+        let Some(traces) = guard.as_ref() else {
+            candle_core::bail!("shared heads: the backward ran before the forward");
+        };
+        let (e, table_rows) = self
+            .gather
+            .as_ref()
+            .map_or((0, 0), |g| (g.width, g.table_rows));
+        let d = e + n;
+        let mut out_starts = vec![];
+        let mut at = 0;
+        for s in &self.sizes {
+            out_starts.push(at);
+            at += rows * s.last().unwrap();
+        }
+        if grad.len() != at {
+            candle_core::bail!(
+                "shared heads: an output gradient of {} for {at}",
+                grad.len()
+            );
+        }
+        // Rows are independent except for the parameters' and the table's gradients, sums
+        // over rows: with several threads each part of the rows gives its share, added in the
+        // parts' order (deterministic for a given thread count; one part: the serial code).
+        let mut dz = vec![0f32; rows * n];
+        let ranges = split_even(rows, parts(rows));
+        let serial = ranges.len() == 1;
+        let dzs = split_rows_mut(&mut dz, n, &ranges);
+        let work: Vec<_> = ranges.into_iter().zip(dzs).collect();
+        let shares = run_parts(work, |(r, dz)| {
+            let x = self.assemble(table, z, r.clone());
+            let mut dx = vec![0f32; r.len() * d];
+            let mut head_dx = vec![0f32; r.len() * d];
+            let mut dp = Vec::with_capacity(total);
+            for (h, sizes) in self.sizes.iter().enumerate() {
+                let p = &packed[starts[h]..starts[h] + param_offsets(sizes).1];
+                let g = &grad[out_starts[h]..out_starts[h] + rows * sizes.last().unwrap()];
+                let target = if h == 0 { &mut dx } else { &mut head_dx };
+                let share = backward_rows(
+                    sizes,
+                    p,
+                    &traces[h].layer_inputs,
+                    (&x, r.start),
+                    g,
+                    r.clone(),
+                    target,
+                    serial,
+                );
+                if h > 0 {
+                    dx.iter_mut().zip(&head_dx).for_each(|(a, b)| *a += b);
+                }
+                dp.extend_from_slice(&share);
+            }
+            let mut dtable = vec![0f32; table_rows * e];
+            for (k, (src, dst)) in dx.chunks(d).zip(dz.chunks_mut(n)).enumerate() {
+                dst.copy_from_slice(&src[e..]);
+                if let Some(g) = &self.gather {
+                    let u = g.source(r.start + k);
+                    dtable[u * e..(u + 1) * e]
+                        .iter_mut()
+                        .zip(&src[..e])
+                        .for_each(|(t, v)| *t += v);
+                }
+            }
+            (dtable, dp)
+        });
+        let (dtables, dps): (Vec<_>, Vec<_>) = shares.into_iter().unzip();
+        Ok((sum_in_order(dtables), dz, sum_in_order(dps)))
+    }
+}
+
+impl CustomOp2 for SharedHeadsOp {
+    fn name(&self) -> &'static str {
+        "shared-heads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let z = logical(s1.as_slice::<f32>()?, l1);
+        let p = logical(s2.as_slice::<f32>()?, l2);
+        self.forward(&[], &z, z.len() / self.z_width.max(1), &p)
+    }
+
+    fn bwd(
+        &self,
+        z: &Tensor,
+        packed: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (zs, zl) = z.storage_and_layout();
+        let zv = f32_values(&zs, zl)?;
+        let (ps, pl) = packed.storage_and_layout();
+        let p = f32_values(&ps, pl)?;
+        let (gs, gl) = grad.storage_and_layout();
+        let g = f32_values(&gs, gl)?;
+        let (_, dz, dp) = self.backward(&[], &zv, &p, &g)?;
+        let dev = z.device();
+        Ok((
+            Some(Tensor::from_vec(dz, z.shape(), dev)?),
+            Some(Tensor::from_vec(dp, packed.shape(), dev)?),
+        ))
+    }
+}
+
+impl CustomOp3 for SharedHeadsOp {
+    fn name(&self) -> &'static str {
+        "shared-heads-gathered"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let table = logical(s1.as_slice::<f32>()?, l1);
+        let z = logical(s2.as_slice::<f32>()?, l2);
+        let p = logical(s3.as_slice::<f32>()?, l3);
+        if let Some(g) = &self.gather
+            && table.len() != g.table_rows * g.width
+        {
+            candle_core::bail!("shared heads: the table does not fit");
+        }
+        self.forward(&table, &z, z.len() / self.z_width.max(1), &p)
+    }
+
+    fn bwd(
+        &self,
+        table: &Tensor,
+        z: &Tensor,
+        packed: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (ts, tl) = table.storage_and_layout();
+        let tv = f32_values(&ts, tl)?;
+        let (zs, zl) = z.storage_and_layout();
+        let zv = f32_values(&zs, zl)?;
+        let (ps, pl) = packed.storage_and_layout();
+        let p = f32_values(&ps, pl)?;
+        let (gs, gl) = grad.storage_and_layout();
+        let g = f32_values(&gs, gl)?;
+        let (dt, dz, dp) = self.backward(&tv, &zv, &p, &g)?;
+        let dev = z.device();
+        Ok((
+            Some(Tensor::from_vec(dt, table.shape(), dev)?),
+            Some(Tensor::from_vec(dz, z.shape(), dev)?),
+            Some(Tensor::from_vec(dp, packed.shape(), dev)?),
         ))
     }
 }

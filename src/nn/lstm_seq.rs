@@ -25,15 +25,30 @@ use super::kernels::{
 use super::mlp::f32_values;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use std::borrow::Cow;
+use std::sync::Arc;
 
 /// The op; `steps` = T where xw comes as step-major rows (T·B, 4H), None for (T, B, 4H).
+/// With `index` (T·B entries, `steps` set) xw holds distinct rows (U, 4H) and row t·B + b of
+/// the sequence is xw row `index[t·B + b]`.
 struct LstmSequence {
     steps: Option<usize>,
+    index: Option<Arc<Vec<u32>>>,
 }
 
 impl LstmSequence {
-    /// (T, B, 4H) of an xw of shape (T, B, 4H), or (T·B, 4H) with `steps` = T.
+    /// (T, B, 4H) of an xw of shape (T, B, 4H), or (T·B, 4H) with `steps` = T (or (U, 4H)
+    /// with an index of T·B rows).
     fn dims(&self, dims: &[usize]) -> candle_core::Result<(usize, usize, usize)> {
+        if let (Some(index), Some(t), &[u, g]) = (&self.index, self.steps, dims) {
+            let rows = index.len();
+            if t == 0 || rows % t != 0 || index.iter().any(|&i| i as usize >= u) {
+                candle_core::bail!(
+                    "lstm-sequence: an index of {rows} rows into {u} for T = {t} does not fit"
+                );
+            }
+            return Ok((t, rows / t, g));
+        }
         match (dims, self.steps) {
             (&[t, b, g], None) => Ok((t, b, g)),
             (&[rows, g], Some(t)) if t > 0 && rows % t == 0 => Ok((t, rows / t, g)),
@@ -48,14 +63,161 @@ impl LstmSequence {
 /// The outputs [h_t, c_t] for t = 1..T of the recurrence above: (T, B, 2H) from xw (T, B, 4H)
 /// and W_h (H, 4H). Differentiable in both inputs (and in both halves of the output).
 pub fn lstm_sequence(xw: &Tensor, wh: &Tensor) -> Result<Tensor> {
-    Ok(xw.apply_op2(wh, LstmSequence { steps: None })?)
+    let op = LstmSequence {
+        steps: None,
+        index: None,
+    };
+    Ok(xw.apply_op2(wh, op)?)
 }
 
 /// [`lstm_sequence`] for xw given as step-major rows (T·B, 4H) (row t·B + b: step t of task b),
 /// without a reshape node in the graph (candle's backward zero-fills and adds a gradient buffer
 /// for every node, and xw is the largest activation of a replay).
 pub fn lstm_sequence_rows(xw: &Tensor, wh: &Tensor, steps: usize) -> Result<Tensor> {
-    Ok(xw.apply_op2(wh, LstmSequence { steps: Some(steps) })?)
+    let op = LstmSequence {
+        steps: Some(steps),
+        index: None,
+    };
+    Ok(xw.apply_op2(wh, op)?)
+}
+
+/// [`lstm_sequence_rows`] for the rows xw_{t·B+b} = `distinct[index[t·B + b]]` gathered from
+/// distinct rows (U, 4H) inside the op: ∂L/∂distinct_u = Σ_{r: index[r] = u} δz_r (rows added
+/// in order), without the gathered (T·B, 4H) rows in the graph (candle's backward would
+/// zero-fill and add a gradient buffer of that size for them).
+pub fn lstm_sequence_gathered(
+    distinct: &Tensor,
+    index: Arc<Vec<u32>>,
+    wh: &Tensor,
+    steps: usize,
+) -> Result<Tensor> {
+    let op = LstmSequence {
+        steps: Some(steps),
+        index: Some(index),
+    };
+    Ok(distinct.apply_op2(wh, op)?)
+}
+
+/// The rows `rows` of the sequence's xw (each 4H wide): `xw` itself, or its rows gathered
+/// through `index`.
+fn sequence_rows<'a>(
+    xw: &'a [f32],
+    index: Option<&[u32]>,
+    rows: std::ops::Range<usize>,
+    g4: usize,
+) -> Cow<'a, [f32]> {
+    match index {
+        None => Cow::Borrowed(&xw[rows.start * g4..rows.end * g4]),
+        Some(index) => {
+            let mut out = Vec::with_capacity(rows.len() * g4);
+            for &u in &index[rows] {
+                out.extend_from_slice(&xw[u as usize * g4..(u as usize + 1) * g4]);
+            }
+            Cow::Owned(out)
+        }
+    }
+}
+
+/// φ = h W + b for the h half of [`lstm_sequence`]'s output `states` (T, B, 2H), W (H, n),
+/// b (n): returns (T, B, n), as one node that reads the h half in place. The same as
+/// `Linear::forward(&hidden_states(states))`, whose narrow and reshape nodes cost candle's
+/// backward a zero-padded copy, a zero fill and an addition of the (T, B, 2H) gradient.
+/// Backward: δW = hᵀδφ, δb = Σ_rows δφ, δstates = [δφ Wᵀ, 0].
+pub fn project_hidden(states: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(states.apply_op3(w, b, ProjectHidden)?)
+}
+
+/// The op of [`project_hidden`].
+struct ProjectHidden;
+
+impl candle_core::CustomOp3 for ProjectHidden {
+    fn name(&self) -> &'static str {
+        "project-hidden"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (t_len, batch, h2) = l1.shape().dims3()?;
+        let (hidden, n) = l2.shape().dims2()?;
+        if h2 != 2 * hidden || l3.shape().elem_count() != n {
+            candle_core::bail!(
+                "project-hidden: states {:?}, W {:?} and b {:?} do not fit",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let states = logical(s1.as_slice::<f32>()?, l1);
+        let w = logical(s2.as_slice::<f32>()?, l2);
+        let b = logical(s3.as_slice::<f32>()?, l3);
+        let rows = t_len * batch;
+        let mut y: Vec<f32> = (0..rows).flat_map(|_| b.iter().copied()).collect();
+        let h = Mat {
+            data: &states,
+            rs: h2 as isize,
+            cs: 1,
+        };
+        sgemm(rows, n, hidden, h, Mat::rows(&w, n), &mut y, true, true);
+        Ok((CpuStorage::F32(y), Shape::from((t_len, batch, n))))
+    }
+
+    fn bwd(
+        &self,
+        states: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h2) = states.dims3()?;
+        let (hidden, n) = w.dims2()?;
+        let (ss, sl) = states.storage_and_layout();
+        let sv = f32_values(&ss, sl)?;
+        let (ws, wl) = w.storage_and_layout();
+        let wv = f32_values(&ws, wl)?;
+        let (gs, gl) = grad.storage_and_layout();
+        let g = f32_values(&gs, gl)?;
+        let rows = g.len() / n.max(1);
+        let ht = Mat {
+            data: &sv,
+            rs: 1,
+            cs: h2 as isize,
+        };
+        let mut dw = vec![0f32; hidden * n];
+        sgemm(hidden, n, rows, ht, Mat::rows(&g, n), &mut dw, false, true);
+        let mut db = vec![0f32; n];
+        for row in g.chunks(n.max(1)) {
+            db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        }
+        let mut dh = vec![0f32; rows * hidden];
+        sgemm(
+            rows,
+            hidden,
+            n,
+            Mat::rows(&g, n),
+            Mat::rows_t(&wv, n),
+            &mut dh,
+            false,
+            true,
+        );
+        let mut ds = vec![0f32; rows * h2];
+        for (dst, src) in ds.chunks_mut(h2).zip(dh.chunks(hidden)) {
+            dst[..hidden].copy_from_slice(src);
+        }
+        let dev = states.device();
+        Ok((
+            Some(Tensor::from_vec(ds, states.shape(), dev)?),
+            Some(Tensor::from_vec(dw, (hidden, n), dev)?),
+            Some(Tensor::from_vec(db, n, dev)?),
+        ))
+    }
 }
 
 /// The h half of [`lstm_sequence`]'s output, (T, B, H).
@@ -74,6 +236,19 @@ pub fn forward_values(
     batch: usize,
     hidden: usize,
 ) -> Vec<f32> {
+    forward_gathered(xw, None, wh, t_len, batch, hidden)
+}
+
+/// [`forward_values`] with the rows of xw gathered through `index` (see
+/// [`lstm_sequence_gathered`]; None: xw is the T·B rows).
+fn forward_gathered(
+    xw: &[f32],
+    index: Option<&[u32]>,
+    wh: &[f32],
+    t_len: usize,
+    batch: usize,
+    hidden: usize,
+) -> Vec<f32> {
     let (g4, h2) = (4 * hidden, 2 * hidden);
     let mut out = vec![0f32; t_len * batch * h2];
     let ranges = split_even(batch, parts(batch));
@@ -83,8 +258,13 @@ pub fn forward_values(
         let rows = tasks.len();
         let (mut c, mut h) = (vec![0f32; rows * hidden], vec![0f32; rows * hidden]);
         for (t, dst) in steps.into_iter().enumerate() {
-            let xw_t = &xw[(t * batch + tasks.start) * g4..(t * batch + tasks.end) * g4];
-            lstm_step_rows(xw_t, wh, &mut c, &mut h, rows, hidden, serial);
+            let xw_t = sequence_rows(
+                xw,
+                index,
+                t * batch + tasks.start..t * batch + tasks.end,
+                g4,
+            );
+            lstm_step_rows(&xw_t, wh, &mut c, &mut h, rows, hidden, serial);
             for b in 0..rows {
                 let row = &mut dst[b * h2..(b + 1) * h2];
                 row[..hidden].copy_from_slice(&h[b * hidden..(b + 1) * hidden]);
@@ -220,6 +400,26 @@ fn bptt_cells_generic(
     }
 }
 
+/// out_u = Σ_{r: index[r] = u} rows_r for u < `distinct` (rows `width` wide), each sum in row
+/// order. With several threads each part owns a contiguous range of u (the same sums in the
+/// same order whatever the thread count).
+fn scatter_rows(rows: &[f32], index: &[u32], distinct: usize, width: usize) -> Vec<f32> {
+    let ranges = split_even(distinct, parts(index.len()).min(distinct.max(1)));
+    let blocks = run_parts(ranges, |owned| {
+        let mut out = vec![0f32; owned.len() * width];
+        for (r, &u) in index.iter().enumerate() {
+            let u = u as usize;
+            if owned.contains(&u) {
+                let dst = &mut out[(u - owned.start) * width..(u - owned.start + 1) * width];
+                let src = &rows[r * width..(r + 1) * width];
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            }
+        }
+        out
+    });
+    blocks.concat()
+}
+
 impl CustomOp2 for LstmSequence {
     fn name(&self) -> &'static str {
         "lstm-sequence"
@@ -242,7 +442,9 @@ impl CustomOp2 for LstmSequence {
             );
         }
         let (xw, wh) = (s1.as_slice::<f32>()?, s2.as_slice::<f32>()?);
-        let out = forward_values(&logical(xw, l1), &logical(wh, l2), t_len, batch, hidden);
+        let index = self.index.as_ref().map(|i| &i[..]);
+        let (xw, wh) = (logical(xw, l1), logical(wh, l2));
+        let out = forward_gathered(&xw, index, &wh, t_len, batch, hidden);
         Ok((
             CpuStorage::F32(out),
             Shape::from((t_len, batch, 2 * hidden)),
@@ -275,7 +477,9 @@ impl CustomOp2 for LstmSequence {
         let device = xw.device().clone();
         // The inputs are read in place where contiguous (only xw is copied: it becomes the gates).
         let (xs, xl) = xw.storage_and_layout();
-        let mut gates = f32_values(&xs, xl)?.into_owned();
+        let index = self.index.as_ref().map(|i| &i[..]);
+        let mut gates =
+            sequence_rows(&f32_values(&xs, xl)?, index, 0..t_len * batch, g4).into_owned();
         drop(xs);
         let wh_v: Vec<f32> = wh.flatten_all()?.to_vec1()?;
         let (rs, rl) = res.storage_and_layout();
@@ -364,7 +568,11 @@ impl CustomOp2 for LstmSequence {
             dwh
         });
         let dwh = sum_in_order(shares);
-        let dxw = Tensor::from_vec(gates, xw.shape(), &device)?;
+        let dxw = match index {
+            None => gates,
+            Some(index) => scatter_rows(&gates, index, xw.dims()[0], g4),
+        };
+        let dxw = Tensor::from_vec(dxw, xw.shape(), &device)?;
         let dwh = Tensor::from_vec(dwh, (hidden, g4), &device)?;
         Ok((Some(dxw), Some(dwh)))
     }

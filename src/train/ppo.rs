@@ -33,12 +33,13 @@ use super::optim::AdamW;
 use super::{Learner, gradient_step, insert_step_stats};
 use crate::agent::replay::{LaplaceConstants, PosteriorSequence};
 use crate::agent::rl::{
-    ActionRule, HeadTraces, INPUT_OBS, Keep, RlModel, Rollout, columns, exact_entropy,
-    laplace_records, rollout,
+    ActionRule, HeadTraces, INPUT_OBS, Keep, RlModel, Rollout, average_log_probs, columns,
+    exact_entropy, laplace_records, rollout,
 };
 use crate::config::{EvalConfig, ExperimentConfig, PpoConfig, env_kind, reward_loss_scale};
 use crate::envs::{EnvKind, MetaEnv, make_env};
 use crate::nn::Params;
+use crate::nn::head::{Gathered, Head};
 use anyhow::{Result, bail};
 use candle_core::{D, Device, Tensor};
 use rand::seq::SliceRandom;
@@ -199,23 +200,37 @@ pub fn ppo_loss(
         PosteriorSequence::Graph { .. } => (Tensor::stack(&ro.noise, 0)?, None),
     };
     let (z, kl) = post.samples_and_kl(1, horizon, &noise, laplace.as_ref())?; // z: (T, n_Z, B, n)
-    let width = model.cfg.embed_width;
-    let emb_s = replay
-        .inputs
-        .embedding(INPUT_OBS)?
-        .reshape((horizon, b, width))?;
     let kl = kl.map(|kl| kl.mean_all()).transpose()?;
     let noise_ratio = match core.posterior.is_bayesian() {
         true => Some(noise_ratio(&post, &z)?),
         false => None,
     };
-    let inputs = ObjectiveInputs {
-        z: &z,
-        emb_s: &emb_s,
-        kl,
-        traces,
+    // Both heads as one node on the rows [embedding of s_t, z] (or z), the state embeddings
+    // gathered from the distinct rows' table inside it (`Head::forward_shared`): the same
+    // values as `RlModel::log_probs_and_values` on `RlModel::head_input`, without the
+    // (T·n_Z·B, d) input in the graph.
+    let (table, index) = replay.inputs.embedding_table(INPUT_OBS);
+    let gathered = Gathered {
+        table,
+        index,
+        samples: nz,
+        batch: b,
     };
-    let mut parts = ppo_objective(model, ro, advantages, targets, ppo, beta, inputs)?;
+    let outputs = Head::forward_shared(
+        &[&model.policy, &model.value],
+        model.policy_sees_state.then_some(&gathered),
+        &z,
+        traces.map(|t| vec![t.policy.clone(), t.value.clone()]),
+    )?;
+    let logits = outputs[0].reshape((horizon, nz, b, model.num_actions))?;
+    let values = outputs[1].reshape((horizon, nz, b))?.mean(1)?;
+    let heads = HeadOutputs {
+        log_probs: average_log_probs(&logits)?,
+        values,
+        z: &z,
+        kl,
+    };
+    let mut parts = ppo_terms(model, ro, advantages, targets, ppo, beta, heads)?;
     parts.noise_ratio = noise_ratio;
     Ok(parts)
 }
@@ -256,8 +271,6 @@ pub fn ppo_objective(
     beta: f64,
     inputs: ObjectiveInputs,
 ) -> Result<LossParts> {
-    let (horizon, b) = (ro.horizon(), ro.batch());
-    let device = &model.core.device;
     let ObjectiveInputs {
         z,
         emb_s,
@@ -267,6 +280,43 @@ pub fn ppo_objective(
     let input = model.head_input(emb_s, z)?;
     // (T, B, A) and (T, B).
     let (log_probs, values) = model.log_probs_and_values(&input, traces)?;
+    let heads = HeadOutputs {
+        log_probs,
+        values,
+        z,
+        kl,
+    };
+    ppo_terms(model, ro, advantages, targets, ppo, beta, heads)
+}
+
+/// What the heads gave for a rollout: log π of the averaged policy (T, B, A), the averaged
+/// values (T, B), and, passed through, the samples z (T, n_Z, B, n) and the mean KL.
+pub struct HeadOutputs<'a> {
+    pub log_probs: Tensor,
+    pub values: Tensor,
+    pub z: &'a Tensor,
+    pub kl: Option<Tensor>,
+}
+
+/// The PPO objective's terms from the heads' outputs ([`HeadOutputs`]): policy clip, value,
+/// exact entropy, β·KL and the reward model (see [`LossParts`]).
+pub fn ppo_terms(
+    model: &RlModel,
+    ro: &Rollout,
+    advantages: &[Vec<f32>],
+    targets: &[Vec<f32>],
+    ppo: &PpoConfig,
+    beta: f64,
+    heads: HeadOutputs,
+) -> Result<LossParts> {
+    let (horizon, b) = (ro.horizon(), ro.batch());
+    let device = &model.core.device;
+    let HeadOutputs {
+        log_probs,
+        values,
+        z,
+        kl,
+    } = heads;
     let taken = one_hot(&ro.actions.concat(), model.num_actions, device)?.reshape((
         horizon,
         b,

@@ -1,0 +1,207 @@
+//! The fused ops of issue 27 against the unfused candle graphs they replace, values and
+//! gradients (nothing timed).
+
+mod common;
+
+use candle_core::{D, Device, Tensor, Var};
+use common::fast_path::assert_close;
+use common::tensors::values;
+use lvrnn::nn::Params;
+use lvrnn::nn::head::{Gathered, Head, HeadTrace};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
+
+fn randn(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
+    lvrnn::agent::randn(rng, shape, &Device::Cpu).unwrap()
+}
+
+/// Moves the heads' biases off zero (no unit on the leaky-ReLU kink).
+fn jitter(params: &Params) {
+    common::fast_path::jitter_biases(params);
+}
+
+/// `Head::forward_shared` (both heads as one node, the state part of the input gathered from a
+/// table of distinct rows) equals the unfused graph — `index_select`, broadcast over the
+/// samples, `cat` with z, then each head as its chain of one-layer nodes — in the outputs
+/// and in the gradients of the table, z and every head parameter; with and without the
+/// gathered part, with and without an index, and from the heads' traces.
+#[test]
+fn shared_heads_equal_the_unfused_graph_with_gradients() {
+    lvrnn::init_threads(1);
+    let (steps, samples, batch, e, n, distinct) = (5, 2, 7, 6, 4, 9);
+    for (gather, indexed, traced) in [
+        (true, true, false),
+        (true, true, true),
+        (true, false, false),
+        (false, false, false),
+        (false, false, true),
+    ] {
+        let what = format!("gather {gather}, index {indexed}, traced {traced}");
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut params = Params::new();
+        let d = if gather { e + n } else { n };
+        let policy = Head::new(&mut params, "policy", d, &[8, 8], 3, &mut rng).unwrap();
+        let value = Head::new(&mut params, "value", d, &[8], 1, &mut rng).unwrap();
+        jitter(&params);
+        let table_rows = if indexed { distinct } else { steps * batch };
+        let table = Var::from_tensor(&randn(&mut rng, &[table_rows, e])).unwrap();
+        let z = Var::from_tensor(&randn(&mut rng, &[steps, samples, batch, n])).unwrap();
+        let index: Vec<u32> = (0..steps * batch)
+            .map(|_| rng.gen_range(0..distinct as u32))
+            .collect();
+        let rows = steps * samples * batch;
+        let weights = [randn(&mut rng, &[rows, 3]), randn(&mut rng, &[rows, 1])];
+
+        // The unfused reference.
+        let input = if gather {
+            let emb = match indexed {
+                true => {
+                    let idx = Tensor::from_vec(index.clone(), steps * batch, &Device::Cpu).unwrap();
+                    table.as_tensor().index_select(&idx, 0).unwrap()
+                }
+                false => table.as_tensor().clone(),
+            };
+            let emb = emb
+                .reshape((steps, 1, batch, e))
+                .unwrap()
+                .broadcast_as((steps, samples, batch, e))
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            Tensor::cat(&[&emb, z.as_tensor()], D::Minus1).unwrap()
+        } else {
+            z.as_tensor().clone()
+        };
+        let flat = input.reshape((rows, d)).unwrap();
+        let slow = [
+            policy.forward_layers(&flat).unwrap(),
+            value.forward_layers(&flat).unwrap(),
+        ];
+
+        // The fused node.
+        let traces = traced.then(|| {
+            let x: Vec<f32> = flat.flatten_all().unwrap().to_vec1().unwrap();
+            let packed = [
+                policy.packed_values().unwrap(),
+                value.packed_values().unwrap(),
+            ];
+            let heads = [(&policy, &packed[0][..]), (&value, &packed[1][..])];
+            Head::trace_all(&heads, &x, rows)
+                .unwrap()
+                .into_iter()
+                .map(Arc::new)
+                .collect::<Vec<Arc<HeadTrace>>>()
+        });
+        let gathered = Gathered {
+            table: table.as_tensor(),
+            index: indexed.then_some(&index[..]),
+            samples,
+            batch,
+        };
+        let fast = Head::forward_shared(
+            &[&policy, &value],
+            gather.then_some(&gathered),
+            z.as_tensor(),
+            traces,
+        )
+        .unwrap();
+
+        let loss = |outs: &[Tensor]| {
+            let a = outs[0].mul(&weights[0]).unwrap().sum_all().unwrap();
+            let b = outs[1].mul(&weights[1]).unwrap().sum_all().unwrap();
+            (a + b).unwrap()
+        };
+        for h in 0..2 {
+            assert_close(
+                &format!("{what}: head {h} output"),
+                &values(&fast[h]),
+                &values(&slow[h]),
+                1.0,
+            );
+        }
+        let (gf, gs) = (
+            loss(&fast).backward().unwrap(),
+            loss(&slow).backward().unwrap(),
+        );
+        let mut checked = vec![("z", z.as_tensor().clone())];
+        if gather {
+            checked.push(("table", table.as_tensor().clone()));
+        }
+        for (name, var) in params.vars() {
+            checked.push((name.as_str(), var.as_tensor().clone()));
+        }
+        for (name, t) in checked {
+            let (a, b) = (gf.get(&t), gs.get(&t));
+            let (a, b) = (a.expect(name), b.expect(name));
+            assert_close(&format!("{what}: ∂L/∂{name}"), &values(a), &values(b), 1.0);
+        }
+    }
+}
+
+/// `lstm_sequence_gathered` (the sequence's input rows gathered from distinct rows inside the
+/// fused LSTM op) equals `index_select` followed by `lstm_sequence_rows`, in the outputs and in
+/// the gradients of the distinct rows and of W_h.
+#[test]
+fn gathered_lstm_sequence_equals_index_select_then_the_sequence() {
+    use lvrnn::nn::lstm_seq::{lstm_sequence_gathered, lstm_sequence_rows};
+    lvrnn::init_threads(1);
+    let (steps, batch, hidden, distinct) = (6, 5, 4, 7);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let xw = Var::from_tensor(&(randn(&mut rng, &[distinct, 4 * hidden]) * 0.5).unwrap()).unwrap();
+    let wh = Var::from_tensor(&(randn(&mut rng, &[hidden, 4 * hidden]) * 0.5).unwrap()).unwrap();
+    // Some distinct rows unused, others repeated.
+    let index: Vec<u32> = (0..steps * batch)
+        .map(|_| rng.gen_range(0..distinct as u32 - 1))
+        .collect();
+    let weights = randn(&mut rng, &[steps, batch, 2 * hidden]);
+    let idx = Tensor::from_vec(index.clone(), steps * batch, &Device::Cpu).unwrap();
+    let rows = xw.as_tensor().index_select(&idx, 0).unwrap();
+    let slow = lstm_sequence_rows(&rows, wh.as_tensor(), steps).unwrap();
+    let fast =
+        lstm_sequence_gathered(xw.as_tensor(), Arc::new(index), wh.as_tensor(), steps).unwrap();
+    assert_close("states", &values(&fast), &values(&slow), 1.0);
+    let loss = |out: &Tensor| out.mul(&weights).unwrap().sum_all().unwrap();
+    let (gf, gs) = (
+        loss(&fast).backward().unwrap(),
+        loss(&slow).backward().unwrap(),
+    );
+    for (name, t) in [("xw", xw.as_tensor()), ("W_h", wh.as_tensor())] {
+        let (a, b) = (gf.get(t).expect(name), gs.get(t).expect(name));
+        assert_close(&format!("∂L/∂{name}"), &values(a), &values(b), 1.0);
+    }
+}
+
+/// `project_hidden` (φ = h W + b on the h half of the LSTM sequence's output, in place) equals
+/// `Linear::forward` on `hidden_states`, in φ and in the gradients of the states, W and b.
+#[test]
+fn projection_of_the_hidden_half_equals_narrow_then_linear() {
+    use lvrnn::nn::lstm_seq::{hidden_states, project_hidden};
+    use lvrnn::nn::mlp::Linear;
+    lvrnn::init_threads(1);
+    let (steps, batch, hidden, n) = (4, 6, 5, 3);
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let mut params = Params::new();
+    let proj = Linear::new(&mut params, "proj", hidden, n, &mut rng).unwrap();
+    jitter(&params);
+    let states = Var::from_tensor(&randn(&mut rng, &[steps, batch, 2 * hidden])).unwrap();
+    let weights = randn(&mut rng, &[steps, batch, n]);
+    let slow = proj
+        .forward(&hidden_states(states.as_tensor()).unwrap())
+        .unwrap();
+    let fast = project_hidden(states.as_tensor(), &proj.weight, &proj.bias).unwrap();
+    assert_close("φ", &values(&fast), &values(&slow), 1.0);
+    let loss = |out: &Tensor| out.mul(&weights).unwrap().sum_all().unwrap();
+    let (gf, gs) = (
+        loss(&fast).backward().unwrap(),
+        loss(&slow).backward().unwrap(),
+    );
+    for (name, t) in [
+        ("states", states.as_tensor()),
+        ("W", &proj.weight),
+        ("b", &proj.bias),
+    ] {
+        let (a, b) = (gf.get(t).expect(name), gs.get(t).expect(name));
+        assert_close(&format!("∂L/∂{name}"), &values(a), &values(b), 1.0);
+    }
+}
