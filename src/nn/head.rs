@@ -19,14 +19,14 @@
 //! the heads' backward (`train::ppo`).
 
 use super::Params;
-use super::kernels::logical;
+use super::cpu_op::{CpuOp, Fused, Gradients, Input, with_values};
 use super::kernels::{Mat, parts, run_parts, sgemm, split_even, split_rows_mut, sum_in_order};
 use super::mlp::{
-    LayerNorm, Mlp, affine_gradient_values, affine_into, f32_values, layer_norm_gradients,
+    LayerNorm, Mlp, affine_gradient_values, affine_into, layer_norm_gradients,
     layer_norm_gradients_into, layer_norm_into, leaky, leaky_derivative,
 };
 use anyhow::Result;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
 use std::borrow::Cow;
 use std::ops::Range;
@@ -87,7 +87,7 @@ impl Head {
             sizes: sizes.clone(),
             saved: Mutex::new(trace),
         };
-        let y = x.reshape((lead, sizes[0]))?.apply_op2(&packed, op)?;
+        let y = x.reshape((lead, sizes[0]))?.apply_op2(&packed, Fused(op))?;
         let mut out = dims;
         *out.last_mut().unwrap() = *sizes.last().unwrap();
         Ok(y.reshape(out)?)
@@ -389,25 +389,19 @@ struct HeadOp {
     saved: Mutex<Option<Arc<HeadTrace>>>,
 }
 
-impl CustomOp2 for HeadOp {
+impl CpuOp<2> for HeadOp {
     fn name(&self) -> &'static str {
         "head"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, d) = l1.shape().dims2()?;
+    fn forward(&self, [x, packed]: [Input; 2]) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (rows, d) = x.shape().dims2()?;
         let (layers, total) = param_offsets(&self.sizes);
-        if d != self.sizes[0] || l2.shape().elem_count() != total {
+        if d != self.sizes[0] || packed.shape().elem_count() != total {
             candle_core::bail!(
                 "head: input {:?} and {} packed parameters do not fit the sizes {:?}",
-                l1.dims(),
-                l2.shape().elem_count(),
+                x.dims(),
+                packed.shape().elem_count(),
                 self.sizes
             );
         }
@@ -425,8 +419,7 @@ impl CustomOp2 for HeadOp {
                 trace.output.clone()
             }
             None => {
-                let p = logical(s2.as_slice::<f32>()?, l2);
-                let x = logical(s1.as_slice::<f32>()?, l1);
+                let (p, x) = (packed.values(), x.values());
                 let (layer_inputs, output) = forward_values(&self.sizes, &p, &x, rows);
                 *saved = Some(Arc::new(HeadTrace {
                     rows,
@@ -436,19 +429,10 @@ impl CustomOp2 for HeadOp {
                 output
             }
         };
-        Ok((
-            CpuStorage::F32(output),
-            Shape::from((rows, *self.sizes.last().unwrap())),
-        ))
+        Ok((output, Shape::from((rows, *self.sizes.last().unwrap()))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        packed: &Tensor,
-        _y: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, packed]: [&Tensor; 2], _y: &Tensor, grad: &Tensor) -> Gradients<2> {
         let (rows, d) = x.dims2()?;
         let (_, total) = param_offsets(&self.sizes);
         let guard = self.saved.lock().expect("head: saved activations");
@@ -456,30 +440,26 @@ impl CustomOp2 for HeadOp {
             candle_core::bail!("head: the backward ran before the forward");
         };
         let saved = &trace.layer_inputs;
-        let (ps, pl) = packed.storage_and_layout();
-        let p = f32_values(&ps, pl)?;
-        let (gs, gl) = grad.storage_and_layout();
-        let g = f32_values(&gs, gl)?;
-        let (xs, xl) = x.storage_and_layout();
-        let xv = f32_values(&xs, xl)?;
         // Rows are independent except for the parameters' gradient, a sum over rows: with
         // several threads each part of the rows gives its share, added in the parts' order
         // (deterministic for a given thread count; one part: the serial code).
         let mut dx = vec![0f32; rows * d];
-        let ranges = split_even(rows, parts(rows));
-        let serial = ranges.len() == 1;
-        let dxs = split_rows_mut(&mut dx, d, &ranges);
-        let work: Vec<_> = ranges.into_iter().zip(dxs).collect();
-        let shares = run_parts(work, |(r, dx)| {
-            backward_rows(&self.sizes, &p, saved, (&xv, 0), &g, r, dx, serial)
-        });
-        let dp = sum_in_order(shares);
+        let dp = with_values([packed, grad, x], |[p, g, xv]| {
+            let ranges = split_even(rows, parts(rows));
+            let serial = ranges.len() == 1;
+            let dxs = split_rows_mut(&mut dx, d, &ranges);
+            let work: Vec<_> = ranges.into_iter().zip(dxs).collect();
+            let shares = run_parts(work, |(r, dx)| {
+                backward_rows(&self.sizes, p, saved, (xv, 0), g, r, dx, serial)
+            });
+            Ok(sum_in_order(shares))
+        })?;
         debug_assert_eq!(dp.len(), total);
         let dev = x.device();
-        Ok((
+        Ok([
             Some(Tensor::from_vec(dx, (rows, d), dev)?),
             Some(Tensor::from_vec(dp, total, dev)?),
-        ))
+        ])
     }
 }
 
@@ -590,8 +570,8 @@ impl Head {
             saved: Mutex::new(traces),
         };
         let y = match gathered {
-            Some(g) => g.table.apply_op3(z, &packed, op)?,
-            None => z.apply_op2(&packed, op)?,
+            Some(g) => g.table.apply_op3(z, &packed, Fused(op))?,
+            None => z.apply_op2(&packed, Fused(op))?,
         };
         let mut at = 0;
         let mut out = vec![];
@@ -661,13 +641,13 @@ impl SharedHeadsOp {
         Cow::Owned(x)
     }
 
-    fn forward(
+    fn forward_heads(
         &self,
         table: &[f32],
         z: &[f32],
         rows: usize,
         packed: &[f32],
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    ) -> candle_core::Result<(Vec<f32>, Shape)> {
         let (starts, total) = self.param_starts();
         if packed.len() != total || z.len() != rows * self.z_width {
             candle_core::bail!("shared heads: the inputs do not fit the heads");
@@ -712,11 +692,11 @@ impl SharedHeadsOp {
             }
         };
         let len = output.len();
-        Ok((CpuStorage::F32(output), Shape::from(len)))
+        Ok((output, Shape::from(len)))
     }
 
     /// (∂L/∂table or empty, ∂L/∂z, ∂L/∂packed) for the output gradient `grad`.
-    fn backward(
+    fn backward_heads(
         &self,
         table: &[f32],
         z: &[f32],
@@ -797,92 +777,57 @@ impl SharedHeadsOp {
     }
 }
 
-impl CustomOp2 for SharedHeadsOp {
+impl CpuOp<2> for SharedHeadsOp {
     fn name(&self) -> &'static str {
         "shared-heads"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let z = logical(s1.as_slice::<f32>()?, l1);
-        let p = logical(s2.as_slice::<f32>()?, l2);
-        self.forward(&[], &z, z.len() / self.z_width.max(1), &p)
+    fn forward(&self, [z, packed]: [Input; 2]) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let z = z.values();
+        self.forward_heads(&[], &z, z.len() / self.z_width.max(1), &packed.values())
     }
 
-    fn bwd(
-        &self,
-        z: &Tensor,
-        packed: &Tensor,
-        _y: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (zs, zl) = z.storage_and_layout();
-        let zv = f32_values(&zs, zl)?;
-        let (ps, pl) = packed.storage_and_layout();
-        let p = f32_values(&ps, pl)?;
-        let (gs, gl) = grad.storage_and_layout();
-        let g = f32_values(&gs, gl)?;
-        let (_, dz, dp) = self.backward(&[], &zv, &p, &g)?;
+    fn backward(&self, [z, packed]: [&Tensor; 2], _y: &Tensor, grad: &Tensor) -> Gradients<2> {
+        let (_, dz, dp) = with_values([z, packed, grad], |[z, p, g]| {
+            self.backward_heads(&[], z, p, g)
+        })?;
         let dev = z.device();
-        Ok((
+        Ok([
             Some(Tensor::from_vec(dz, z.shape(), dev)?),
             Some(Tensor::from_vec(dp, packed.shape(), dev)?),
-        ))
+        ])
     }
 }
 
-impl CustomOp3 for SharedHeadsOp {
+impl CpuOp<3> for SharedHeadsOp {
     fn name(&self) -> &'static str {
         "shared-heads-gathered"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let table = logical(s1.as_slice::<f32>()?, l1);
-        let z = logical(s2.as_slice::<f32>()?, l2);
-        let p = logical(s3.as_slice::<f32>()?, l3);
+    fn forward(&self, [table, z, packed]: [Input; 3]) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (table, z) = (table.values(), z.values());
         if let Some(g) = &self.gather
             && table.len() != g.table_rows * g.width
         {
             candle_core::bail!("shared heads: the table does not fit");
         }
-        self.forward(&table, &z, z.len() / self.z_width.max(1), &p)
+        self.forward_heads(&table, &z, z.len() / self.z_width.max(1), &packed.values())
     }
 
-    fn bwd(
+    fn backward(
         &self,
-        table: &Tensor,
-        z: &Tensor,
-        packed: &Tensor,
+        [table, z, packed]: [&Tensor; 3],
         _y: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (ts, tl) = table.storage_and_layout();
-        let tv = f32_values(&ts, tl)?;
-        let (zs, zl) = z.storage_and_layout();
-        let zv = f32_values(&zs, zl)?;
-        let (ps, pl) = packed.storage_and_layout();
-        let p = f32_values(&ps, pl)?;
-        let (gs, gl) = grad.storage_and_layout();
-        let g = f32_values(&gs, gl)?;
-        let (dt, dz, dp) = self.backward(&tv, &zv, &p, &g)?;
+    ) -> Gradients<3> {
+        let (dt, dz, dp) = with_values([table, z, packed, grad], |[t, z, p, g]| {
+            self.backward_heads(t, z, p, g)
+        })?;
         let dev = z.device();
-        Ok((
+        Ok([
             Some(Tensor::from_vec(dt, table.shape(), dev)?),
             Some(Tensor::from_vec(dz, z.shape(), dev)?),
             Some(Tensor::from_vec(dp, packed.shape(), dev)?),
-        ))
+        ])
     }
 }

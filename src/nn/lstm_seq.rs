@@ -17,14 +17,13 @@
 //! The gates are recomputed in the backward pass from the saved outputs with one large matrix
 //! product, so the op keeps no state. Checked against the per-step graph in `tests/fast_path.rs`.
 
-use super::kernels::logical;
+use super::cpu_op::{CpuOp, Fused, Gradients, Input, f32_values, with_values};
 use super::kernels::{
     Mat, activate_gate_rows, lstm_cells, parts, run_parts, sgemm, split_even, split_rows_mut,
     split_steps_mut, sum_in_order, tanh,
 };
-use super::mlp::f32_values;
 use anyhow::Result;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{Shape, Tensor};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -67,7 +66,7 @@ pub fn lstm_sequence(xw: &Tensor, wh: &Tensor) -> Result<Tensor> {
         steps: None,
         index: None,
     };
-    Ok(xw.apply_op2(wh, op)?)
+    Ok(xw.apply_op2(wh, Fused(op))?)
 }
 
 /// [`lstm_sequence`] for xw given as step-major rows (T·B, 4H) (row t·B + b: step t of task b),
@@ -78,7 +77,7 @@ pub fn lstm_sequence_rows(xw: &Tensor, wh: &Tensor, steps: usize) -> Result<Tens
         steps: Some(steps),
         index: None,
     };
-    Ok(xw.apply_op2(wh, op)?)
+    Ok(xw.apply_op2(wh, Fused(op))?)
 }
 
 /// [`lstm_sequence_rows`] for the rows xw_{t·B+b} = `distinct[index[t·B + b]]` gathered from
@@ -95,7 +94,7 @@ pub fn lstm_sequence_gathered(
         steps: Some(steps),
         index: Some(index),
     };
-    Ok(distinct.apply_op2(wh, op)?)
+    Ok(distinct.apply_op2(wh, Fused(op))?)
 }
 
 /// The rows `rows` of the sequence's xw (each 4H wide): `xw` itself, or its rows gathered
@@ -124,39 +123,29 @@ fn sequence_rows<'a>(
 /// backward a zero-padded copy, a zero fill and an addition of the (T, B, 2H) gradient.
 /// Backward: δW = hᵀδφ, δb = Σ_rows δφ, δstates = [δφ Wᵀ, 0].
 pub fn project_hidden(states: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Ok(states.apply_op3(w, b, ProjectHidden)?)
+    Ok(states.apply_op3(w, b, Fused(ProjectHidden))?)
 }
 
 /// The op of [`project_hidden`].
 struct ProjectHidden;
 
-impl candle_core::CustomOp3 for ProjectHidden {
+impl CpuOp<3> for ProjectHidden {
     fn name(&self) -> &'static str {
         "project-hidden"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (t_len, batch, h2) = l1.shape().dims3()?;
-        let (hidden, n) = l2.shape().dims2()?;
-        if h2 != 2 * hidden || l3.shape().elem_count() != n {
+    fn forward(&self, [states, w, b]: [Input; 3]) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (t_len, batch, h2) = states.shape().dims3()?;
+        let (hidden, n) = w.shape().dims2()?;
+        if h2 != 2 * hidden || b.shape().elem_count() != n {
             candle_core::bail!(
                 "project-hidden: states {:?}, W {:?} and b {:?} do not fit",
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
+                states.dims(),
+                w.dims(),
+                b.dims()
             );
         }
-        let states = logical(s1.as_slice::<f32>()?, l1);
-        let w = logical(s2.as_slice::<f32>()?, l2);
-        let b = logical(s3.as_slice::<f32>()?, l3);
+        let (states, w, b) = (states.values(), w.values(), b.values());
         let rows = t_len * batch;
         let mut y: Vec<f32> = (0..rows).flat_map(|_| b.iter().copied()).collect();
         let h = Mat {
@@ -165,58 +154,40 @@ impl candle_core::CustomOp3 for ProjectHidden {
             cs: 1,
         };
         sgemm(rows, n, hidden, h, Mat::rows(&w, n), &mut y, true, true);
-        Ok((CpuStorage::F32(y), Shape::from((t_len, batch, n))))
+        Ok((y, Shape::from((t_len, batch, n))))
     }
 
-    fn bwd(
-        &self,
-        states: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _y: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [states, w, _b]: [&Tensor; 3], _y: &Tensor, grad: &Tensor) -> Gradients<3> {
         let (_, _, h2) = states.dims3()?;
         let (hidden, n) = w.dims2()?;
-        let (ss, sl) = states.storage_and_layout();
-        let sv = f32_values(&ss, sl)?;
-        let (ws, wl) = w.storage_and_layout();
-        let wv = f32_values(&ws, wl)?;
-        let (gs, gl) = grad.storage_and_layout();
-        let g = f32_values(&gs, gl)?;
-        let rows = g.len() / n.max(1);
-        let ht = Mat {
-            data: &sv,
-            rs: 1,
-            cs: h2 as isize,
-        };
-        let mut dw = vec![0f32; hidden * n];
-        sgemm(hidden, n, rows, ht, Mat::rows(&g, n), &mut dw, false, true);
-        let mut db = vec![0f32; n];
-        for row in g.chunks(n.max(1)) {
-            db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-        }
-        let mut dh = vec![0f32; rows * hidden];
-        sgemm(
-            rows,
-            hidden,
-            n,
-            Mat::rows(&g, n),
-            Mat::rows_t(&wv, n),
-            &mut dh,
-            false,
-            true,
-        );
-        let mut ds = vec![0f32; rows * h2];
-        for (dst, src) in ds.chunks_mut(h2).zip(dh.chunks(hidden)) {
-            dst[..hidden].copy_from_slice(src);
-        }
+        let (ds, dw, db) = with_values([states, w, grad], |[sv, wv, g]| {
+            let rows = g.len() / n.max(1);
+            let ht = Mat {
+                data: sv,
+                rs: 1,
+                cs: h2 as isize,
+            };
+            let mut dw = vec![0f32; hidden * n];
+            sgemm(hidden, n, rows, ht, Mat::rows(g, n), &mut dw, false, true);
+            let mut db = vec![0f32; n];
+            for row in g.chunks(n.max(1)) {
+                db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+            let mut dh = vec![0f32; rows * hidden];
+            let (g, wt) = (Mat::rows(g, n), Mat::rows_t(wv, n));
+            sgemm(rows, hidden, n, g, wt, &mut dh, false, true);
+            let mut ds = vec![0f32; rows * h2];
+            for (dst, src) in ds.chunks_mut(h2).zip(dh.chunks(hidden)) {
+                dst[..hidden].copy_from_slice(src);
+            }
+            Ok((ds, dw, db))
+        })?;
         let dev = states.device();
-        Ok((
+        Ok([
             Some(Tensor::from_vec(ds, states.shape(), dev)?),
             Some(Tensor::from_vec(dw, (hidden, n), dev)?),
             Some(Tensor::from_vec(db, n, dev)?),
-        ))
+        ])
     }
 }
 
@@ -420,57 +391,27 @@ fn scatter_rows(rows: &[f32], index: &[u32], distinct: usize, width: usize) -> V
     blocks.concat()
 }
 
-impl CustomOp2 for LstmSequence {
+impl CpuOp<2> for LstmSequence {
     fn name(&self) -> &'static str {
         "lstm-sequence"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (t_len, batch, g4) = self.dims(l1.dims())?;
-        let (hidden, g4w) = l2.shape().dims2()?;
+    fn forward(&self, [xw, wh]: [Input; 2]) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (t_len, batch, g4) = self.dims(xw.dims())?;
+        let (hidden, g4w) = wh.shape().dims2()?;
         if g4 != 4 * hidden || g4w != g4 {
             candle_core::bail!(
                 "lstm-sequence: xw {:?} and W_h {:?} do not fit (need (T, B, 4H) and (H, 4H))",
-                l1.shape(),
-                l2.shape()
+                xw.shape(),
+                wh.shape()
             );
         }
-        let (xw, wh) = (s1.as_slice::<f32>()?, s2.as_slice::<f32>()?);
         let index = self.index.as_ref().map(|i| &i[..]);
-        let (xw, wh) = (logical(xw, l1), logical(wh, l2));
-        let out = forward_gathered(&xw, index, &wh, t_len, batch, hidden);
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((t_len, batch, 2 * hidden)),
-        ))
+        let out = forward_gathered(&xw.values(), index, &wh.values(), t_len, batch, hidden);
+        Ok((out, Shape::from((t_len, batch, 2 * hidden))))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        candle_core::bail!(
-            "lstm-sequence has no GPU kernel yet: run the fused training path on the CPU"
-        )
-    }
-
-    fn bwd(
-        &self,
-        xw: &Tensor,
-        wh: &Tensor,
-        res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [xw, wh]: [&Tensor; 2], res: &Tensor, grad_res: &Tensor) -> Gradients<2> {
         let (t_len, batch, g4) = self.dims(xw.dims())?;
         let hidden = g4 / 4;
         let h2 = 2 * hidden;
@@ -574,6 +515,6 @@ impl CustomOp2 for LstmSequence {
         };
         let dxw = Tensor::from_vec(dxw, xw.shape(), &device)?;
         let dwh = Tensor::from_vec(dwh, (hidden, g4), &device)?;
-        Ok((Some(dxw), Some(dwh)))
+        Ok([Some(dxw), Some(dwh)])
     }
 }

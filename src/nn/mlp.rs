@@ -2,23 +2,11 @@
 //! ops (candle's fused layer-norm has no backward pass).
 
 use super::Params;
-use super::kernels::logical;
+use super::cpu_op::{CpuOp, Fused, Gradients, Input, with_values};
 use super::kernels::{Mat, lane_dot, lane_sum, sgemm};
 use anyhow::Result;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
+use candle_core::{D, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
-
-/// The f32 values of a CPU tensor's storage in logical order, borrowed when contiguous (the
-/// fused ops' backward passes read their inputs and gradients without copying them).
-pub(crate) fn f32_values<'a>(
-    storage: &'a candle_core::Storage,
-    layout: &Layout,
-) -> candle_core::Result<std::borrow::Cow<'a, [f32]>> {
-    match storage {
-        candle_core::Storage::Cpu(cpu) => Ok(logical(cpu.as_slice::<f32>()?, layout)),
-        _ => candle_core::bail!("the fused layers run on the CPU only"),
-    }
-}
 
 /// Slope of the leaky-ReLU used throughout (flax's default).
 pub const LEAKY_SLOPE: f64 = 0.01;
@@ -28,7 +16,7 @@ pub const LEAKY_SLOPE: f64 = 0.01;
 /// backward). Its derivative is 1 for x > 0, slope for x < 0 and (1 + slope)/2 at x = 0 — the
 /// subgradient candle's `maximum`/`minimum` composition gives, so results do not change.
 pub fn leaky_relu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.apply_op1(LeakyRelu)?)
+    Ok(x.apply_op1(Fused(LeakyRelu))?)
 }
 
 struct LeakyRelu;
@@ -53,46 +41,34 @@ pub(crate) fn leaky_derivative(s: f32) -> f32 {
     }
 }
 
-impl CustomOp1 for LeakyRelu {
+impl CpuOp<1> for LeakyRelu {
     fn name(&self) -> &'static str {
         "leaky-relu"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y: Vec<f32> = logical(s.as_slice::<f32>()?, l)
-            .iter()
-            .map(|&v| leaky(v))
-            .collect();
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+    fn forward(&self, [x]: [Input; 1]) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let y = x.values().iter().map(|&v| leaky(v)).collect();
+        Ok((y, x.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2(grad, LeakyReluGrad)?))
+    fn backward(&self, [x]: [&Tensor; 1], _y: &Tensor, g: &Tensor) -> Gradients<1> {
+        Ok([Some(x.apply_op2(g, Fused(LeakyReluGrad))?)])
     }
 }
 
 /// grad · leaky_relu′(x) (no further derivative).
 struct LeakyReluGrad;
 
-impl CustomOp2 for LeakyReluGrad {
+impl CpuOp<2> for LeakyReluGrad {
     fn name(&self) -> &'static str {
         "leaky-relu-grad"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g) = (s1.as_slice::<f32>()?, s2.as_slice::<f32>()?);
-        let out: Vec<f32> = logical(x, l1)
-            .iter()
-            .zip(logical(g, l2).iter())
+    fn forward(&self, [x, g]: [Input; 2]) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let out = (x.values().iter().zip(g.values().iter()))
             .map(|(&x, &g)| g * leaky_derivative(x))
             .collect();
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, x.shape().clone()))
     }
 }
 
@@ -157,9 +133,11 @@ impl Linear {
         let dims = x.dims().to_vec();
         let d_in = *dims.last().unwrap();
         let lead: usize = dims[..dims.len() - 1].iter().product();
-        let y = x
-            .reshape((lead, d_in))?
-            .apply_op3(&self.weight, &self.bias, Affine { leaky })?;
+        let y = x.reshape((lead, d_in))?.apply_op3(
+            &self.weight,
+            &self.bias,
+            Fused(Affine { leaky }),
+        )?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.weight.dim(1)?;
         Ok(y.reshape(out)?)
@@ -187,57 +165,38 @@ struct Affine {
     leaky: bool,
 }
 
-impl candle_core::CustomOp3 for Affine {
+impl CpuOp<3> for Affine {
     fn name(&self) -> &'static str {
         "affine"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (m, k) = l1.shape().dims2()?;
-        let (k2, n) = l2.shape().dims2()?;
-        if k != k2 || l3.shape().elem_count() != n {
+    fn forward(&self, [x, w, b]: [Input; 3]) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (m, k) = x.shape().dims2()?;
+        let (k2, n) = w.shape().dims2()?;
+        if k != k2 || b.shape().elem_count() != n {
             candle_core::bail!(
                 "affine: shapes {:?} · {:?} + {:?} do not match",
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
+                x.dims(),
+                w.dims(),
+                b.dims()
             );
         }
-        let x = logical(s1.as_slice::<f32>()?, l1);
-        let w = logical(s2.as_slice::<f32>()?, l2);
-        let b = logical(s3.as_slice::<f32>()?, l3);
+        let (x, w, b) = (x.values(), w.values(), b.values());
         let y = if self.leaky {
             affine_values(&x, &w, &b, (m, k, n), leaky)
         } else {
             affine_values(&x, &w, &b, (m, k, n), |z| z)
         };
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+        Ok((y, Shape::from((m, n))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        y: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gs, gl) = grad.storage_and_layout();
-        let mut gz = f32_values(&gs, gl)?.into_owned();
-        drop(gs);
+    fn backward(&self, [x, w, _b]: [&Tensor; 3], y: &Tensor, grad: &Tensor) -> Gradients<3> {
+        let mut gz = with_values([grad], |[g]| Ok(g.to_vec()))?;
         if self.leaky {
-            let (ys, yl) = y.storage_and_layout();
-            for (g, y) in gz.iter_mut().zip(f32_values(&ys, yl)?.iter()) {
-                *g *= leaky_derivative(*y);
-            }
+            with_values([y], |[y]| {
+                (gz.iter_mut().zip(y)).for_each(|(g, y)| *g *= leaky_derivative(*y));
+                Ok(())
+            })?;
         }
         affine_gradients(x, w, &gz)
     }
@@ -287,22 +246,18 @@ pub(crate) fn affine_into(
 
 /// The gradients of z = x W + b given δz (m×n, row-major): δx = δz Wᵀ, δW = xᵀ δz,
 /// δb = Σ_rows δz, as tensors on x's device.
-pub(crate) fn affine_gradients(
-    x: &Tensor,
-    w: &Tensor,
-    gz: &[f32],
-) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+pub(crate) fn affine_gradients(x: &Tensor, w: &Tensor, gz: &[f32]) -> Gradients<3> {
     let (m, k) = x.dims2()?;
     let n = w.dim(1)?;
-    let ((xs, xl), (ws, wl)) = (x.storage_and_layout(), w.storage_and_layout());
-    let (xv, wv) = (f32_values(&xs, xl)?, f32_values(&ws, wl)?);
-    let (gx, gw, gb) = affine_gradient_values(&xv, &wv, gz, (m, k, n), true);
+    let (gx, gw, gb) = with_values([x, w], |[x, w]| {
+        Ok(affine_gradient_values(x, w, gz, (m, k, n), true))
+    })?;
     let dev = x.device();
-    Ok((
+    Ok([
         Some(Tensor::from_vec(gx, (m, k), dev)?),
         Some(Tensor::from_vec(gw, (k, n), dev)?),
         Some(Tensor::from_vec(gb, n, dev)?),
-    ))
+    ])
 }
 
 /// [`affine_gradients`] on plain row-major values: (δx, δW, δb) for x (m×k), W (k×n) and
@@ -344,7 +299,7 @@ impl LayerNorm {
     /// One fused op with a hand-written backward (candle's composition costs ~9 elementwise
     /// passes forward and ~30 backward); [`LayerNorm::forward_composed`] is the reference.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.apply_op3(&self.scale, &self.offset, FusedLayerNorm)?)
+        Ok(x.apply_op3(&self.scale, &self.offset, Fused(FusedLayerNorm))?)
     }
 
     /// The same function composed from basic candle ops (the reference for the fused op).
@@ -443,47 +398,28 @@ pub(crate) fn layer_norm_gradients_into(
     (dgamma, dbeta)
 }
 
-impl candle_core::CustomOp3 for FusedLayerNorm {
+impl CpuOp<3> for FusedLayerNorm {
     fn name(&self) -> &'static str {
         "layer-norm"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = *l1.shape().dims().last().unwrap_or(&1);
-        let gamma = logical(s2.as_slice::<f32>()?, l2);
-        let beta = logical(s3.as_slice::<f32>()?, l3);
-        let y = layer_norm_values(&logical(s1.as_slice::<f32>()?, l1), &gamma, &beta, d);
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    fn forward(&self, [x, gamma, beta]: [Input; 3]) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let d = *x.dims().last().unwrap_or(&1);
+        let y = layer_norm_values(&x.values(), &gamma.values(), &beta.values(), d);
+        Ok((y, x.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
-        _y: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, gamma, _]: [&Tensor; 3], _y: &Tensor, grad: &Tensor) -> Gradients<3> {
         let d = x.dim(D::Minus1)?;
-        let ((xs, xl), (gs, gl)) = (x.storage_and_layout(), grad.storage_and_layout());
-        let (xv, gv) = (f32_values(&xs, xl)?, f32_values(&gs, gl)?);
-        let (gams, gaml) = gamma.storage_and_layout();
-        let gam = f32_values(&gams, gaml)?;
-        let (dx, dgamma, dbeta) = layer_norm_gradients(&xv, &gam, &gv, d);
+        let (dx, dgamma, dbeta) = with_values([x, gamma, grad], |[x, gamma, g]| {
+            Ok(layer_norm_gradients(x, gamma, g, d))
+        })?;
         let dev = x.device();
-        Ok((
+        Ok([
             Some(Tensor::from_vec(dx, x.shape(), dev)?),
             Some(Tensor::from_vec(dgamma, d, dev)?),
             Some(Tensor::from_vec(dbeta, d, dev)?),
-        ))
+        ])
     }
 }
 

@@ -1,6 +1,7 @@
 //! Neural-network building blocks: a deterministic parameter store, affine layers, MLPs,
 //! layer norm, and the LSTM core with its analytic Jacobian.
 
+pub(crate) mod cpu_op;
 pub mod head;
 pub mod kernels;
 pub mod lstm;

@@ -23,11 +23,10 @@
 //!
 //! and nothing flows to the previous rows' U_p and s_p.
 
-use crate::nn::kernels::logical;
+use crate::nn::cpu_op::{CpuOp, Fused, Gradients, Input, with_values};
 use crate::nn::kernels::{Mat, sgemm};
-use crate::nn::mlp::f32_values;
 use anyhow::{Result, bail};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Shape, Tensor};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -84,7 +83,7 @@ pub fn spectral_chunk(
             eps.len()
         );
     }
-    Ok(u.apply_op3(log_s, d, SpectralChunk { noise, lag })?)
+    Ok(u.apply_op3(log_s, d, Fused(SpectralChunk { noise, lag }))?)
 }
 
 struct SpectralChunk {
@@ -220,24 +219,14 @@ impl SpectralChunk {
     }
 }
 
-impl CustomOp3 for SpectralChunk {
+impl CpuOp<3> for SpectralChunk {
     fn name(&self) -> &'static str {
         "spectral-chunk"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, n, _) = l1.shape().dims3()?;
-        let u = logical(s1.as_slice::<f32>()?, l1);
-        let s = logical(s2.as_slice::<f32>()?, l2);
-        let d = logical(s3.as_slice::<f32>()?, l3);
+    fn forward(&self, [u, s, d]: [Input; 3]) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (rows, n, _) = u.shape().dims3()?;
+        let (u, s, d) = (u.values(), s.values(), d.values());
         let width = self.noise.samples * n + 1;
         let mut out = vec![0f32; rows * width];
         self.for_rows((&u, &s, &d), n, &mut out, width, |_, row, o| {
@@ -264,22 +253,27 @@ impl CustomOp3 for SpectralChunk {
             let quad: f32 = y.iter().zip(inv_prev).map(|(y, w)| w * y * y).sum();
             terms[0] = trace + quad;
         });
-        Ok((CpuStorage::F32(out), Shape::from((rows, width))))
+        Ok((out, Shape::from((rows, width))))
     }
 
-    fn bwd(
-        &self,
-        u: &Tensor,
-        log_s: &Tensor,
-        d: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [u, log_s, d]: [&Tensor; 3], _y: &Tensor, grad: &Tensor) -> Gradients<3> {
         let (rows, n, _) = u.dims3()?;
-        let ((us, ul), (ss, sl)) = (u.storage_and_layout(), log_s.storage_and_layout());
-        let ((ds, dl), (gst, gl)) = (d.storage_and_layout(), grad.storage_and_layout());
-        let (uv, sv) = (f32_values(&us, ul)?, f32_values(&ss, sl)?);
-        let (dv, gv) = (f32_values(&ds, dl)?, f32_values(&gst, gl)?);
+        with_values([u, log_s, d, grad], |[uv, sv, dv, gv]| {
+            self.gradients(rows, n, (uv, sv, dv), gv, u.device())
+        })
+    }
+}
+
+impl SpectralChunk {
+    /// [`CpuOp::backward`] on the inputs' values (U, s, d) and the output gradient `gv`.
+    fn gradients(
+        &self,
+        rows: usize,
+        n: usize,
+        (uv, sv, dv): (&[f32], &[f32], &[f32]),
+        gv: &[f32],
+        dev: &candle_core::Device,
+    ) -> Gradients<3> {
         let out_width = self.noise.samples * n + 1;
         let nn = n * n;
         let (mut gu, mut gsv, mut gdv) = (
@@ -292,7 +286,7 @@ impl CustomOp3 for SpectralChunk {
             s: &mut gsv,
             d: &mut gdv,
         };
-        self.for_rows_grad((&uv, &sv, &dv), n, out, |k, row, (gu, gs, gd)| {
+        self.for_rows_grad((uv, sv, dv), n, out, |k, row, (gu, gs, gd)| {
             let (g_offsets, g) = gv[k * out_width..(k + 1) * out_width].split_at(out_width - 1);
             // The offsets U x_k: Ū += g_k x_kᵀ, s̄_j += ½ (Uᵀ g_k)_j x_k,j.
             let x = row.scaled_noise();
@@ -349,12 +343,11 @@ impl CustomOp3 for SpectralChunk {
                         .sum::<f32>();
             }
         });
-        let dev = u.device();
-        Ok((
+        Ok([
             Some(Tensor::from_vec(gu, (rows, n, n), dev)?),
             Some(Tensor::from_vec(gsv, (rows, n), dev)?),
             Some(Tensor::from_vec(gdv, (rows, n), dev)?),
-        ))
+        ])
     }
 }
 

@@ -9,10 +9,10 @@
 use super::{Covariance, Gaussian, KnownCayley, PosteriorFamily, StepInput};
 use crate::linalg::{self, map_items};
 use crate::nn::Params;
-use crate::nn::kernels::logical;
-use crate::nn::mlp::{Linear, affine_gradient_values, affine_values, f32_values};
+use crate::nn::cpu_op::{CpuOp, Fused, Gradients, Input, with_values};
+use crate::nn::mlp::{Linear, affine_gradient_values, affine_values};
 use anyhow::Result;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
 
 /// Initial log-variance of the VRNN posterior (bias of `vrnn.log_s`).
@@ -100,36 +100,28 @@ impl Vrnn {
 /// With `known` U (the rollout's U at the same parameters, `agent::rl::HeadTraces`), the
 /// forward only copies it: the loss pass then runs neither the layer nor the map forward.
 pub fn cayley_head(phi: &Tensor, tri: &Linear, known: Option<KnownCayley>) -> Result<Tensor> {
-    Ok(phi.apply_op3(&tri.weight, &tri.bias, CayleyHead { known })?)
+    Ok(phi.apply_op3(&tri.weight, &tri.bias, Fused(CayleyHead { known }))?)
 }
 
 struct CayleyHead {
     known: Option<KnownCayley>,
 }
 
-impl CustomOp3 for CayleyHead {
+impl CpuOp<3> for CayleyHead {
     fn name(&self) -> &'static str {
         "vrnn-cayley-head"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, d) = l1.shape().dims2()?;
-        let (d2, nn) = l2.shape().dims2()?;
+    fn forward(&self, [x, w, b]: [Input; 3]) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (rows, d) = x.shape().dims2()?;
+        let (d2, nn) = w.shape().dims2()?;
         let n = (nn as f64).sqrt().round() as usize;
-        if d != d2 || n * n != nn || l3.shape().elem_count() != nn {
+        if d != d2 || n * n != nn || b.shape().elem_count() != nn {
             candle_core::bail!(
                 "vrnn cayley head: φ {:?} · W {:?} + b {:?} is not (B, n²) for a square n",
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
+                x.dims(),
+                w.dims(),
+                b.dims()
             );
         }
         if let Some(KnownCayley { steps, range }) = &self.known {
@@ -143,14 +135,14 @@ impl CustomOp3 for CayleyHead {
             }
             let mut u = Vec::with_capacity(count);
             for step in known {
-                let (s, l) = step.storage_and_layout();
-                u.extend_from_slice(&f32_values(&s, l)?);
+                with_values([step], |[v]| {
+                    u.extend_from_slice(v);
+                    Ok(())
+                })?;
             }
-            return Ok((CpuStorage::F32(u), Shape::from((rows, n, n))));
+            return Ok((u, Shape::from((rows, n, n))));
         }
-        let x = logical(s1.as_slice::<f32>()?, l1);
-        let w = logical(s2.as_slice::<f32>()?, l2);
-        let b = logical(s3.as_slice::<f32>()?, l3);
+        let (x, w, b) = (x.values(), w.values(), b.values());
         let lower = LowerColumns::new(n);
         let m = lower.len();
         let t = affine_values(
@@ -163,43 +155,36 @@ impl CustomOp3 for CayleyHead {
         let u = map_items(rows, nn, |i, out| {
             linalg::cayley_packed_lower_f32(&t[i * m..(i + 1) * m], n, out, i, rows)
         })?;
-        Ok((CpuStorage::F32(u), Shape::from((rows, n, n))))
+        Ok((u, Shape::from((rows, n, n))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        u: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [x, w, _b]: [&Tensor; 3], u: &Tensor, grad: &Tensor) -> Gradients<3> {
         let (rows, d) = x.dims2()?;
         let (_, n, _) = u.dims3()?;
         let nn = n * n;
         let lower = LowerColumns::new(n);
         let m = lower.len();
-        let ((us, ul), (gs, gl)) = (u.storage_and_layout(), grad.storage_and_layout());
-        let (uv, gv) = (f32_values(&us, ul)?, f32_values(&gs, gl)?);
-        let gt = map_items(rows, m, |i, out| {
-            let item = i * nn..(i + 1) * nn;
-            // Rows that only serve as the previous posterior of the next step (the first step
-            // of a replay chunk) have no gradient: T̄ = 0, which `out` already holds.
-            if gv[item.clone()].iter().any(|g| *g != 0.0) {
-                linalg::cayley_backward_packed_lower_f32(&uv[item.clone()], &gv[item], n, out);
-            }
-            Ok(())
+        let gt = with_values([u, grad], |[uv, gv]| {
+            map_items(rows, m, |i, out| {
+                let item = i * nn..(i + 1) * nn;
+                // Rows that only serve as the previous posterior of the next step (the first
+                // step of a replay chunk) have no gradient: T̄ = 0, which `out` already holds.
+                if gv[item.clone()].iter().any(|g| *g != 0.0) {
+                    linalg::cayley_backward_packed_lower_f32(&uv[item.clone()], &gv[item], n, out);
+                }
+                Ok(())
+            })
         })?;
-        let ((xs, xl), (ws, wl)) = (x.storage_and_layout(), w.storage_and_layout());
-        let (xv, wv) = (f32_values(&xs, xl)?, f32_values(&ws, wl)?);
-        let (gx, gw, gb) =
-            affine_gradient_values(&xv, &lower.gather(&wv, d), &gt, (rows, d, m), true);
+        let (gx, gw, gb) = with_values([x, w], |[xv, wv]| {
+            let w = lower.gather(wv, d);
+            Ok(affine_gradient_values(xv, &w, &gt, (rows, d, m), true))
+        })?;
         let dev = x.device();
-        Ok((
+        Ok([
             Some(Tensor::from_vec(gx, (rows, d), dev)?),
             Some(Tensor::from_vec(lower.scatter(&gw, d), (d, nn), dev)?),
             Some(Tensor::from_vec(lower.scatter(&gb, 1), nn, dev)?),
-        ))
+        ])
     }
 }
 
