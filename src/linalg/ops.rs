@@ -4,13 +4,14 @@
 //! or `(n, n)` input.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Error, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, Error, Layout, Shape, Tensor, WithDType};
 
 use super::batched::{
     batch_square, cayley_batched, cayley_batched_f32, cholesky_batched, inverse_batched,
     logdet_batched, map_items, tri_solve_batched,
 };
 use super::cayley::{cayley_backward_f32, cayley_backward_f64};
+use crate::nn::cpu_op::{CpuOp, Fused, Gradients, Input, Output};
 use crate::nn::kernels::logical;
 
 macro_rules! dispatch_float {
@@ -31,30 +32,32 @@ macro_rules! dispatch_float {
 
 struct CholeskyOp;
 
-impl CustomOp1 for CholeskyOp {
+impl CpuOp<1> for CholeskyOp {
     fn name(&self) -> &'static str {
         "lvrnn-cholesky"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn forward(&self, [a]: [Input; 1]) -> Output {
+        let (s, l) = (a.storage(), a.layout());
         let (b, n) = batch_square(l, "cholesky")?;
         let out = dispatch_float!(s, "cholesky", |v| cholesky_batched(v, l, b, n)?);
         Ok((out, Shape::from((b, n, n))))
     }
 
-    fn bwd(&self, _a: &Tensor, l: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        cholesky_backward(l, g).map(Some)
+    fn backward(&self, _a: [&Tensor; 1], l: &Tensor, g: &Tensor) -> Gradients<1> {
+        Ok([Some(cholesky_backward(l, g)?)])
     }
 }
 
 struct LogdetOp;
 
-impl CustomOp1 for LogdetOp {
+impl CpuOp<1> for LogdetOp {
     fn name(&self) -> &'static str {
         "lvrnn-logdet-spd"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn forward(&self, [a]: [Input; 1]) -> Output {
+        let (s, l) = (a.storage(), a.layout());
         let (b, n) = batch_square(l, "logdet_spd")?;
         let out = dispatch_float!(s, "logdet_spd", |v| logdet_batched(v, l, b, n)?);
         Ok((out, Shape::from(b)))
@@ -63,34 +66,36 @@ impl CustomOp1 for LogdetOp {
 
 struct InverseOp;
 
-impl CustomOp1 for InverseOp {
+impl CpuOp<1> for InverseOp {
     fn name(&self) -> &'static str {
         "lvrnn-inverse"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn forward(&self, [a]: [Input; 1]) -> Output {
+        let (s, l) = (a.storage(), a.layout());
         let (b, n) = batch_square(l, "inverse")?;
         let out = dispatch_float!(s, "inverse", |v| inverse_batched(v, l, b, n)?);
         Ok((out, Shape::from((b, n, n))))
     }
 
     /// `dA = −A⁻ᵀ G A⁻ᵀ`, with ordinary tensor ops.
-    fn bwd(&self, _a: &Tensor, inv: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn backward(&self, _a: [&Tensor; 1], inv: &Tensor, g: &Tensor) -> Gradients<1> {
         // candle's matmul reads the transposed strides directly (no copy).
         let inv_t = inv.t()?;
         let ga = inv_t.matmul(&g.contiguous()?)?.matmul(&inv_t)?.neg()?;
-        Ok(Some(ga))
+        Ok([Some(ga)])
     }
 }
 
 struct CayleyOp;
 
-impl CustomOp1 for CayleyOp {
+impl CpuOp<1> for CayleyOp {
     fn name(&self) -> &'static str {
         "lvrnn-cayley"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn forward(&self, [raw]: [Input; 1]) -> Output {
+        let (s, l) = (raw.storage(), raw.layout());
         let (b, n) = batch_square(l, "cayley")?;
         let out = match s {
             // f32 (training) inverts in f32 without pivoting; f64 keeps the pivoted f64 kernel.
@@ -105,7 +110,7 @@ impl CustomOp1 for CayleyOp {
     ///
     /// Computed per batch item into one output (a composition of tensor ops holds about six
     /// (B, n, n) temporaries at once, the largest allocation of a full-covariance VRNN update).
-    fn bwd(&self, _raw: &Tensor, u: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn backward(&self, _raw: [&Tensor; 1], u: &Tensor, g: &Tensor) -> Gradients<1> {
         let (b, n, _) = u.dims3()?;
         let ((us, ul), (gs, gl)) = (u.storage_and_layout(), g.storage_and_layout());
         let grad = match (&*us, &*gs) {
@@ -119,7 +124,7 @@ impl CustomOp1 for CayleyOp {
             ) => per_item_grad((uv, ul), (gv, gl), b, n, cayley_backward_f64, u.device())?,
             _ => candle_core::bail!("cayley backward: f32 or f64 CPU tensors of one dtype"),
         };
-        Ok(Some(grad))
+        Ok([Some(grad)])
     }
 }
 
@@ -147,18 +152,13 @@ struct TriSolveOp {
     transpose: bool,
 }
 
-impl CustomOp2 for TriSolveOp {
+impl CpuOp<2> for TriSolveOp {
     fn name(&self) -> &'static str {
         "lvrnn-solve-triangular"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn forward(&self, [t, rhs]: [Input; 2]) -> Output {
+        let (s1, l1, s2, l2) = (t.storage(), t.layout(), rhs.storage(), rhs.layout());
         let (b, n) = batch_square(l1, "solve_triangular")?;
         let k = match l2.dims() {
             &[b2, n2, k] if b2 == b && n2 == n => k,
@@ -191,13 +191,7 @@ impl CustomOp2 for TriSolveOp {
 
     /// With `M = op(T)` and `X = M⁻¹ B`: `B̄ = M⁻ᵀ X̄`, `M̄ = −B̄ Xᵀ`, and `T̄` is `M̄` (or `M̄ᵀ`
     /// when transposed) restricted to the triangle of `T` that the forward pass reads.
-    fn bwd(
-        &self,
-        t: &Tensor,
-        _rhs: &Tensor,
-        x: &Tensor,
-        g: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, [t, _rhs]: [&Tensor; 2], x: &Tensor, g: &Tensor) -> Gradients<2> {
         let g_rhs = solve_triangular(t, g, self.lower, !self.transpose)?;
         let m_bar = if self.transpose {
             x.matmul(&g_rhs.t()?)?
@@ -211,7 +205,7 @@ impl CustomOp2 for TriSolveOp {
             Tensor::triu2(n, t.dtype(), t.device())?
         };
         let g_t = m_bar.broadcast_mul(&mask)?.neg()?;
-        Ok((Some(g_t), Some(g_rhs)))
+        Ok([Some(g_t), Some(g_rhs)])
     }
 }
 
@@ -253,7 +247,7 @@ fn with_batch(
 /// gradient, valid for symmetric perturbations of `A` (as with any parametrisation that produces
 /// a symmetric `A`, e.g. `M Mᵀ + c I`).
 pub fn cholesky(a: &Tensor) -> candle_core::Result<Tensor> {
-    with_batch(a, "cholesky", |a| a.apply_op1(CholeskyOp))
+    with_batch(a, "cholesky", |a| a.apply_op1(Fused(CholeskyOp)))
 }
 
 /// Batched triangular solve: returns `X` with `op(T) X = B`, where `T` is the lower
@@ -272,7 +266,7 @@ pub fn solve_triangular(
     lower: bool,
     transpose: bool,
 ) -> candle_core::Result<Tensor> {
-    let op = TriSolveOp { lower, transpose };
+    let op = Fused(TriSolveOp { lower, transpose });
     match (t.rank(), b.rank()) {
         (3, 3) => t.contiguous()?.apply_op2(&b.contiguous()?, op),
         (3, 2) => t
@@ -305,7 +299,7 @@ pub fn solve_triangular(
 /// Backward: `Ā = −A⁻ᵀ G A⁻ᵀ` for the incoming gradient `G`, written with candle tensor ops so
 /// the gradient flows on to whatever produced `A`.
 pub fn inverse(a: &Tensor) -> candle_core::Result<Tensor> {
-    with_batch(a, "inverse", |a| a.apply_op1(InverseOp))
+    with_batch(a, "inverse", |a| a.apply_op1(Fused(InverseOp)))
 }
 
 /// The VRNN's Cayley map (paper App. B.2) of a batch `(B, n, n)`: with L the strictly lower
@@ -314,7 +308,7 @@ pub fn inverse(a: &Tensor) -> candle_core::Result<Tensor> {
 /// needs only U (I + U = 2(I + A)⁻¹). The inverse runs in `f64` for f64 input and in f32
 /// without pivoting for f32 input.
 pub fn cayley_lower(raw: &Tensor) -> candle_core::Result<Tensor> {
-    with_batch(raw, "cayley", |a| a.apply_op1(CayleyOp))
+    with_batch(raw, "cayley", |a| a.apply_op1(Fused(CayleyOp)))
 }
 
 /// Batched log-determinant of symmetric positive definite matrices via Cholesky:
@@ -324,5 +318,5 @@ pub fn cayley_lower(raw: &Tensor) -> candle_core::Result<Tensor> {
 /// graph (use `2 · sum(log(diag(cholesky(A))))` if a gradient is needed). Fails with a message
 /// naming the first batch element that is not positive definite.
 pub fn logdet_spd(a: &Tensor) -> candle_core::Result<Tensor> {
-    with_batch(a, "logdet_spd", |a| a.apply_op1_no_bwd(&LogdetOp))
+    with_batch(a, "logdet_spd", |a| a.apply_op1_no_bwd(&Fused(LogdetOp)))
 }

@@ -1,26 +1,38 @@
-//! One adapter between candle's `CustomOp1/2/3` and this crate's fused f32 CPU kernels.
+//! One adapter between candle's `CustomOp1/2/3` and this crate's CPU kernels.
 //!
-//! A fused op (the affine layer, layer norm, the LSTM sequence, the heads, the posterior's
-//! Cayley head and spectral KL) implements [`CpuOp`]: its forward reads the inputs' f32 values
-//! in logical (row-major) order ([`Input::values`]), its backward maps the inputs, the output and the output's
-//! gradient to one optional gradient per input. [`Fused`] turns it into the candle op that
-//! `Tensor::apply_op{1,2,3}` takes, so the storage plumbing is written once, here.
+//! A custom op (the fused layers of `nn`: affine, layer norm, the LSTM sequence, the heads; the
+//! posterior's Cayley head and spectral KL; the factorisations and solves of `linalg`)
+//! implements [`CpuOp`]: its forward reads its inputs ([`Input::values`]: f32 values in logical
+//! (row-major) order; [`Input::storage`]: the raw storage, for the f32/f64 `linalg` kernels),
+//! its backward maps the inputs, the output and the output's gradient to one optional
+//! gradient per input. [`Fused`] turns it into the candle op that `Tensor::apply_op{1,2,3}`
+//! takes, so the plumbing is written once, here.
 
 use super::kernels::logical;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use std::borrow::Cow;
 
-/// One input of a fused op's forward: its storage and layout.
+/// One input of an op's forward: its CPU storage and layout.
 pub(crate) struct Input<'a> {
-    data: &'a [f32],
+    storage: &'a CpuStorage,
     layout: &'a Layout,
 }
 
 impl<'a> Input<'a> {
-    /// The input's values in logical (row-major) order, borrowed when the storage is
+    /// The input's f32 values in logical (row-major) order, borrowed when the storage is
     /// contiguous (read only where the op needs them).
-    pub fn values(&self) -> Cow<'a, [f32]> {
-        logical(self.data, self.layout)
+    pub fn values(&self) -> candle_core::Result<Cow<'a, [f32]>> {
+        Ok(logical(self.storage.as_slice::<f32>()?, self.layout))
+    }
+
+    /// The raw storage (any dtype; strided as [`Input::layout`] says).
+    pub fn storage(&self) -> &'a CpuStorage {
+        self.storage
+    }
+
+    /// The input's layout.
+    pub fn layout(&self) -> &'a Layout {
+        self.layout
     }
 
     /// The input's dimensions.
@@ -34,6 +46,9 @@ impl<'a> Input<'a> {
     }
 }
 
+/// What a forward pass returns: the output's storage (contiguous, row-major) and shape.
+pub(crate) type Output = candle_core::Result<(CpuStorage, Shape)>;
+
 /// What a backward pass returns: ∂L/∂xᵢ for each of the `N` inputs (`None` where none flows).
 pub(crate) type Gradients<const N: usize> = candle_core::Result<[Option<Tensor>; N]>;
 
@@ -42,8 +57,8 @@ pub(crate) trait CpuOp<const N: usize>: Send + Sync + 'static {
     /// The op's name in candle's errors.
     fn name(&self) -> &'static str;
 
-    /// y = f(x₁, …, x_N): the output's values (row-major) and shape.
-    fn forward(&self, inputs: [Input<'_>; N]) -> candle_core::Result<(Vec<f32>, Shape)>;
+    /// y = f(x₁, …, x_N).
+    fn forward(&self, inputs: [Input<'_>; N]) -> Output;
 
     /// (∂L/∂x₁, …, ∂L/∂x_N) given the inputs, the output y and ∂L/∂y; the default says the op
     /// has no backward pass (candle's own default).
@@ -57,28 +72,15 @@ pub(crate) trait CpuOp<const N: usize>: Send + Sync + 'static {
 /// A [`CpuOp`] as the candle custom op of the same arity.
 pub(crate) struct Fused<T>(pub T);
 
-/// The inputs of a forward call: f32 values in logical order, with their layouts.
-fn inputs<'a, const N: usize>(
-    storages: [(&'a CpuStorage, &'a Layout); N],
-) -> candle_core::Result<[Input<'a>; N]> {
-    let mut out = Vec::with_capacity(N);
-    for (storage, layout) in storages {
-        let data = storage.as_slice::<f32>()?;
-        out.push(Input { data, layout });
-    }
-    out.try_into()
-        .map_err(|_| candle_core::Error::Msg("fused op: input count".into()))
+/// The inputs of a forward call.
+fn inputs<'a, const N: usize>(storages: [(&'a CpuStorage, &'a Layout); N]) -> [Input<'a>; N] {
+    storages.map(|(storage, layout)| Input { storage, layout })
 }
 
-/// The answer of every fused op on a GPU tensor.
+/// The answer of every custom op on a GPU tensor.
 #[cfg(feature = "cuda")]
 fn no_gpu_kernel<T>(name: &str) -> candle_core::Result<T> {
-    candle_core::bail!("{name} has no GPU kernel yet: run the fused training path on the CPU")
-}
-
-/// The output of a forward call as candle CPU storage.
-fn output((y, shape): (Vec<f32>, Shape)) -> (CpuStorage, Shape) {
-    (CpuStorage::F32(y), shape)
+    candle_core::bail!("{name} has no GPU kernel yet: run it on the CPU")
 }
 
 impl<T: CpuOp<1>> CustomOp1 for Fused<T> {
@@ -87,7 +89,7 @@ impl<T: CpuOp<1>> CustomOp1 for Fused<T> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.0.forward(inputs([(s, l)])?).map(output)
+        self.0.forward(inputs([(s, l)]))
     }
 
     #[cfg(feature = "cuda")]
@@ -117,7 +119,7 @@ impl<T: CpuOp<2>> CustomOp2 for Fused<T> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.0.forward(inputs([(s1, l1), (s2, l2)])?).map(output)
+        self.0.forward(inputs([(s1, l1), (s2, l2)]))
     }
 
     #[cfg(feature = "cuda")]
@@ -157,9 +159,7 @@ impl<T: CpuOp<3>> CustomOp3 for Fused<T> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.0
-            .forward(inputs([(s1, l1), (s2, l2), (s3, l3)])?)
-            .map(output)
+        self.0.forward(inputs([(s1, l1), (s2, l2), (s3, l3)]))
     }
 
     #[cfg(feature = "cuda")]

@@ -19,14 +19,14 @@
 //! the heads' backward (`train::ppo`).
 
 use super::Params;
-use super::cpu_op::{CpuOp, Fused, Gradients, Input, with_values};
+use super::cpu_op::{CpuOp, Fused, Gradients, Input, Output, with_values};
 use super::kernels::{Mat, parts, run_parts, sgemm, split_even, split_rows_mut, sum_in_order};
 use super::mlp::{
     LayerNorm, Mlp, affine_gradient_values, affine_into, layer_norm_gradients,
     layer_norm_gradients_into, layer_norm_into, leaky, leaky_derivative,
 };
 use anyhow::Result;
-use candle_core::{Shape, Tensor};
+use candle_core::{CpuStorage::F32, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
 use std::borrow::Cow;
 use std::ops::Range;
@@ -394,7 +394,7 @@ impl CpuOp<2> for HeadOp {
         "head"
     }
 
-    fn forward(&self, [x, packed]: [Input; 2]) -> candle_core::Result<(Vec<f32>, Shape)> {
+    fn forward(&self, [x, packed]: [Input; 2]) -> Output {
         let (rows, d) = x.shape().dims2()?;
         let (layers, total) = param_offsets(&self.sizes);
         if d != self.sizes[0] || packed.shape().elem_count() != total {
@@ -419,7 +419,7 @@ impl CpuOp<2> for HeadOp {
                 trace.output.clone()
             }
             None => {
-                let (p, x) = (packed.values(), x.values());
+                let (p, x) = (packed.values()?, x.values()?);
                 let (layer_inputs, output) = forward_values(&self.sizes, &p, &x, rows);
                 *saved = Some(Arc::new(HeadTrace {
                     rows,
@@ -429,7 +429,10 @@ impl CpuOp<2> for HeadOp {
                 output
             }
         };
-        Ok((output, Shape::from((rows, *self.sizes.last().unwrap()))))
+        Ok((
+            F32(output),
+            Shape::from((rows, *self.sizes.last().unwrap())),
+        ))
     }
 
     fn backward(&self, [x, packed]: [&Tensor; 2], _y: &Tensor, grad: &Tensor) -> Gradients<2> {
@@ -641,13 +644,7 @@ impl SharedHeadsOp {
         Cow::Owned(x)
     }
 
-    fn forward_heads(
-        &self,
-        table: &[f32],
-        z: &[f32],
-        rows: usize,
-        packed: &[f32],
-    ) -> candle_core::Result<(Vec<f32>, Shape)> {
+    fn forward_heads(&self, table: &[f32], z: &[f32], rows: usize, packed: &[f32]) -> Output {
         let (starts, total) = self.param_starts();
         if packed.len() != total || z.len() != rows * self.z_width {
             candle_core::bail!("shared heads: the inputs do not fit the heads");
@@ -692,7 +689,7 @@ impl SharedHeadsOp {
             }
         };
         let len = output.len();
-        Ok((output, Shape::from(len)))
+        Ok((F32(output), Shape::from(len)))
     }
 
     /// (∂L/∂table or empty, ∂L/∂z, ∂L/∂packed) for the output gradient `grad`.
@@ -782,9 +779,9 @@ impl CpuOp<2> for SharedHeadsOp {
         "shared-heads"
     }
 
-    fn forward(&self, [z, packed]: [Input; 2]) -> candle_core::Result<(Vec<f32>, Shape)> {
-        let z = z.values();
-        self.forward_heads(&[], &z, z.len() / self.z_width.max(1), &packed.values())
+    fn forward(&self, [z, packed]: [Input; 2]) -> Output {
+        let z = z.values()?;
+        self.forward_heads(&[], &z, z.len() / self.z_width.max(1), &packed.values()?)
     }
 
     fn backward(&self, [z, packed]: [&Tensor; 2], _y: &Tensor, grad: &Tensor) -> Gradients<2> {
@@ -804,14 +801,14 @@ impl CpuOp<3> for SharedHeadsOp {
         "shared-heads-gathered"
     }
 
-    fn forward(&self, [table, z, packed]: [Input; 3]) -> candle_core::Result<(Vec<f32>, Shape)> {
-        let (table, z) = (table.values(), z.values());
+    fn forward(&self, [table, z, packed]: [Input; 3]) -> Output {
+        let (table, z) = (table.values()?, z.values()?);
         if let Some(g) = &self.gather
             && table.len() != g.table_rows * g.width
         {
             candle_core::bail!("shared heads: the table does not fit");
         }
-        self.forward_heads(&table, &z, z.len() / self.z_width.max(1), &packed.values())
+        self.forward_heads(&table, &z, z.len() / self.z_width.max(1), &packed.values()?)
     }
 
     fn backward(

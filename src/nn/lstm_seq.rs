@@ -17,13 +17,13 @@
 //! The gates are recomputed in the backward pass from the saved outputs with one large matrix
 //! product, so the op keeps no state. Checked against the per-step graph in `tests/fast_path.rs`.
 
-use super::cpu_op::{CpuOp, Fused, Gradients, Input, f32_values, with_values};
+use super::cpu_op::{CpuOp, Fused, Gradients, Input, Output, f32_values, with_values};
 use super::kernels::{
     Mat, activate_gate_rows, lstm_cells, parts, run_parts, sgemm, split_even, split_rows_mut,
     split_steps_mut, sum_in_order, tanh,
 };
 use anyhow::Result;
-use candle_core::{Shape, Tensor};
+use candle_core::{CpuStorage::F32, Shape, Tensor};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -134,7 +134,7 @@ impl CpuOp<3> for ProjectHidden {
         "project-hidden"
     }
 
-    fn forward(&self, [states, w, b]: [Input; 3]) -> candle_core::Result<(Vec<f32>, Shape)> {
+    fn forward(&self, [states, w, b]: [Input; 3]) -> Output {
         let (t_len, batch, h2) = states.shape().dims3()?;
         let (hidden, n) = w.shape().dims2()?;
         if h2 != 2 * hidden || b.shape().elem_count() != n {
@@ -145,7 +145,7 @@ impl CpuOp<3> for ProjectHidden {
                 b.dims()
             );
         }
-        let (states, w, b) = (states.values(), w.values(), b.values());
+        let (states, w, b) = (states.values()?, w.values()?, b.values()?);
         let rows = t_len * batch;
         let mut y: Vec<f32> = (0..rows).flat_map(|_| b.iter().copied()).collect();
         let h = Mat {
@@ -154,7 +154,7 @@ impl CpuOp<3> for ProjectHidden {
             cs: 1,
         };
         sgemm(rows, n, hidden, h, Mat::rows(&w, n), &mut y, true, true);
-        Ok((y, Shape::from((t_len, batch, n))))
+        Ok((F32(y), Shape::from((t_len, batch, n))))
     }
 
     fn backward(&self, [states, w, _b]: [&Tensor; 3], _y: &Tensor, grad: &Tensor) -> Gradients<3> {
@@ -396,7 +396,7 @@ impl CpuOp<2> for LstmSequence {
         "lstm-sequence"
     }
 
-    fn forward(&self, [xw, wh]: [Input; 2]) -> candle_core::Result<(Vec<f32>, Shape)> {
+    fn forward(&self, [xw, wh]: [Input; 2]) -> Output {
         let (t_len, batch, g4) = self.dims(xw.dims())?;
         let (hidden, g4w) = wh.shape().dims2()?;
         if g4 != 4 * hidden || g4w != g4 {
@@ -407,8 +407,8 @@ impl CpuOp<2> for LstmSequence {
             );
         }
         let index = self.index.as_ref().map(|i| &i[..]);
-        let out = forward_gathered(&xw.values(), index, &wh.values(), t_len, batch, hidden);
-        Ok((out, Shape::from((t_len, batch, 2 * hidden))))
+        let out = forward_gathered(&xw.values()?, index, &wh.values()?, t_len, batch, hidden);
+        Ok((F32(out), Shape::from((t_len, batch, 2 * hidden))))
     }
 
     fn backward(&self, [xw, wh]: [&Tensor; 2], res: &Tensor, grad_res: &Tensor) -> Gradients<2> {

@@ -2,10 +2,10 @@
 //! ops (candle's fused layer-norm has no backward pass).
 
 use super::Params;
-use super::cpu_op::{CpuOp, Fused, Gradients, Input, with_values};
+use super::cpu_op::{CpuOp, Fused, Gradients, Input, Output, with_values};
 use super::kernels::{Mat, lane_dot, lane_sum, sgemm};
 use anyhow::Result;
-use candle_core::{D, Shape, Tensor};
+use candle_core::{CpuStorage::F32, D, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
 
 /// Slope of the leaky-ReLU used throughout (flax's default).
@@ -46,9 +46,9 @@ impl CpuOp<1> for LeakyRelu {
         "leaky-relu"
     }
 
-    fn forward(&self, [x]: [Input; 1]) -> candle_core::Result<(Vec<f32>, Shape)> {
-        let y = x.values().iter().map(|&v| leaky(v)).collect();
-        Ok((y, x.shape().clone()))
+    fn forward(&self, [x]: [Input; 1]) -> Output {
+        let y = x.values()?.iter().map(|&v| leaky(v)).collect();
+        Ok((F32(y), x.shape().clone()))
     }
 
     fn backward(&self, [x]: [&Tensor; 1], _y: &Tensor, g: &Tensor) -> Gradients<1> {
@@ -64,11 +64,11 @@ impl CpuOp<2> for LeakyReluGrad {
         "leaky-relu-grad"
     }
 
-    fn forward(&self, [x, g]: [Input; 2]) -> candle_core::Result<(Vec<f32>, Shape)> {
-        let out = (x.values().iter().zip(g.values().iter()))
+    fn forward(&self, [x, g]: [Input; 2]) -> Output {
+        let out = (x.values()?.iter().zip(g.values()?.iter()))
             .map(|(&x, &g)| g * leaky_derivative(x))
             .collect();
-        Ok((out, x.shape().clone()))
+        Ok((F32(out), x.shape().clone()))
     }
 }
 
@@ -170,7 +170,7 @@ impl CpuOp<3> for Affine {
         "affine"
     }
 
-    fn forward(&self, [x, w, b]: [Input; 3]) -> candle_core::Result<(Vec<f32>, Shape)> {
+    fn forward(&self, [x, w, b]: [Input; 3]) -> Output {
         let (m, k) = x.shape().dims2()?;
         let (k2, n) = w.shape().dims2()?;
         if k != k2 || b.shape().elem_count() != n {
@@ -181,13 +181,13 @@ impl CpuOp<3> for Affine {
                 b.dims()
             );
         }
-        let (x, w, b) = (x.values(), w.values(), b.values());
+        let (x, w, b) = (x.values()?, w.values()?, b.values()?);
         let y = if self.leaky {
             affine_values(&x, &w, &b, (m, k, n), leaky)
         } else {
             affine_values(&x, &w, &b, (m, k, n), |z| z)
         };
-        Ok((y, Shape::from((m, n))))
+        Ok((F32(y), Shape::from((m, n))))
     }
 
     fn backward(&self, [x, w, _b]: [&Tensor; 3], y: &Tensor, grad: &Tensor) -> Gradients<3> {
@@ -403,10 +403,10 @@ impl CpuOp<3> for FusedLayerNorm {
         "layer-norm"
     }
 
-    fn forward(&self, [x, gamma, beta]: [Input; 3]) -> candle_core::Result<(Vec<f32>, Shape)> {
+    fn forward(&self, [x, gamma, beta]: [Input; 3]) -> Output {
         let d = *x.dims().last().unwrap_or(&1);
-        let y = layer_norm_values(&x.values(), &gamma.values(), &beta.values(), d);
-        Ok((y, x.shape().clone()))
+        let y = layer_norm_values(&x.values()?, &gamma.values()?, &beta.values()?, d);
+        Ok((F32(y), x.shape().clone()))
     }
 
     fn backward(&self, [x, gamma, _]: [&Tensor; 3], _y: &Tensor, grad: &Tensor) -> Gradients<3> {

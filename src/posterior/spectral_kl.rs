@@ -23,10 +23,10 @@
 //!
 //! and nothing flows to the previous rows' U_p and s_p.
 
-use crate::nn::cpu_op::{CpuOp, Fused, Gradients, Input, with_values};
+use crate::nn::cpu_op::{CpuOp, Fused, Gradients, Input, Output, with_values};
 use crate::nn::kernels::{Mat, sgemm};
 use anyhow::{Result, bail};
-use candle_core::{DType, Shape, Tensor};
+use candle_core::{CpuStorage::F32, DType, Shape, Tensor};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -224,9 +224,9 @@ impl CpuOp<3> for SpectralChunk {
         "spectral-chunk"
     }
 
-    fn forward(&self, [u, s, d]: [Input; 3]) -> candle_core::Result<(Vec<f32>, Shape)> {
+    fn forward(&self, [u, s, d]: [Input; 3]) -> Output {
         let (rows, n, _) = u.shape().dims3()?;
-        let (u, s, d) = (u.values(), s.values(), d.values());
+        let (u, s, d) = (u.values()?, s.values()?, d.values()?);
         let width = self.noise.samples * n + 1;
         let mut out = vec![0f32; rows * width];
         self.for_rows((&u, &s, &d), n, &mut out, width, |_, row, o| {
@@ -253,7 +253,7 @@ impl CpuOp<3> for SpectralChunk {
             let quad: f32 = y.iter().zip(inv_prev).map(|(y, w)| w * y * y).sum();
             terms[0] = trace + quad;
         });
-        Ok((out, Shape::from((rows, width))))
+        Ok((F32(out), Shape::from((rows, width))))
     }
 
     fn backward(&self, [u, log_s, d]: [&Tensor; 3], _y: &Tensor, grad: &Tensor) -> Gradients<3> {

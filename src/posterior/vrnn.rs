@@ -9,10 +9,10 @@
 use super::{Covariance, Gaussian, KnownCayley, PosteriorFamily, StepInput};
 use crate::linalg::{self, map_items};
 use crate::nn::Params;
-use crate::nn::cpu_op::{CpuOp, Fused, Gradients, Input, with_values};
+use crate::nn::cpu_op::{CpuOp, Fused, Gradients, Input, Output, with_values};
 use crate::nn::mlp::{Linear, affine_gradient_values, affine_values};
 use anyhow::Result;
-use candle_core::{DType, Shape, Tensor};
+use candle_core::{CpuStorage::F32, DType, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
 
 /// Initial log-variance of the VRNN posterior (bias of `vrnn.log_s`).
@@ -112,7 +112,7 @@ impl CpuOp<3> for CayleyHead {
         "vrnn-cayley-head"
     }
 
-    fn forward(&self, [x, w, b]: [Input; 3]) -> candle_core::Result<(Vec<f32>, Shape)> {
+    fn forward(&self, [x, w, b]: [Input; 3]) -> Output {
         let (rows, d) = x.shape().dims2()?;
         let (d2, nn) = w.shape().dims2()?;
         let n = (nn as f64).sqrt().round() as usize;
@@ -140,9 +140,9 @@ impl CpuOp<3> for CayleyHead {
                     Ok(())
                 })?;
             }
-            return Ok((u, Shape::from((rows, n, n))));
+            return Ok((F32(u), Shape::from((rows, n, n))));
         }
-        let (x, w, b) = (x.values(), w.values(), b.values());
+        let (x, w, b) = (x.values()?, w.values()?, b.values()?);
         let lower = LowerColumns::new(n);
         let m = lower.len();
         let t = affine_values(
@@ -155,7 +155,7 @@ impl CpuOp<3> for CayleyHead {
         let u = map_items(rows, nn, |i, out| {
             linalg::cayley_packed_lower_f32(&t[i * m..(i + 1) * m], n, out, i, rows)
         })?;
-        Ok((u, Shape::from((rows, n, n))))
+        Ok((F32(u), Shape::from((rows, n, n))))
     }
 
     fn backward(&self, [x, w, _b]: [&Tensor; 3], u: &Tensor, grad: &Tensor) -> Gradients<3> {
