@@ -123,14 +123,8 @@ impl Core {
         let carry = self.lstm.step(&x, &state.carry)?;
         let phi = self.proj.forward(&carry.h)?;
         let mut window = state.window.clone();
-        let keep = self.posterior.history_window();
-        if keep > 0 {
-            window.push_back(x.detach());
-            while window.len() > keep {
-                window.pop_front();
-            }
-        }
-        let slice: Vec<Tensor> = window.iter().cloned().collect();
+        let slice =
+            posterior::slide_window(&mut window, x.detach(), self.posterior.history_window());
         let input = StepInput {
             phi: &phi,
             carry: &carry,

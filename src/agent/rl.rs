@@ -559,6 +559,14 @@ impl Rollout {
         })
     }
 
+    /// Whether some task's last transition did not end its episode (γ-multiplier ≠ 0): only
+    /// then does the rollout need a bootstrap value.
+    pub fn continues(&self) -> bool {
+        self.discounts
+            .last()
+            .is_some_and(|d| d.iter().any(|v| *v != 0.0))
+    }
+
     /// (a_{t−1}, r_{t−1}) of every task, None at t = 0.
     pub fn previous(&self, t: usize) -> Option<(&[usize], &[f32])> {
         (t > 0).then(|| (&self.actions[t - 1][..], &self.rewards[t - 1][..]))
@@ -750,11 +758,7 @@ pub fn rollout(
     }
     // U of q_0..q_T (the bootstrap step below is not replayed by the loss).
     let cayley = acting.take_cayley();
-    let continues = ro
-        .discounts
-        .last()
-        .is_some_and(|d| d.iter().any(|v| *v != 0.0));
-    ro.bootstrap = if continues {
+    ro.bootstrap = if ro.continues() {
         let prev = ro.previous(horizon);
         let eps = noise.next(model, rng, b)?;
         let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;

@@ -57,6 +57,21 @@ pub struct StepInput<'a> {
     pub window: &'a [Tensor],
 }
 
+/// [`StepInput::window`] after x_t arrives: x_t appended to `window` and the oldest inputs
+/// dropped until at most `keep` remain (none for `keep` = 0); returns the window's inputs,
+/// oldest first.
+pub fn slide_window(
+    window: &mut std::collections::VecDeque<Tensor>,
+    x: Tensor,
+    keep: usize,
+) -> Vec<Tensor> {
+    window.push_back(x);
+    while window.len() > keep {
+        window.pop_front();
+    }
+    window.iter().cloned().collect()
+}
+
 /// The full VRNN's U = cayley(L) of some rows, already computed: the rows of steps `range` of
 /// `steps`, each step's U a (B, n, n) f32 tensor.
 #[derive(Clone)]

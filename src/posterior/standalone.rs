@@ -449,11 +449,7 @@ impl LaplaceLstm {
             let x = inputs.narrow(1, t, 1)?.squeeze(1)?;
             carry = lstm.step(&x, &carry)?;
             let phi = proj.forward_composed(&carry.h, false)?;
-            window.push_back(x);
-            while window.len() > keep {
-                window.pop_front();
-            }
-            let slice: Vec<Tensor> = window.iter().cloned().collect();
+            let slice = super::slide_window(&mut window, x, keep);
             let input = StepInput {
                 phi: &phi,
                 carry: &carry,

@@ -59,11 +59,7 @@ pub fn rollout(
         obs = ro.push_step(obs, actions, &log_probs, out, eps, values);
         state = step.state.detach();
     }
-    let continues = ro
-        .discounts
-        .last()
-        .is_some_and(|d| d.iter().any(|v| *v != 0.0));
-    ro.bootstrap = if continues {
+    ro.bootstrap = if ro.continues() {
         let prev = ro.previous(horizon);
         let (step, emb_s) = model.observe(&state, &model.inputs(&obs, prev)?)?;
         let z = step.state.q.sample(&noise.next(model, rng, b)?)?;
