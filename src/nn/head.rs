@@ -20,6 +20,7 @@
 
 use super::Params;
 use super::cpu_op::{CpuOp, Fused, Gradients, Input, Output, with_values};
+use super::first_layer;
 use super::kernels::{Mat, parts, run_parts, sgemm, split_even, split_rows_mut, sum_in_order};
 use super::mlp::{
     LayerNorm, Mlp, affine_gradient_values, affine_into, layer_norm_gradients,
@@ -351,12 +352,36 @@ fn backward_rows(
     dx: &mut [f32],
     parallel: bool,
 ) -> Vec<f32> {
-    let (layers, total) = param_offsets(sizes);
-    let (d, rows) = (sizes[0], r.len());
-    let mut dp = vec![0f32; total];
+    let d = sizes[0];
+    let mut dp = vec![0f32; param_offsets(sizes).1];
+    let g = backward_layers(sizes, p, saved, grad, r.clone(), 0, &mut dp, parallel);
+    let x = &x[(r.start - x_first) * d..(r.end - x_first) * d];
+    let (dgamma, dbeta) = layer_norm_gradients_into(x, &p[..d], &g, d, dx);
+    dp[..d].copy_from_slice(&dgamma);
+    dp[d..2 * d].copy_from_slice(&dbeta);
+    dp
+}
+
+/// The chain rule of [`HeadOp`]'s backward through the layers L … `first` + 1 (1-based, as in
+/// the module docs) for the rows `r`: writes δW_l, δb_l of those layers into `dp` (the packed
+/// parameters' gradient) and returns ∂L/∂y_first (rows × d_first), the gradient at the input
+/// of layer `first` + 1 (`first` = 0: at the layer norm's output).
+#[allow(clippy::too_many_arguments)]
+fn backward_layers(
+    sizes: &[usize],
+    p: &[f32],
+    saved: &[Vec<f32>],
+    grad: &[f32],
+    r: std::ops::Range<usize>,
+    first: usize,
+    dp: &mut [f32],
+    parallel: bool,
+) -> Vec<f32> {
+    let (layers, _) = param_offsets(sizes);
+    let rows = r.len();
     let out_width = *sizes.last().unwrap();
     let mut g = grad[r.start * out_width..r.end * out_width].to_vec();
-    for (l, &(w, b)) in layers.iter().enumerate().rev() {
+    for (l, &(w, b)) in layers.iter().enumerate().rev().take(layers.len() - first) {
         let (k, n) = (sizes[l], sizes[l + 1]);
         if l + 1 < layers.len() {
             // y_l = leaky(z_l) has the sign of z_l, so act′ is read from the output.
@@ -372,11 +397,7 @@ fn backward_rows(
         dp[b..b + n].copy_from_slice(&gb);
         g = gx;
     }
-    let x = &x[(r.start - x_first) * d..(r.end - x_first) * d];
-    let (dgamma, dbeta) = layer_norm_gradients_into(x, &p[..d], &g, d, dx);
-    dp[..d].copy_from_slice(&dgamma);
-    dp[d..2 * d].copy_from_slice(&dbeta);
-    dp
+    g
 }
 
 /// The head of [`Head::forward`] as one op on (rows, d_in) inputs and the parameters packed as
@@ -732,7 +753,52 @@ impl SharedHeadsOp {
         let serial = ranges.len() == 1;
         let dzs = split_rows_mut(&mut dz, n, &ranges);
         let work: Vec<_> = ranges.into_iter().zip(dzs).collect();
+        // Few distinct table rows: the layer norm and first layer through the table
+        // (`nn::first_layer`).
+        let factored = self.gather.as_ref().and_then(|g| {
+            first_layer::pays(g.table_rows, rows).then(|| {
+                let centred = first_layer::CentredTable::new(table, g.width);
+                let heads: Vec<_> = self
+                    .sizes
+                    .iter()
+                    .zip(&starts)
+                    .map(|(s, &at)| first_layer::HeadFactors::new(s, &packed[at..], &centred))
+                    .collect();
+                (g, centred, heads)
+            })
+        });
         let shares = run_parts(work, |(r, dz)| {
+            if let Some((g, centred, factors)) = &factored {
+                let sources = r.clone().map(|row| g.source(row)).collect();
+                let norms =
+                    first_layer::RowNorms::new(table, centred, sources, &z[r.start * n..r.end * n]);
+                let mut dtable = vec![0f32; table_rows * e];
+                let mut dp = Vec::with_capacity(total);
+                for (h, sizes) in self.sizes.iter().enumerate() {
+                    let p = &packed[starts[h]..starts[h] + param_offsets(sizes).1];
+                    let grad = &grad[out_starts[h]..out_starts[h] + rows * sizes.last().unwrap()];
+                    let saved = &traces[h].layer_inputs;
+                    let mut share = vec![0f32; param_offsets(sizes).1];
+                    let g1 =
+                        backward_layers(sizes, p, saved, grad, r.clone(), 1, &mut share, serial);
+                    let h1 = sizes[1];
+                    let y1 = (sizes.len() > 2).then(|| &saved[1][r.start * h1..r.end * h1]);
+                    first_layer::backward(
+                        sizes,
+                        p,
+                        (centred, &factors[h]),
+                        &norms,
+                        g1,
+                        y1,
+                        (&mut *dz, h > 0),
+                        &mut share,
+                        &mut dtable,
+                        serial,
+                    );
+                    dp.extend_from_slice(&share);
+                }
+                return (dtable, dp);
+            }
             let x = self.assemble(table, z, r.clone());
             let mut dx = vec![0f32; r.len() * d];
             let mut head_dx = vec![0f32; r.len() * d];

@@ -333,14 +333,21 @@ fn normalise_rows(x: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
 fn normalise_rows_into(x: &[f32], d: usize, xhat: &mut [f32]) -> Vec<f32> {
     let mut inv = Vec::with_capacity(x.len() / d.max(1));
     for (row, out) in x.chunks(d).zip(xhat.chunks_mut(d)) {
-        let mean = lane_sum(row) / d as f32;
-        out.iter_mut().zip(row).for_each(|(o, v)| *o = v - mean);
-        let var = lane_dot(out, out) / d as f32;
-        let s = 1.0 / (var + LN_EPS as f32).sqrt();
-        out.iter_mut().for_each(|o| *o *= s);
-        inv.push(s);
+        inv.push(normalise_row(row, out).1);
     }
     inv
+}
+
+/// One row of [`normalise_rows`]: x̂ = (x − mean)/√(var + ε) into `out`; returns
+/// (mean, 1/√(var + ε)).
+pub(crate) fn normalise_row(row: &[f32], out: &mut [f32]) -> (f32, f32) {
+    let d = row.len();
+    let mean = lane_sum(row) / d as f32;
+    out.iter_mut().zip(row).for_each(|(o, v)| *o = v - mean);
+    let var = lane_dot(out, out) / d as f32;
+    let s = 1.0 / (var + LN_EPS as f32).sqrt();
+    out.iter_mut().for_each(|o| *o *= s);
+    (mean, s)
 }
 
 /// y = x̂∘γ + β for every row of x (rows of d).

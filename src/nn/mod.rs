@@ -2,6 +2,7 @@
 //! layer norm, and the LSTM core with its analytic Jacobian.
 
 pub(crate) mod cpu_op;
+mod first_layer;
 pub mod head;
 pub mod kernels;
 pub mod lstm;
