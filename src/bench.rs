@@ -335,9 +335,9 @@ fn mlp_macs(sizes: &[usize]) -> f64 {
 /// nothing), the VRNN head, Cayley map and KL, and the Laplace statistics (D, J = PᵀD, JJᵀ,
 /// Cholesky, trace solve) once per update. Elementwise work is not counted. The gridworld's
 /// heads see [embedding of s_t, z], the embedding gathered from a few hundred distinct rows:
-/// their backward runs the first layer's embedding columns through the table
-/// (`nn::first_layer`), so it counts n·H_1 instead of (E + n)·H_1 per head and row there (the
-/// table's own products, U·E·H_1 each, are not counted).
+/// their first layer runs its embedding columns through the table (`nn::first_layer`, forward
+/// and backward), so it counts n·H_1 instead of (E + n)·H_1 per head and row (the table's own
+/// products, U·E·H_1 each, are not counted).
 pub fn update_flops(task: Task, m: &ModelConfig, batch: usize, steps: usize) -> f64 {
     let (h, n, e) = (m.hidden as f64, m.features as f64, m.embed_width as f64);
     let rows = (batch * steps) as f64;
@@ -355,15 +355,6 @@ pub fn update_flops(task: Task, m: &ModelConfig, batch: usize, steps: usize) -> 
     // (inputs, heads, the policy and value heads among them): the RL loss pass reuses the
     // rollout's policy and value activations (`agent::rl::HeadTraces`) and runs only their
     // backward.
-    // Multiply-adds per row that the heads' backward does not do (see above): the embedding
-    // columns of the policy and value heads' first layer.
-    let table_factored = match task {
-        Task::Gridworld => {
-            let first = |d_out: usize| e * m.head_hidden.first().copied().unwrap_or(d_out) as f64;
-            first(4) + first(1)
-        }
-        _ => 0.0,
-    };
     let (inputs, heads, traced) = match task {
         Task::Regression => (
             2.0 * (e + e * e) + 2.0 * e * 4.0 * h,
@@ -375,7 +366,11 @@ pub fn update_flops(task: Task, m: &ModelConfig, batch: usize, steps: usize) -> 
             (0.0, acting + head(m.features + 5, 1), acting)
         }
         Task::Gridworld => {
-            let acting = head(m.embed_width + m.features, 4) + head(m.embed_width + m.features, 1);
+            // The embedding columns of the first layers go through the table (see above).
+            let first = |d_out: usize| e * m.head_hidden.first().copied().unwrap_or(d_out) as f64;
+            let acting = head(m.embed_width + m.features, 4) + head(m.embed_width + m.features, 1)
+                - first(4)
+                - first(1);
             (0.0, acting, acting)
         }
     };
@@ -416,8 +411,7 @@ pub fn update_flops(task: Task, m: &ModelConfig, batch: usize, steps: usize) -> 
         forward
     };
     let loss_forward = forward - rows * nz * traced;
-    let backward = 2.0 * (forward - rows * nz * table_factored);
-    2.0 * (rollout + loss_forward + backward + rows * laplace)
+    2.0 * (rollout + loss_forward + 2.0 * forward + rows * laplace)
 }
 
 fn median(v: &mut [f64]) -> f64 {

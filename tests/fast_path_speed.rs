@@ -7,7 +7,7 @@ use candle_core::{D, Device, Tensor, Var};
 use common::fast_path::assert_close;
 use common::tensors::values;
 use lvrnn::nn::Params;
-use lvrnn::nn::head::{Gathered, Head, HeadTrace};
+use lvrnn::nn::head::{Gathered, Head, HeadTrace, TableFactors};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
@@ -148,6 +148,60 @@ fn shared_heads_equal_the_unfused_graph_with_gradients() {
 /// `lstm_sequence_gathered` (the sequence's input rows gathered from distinct rows inside the
 /// fused LSTM op) equals `index_select` followed by `lstm_sequence_rows`, in the outputs and in
 /// the gradients of the distinct rows and of W_h.
+/// `Head::trace_all_gathered` (the rollout's heads on [table row, z], the first layer through
+/// the table) equals `Head::trace_all` on the assembled rows — every layer input and the
+/// output — step after step while the table grows and its factors are kept between the
+/// calls, for a hidden-layer head and a one-layer head, with several samples per row.
+#[test]
+fn gathered_head_traces_equal_the_traces_of_the_assembled_rows() {
+    lvrnn::init_threads(1);
+    let (samples, batch, e, n) = (3, 5, 6, 4);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut params = Params::new();
+    let policy = Head::new(&mut params, "policy", e + n, &[8, 8], 3, &mut rng).unwrap();
+    let value = Head::new(&mut params, "value", e + n, &[], 1, &mut rng).unwrap();
+    jitter(&params);
+    let packed = [
+        policy.packed_values().unwrap(),
+        value.packed_values().unwrap(),
+    ];
+    let heads = [(&policy, &packed[0][..]), (&value, &packed[1][..])];
+    let mut factors = TableFactors::default();
+    let mut table: Vec<f32> = vec![];
+    for step in 0..4 {
+        // Two new table rows per step (shifted away from zero mean), rows drawn from all so far.
+        let fresh = values(&randn(&mut rng, &[2, e]).affine(1.5, 0.7).unwrap());
+        table.extend(fresh.iter().map(|v| *v as f32));
+        let u = table.len() / e;
+        let index: Vec<u32> = (0..batch).map(|_| rng.gen_range(0..u as u32)).collect();
+        let z: Vec<f32> = values(&randn(&mut rng, &[samples * batch, n]))
+            .iter()
+            .map(|v| *v as f32)
+            .collect();
+        let rows = samples * batch;
+        let mut x = Vec::with_capacity(rows * (e + n));
+        for r in 0..rows {
+            let t = index[r % batch] as usize;
+            x.extend_from_slice(&table[t * e..(t + 1) * e]);
+            x.extend_from_slice(&z[r * n..(r + 1) * n]);
+        }
+        let fast =
+            Head::trace_all_gathered(&heads, &mut factors, &table, &index, &z, samples).unwrap();
+        let slow = Head::trace_all(&heads, &x, rows).unwrap();
+        let f64s = |v: &[f32]| v.iter().map(|x| *x as f64).collect::<Vec<_>>();
+        for (h, (a, b)) in fast.iter().zip(&slow).enumerate() {
+            assert_eq!(a.rows, b.rows);
+            assert_eq!(a.layer_inputs.len(), b.layer_inputs.len());
+            for (l, (ya, yb)) in a.layer_inputs.iter().zip(&b.layer_inputs).enumerate() {
+                let what = format!("step {step}, head {h}, layer input {l}");
+                assert_close(&what, &f64s(ya), &f64s(yb), 1.0);
+            }
+            let what = format!("step {step}, head {h}, output");
+            assert_close(&what, &f64s(&a.output), &f64s(&b.output), 1.0);
+        }
+    }
+}
+
 #[test]
 fn gathered_lstm_sequence_equals_index_select_then_the_sequence() {
     use lvrnn::nn::lstm_seq::{lstm_sequence_gathered, lstm_sequence_rows};

@@ -14,6 +14,7 @@ use crate::posterior::Gaussian;
 use crate::posterior::filter::{JacobianWeights, LaplaceFilter};
 use anyhow::Result;
 use candle_core::Tensor;
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// The posterior's part of an acting state.
@@ -27,8 +28,8 @@ enum Posterior {
 pub struct ActStep {
     /// Samples z ~ q_t, (n_Z, B, n).
     pub z: Tensor,
-    /// Embeddings of every input kind for the B rows, (B, E) each.
-    pub embedded: Vec<Tensor>,
+    /// Embeddings of every input kind for the B rows ([`Acting::embedding`]).
+    pub embedded: Embedded,
     /// Differential entropy of q_t (None for the point estimate).
     pub entropy: Option<Vec<f64>>,
     /// KL(q_t ‖ q_{t−1}) (None for the point estimate).
@@ -36,6 +37,16 @@ pub struct ActStep {
     /// Laplace only: the offsets L_t^{−T} ε (n_Z·B·n) and the KL gradient Λ̃_{t−1}(μ_t − μ_{t−1})
     /// (B·n), for the loss pass.
     pub laplace: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// The embeddings of one step's B rows.
+pub enum Embedded {
+    /// Row b of every input kind is row `slots[b]` of the input cache's table of that kind
+    /// ([`Acting::embedding`]).
+    Cached(Vec<u32>),
+    /// The rows themselves, (B·E) values per input kind (inputs that do not repeat, once the
+    /// cache is full).
+    Rows(Vec<Vec<f32>>),
 }
 
 /// B sequences stepped online from the zero carry.
@@ -106,6 +117,31 @@ impl<'a> Acting<'a> {
         Ok(())
     }
 
+    /// The embeddings of input kind `kind` for the rows of `step` (a step of this acting run)
+    /// as a table (U, E) and, per row, its row of the table: the input cache's table, which only
+    /// grows during a run ([`Embedded::Cached`]), or the step's own rows.
+    pub fn embedding<'s>(&'s self, step: &'s ActStep, kind: usize) -> (&'s [f32], Cow<'s, [u32]>) {
+        match &step.embedded {
+            Embedded::Cached(slots) => (&self.inputs.embedded[kind], Cow::Borrowed(&slots[..])),
+            Embedded::Rows(rows) => (&rows[kind], Cow::Owned((0..self.batch as u32).collect())),
+        }
+    }
+
+    /// [`Acting::embedding`] gathered into the rows' own embeddings, (B, E).
+    pub fn embedding_rows(&self, step: &ActStep, kind: usize) -> Result<Tensor> {
+        let (table, index) = self.embedding(step, kind);
+        let table_rows = match &step.embedded {
+            Embedded::Cached(_) => self.inputs.slots.len(),
+            Embedded::Rows(_) => self.batch,
+        };
+        let e = table.len() / table_rows.max(1);
+        let rows: Vec<f32> = index
+            .iter()
+            .flat_map(|&u| table[u as usize * e..(u as usize + 1) * e].iter().copied())
+            .collect();
+        Ok(Tensor::from_vec(rows, (self.batch, e), &self.core.device)?)
+    }
+
     /// The Cayley factors kept since [`Acting::keep_cayley`], step after step.
     pub fn take_cayley(&mut self) -> Option<Vec<Tensor>> {
         self.cayley.take()
@@ -131,13 +167,6 @@ impl<'a> Acting<'a> {
             true,
         );
         let device = &self.core.device;
-        let embedded = embedded
-            .into_iter()
-            .map(|e| {
-                let width = e.len() / b;
-                Ok(Tensor::from_vec(e, (b, width), device)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(match &mut self.posterior {
             Posterior::Laplace(filter) => {
                 let stats = filter.step(&self.weights, &self.c, &self.h, &xw, &phi)?;
@@ -224,14 +253,14 @@ struct InputCache {
 }
 
 impl InputCache {
-    /// x W_x + b (B·4H) and the embeddings of every input kind (B·E each) of one step's rows
-    /// (one row-major (B, d_k) block per input kind).
+    /// x W_x + b (B·4H) and the embeddings of every input kind ([`Embedded`]) of one step's
+    /// rows (one row-major (B, d_k) block per input kind).
     fn project(
         &mut self,
         core: &Core,
         kinds: &[Vec<f32>],
         b: usize,
-    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    ) -> Result<(Vec<f32>, Embedded)> {
         let dims: Vec<usize> = kinds.iter().map(|k| k.len() / b.max(1)).collect();
         let keys: Vec<Vec<u32>> = (0..b)
             .map(|r| {
@@ -253,7 +282,7 @@ impl InputCache {
             let embedded = (0..kinds.len())
                 .map(|k| Ok(stage.embedding(k)?.flatten_all()?.to_vec1()?))
                 .collect::<Result<Vec<_>>>()?;
-            return Ok((stage.xw.flatten_all()?.to_vec1()?, embedded));
+            return Ok((stage.xw.flatten_all()?.to_vec1()?, Embedded::Rows(embedded)));
         }
         if !new_rows.is_empty() {
             let part: Vec<Vec<f32>> = (kinds.iter().zip(&dims))
@@ -276,23 +305,16 @@ impl InputCache {
             }
         }
         let g = 4 * core.hidden;
-        let slots: Vec<usize> = keys.iter().map(|k| self.slots[k]).collect();
+        let slots: Vec<u32> = keys.iter().map(|k| self.slots[k] as u32).collect();
         let xw = slots
             .iter()
-            .flat_map(|s| self.xw[s * g..(s + 1) * g].iter().copied())
-            .collect();
-        let embedded = self
-            .embedded
-            .iter()
-            .map(|store| {
-                let e = store.len() / self.slots.len();
-                slots
+            .flat_map(|&s| {
+                self.xw[s as usize * g..(s as usize + 1) * g]
                     .iter()
-                    .flat_map(|s| store[s * e..(s + 1) * e].iter().copied())
-                    .collect()
+                    .copied()
             })
             .collect();
-        Ok((xw, embedded))
+        Ok((xw, Embedded::Cached(slots)))
     }
 }
 
@@ -360,9 +382,20 @@ mod tests {
                         .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()))
             };
             assert!(close(&xw, &values(stage.xw.clone())), "xw, step {step}");
-            for (k, e) in embedded.iter().enumerate() {
+            for k in 0..kinds.len() {
+                let got: Vec<f32> = match &embedded {
+                    Embedded::Rows(rows) => rows[k].clone(),
+                    Embedded::Cached(slots) => {
+                        let store = &cache.embedded[k];
+                        let e = store.len() / cache.slots.len();
+                        slots
+                            .iter()
+                            .flat_map(|&s| store[s as usize * e..(s as usize + 1) * e].to_vec())
+                            .collect()
+                    }
+                };
                 let want = values(stage.embedding(k).unwrap());
-                assert!(close(e, &want), "embedding {k}, step {step}");
+                assert!(close(&got, &want), "embedding {k}, step {step}");
             }
         }
         assert!(cache.slots.len() <= CACHE_ROWS);

@@ -8,14 +8,14 @@
 //! [embedding of s_t, z] (gridworld default, "state_z"). Over the samples the policy's
 //! log-softmax is averaged and renormalised, and the value is averaged (App. B.3).
 
-use crate::agent::acting::Acting;
+use crate::agent::acting::{Acting, Embedded};
 use crate::agent::replay::SequenceInputs;
 use crate::agent::{Core, CoreState, CoreStep, Model, randn};
 use crate::config::{ExperimentConfig, Task, env_kind, policy_sees_state, reward_loss_scale};
 use crate::config::{ModelConfig, SampleEvery};
 use crate::envs::{EnvKind, MetaEnv, Step, make_env};
 use crate::nn::Params;
-use crate::nn::head::{Head, HeadTrace};
+use crate::nn::head::{Head, HeadTrace, TableFactors};
 use anyhow::{Result, bail};
 use candle_core::{D, Tensor};
 use rand::{Rng, SeedableRng};
@@ -710,20 +710,32 @@ pub fn rollout(
     let (mut policy_trace, mut value_trace) = (HeadTrace::default(), HeadTrace::default());
     let mut obs = first_obs;
     let mut noise = model.noise_stream();
+    let mut factors = TableFactors::default();
     for t in 0..horizon {
         let prev = ro.previous(t);
         let eps = noise.next(model, rng, b)?;
         let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
-        // The heads on the (n_Z, B) inputs, as `RlModel::log_probs` / `values` compute them.
-        let input: Vec<f32> = model
-            .head_input(&step.embedded[INPUT_OBS], &step.z)?
-            .flatten_all()?
-            .to_vec1()?;
+        // The heads on the (n_Z, B) inputs, as `RlModel::log_probs` / `values` compute them:
+        // [embedding of s_t, z] (gathered from the input cache's table, whose factors are kept
+        // for the run) or z.
         let heads = [
             (&model.policy, &weights.0[..]),
             (&model.value, &weights.1[..]),
         ];
-        let [policy, value]: [HeadTrace; 2] = Head::trace_all(&heads, &input, nz * b)?
+        let z: Vec<f32> = step.z.flatten_all()?.to_vec1()?;
+        let traces = match (&step.embedded, model.policy_sees_state) {
+            (_, false) => Head::trace_all(&heads, &z, nz * b)?,
+            (Embedded::Cached(_), true) => {
+                let (table, index) = acting.embedding(&step, INPUT_OBS);
+                Head::trace_all_gathered(&heads, &mut factors, table, &index, &z, nz)?
+            }
+            (Embedded::Rows(_), true) => {
+                let emb = acting.embedding_rows(&step, INPUT_OBS)?;
+                let input: Vec<f32> = model.head_input(&emb, &step.z)?.flatten_all()?.to_vec1()?;
+                Head::trace_all(&heads, &input, nz * b)?
+            }
+        };
+        let [policy, value]: [HeadTrace; 2] = traces
             .try_into()
             .map_err(|_| anyhow::anyhow!("two head traces"))?;
         let logits = Tensor::from_vec(policy.output.clone(), (nz, b, model.num_actions), device)?;
@@ -762,7 +774,7 @@ pub fn rollout(
         let prev = ro.previous(horizon);
         let eps = noise.next(model, rng, b)?;
         let step = acting.observe(&model.raw_inputs(&obs, prev), &eps)?;
-        let input = model.head_input(&step.embedded[INPUT_OBS], &step.z)?;
+        let input = model.head_input(&acting.embedding_rows(&step, INPUT_OBS)?, &step.z)?;
         model.values(&input)?.to_vec1()?
     } else {
         vec![0.0; b]

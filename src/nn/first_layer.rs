@@ -26,11 +26,13 @@
 //!
 //! with P_u = Σ_{r∈u} s_r p_r, Q2_u = Σ_{r∈u} s_r² q_r, R_u = Σ_{r∈u} s_r² q_r d_r: n·H_1 + 2·n·H_1
 //! per row plus U·E·H_1 per table product, instead of 2·D·H_1 per row (the gridworld's heads:
-//! D = 320, n = 64, U a few hundred against 25,600 rows). The same values as the generic
-//! backward up to rounding; `tests/fast_path_speed.rs` holds it to the unfused graph.
+//! D = 320, n = 64, U a few hundred against 25,600 rows). The forward is factored the same way
+//! ([`forward`]): y_0 W + b = s_r ã_u + s_r d_r c_e + W_eᵀβ_e + b + y_{0,z} W_z. The same values
+//! as the generic passes up to rounding; `tests/fast_path_speed.rs` holds both to the unfused
+//! graph.
 
 use super::kernels::{Mat, lane_dot, sgemm};
-use super::mlp::{leaky_derivative, normalise_row};
+use super::mlp::{leaky, leaky_derivative, normalise_row};
 
 /// Whether the factored backward pays for a table of `table_rows` distinct rows gathered into
 /// `rows` rows: its table products cost about 3·U·E·H_1 against the 2·rows·E·H_1 it saves.
@@ -49,19 +51,23 @@ pub(super) struct CentredTable {
 
 impl CentredTable {
     pub(super) fn new(table: &[f32], width: usize) -> Self {
-        let mut centred = table.to_vec();
-        let mean = centred
-            .chunks_mut(width.max(1))
-            .map(|row| {
-                let m = super::kernels::lane_sum(row) / width as f32;
-                row.iter_mut().for_each(|v| *v -= m);
-                m
-            })
-            .collect();
-        Self {
+        let mut centred = Self {
             width,
-            mean,
-            centred,
+            mean: vec![],
+            centred: vec![],
+        };
+        centred.extend(table);
+        centred
+    }
+
+    /// Takes in the rows of `table` beyond those already in (a table that only grows, such as
+    /// the rollout's input cache).
+    pub(super) fn extend(&mut self, table: &[f32]) {
+        let e = self.width.max(1);
+        for row in table[self.centred.len()..].chunks(e) {
+            let m = super::kernels::lane_sum(row) / e as f32;
+            self.centred.extend(row.iter().map(|v| v - m));
+            self.mean.push(m);
         }
     }
 
@@ -70,12 +76,13 @@ impl CentredTable {
     }
 }
 
-/// One head's factors: γ_e∘t̃_u (U × E), ã_u (U × H_1), c and c_e (H_1).
+/// One head's factors: γ_e∘t̃_u (U × E), ã_u (U × H_1), c, c_e and k = W_eᵀβ_e + b (H_1).
 pub(super) struct HeadFactors {
     scaled: Vec<f32>,
     a: Vec<f32>,
     c: Vec<f32>,
     c_e: Vec<f32>,
+    k: Vec<f32>,
 }
 
 /// Where the first layer's W (D × H_1, row-major) and b start in a head's packed parameters
@@ -86,37 +93,67 @@ fn first_layer(sizes: &[usize]) -> (usize, usize, usize) {
 }
 
 impl HeadFactors {
-    /// The factors of the head with layer sizes `sizes` and packed parameters `p`.
+    /// The factors of the head with layer sizes `sizes` and packed parameters `p` for the
+    /// rows of `table`.
     pub(super) fn new(sizes: &[usize], p: &[f32], table: &CentredTable) -> Self {
         let (d, e) = (sizes[0], table.width);
-        let (w_at, _, h1) = first_layer(sizes);
-        let (gamma, w) = (&p[..d], &p[w_at..w_at + d * h1]);
-        let scaled: Vec<f32> = table
-            .centred
-            .chunks(e.max(1))
-            .flat_map(|row| row.iter().zip(&gamma[..e]).map(|(t, g)| t * g))
-            .collect();
-        let u = table.rows();
-        let mut a = vec![0f32; u * h1];
-        sgemm(
-            u,
-            h1,
-            e,
-            Mat::rows(&scaled, e),
-            Mat::rows(&w[..e * h1], h1),
-            &mut a,
-            false,
-            false,
-        );
-        // c = Wᵀγ, accumulated over the input rows j of W in order (c_e: the first E).
+        let (w_at, b_at, h1) = first_layer(sizes);
+        let (gamma, beta, w) = (&p[..d], &p[d..2 * d], &p[w_at..w_at + d * h1]);
+        // c = Wᵀγ, accumulated over the input rows j of W in order (c_e: the first E), and
+        // k = W_eᵀβ_e + b.
         let (mut c, mut c_e) = (vec![0f32; h1], vec![0f32; h1]);
+        let mut k = vec![0f32; h1];
         for (j, row) in w.chunks(h1).enumerate() {
             c.iter_mut().zip(row).for_each(|(c, w)| *c += gamma[j] * w);
+            if j < e {
+                k.iter_mut().zip(row).for_each(|(k, w)| *k += beta[j] * w);
+            }
             if j + 1 == e {
                 c_e.copy_from_slice(&c);
             }
         }
-        Self { scaled, a, c, c_e }
+        k.iter_mut()
+            .zip(&p[b_at..b_at + h1])
+            .for_each(|(k, b)| *k += b);
+        let mut factors = Self {
+            scaled: vec![],
+            a: vec![],
+            c,
+            c_e,
+            k,
+        };
+        factors.extend(sizes, p, table);
+        factors
+    }
+
+    /// Adds the factors of the table rows beyond those already in (see
+    /// [`CentredTable::extend`]).
+    pub(super) fn extend(&mut self, sizes: &[usize], p: &[f32], table: &CentredTable) {
+        let (d, e) = (sizes[0], table.width);
+        let (w_at, _, h1) = first_layer(sizes);
+        let (gamma, w_e) = (&p[..d], &p[w_at..w_at + e * h1]);
+        let done = self.scaled.len() / e.max(1);
+        let new = table.rows() - done;
+        if new == 0 {
+            return;
+        }
+        let scaled: Vec<f32> = table.centred[done * e..]
+            .chunks(e.max(1))
+            .flat_map(|row| row.iter().zip(&gamma[..e]).map(|(t, g)| t * g))
+            .collect();
+        let mut a = vec![0f32; new * h1];
+        sgemm(
+            new,
+            h1,
+            e,
+            Mat::rows(&scaled, e),
+            Mat::rows(w_e, h1),
+            &mut a,
+            false,
+            false,
+        );
+        self.scaled.extend(scaled);
+        self.a.extend(a);
     }
 }
 
@@ -148,6 +185,57 @@ impl RowNorms {
             xhat_z.extend_from_slice(&xhat[e..]);
         }
         Self { u, s, d, xhat_z }
+    }
+}
+
+/// The factored forward of one head's layer norm and first layer for a part's rows (their
+/// statistics `norms`): writes y_0 = x̂∘γ + β (rows × D) into `y0`, from x̂_e = s_r(t̃_u + d_r𝟙),
+/// and the first layer's output into `y1`, leaky-ReLU (a hidden layer) or linear (a one-layer
+/// head) of its pre-activation
+///
+///   y_0 W + b = s_r ã_u + s_r d_r c_e + k + y_{0,z} W_z,
+///
+/// n·H_1 multiply-adds per row instead of D·H_1. `parallel` as in `nn::head::forward_rows`.
+pub(super) fn forward(
+    sizes: &[usize],
+    p: &[f32],
+    (table, f): (&CentredTable, &HeadFactors),
+    norms: &RowNorms,
+    y0: &mut [f32],
+    y1: &mut [f32],
+    parallel: bool,
+) {
+    let (d, e) = (sizes[0], table.width);
+    let n = d - e;
+    let (w_at, _, h1) = first_layer(sizes);
+    let (gamma, beta) = (&p[..d], &p[d..2 * d]);
+    let w_z = &p[w_at + e * h1..w_at + d * h1];
+    let rows = norms.s.len();
+    for (r, row) in y0.chunks_mut(d).take(rows).enumerate() {
+        let (u, s, dr) = (norms.u[r], norms.s[r], norms.d[r]);
+        let t = &table.centred[u * e..(u + 1) * e];
+        for j in 0..e {
+            row[j] = gamma[j] * (s * (t[j] + dr)) + beta[j];
+        }
+        let xh = &norms.xhat_z[r * n..(r + 1) * n];
+        for k in 0..n {
+            row[e + k] = gamma[e + k] * xh[k] + beta[e + k];
+        }
+    }
+    let y0z = Mat {
+        data: &y0[e..rows * d],
+        rs: d as isize,
+        cs: 1,
+    };
+    sgemm(rows, h1, n, y0z, Mat::rows(w_z, h1), y1, false, parallel);
+    let hidden = sizes.len() > 2;
+    for (r, out) in y1.chunks_mut(h1).take(rows).enumerate() {
+        let (u, s, dr) = (norms.u[r], norms.s[r], norms.d[r]);
+        let a = &f.a[u * h1..(u + 1) * h1];
+        for k in 0..h1 {
+            let v = out[k] + s * a[k] + s * dr * f.c_e[k] + f.k[k];
+            out[k] = if hidden { leaky(v) } else { v };
+        }
     }
 }
 

@@ -149,6 +149,87 @@ impl Head {
     }
 }
 
+/// The factors [`Head::trace_all_gathered`] keeps between calls for a table that only grows.
+#[derive(Default)]
+pub struct TableFactors {
+    centred: Option<first_layer::CentredTable>,
+    heads: Vec<first_layer::HeadFactors>,
+}
+
+impl Head {
+    /// [`Head::trace_all`] on the rows x_r = [table_{index[b]}, z_r] of one step (r = s·B + b
+    /// for the n_Z = `samples` samples; z: (n_Z·B) × n values; table: (U, E) values), with the
+    /// layer norm and first layer through the table (`nn::first_layer::forward`): the same
+    /// values up to rounding, n·H_1 instead of (E + n)·H_1 multiply-adds per row and head.
+    /// `factors` keeps the table rows' factors between calls, so that a table that only grows
+    /// (the acting input cache's) is factored once per row; the caller gives the same heads at
+    /// the same parameters with every call (a fresh `TableFactors` otherwise).
+    pub fn trace_all_gathered(
+        heads: &[(&Head, &[f32])],
+        factors: &mut TableFactors,
+        table: &[f32],
+        index: &[u32],
+        z: &[f32],
+        samples: usize,
+    ) -> Result<Vec<HeadTrace>> {
+        let sizes = heads
+            .iter()
+            .map(|(h, _)| h.sizes())
+            .collect::<Result<Vec<_>>>()?;
+        let batch = index.len();
+        let rows = samples * batch;
+        let n = z.len() / rows.max(1);
+        let d = sizes[0][0];
+        if n * rows != z.len() || d <= n || sizes.iter().any(|s| s[0] != d) {
+            anyhow::bail!(
+                "gathered head traces: z of {} values for {rows} rows",
+                z.len()
+            );
+        }
+        let e = d - n;
+        let table_rows = table.len() / e;
+        if table_rows * e != table.len() || index.iter().any(|&u| u as usize >= table_rows) {
+            anyhow::bail!("gathered head traces: an index into a table of {table_rows} rows");
+        }
+        let centred = factors
+            .centred
+            .get_or_insert_with(|| first_layer::CentredTable::new(&[], e));
+        centred.extend(table);
+        if factors.heads.is_empty() {
+            factors.heads = sizes
+                .iter()
+                .zip(heads)
+                .map(|(s, (_, p))| first_layer::HeadFactors::new(s, p, centred))
+                .collect();
+        }
+        for ((f, s), (_, p)) in factors.heads.iter_mut().zip(&sizes).zip(heads) {
+            f.extend(s, p, centred);
+        }
+        let gather = GatherSpec {
+            index: index.to_vec(),
+            samples,
+            batch,
+            width: e,
+            table_rows,
+        };
+        let specs: Vec<(&[usize], &[f32])> = sizes
+            .iter()
+            .zip(heads)
+            .map(|(s, (_, p))| (&s[..], *p))
+            .collect();
+        Ok(
+            forward_many_factored(&specs, (&gather, table, centred), &factors.heads, z, rows)
+                .into_iter()
+                .map(|(layer_inputs, output)| HeadTrace {
+                    rows,
+                    layer_inputs,
+                    output,
+                })
+                .collect(),
+        )
+    }
+}
+
 impl Head {
     /// The head's output and its gradient with respect to the input, for a head with one
     /// output, on `rows` rows of plain values x (rows × d_in), given its
@@ -271,6 +352,59 @@ fn forward_many_with(
     x_rows: &RowSource,
     rows: usize,
 ) -> Vec<(Vec<Vec<f32>>, Vec<f32>)> {
+    forward_parts(
+        heads,
+        rows,
+        x_rows,
+        |x, _, (sizes, p), r, ys, out, serial| forward_rows(sizes, p, x, r.len(), ys, out, serial),
+    )
+}
+
+/// [`forward_many_with`] on the rows x_r = [table_{g(r)}, z_r] of `gather`, the layer norm and
+/// first layer through the table (`nn::first_layer::forward`; `factors`: one per head, for
+/// every table row), the same values up to rounding.
+fn forward_many_factored(
+    heads: &[(&[usize], &[f32])],
+    (gather, table, centred): (&GatherSpec, &[f32], &first_layer::CentredTable),
+    factors: &[first_layer::HeadFactors],
+    z: &[f32],
+    rows: usize,
+) -> Vec<(Vec<Vec<f32>>, Vec<f32>)> {
+    let n = z.len() / rows.max(1);
+    let norms = |r: Range<usize>| {
+        let sources = r.clone().map(|row| gather.source(row)).collect();
+        first_layer::RowNorms::new(table, centred, sources, &z[r.start * n..r.end * n])
+    };
+    forward_parts(
+        heads,
+        rows,
+        &norms,
+        |norms, h, (sizes, p), r, ys, out, serial| {
+            let f = &factors[h];
+            let (y0, rest) = ys.split_at_mut(1);
+            let y1: &mut [f32] = match rest.first_mut() {
+                Some(y1) => y1,
+                None => out,
+            };
+            first_layer::forward(sizes, p, (centred, f), norms, y0[0], y1, serial);
+            forward_layers_from(1, sizes, p, r.len(), ys, out, serial);
+        },
+    )
+}
+
+/// The forward of several heads on the same `rows` rows, split into contiguous parts between
+/// the threads ([`parts`]; one part: the serial code, its products free to use the threads):
+/// per part, `prepare` gives what the heads share (the input rows, or their layer norm
+/// statistics), then `run` fills each head's (by its index) layer inputs and output for those
+/// rows.
+fn forward_parts<P>(
+    heads: &[(&[usize], &[f32])],
+    rows: usize,
+    prepare: &(dyn Fn(Range<usize>) -> P + Sync),
+    run: impl Fn(&P, usize, (&[usize], &[f32]), Range<usize>, &mut [&mut [f32]], &mut [f32], bool)
+    + Sync
+    + Send,
+) -> Vec<(Vec<Vec<f32>>, Vec<f32>)> {
     let mut results: Vec<(Vec<Vec<f32>>, Vec<f32>)> = heads
         .iter()
         .map(|(sizes, _)| {
@@ -301,9 +435,9 @@ fn forward_many_with(
     }
     let work: Vec<_> = ranges.iter().cloned().zip(views).collect();
     run_parts(work, |(r, views)| {
-        let x = x_rows(r.clone());
-        for ((sizes, p), (mut ys, out)) in heads.iter().zip(views) {
-            forward_rows(sizes, p, &x, r.len(), &mut ys, out, serial);
+        let shared = prepare(r.clone());
+        for (h, (&head, (mut ys, out))) in heads.iter().zip(views).enumerate() {
+            run(&shared, h, head, r.clone(), &mut ys, out, serial);
         }
     });
     results
@@ -322,9 +456,23 @@ fn forward_rows(
 ) {
     let d = sizes[0];
     layer_norm_into(x, &p[..d], &p[d..2 * d], d, ys[0]);
+    forward_layers_from(0, sizes, p, rows, ys, out, parallel);
+}
+
+/// The layers `first` + 1 … L of [`forward_rows`] (1-based), given their input y_first in
+/// `ys[first]`.
+fn forward_layers_from(
+    first: usize,
+    sizes: &[usize],
+    p: &[f32],
+    rows: usize,
+    ys: &mut [&mut [f32]],
+    out: &mut [f32],
+    parallel: bool,
+) {
     let (offsets, _) = param_offsets(sizes);
     let layers = offsets.len();
-    for (l, &(w, b)) in offsets.iter().enumerate() {
+    for (l, &(w, b)) in offsets.iter().enumerate().skip(first) {
         let (k, n) = (sizes[l], sizes[l + 1]);
         let (w, b) = (&p[w..w + k * n], &p[b..b + n]);
         let (inputs, rest) = ys.split_at_mut(l + 1);
@@ -693,8 +841,20 @@ impl SharedHeadsOp {
                     .zip(&starts)
                     .map(|(s, &at)| (&s[..], &packed[at..at + param_offsets(s).1]))
                     .collect();
-                let source = |r: Range<usize>| self.assemble(table, z, r);
-                let results = forward_many_with(&specs, &source, rows);
+                let results = match self.gather.as_ref() {
+                    Some(g) if first_layer::pays(g.table_rows, rows) => {
+                        let centred = first_layer::CentredTable::new(table, g.width);
+                        let factors: Vec<_> = specs
+                            .iter()
+                            .map(|(s, p)| first_layer::HeadFactors::new(s, p, &centred))
+                            .collect();
+                        forward_many_factored(&specs, (g, table, &centred), &factors, z, rows)
+                    }
+                    _ => {
+                        let source = |r: Range<usize>| self.assemble(table, z, r);
+                        forward_many_with(&specs, &source, rows)
+                    }
+                };
                 let mut output = vec![];
                 let mut traces = vec![];
                 for (layer_inputs, out) in results {
