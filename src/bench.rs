@@ -328,7 +328,8 @@ fn mlp_macs(sizes: &[usize]) -> f64 {
 
 /// The model's FLOP count (2 per multiply-add) of one training update, as this implementation
 /// does the work: the rollout's forward pass (RL only), the loss pass's forward (without the
-/// policy and value heads, whose rollout activations it reuses), and a backward pass of twice
+/// policy and value heads and the LSTM recurrence, whose rollout values it reuses), and a
+/// backward pass of twice
 /// the forward's matrix work for everything that carries a gradient. Counted:
 /// the recurrent product h·W_h, the projection P, the heads on every sample, the input stage
 /// for continuous inputs (discrete inputs are deduplicated to a handful of rows and count as
@@ -410,7 +411,13 @@ pub fn update_flops(task: Task, m: &ModelConfig, batch: usize, steps: usize) -> 
     } else {
         forward
     };
-    let loss_forward = forward - rows * nz * traced;
+    // The RL loss pass takes the rollout's LSTM states too (`nn::lstm_seq::lstm_sequence_known`):
+    // its recurrence h·W_h does not run again.
+    let recurrence = match task {
+        Task::Regression => 0.0,
+        _ => 4.0 * h * h,
+    };
+    let loss_forward = forward - rows * (nz * traced + recurrence);
     2.0 * (rollout + loss_forward + 2.0 * forward + rows * laplace)
 }
 

@@ -202,6 +202,84 @@ fn gathered_head_traces_equal_the_traces_of_the_assembled_rows() {
     }
 }
 
+/// `lstm_sequence_known` on the states and gates a rollout's `lstm_step`s left equals the
+/// sequence op computing them (the states, ∂L/∂xw and ∂L/∂W_h), with and without an index;
+/// a second pass over the same trace (its parts taken) computes its own and agrees too.
+#[test]
+fn lstm_sequence_from_the_rollouts_steps_equals_the_sequence_op() {
+    use lvrnn::nn::lstm_seq::{
+        SequenceTrace, lstm_sequence_gathered, lstm_sequence_known, lstm_sequence_rows, lstm_step,
+    };
+    lvrnn::init_threads(1);
+    let (steps, batch, hidden, distinct) = (6, 5, 4, 7);
+    for indexed in [true, false] {
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let u = if indexed { distinct } else { steps * batch };
+        let xw = Var::from_tensor(&(randn(&mut rng, &[u, 4 * hidden]) * 0.5).unwrap()).unwrap();
+        let wh =
+            Var::from_tensor(&(randn(&mut rng, &[hidden, 4 * hidden]) * 0.5).unwrap()).unwrap();
+        let index: Vec<u32> = match indexed {
+            true => (0..steps * batch)
+                .map(|_| rng.gen_range(0..distinct as u32))
+                .collect(),
+            false => (0..u as u32).collect(),
+        };
+        let weights = randn(&mut rng, &[steps, batch, 2 * hidden]);
+        // The rollout: one lstm_step per step from the zero carry, states and gates kept.
+        let xv: Vec<f32> = xw.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let whv: Vec<f32> = wh.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let (mut c, mut h) = (vec![0f32; batch * hidden], vec![0f32; batch * hidden]);
+        let (mut states, mut gates) = (vec![], vec![]);
+        for t in 0..steps {
+            let rows: Vec<f32> = index[t * batch..(t + 1) * batch]
+                .iter()
+                .flat_map(|&r| xv[r as usize * 4 * hidden..(r as usize + 1) * 4 * hidden].to_vec())
+                .collect();
+            gates.extend(lstm_step(&rows, &whv, &mut c, &mut h, batch, hidden));
+            for (hb, cb) in h.chunks(hidden).zip(c.chunks(hidden)) {
+                states.extend_from_slice(hb);
+                states.extend_from_slice(cb);
+            }
+        }
+        let trace = Arc::new(SequenceTrace::new(states, gates));
+        let known_index = indexed.then(|| Arc::new(index.clone()));
+        let slow = match indexed {
+            true => lstm_sequence_gathered(
+                xw.as_tensor(),
+                Arc::new(index.clone()),
+                wh.as_tensor(),
+                steps,
+            ),
+            false => lstm_sequence_rows(xw.as_tensor(), wh.as_tensor(), steps),
+        }
+        .unwrap();
+        let loss = |out: &Tensor| out.mul(&weights).unwrap().sum_all().unwrap();
+        let gs = loss(&slow).backward().unwrap();
+        for pass in ["from the trace", "trace taken"] {
+            let what = format!("index {indexed}, {pass}");
+            let fast = lstm_sequence_known(
+                xw.as_tensor(),
+                known_index.clone(),
+                wh.as_tensor(),
+                steps,
+                trace.clone(),
+            )
+            .unwrap();
+            assert_close(
+                &format!("{what}: states"),
+                &values(&fast),
+                &values(&slow),
+                1.0,
+            );
+            let gf = loss(&fast).backward().unwrap();
+            for (name, t) in [("xw", xw.as_tensor()), ("W_h", wh.as_tensor())] {
+                let (a, b) = (gf.get(t).expect(name), gs.get(t).expect(name));
+                assert_close(&format!("{what}: ∂L/∂{name}"), &values(a), &values(b), 1.0);
+            }
+        }
+    }
+}
+
 #[test]
 fn gathered_lstm_sequence_equals_index_select_then_the_sequence() {
     use lvrnn::nn::lstm_seq::{lstm_sequence_gathered, lstm_sequence_rows};

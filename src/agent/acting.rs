@@ -9,7 +9,7 @@
 
 use super::Core;
 use crate::nn::kernels::{Mat, sgemm};
-use crate::nn::lstm_seq::lstm_step;
+use crate::nn::lstm_seq::{SequenceTrace, lstm_step};
 use crate::posterior::Gaussian;
 use crate::posterior::filter::{JacobianWeights, LaplaceFilter};
 use anyhow::Result;
@@ -66,6 +66,9 @@ pub struct Acting<'a> {
     /// Whether [`Acting::observe`] reports the entropy and the KL of the point estimate's and
     /// the VRNN's posteriors (the Laplace filter computes them anyway).
     stats: bool,
+    /// The LSTM's states [h_t, c_t] and activated gates of every step, when kept
+    /// ([`Acting::keep_sequence`]).
+    sequence: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl<'a> Acting<'a> {
@@ -96,6 +99,7 @@ impl<'a> Acting<'a> {
             inputs: InputCache::default(),
             cayley: None,
             stats: true,
+            sequence: None,
         })
     }
 
@@ -115,6 +119,22 @@ impl<'a> Acting<'a> {
             }
         }
         Ok(())
+    }
+
+    /// From now on, keeps the LSTM's states and gates of every step (for the loss pass's
+    /// recurrence, `nn::lstm_seq::lstm_sequence_known`), `steps` of them expected.
+    pub fn keep_sequence(&mut self, steps: usize) {
+        let (b, hd) = (self.batch, self.core.hidden);
+        self.sequence = Some((
+            Vec::with_capacity(steps * b * 2 * hd),
+            Vec::with_capacity(steps * b * 4 * hd),
+        ));
+    }
+
+    /// The LSTM values kept since [`Acting::keep_sequence`], step-major.
+    pub fn take_sequence(&mut self) -> Option<SequenceTrace> {
+        let (states, gates) = self.sequence.take()?;
+        Some(SequenceTrace::new(states, gates))
     }
 
     /// The embeddings of input kind `kind` for the rows of `step` (a step of this acting run)
@@ -152,7 +172,14 @@ impl<'a> Acting<'a> {
     pub fn observe(&mut self, kinds: &[Vec<f32>], eps: &Tensor) -> Result<ActStep> {
         let (b, hd, n) = (self.batch, self.core.hidden, self.core.features);
         let (xw, embedded) = self.inputs.project(self.core, kinds, b)?;
-        lstm_step(&xw, &self.weights.wh, &mut self.c, &mut self.h, b, hd);
+        let gates = lstm_step(&xw, &self.weights.wh, &mut self.c, &mut self.h, b, hd);
+        if let Some((states, kept)) = &mut self.sequence {
+            for (h, c) in self.h.chunks(hd).zip(self.c.chunks(hd)) {
+                states.extend_from_slice(h);
+                states.extend_from_slice(c);
+            }
+            kept.extend_from_slice(&gates);
+        }
         let mut phi: Vec<f32> = (0..b)
             .flat_map(|_| self.proj_bias.iter().copied())
             .collect();
@@ -282,7 +309,10 @@ impl InputCache {
             let embedded = (0..kinds.len())
                 .map(|k| Ok(stage.embedding(k)?.flatten_all()?.to_vec1()?))
                 .collect::<Result<Vec<_>>>()?;
-            return Ok((stage.xw.flatten_all()?.to_vec1()?, Embedded::Rows(embedded)));
+            return Ok((
+                stage.xw()?.flatten_all()?.to_vec1()?,
+                Embedded::Rows(embedded),
+            ));
         }
         if !new_rows.is_empty() {
             let part: Vec<Vec<f32>> = (kinds.iter().zip(&dims))
@@ -294,7 +324,7 @@ impl InputCache {
                 })
                 .collect();
             let stage = core.project_inputs(&part, new_rows.len())?;
-            self.xw.extend(stage.xw.flatten_all()?.to_vec1::<f32>()?);
+            self.xw.extend(stage.xw()?.flatten_all()?.to_vec1::<f32>()?);
             self.embedded.resize(kinds.len(), vec![]);
             for (k, store) in self.embedded.iter_mut().enumerate() {
                 store.extend(stage.embedding(k)?.flatten_all()?.to_vec1::<f32>()?);
@@ -381,7 +411,7 @@ mod tests {
                         .zip(w)
                         .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()))
             };
-            assert!(close(&xw, &values(stage.xw.clone())), "xw, step {step}");
+            assert!(close(&xw, &values(stage.xw().unwrap())), "xw, step {step}");
             for k in 0..kinds.len() {
                 let got: Vec<f32> = match &embedded {
                     Embedded::Rows(rows) => rows[k].clone(),

@@ -20,7 +20,9 @@
 
 use super::Core;
 use crate::nn::kernels::dedup_rows;
-use crate::nn::lstm_seq::{lstm_sequence_gathered, lstm_sequence_rows, project_hidden};
+use crate::nn::lstm_seq::{
+    SequenceTrace, lstm_sequence_gathered, lstm_sequence_known, lstm_sequence_rows, project_hidden,
+};
 use crate::posterior::spectral_kl::{ChunkNoise, spectral_chunk};
 use crate::posterior::{Covariance, Gaussian, KnownCayley};
 use anyhow::{Result, bail};
@@ -45,13 +47,20 @@ pub struct InputStage {
     index: Option<(Tensor, Arc<Vec<u32>>)>,
     /// x W_x + b of the distinct rows (U, 4H), with gradient.
     distinct_xw: Tensor,
-    /// x W_x + b of every row, (rows, 4H); gathered from the distinct rows without a graph
-    /// (values only: the replay's recurrence gathers its rows itself,
-    /// [`lstm_sequence_gathered`]).
-    pub xw: Tensor,
 }
 
 impl InputStage {
+    /// x W_x + b of every row, (rows, 4H): the distinct rows themselves (with gradient) where
+    /// every row is distinct, else gathered from them without a graph (values only: the
+    /// replay's recurrence gathers its rows itself, [`lstm_sequence_gathered`]). Formed on
+    /// request: the RL loss pass never needs it (the gridworld's is 52 MB).
+    pub fn xw(&self) -> Result<Tensor> {
+        Ok(match &self.index {
+            Some((idx, _)) => self.distinct_xw.detach().index_select(idx, 0)?,
+            None => self.distinct_xw.clone(),
+        })
+    }
+
     /// The embedding of input kind `kind` for every row, (rows, E).
     pub fn embedding(&self, kind: usize) -> Result<Tensor> {
         let e = &self.unique_embedded[kind];
@@ -75,34 +84,49 @@ impl InputStage {
 pub struct CoreReplay {
     /// The input stage of all T·B rows (step-major).
     pub inputs: InputStage,
-    /// x_t W_x + b, (T, B, 4H).
-    pub xw: Tensor,
     /// [h_t, c_t] for t = 1..T, (T, B, 2H).
     pub states: Tensor,
     /// φ_0..φ_T, (T+1, B, n); φ_0 = P·0 + p_b is the output at the zero carry.
     pub phi: Tensor,
 }
 
+impl CoreReplay {
+    /// x_t W_x + b, (T, B, 4H) ([`InputStage::xw`]).
+    pub fn xw(&self) -> Result<Tensor> {
+        let (steps, batch, _) = self.states.dims3()?;
+        Ok(self.inputs.xw()?.reshape((steps, batch, ()))?)
+    }
+}
+
 impl Core {
     /// Replays a known input sequence from the zero carry (steps 1–3 of the module docs).
     pub fn replay(&self, inputs: &SequenceInputs) -> Result<CoreReplay> {
+        self.replay_known(inputs, None)
+    }
+
+    /// [`Core::replay`] given the recurrence's values where they are known (a rollout's of
+    /// these inputs at these parameters, `agent::rl::HeadTraces::sequence`).
+    pub fn replay_known(
+        &self,
+        inputs: &SequenceInputs,
+        known: Option<&Arc<SequenceTrace>>,
+    ) -> Result<CoreReplay> {
         let (steps, batch) = (inputs.steps, inputs.batch);
         let rows = steps * batch;
         let stage = self.project_inputs(&inputs.kinds, rows)?;
-        // The recurrence reads the step-major rows directly; `xw` (T, B, 4H) is for values.
-        let states = match &stage.index {
-            Some((_, index)) => {
-                lstm_sequence_gathered(&stage.distinct_xw, index.clone(), &self.lstm.wh, steps)?
-            }
-            None => lstm_sequence_rows(&stage.xw, &self.lstm.wh, steps)?,
+        // The recurrence reads the step-major rows directly.
+        let (xw, wh) = (&stage.distinct_xw, &self.lstm.wh);
+        let index = stage.index.as_ref().map(|(_, index)| index.clone());
+        let states = match (known, index) {
+            (Some(known), index) => lstm_sequence_known(xw, index, wh, steps, known.clone())?,
+            (None, Some(index)) => lstm_sequence_gathered(xw, index, wh, steps)?,
+            (None, None) => lstm_sequence_rows(xw, wh, steps)?,
         };
-        let xw = stage.xw.reshape((steps, batch, 4 * self.hidden))?;
         let phi = project_hidden(&states, &self.proj.weight, &self.proj.bias)?; // (T, B, n)
         let zero = Tensor::zeros((1, batch, self.hidden), DType::F32, &self.device)?;
         let phi0 = self.proj.forward(&zero)?;
         Ok(CoreReplay {
             inputs: stage,
-            xw,
             states,
             phi: Tensor::cat(&[&phi0, &phi], 0)?,
         })
@@ -147,15 +171,10 @@ impl Core {
         }
         let x = Tensor::cat(&unique_embedded, 1)?;
         let distinct_xw = x.matmul(&self.lstm.wx)?.broadcast_add(&self.lstm.b)?;
-        let xw = match &index {
-            Some((idx, _)) => distinct_xw.detach().index_select(idx, 0)?,
-            None => distinct_xw.clone(),
-        };
         Ok(InputStage {
             unique_embedded,
             index,
             distinct_xw,
-            xw,
         })
     }
 

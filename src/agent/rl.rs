@@ -16,6 +16,7 @@ use crate::config::{ModelConfig, SampleEvery};
 use crate::envs::{EnvKind, MetaEnv, Step, make_env};
 use crate::nn::Params;
 use crate::nn::head::{Head, HeadTrace, TableFactors};
+use crate::nn::lstm_seq::SequenceTrace;
 use anyhow::{Result, bail};
 use candle_core::{D, Tensor};
 use rand::{Rng, SeedableRng};
@@ -460,13 +461,17 @@ impl Keep {
 /// gradient step per rollout, the PPO loss is evaluated at exactly these parameters, so it
 /// reuses them instead of running the heads forward a second time (`train::ppo::ppo_loss`).
 /// The full VRNN's Cayley factors U_0..U_T are kept the same way: its loss pass then runs the
-/// Cayley map's backward only.
+/// Cayley map's backward only; and the LSTM's states and gates: the loss pass's recurrence
+/// neither runs forward nor recomputes its gates.
 pub struct HeadTraces {
     pub params: u64,
     pub policy: Arc<HeadTrace>,
     pub value: Arc<HeadTrace>,
     /// The full VRNN's U of q_0..q_T, (B, n, n) per step (None for other families).
     pub cayley: Option<Arc<Vec<Tensor>>>,
+    /// The LSTM's states and gates of steps 1..T: the loss pass's recurrence takes them
+    /// (`nn::lstm_seq::lstm_sequence_known`) instead of running again.
+    pub sequence: Option<Arc<SequenceTrace>>,
 }
 
 /// The Laplace statistics of one rollout step, reused by the loss (no gradient).
@@ -702,6 +707,7 @@ pub fn rollout(
     let mut acting = Acting::new(&model.core, b)?;
     if keep.heads {
         acting.keep_cayley()?;
+        acting.keep_sequence(horizon);
     }
     if !keep.posterior {
         acting.skip_stats();
@@ -770,6 +776,7 @@ pub fn rollout(
     }
     // U of q_0..q_T (the bootstrap step below is not replayed by the loss).
     let cayley = acting.take_cayley();
+    let sequence = acting.take_sequence();
     ro.bootstrap = if ro.continues() {
         let prev = ro.previous(horizon);
         let eps = noise.next(model, rng, b)?;
@@ -787,6 +794,7 @@ pub fn rollout(
             policy: Arc::new(policy_trace),
             value: Arc::new(value_trace),
             cayley: cayley.map(Arc::new),
+            sequence: sequence.map(Arc::new),
         });
     }
     Ok(ro)

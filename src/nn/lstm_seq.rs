@@ -15,7 +15,9 @@
 //!   ∂L/∂xw_t = δz_t,  ∂L/∂W_h = Σ_t h_{t−1}ᵀ δz_t  (one matrix product over all steps).
 //!
 //! The gates are recomputed in the backward pass from the saved outputs with one large matrix
-//! product, so the op keeps no state. Checked against the per-step graph in `tests/fast_path.rs`.
+//! product, so the op keeps no state — unless a rollout computed them at the same parameters
+//! ([`lstm_sequence_known`]: the RL loss pass then runs neither the forward recurrence nor that
+//! product). Checked against the per-step graph in `tests/fast_path.rs`.
 
 use super::cpu_op::{CpuOp, Fused, Gradients, Input, Output, f32_values, with_values};
 use super::kernels::{
@@ -25,7 +27,7 @@ use super::kernels::{
 use anyhow::Result;
 use candle_core::{CpuStorage::F32, Shape, Tensor};
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The op; `steps` = T where xw comes as step-major rows (T·B, 4H), None for (T, B, 4H).
 /// With `index` (T·B entries, `steps` set) xw holds distinct rows (U, 4H) and row t·B + b of
@@ -33,6 +35,35 @@ use std::sync::Arc;
 struct LstmSequence {
     steps: Option<usize>,
     index: Option<Arc<Vec<u32>>>,
+    /// The forward's values computed beforehand ([`lstm_sequence_known`]).
+    known: Option<Arc<SequenceTrace>>,
+}
+
+/// An LSTM sequence's values as a rollout computed them step by step ([`lstm_step`]): the
+/// states [h_t, c_t] (T·B·2H, step-major) and the activated gates (T·B·4H). Each is handed
+/// over once ([`lstm_sequence_known`]): the op's output takes the states and its backward the
+/// gates, which it overwrites.
+pub struct SequenceTrace {
+    states: Mutex<Option<Vec<f32>>>,
+    gates: Mutex<Option<Vec<f32>>>,
+}
+
+impl SequenceTrace {
+    pub fn new(states: Vec<f32>, gates: Vec<f32>) -> Self {
+        Self {
+            states: Mutex::new(Some(states)),
+            gates: Mutex::new(Some(gates)),
+        }
+    }
+
+    /// The values of `part` (states or gates) if not yet taken and `len` long.
+    fn take(part: &Mutex<Option<Vec<f32>>>, len: usize) -> Option<Vec<f32>> {
+        let mut kept = part.lock().ok()?;
+        match kept.as_ref() {
+            Some(v) if v.len() == len => kept.take(),
+            _ => None,
+        }
+    }
 }
 
 impl LstmSequence {
@@ -65,6 +96,7 @@ pub fn lstm_sequence(xw: &Tensor, wh: &Tensor) -> Result<Tensor> {
     let op = LstmSequence {
         steps: None,
         index: None,
+        known: None,
     };
     Ok(xw.apply_op2(wh, Fused(op))?)
 }
@@ -76,6 +108,7 @@ pub fn lstm_sequence_rows(xw: &Tensor, wh: &Tensor, steps: usize) -> Result<Tens
     let op = LstmSequence {
         steps: Some(steps),
         index: None,
+        known: None,
     };
     Ok(xw.apply_op2(wh, Fused(op))?)
 }
@@ -93,8 +126,29 @@ pub fn lstm_sequence_gathered(
     let op = LstmSequence {
         steps: Some(steps),
         index: Some(index),
+        known: None,
     };
     Ok(distinct.apply_op2(wh, Fused(op))?)
+}
+
+/// [`lstm_sequence_gathered`] (or, without an index, [`lstm_sequence_rows`]) whose values are
+/// `known`'s, computed beforehand from the same inputs and W_h (a rollout's, at the same
+/// parameters: the caller's responsibility): the forward returns its states and the backward
+/// starts from its gates instead of recomputing them with a (T·B × H)·(H × 4H) product. A
+/// part already taken (a second pass over the same trace) is computed as without it.
+pub fn lstm_sequence_known(
+    xw: &Tensor,
+    index: Option<Arc<Vec<u32>>>,
+    wh: &Tensor,
+    steps: usize,
+    known: Arc<SequenceTrace>,
+) -> Result<Tensor> {
+    let op = LstmSequence {
+        steps: Some(steps),
+        index,
+        known: Some(known),
+    };
+    Ok(xw.apply_op2(wh, Fused(op))?)
 }
 
 /// The rows `rows` of the sequence's xw (each 4H wide): `xw` itself, or its rows gathered
@@ -229,13 +283,14 @@ fn forward_gathered(
         let rows = tasks.len();
         let (mut c, mut h) = (vec![0f32; rows * hidden], vec![0f32; rows * hidden]);
         for (t, dst) in steps.into_iter().enumerate() {
-            let xw_t = sequence_rows(
+            let mut z = sequence_rows(
                 xw,
                 index,
                 t * batch + tasks.start..t * batch + tasks.end,
                 g4,
-            );
-            lstm_step_rows(&xw_t, wh, &mut c, &mut h, rows, hidden, serial);
+            )
+            .into_owned();
+            lstm_step_rows(&mut z, wh, &mut c, &mut h, rows, hidden, serial);
             for b in 0..rows {
                 let row = &mut dst[b * h2..(b + 1) * h2];
                 row[..hidden].copy_from_slice(&h[b * hidden..(b + 1) * hidden]);
@@ -248,7 +303,8 @@ fn forward_gathered(
 
 /// One LSTM step on plain buffers (gates i, f, g, o; see `nn::lstm`):
 /// z = xw + h W_h, c ← f∘c + i∘g, h ← o∘tanh(c), for B rows, the rows split between the
-/// threads ([`parts`]).
+/// threads ([`parts`]). Returns the activated gates [i, f, g, o] (B×4H), what the backward of
+/// [`lstm_sequence`] reads.
 pub fn lstm_step(
     xw: &[f32],
     wh: &[f32],
@@ -256,27 +312,33 @@ pub fn lstm_step(
     h: &mut [f32],
     batch: usize,
     hidden: usize,
-) {
+) -> Vec<f32> {
+    let g4 = 4 * hidden;
+    let mut z = xw[..batch * g4].to_vec();
     let ranges = split_even(batch, parts(batch));
     if ranges.len() == 1 {
-        return lstm_step_rows(xw, wh, c, h, batch, hidden, true);
+        lstm_step_rows(&mut z, wh, c, h, batch, hidden, true);
+        return z;
     }
-    let g4 = 4 * hidden;
-    let (cs, hs) = (
+    let (zs, cs, hs) = (
+        split_rows_mut(&mut z, g4, &ranges),
         split_rows_mut(c, hidden, &ranges),
         split_rows_mut(h, hidden, &ranges),
     );
-    let work: Vec<_> = ranges.into_iter().zip(cs.into_iter().zip(hs)).collect();
-    run_parts(work, |(rows, (c, h))| {
-        let xw = &xw[rows.start * g4..rows.end * g4];
-        lstm_step_rows(xw, wh, c, h, rows.len(), hidden, false)
+    let work: Vec<_> = ranges
+        .into_iter()
+        .zip(zs.into_iter().zip(cs.into_iter().zip(hs)))
+        .collect();
+    run_parts(work, |(rows, (z, (c, h)))| {
+        lstm_step_rows(z, wh, c, h, rows.len(), hidden, false)
     });
+    z
 }
 
-/// [`lstm_step`] on the calling thread (`parallel`: whether its matrix product may use the
-/// other threads).
+/// [`lstm_step`] on the calling thread, z holding xw on entry and the activated gates on exit
+/// (`parallel`: whether its matrix product may use the other threads).
 fn lstm_step_rows(
-    xw: &[f32],
+    z: &mut [f32],
     wh: &[f32],
     c: &mut [f32],
     h: &mut [f32],
@@ -285,14 +347,13 @@ fn lstm_step_rows(
     parallel: bool,
 ) {
     let g4 = 4 * hidden;
-    let mut z = xw[..batch * g4].to_vec();
     sgemm(
         batch,
         g4,
         hidden,
         Mat::rows(h, hidden),
         Mat::rows(wh, g4),
-        &mut z,
+        z,
         true,
         parallel,
     );
@@ -407,7 +468,12 @@ impl CpuOp<2> for LstmSequence {
             );
         }
         let index = self.index.as_ref().map(|i| &i[..]);
-        let out = forward_gathered(&xw.values()?, index, &wh.values()?, t_len, batch, hidden);
+        let known = (self.known.as_ref())
+            .and_then(|k| SequenceTrace::take(&k.states, t_len * batch * 2 * hidden));
+        let out = match known {
+            Some(states) => states,
+            None => forward_gathered(&xw.values()?, index, &wh.values()?, t_len, batch, hidden),
+        };
         Ok((F32(out), Shape::from((t_len, batch, 2 * hidden))))
     }
 
@@ -417,11 +483,9 @@ impl CpuOp<2> for LstmSequence {
         let h2 = 2 * hidden;
         let device = xw.device().clone();
         // The inputs are read in place where contiguous (only xw is copied: it becomes the gates).
-        let (xs, xl) = xw.storage_and_layout();
         let index = self.index.as_ref().map(|i| &i[..]);
-        let mut gates =
-            sequence_rows(&f32_values(&xs, xl)?, index, 0..t_len * batch, g4).into_owned();
-        drop(xs);
+        let known =
+            (self.known.as_ref()).and_then(|k| SequenceTrace::take(&k.gates, t_len * batch * g4));
         let wh_v: Vec<f32> = wh.flatten_all()?.to_vec1()?;
         let (rs, rl) = res.storage_and_layout();
         let out = f32_values(&rs, rl)?;
@@ -437,18 +501,28 @@ impl CpuOp<2> for LstmSequence {
                 h_prev[dst..dst + hidden].copy_from_slice(&out[src..src + hidden]);
             }
         }
-        // Gates of every step at once: z = xw + h_{t−1} W_h.
-        sgemm(
-            t_len * batch,
-            g4,
-            hidden,
-            Mat::rows(&h_prev, hidden),
-            Mat::rows(&wh_v, g4),
-            &mut gates,
-            true,
-            true,
-        );
-        activate_gate_rows(&mut gates, hidden);
+        // Gates of every step at once (unless known): z = xw + h_{t−1} W_h.
+        let mut gates = match known {
+            Some(gates) => gates,
+            None => {
+                let (xs, xl) = xw.storage_and_layout();
+                let mut gates =
+                    sequence_rows(&f32_values(&xs, xl)?, index, 0..t_len * batch, g4).into_owned();
+                drop(xs);
+                sgemm(
+                    t_len * batch,
+                    g4,
+                    hidden,
+                    Mat::rows(&h_prev, hidden),
+                    Mat::rows(&wh_v, g4),
+                    &mut gates,
+                    true,
+                    true,
+                );
+                activate_gate_rows(&mut gates, hidden);
+                gates
+            }
+        };
         // Backward through time; dz overwrites the gates step by step. The tasks' recurrences
         // are independent: with several threads each runs a contiguous part of the batch
         // ([`parts`]; one part: the serial loop).

@@ -155,17 +155,18 @@ pub fn ppo_loss(
     let (horizon, b) = (ro.horizon(), ro.batch());
     let (nz, n) = (model.samples(), model.cfg.features);
     let core = &model.core;
-    let replay = core.replay(&model.sequence_inputs(ro)?)?;
     // What the rollout computed is reused only at the parameters it was computed at.
     let fresh = match ro.params {
         Some(p) => p == model.params.fingerprint()?,
         None => false,
     };
-    // The rollout's activations (heads, Cayley factors), if computed at these parameters.
+    // The rollout's activations (LSTM, heads, Cayley factors), if computed at these parameters.
     let traces = ro
         .heads
         .as_ref()
         .filter(|t| fresh && Some(t.params) == ro.params);
+    let sequence = traces.and_then(|t| t.sequence.as_ref());
+    let replay = core.replay_known(&model.sequence_inputs(ro)?, sequence)?;
     let cayley = traces.and_then(|t| t.cayley.as_ref());
     let post = core.posterior_sequence_known(&replay.phi, cayley)?;
     let device = &core.device;

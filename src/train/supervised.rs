@@ -65,7 +65,7 @@ pub fn negative_elbo(
                 cfg,
                 &w,
                 &replay.states.flatten_all()?.to_vec1()?,
-                &replay.xw.flatten_all()?.to_vec1()?,
+                &replay.xw()?.flatten_all()?.to_vec1()?,
                 &replay.phi.flatten_all()?.to_vec1()?,
                 &eps,
                 b,
