@@ -46,6 +46,23 @@ pub fn init_threads(n: usize) {
     });
 }
 
+/// Makes the calling thread (the CLI's main thread) one of the threads of rayon's global pool,
+/// of the configured size ([`init_threads`]), so that the batch-parallel loops
+/// (`nn::kernels::run_parts`) and gemm's split products started from it run one part on it and
+/// the others on the pool's other threads. Otherwise it hands every part to the pool and waits:
+/// with two cores that is three threads, and a wake-up of both workers for each of the
+/// rollout's small per-step regions. Call before any parallel work, from the one thread that
+/// does all of it (a thread of the pool only picks up work while it waits on its own parallel
+/// loops: other threads' loops run on the remaining workers); later calls do nothing.
+pub fn join_thread_pool() {
+    let threads = candle_core::utils::get_num_threads();
+    // Err: the global pool exists already (an earlier call, or rayon work before this one).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .use_current_thread()
+        .build_global();
+}
+
 /// Keeps freed tensor buffers in the process instead of returning them to the kernel (glibc
 /// only): buffers up to 32 MB come from the heap rather than fresh `mmap`s, and the heap is not
 /// trimmed below 1 GB. A training update allocates and frees the same large tensors every time;

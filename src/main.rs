@@ -208,6 +208,7 @@ fn main() {
     let cli = Cli::parse();
     // 0: the default thread count (the machine's cores).
     lvrnn::init_threads(cli.threads.unwrap_or(0));
+    lvrnn::join_thread_pool();
     if let Err(e) = run(cli.cmd) {
         // A run stopped by SIGINT / SIGTERM at a safe point: what happened and how to resume,
         // and the exit status a shell gives a process that signal ended (130, 143).
