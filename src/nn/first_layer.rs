@@ -1,5 +1,5 @@
-//! The backward of a head's layer norm and first layer on gathered rows, factored through the
-//! table of distinct rows (`Head::forward_shared`).
+//! A head's layer norm and first layer on gathered rows, forward and backward, factored through
+//! the table of distinct rows (`Head::forward_shared`, `Head::trace_all_gathered`).
 //!
 //! The heads' input rows are x_r = [t_u, z_r] (D = E + n wide), t_u = row u = g(r) of a table
 //! of U distinct state embeddings shared by many rows. The first layer's pre-activation is
@@ -24,9 +24,10 @@
 //!   δβ_e = W_e N,  δγ_e = Σ_u t̃_u∘(W_e S_u) + W_e Q,  δβ_z = Σ_r g_z,  δγ_z = Σ_r g_z∘x̂_z,
 //!   ∂L/∂t_u = γ_e∘(W_e S_u) − (P_u + R_u)𝟙 − Q2_u t̃_u,
 //!
-//! with P_u = Σ_{r∈u} s_r p_r, Q2_u = Σ_{r∈u} s_r² q_r, R_u = Σ_{r∈u} s_r² q_r d_r: n·H_1 + 2·n·H_1
-//! per row plus U·E·H_1 per table product, instead of 2·D·H_1 per row (the gridworld's heads:
-//! D = 320, n = 64, U a few hundred against 25,600 rows). The forward is factored the same way
+//! with P_u = Σ_{r∈u} s_r p_r, Q2_u = Σ_{r∈u} s_r² q_r, R_u = Σ_{r∈u} s_r² q_r d_r: 2·n·H_1
+//! multiply-adds per row (g_z and δW_z; the accumulators are O(H_1)) plus U·E·H_1 per table
+//! product, instead of 2·D·H_1 per row (the gridworld's heads: D = 320, n = 64, U a few
+//! hundred against 25,600 rows). The forward is factored the same way
 //! ([`forward`]): y_0 W + b = s_r ã_u + s_r d_r c_e + W_eᵀβ_e + b + y_{0,z} W_z. The same values
 //! as the generic passes up to rounding; `tests/fast_path_speed.rs` holds both to the unfused
 //! graph.
