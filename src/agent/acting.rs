@@ -14,7 +14,6 @@ use crate::posterior::Gaussian;
 use crate::posterior::filter::{JacobianWeights, LaplaceFilter};
 use anyhow::Result;
 use candle_core::Tensor;
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// The posterior's part of an acting state.
@@ -137,28 +136,20 @@ impl<'a> Acting<'a> {
         Some(SequenceTrace::new(states, gates))
     }
 
-    /// The embeddings of input kind `kind` for the rows of `step` (a step of this acting run)
-    /// as a table (U, E) and, per row, its row of the table: the input cache's table, which only
-    /// grows during a run ([`Embedded::Cached`]), or the step's own rows.
-    pub fn embedding<'s>(&'s self, step: &'s ActStep, kind: usize) -> (&'s [f32], Cow<'s, [u32]>) {
-        match &step.embedded {
-            Embedded::Cached(slots) => (&self.inputs.embedded[kind], Cow::Borrowed(&slots[..])),
-            Embedded::Rows(rows) => (&rows[kind], Cow::Owned((0..self.batch as u32).collect())),
-        }
+    /// The input cache's embeddings of input kind `kind`, one row per slot (a table that only
+    /// grows during a run): row b of a step's [`Embedded::Cached`] slots is row `slots[b]`.
+    pub fn embedding_table(&self, kind: usize) -> &[f32] {
+        &self.inputs.embedded[kind]
     }
 
-    /// [`Acting::embedding`] gathered into the rows' own embeddings, (B, E).
+    /// The embeddings of input kind `kind` for the rows of `step` (a step of this acting run),
+    /// (B, E).
     pub fn embedding_rows(&self, step: &ActStep, kind: usize) -> Result<Tensor> {
-        let (table, index) = self.embedding(step, kind);
-        let table_rows = match &step.embedded {
-            Embedded::Cached(_) => self.inputs.slots.len(),
-            Embedded::Rows(_) => self.batch,
+        let rows = match &step.embedded {
+            Embedded::Cached(slots) => self.inputs.gather(kind, slots),
+            Embedded::Rows(rows) => rows[kind].clone(),
         };
-        let e = table.len() / table_rows.max(1);
-        let rows: Vec<f32> = index
-            .iter()
-            .flat_map(|&u| table[u as usize * e..(u as usize + 1) * e].iter().copied())
-            .collect();
+        let e = rows.len() / self.batch.max(1);
         Ok(Tensor::from_vec(rows, (self.batch, e), &self.core.device)?)
     }
 
@@ -280,6 +271,16 @@ struct InputCache {
 }
 
 impl InputCache {
+    /// The embeddings of input kind `kind` of the given slots, one row each.
+    fn gather(&self, kind: usize, slots: &[u32]) -> Vec<f32> {
+        let store = &self.embedded[kind];
+        let e = store.len() / self.slots.len().max(1);
+        slots
+            .iter()
+            .flat_map(|&s| store[s as usize * e..(s as usize + 1) * e].iter().copied())
+            .collect()
+    }
+
     /// x W_x + b (B·4H) and the embeddings of every input kind ([`Embedded`]) of one step's
     /// rows (one row-major (B, d_k) block per input kind).
     fn project(
@@ -415,14 +416,7 @@ mod tests {
             for k in 0..kinds.len() {
                 let got: Vec<f32> = match &embedded {
                     Embedded::Rows(rows) => rows[k].clone(),
-                    Embedded::Cached(slots) => {
-                        let store = &cache.embedded[k];
-                        let e = store.len() / cache.slots.len();
-                        slots
-                            .iter()
-                            .flat_map(|&s| store[s as usize * e..(s as usize + 1) * e].to_vec())
-                            .collect()
-                    }
+                    Embedded::Cached(slots) => cache.gather(k, slots),
                 };
                 let want = values(stage.embedding(k).unwrap());
                 assert!(close(&got, &want), "embedding {k}, step {step}");

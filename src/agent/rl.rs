@@ -731,9 +731,9 @@ pub fn rollout(
         let z: Vec<f32> = step.z.flatten_all()?.to_vec1()?;
         let traces = match (&step.embedded, model.policy_sees_state) {
             (_, false) => Head::trace_all(&heads, &z, nz * b)?,
-            (Embedded::Cached(_), true) => {
-                let (table, index) = acting.embedding(&step, INPUT_OBS);
-                Head::trace_all_gathered(&heads, &mut factors, table, &index, &z, nz)?
+            (Embedded::Cached(slots), true) => {
+                let table = acting.embedding_table(INPUT_OBS);
+                Head::trace_all_gathered(&heads, &mut factors, table, slots, &z, nz)?
             }
             (Embedded::Rows(_), true) => {
                 let emb = acting.embedding_rows(&step, INPUT_OBS)?;

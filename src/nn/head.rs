@@ -797,6 +797,35 @@ impl SharedHeadsOp {
         (starts, at)
     }
 
+    /// With few distinct table rows for these `rows` rows (`first_layer::pays`), the factors
+    /// through which the heads' layer norm and first layer run (`nn::first_layer`): the
+    /// gather, the centred table and one [`first_layer::HeadFactors`] per head; None: the
+    /// generic passes on assembled rows.
+    fn table_factors<'s>(
+        &'s self,
+        table: &[f32],
+        packed: &[f32],
+        rows: usize,
+    ) -> Option<(
+        &'s GatherSpec,
+        first_layer::CentredTable,
+        Vec<first_layer::HeadFactors>,
+    )> {
+        let g = self.gather.as_ref()?;
+        if !first_layer::pays(g.table_rows, rows) {
+            return None;
+        }
+        let centred = first_layer::CentredTable::new(table, g.width);
+        let (starts, _) = self.param_starts();
+        let heads = self
+            .sizes
+            .iter()
+            .zip(&starts)
+            .map(|(s, &at)| first_layer::HeadFactors::new(s, &packed[at..], &centred))
+            .collect();
+        Some((g, centred, heads))
+    }
+
     /// Rows `r` of the input x_r = [table_{g(r)}, z_r] (or z_r) as values.
     fn assemble<'a>(&self, table: &[f32], z: &'a [f32], r: Range<usize>) -> Cow<'a, [f32]> {
         let n = self.z_width;
@@ -841,16 +870,11 @@ impl SharedHeadsOp {
                     .zip(&starts)
                     .map(|(s, &at)| (&s[..], &packed[at..at + param_offsets(s).1]))
                     .collect();
-                let results = match self.gather.as_ref() {
-                    Some(g) if first_layer::pays(g.table_rows, rows) => {
-                        let centred = first_layer::CentredTable::new(table, g.width);
-                        let factors: Vec<_> = specs
-                            .iter()
-                            .map(|(s, p)| first_layer::HeadFactors::new(s, p, &centred))
-                            .collect();
+                let results = match self.table_factors(table, packed, rows) {
+                    Some((g, centred, factors)) => {
                         forward_many_factored(&specs, (g, table, &centred), &factors, z, rows)
                     }
-                    _ => {
+                    None => {
                         let source = |r: Range<usize>| self.assemble(table, z, r);
                         forward_many_with(&specs, &source, rows)
                     }
@@ -913,20 +937,8 @@ impl SharedHeadsOp {
         let serial = ranges.len() == 1;
         let dzs = split_rows_mut(&mut dz, n, &ranges);
         let work: Vec<_> = ranges.into_iter().zip(dzs).collect();
-        // Few distinct table rows: the layer norm and first layer through the table
-        // (`nn::first_layer`).
-        let factored = self.gather.as_ref().and_then(|g| {
-            first_layer::pays(g.table_rows, rows).then(|| {
-                let centred = first_layer::CentredTable::new(table, g.width);
-                let heads: Vec<_> = self
-                    .sizes
-                    .iter()
-                    .zip(&starts)
-                    .map(|(s, &at)| first_layer::HeadFactors::new(s, &packed[at..], &centred))
-                    .collect();
-                (g, centred, heads)
-            })
-        });
+        // Few distinct table rows: the layer norm and first layer through the table.
+        let factored = self.table_factors(table, packed, rows);
         let shares = run_parts(work, |(r, dz)| {
             if let Some((g, centred, factors)) = &factored {
                 let sources = r.clone().map(|row| g.source(row)).collect();
